@@ -1,0 +1,51 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module graph (DESIGN.md): weft → WeftAgent → WeftDataplane → WeftBPF → CLibbpf,
+// and everything → WeftConfig, which depends on nothing of ours.
+let package = Package(
+    name: "weft",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "weft", targets: ["weft"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+    ],
+    targets: [
+        // Debian's libbpf (libbpf-dev) through pkg-config.
+        .systemLibrary(name: "CLibbpf", pkgConfig: "libbpf", providers: [.apt(["libbpf-dev"])]),
+        // The one definition of every map key/value shared by the BPF C code and Swift.
+        .systemLibrary(name: "CWeftABI", path: "bpf/include"),
+        .target(name: "WeftBPF", dependencies: ["CLibbpf"]),
+        .target(name: "WeftConfig", dependencies: ["Yams"]),
+        .executableTarget(name: "weft-bpf-embed", path: "Sources/weft-bpf-embed"),
+        .plugin(name: "BPFObjects", capability: .buildTool(), dependencies: ["weft-bpf-embed"]),
+        .target(
+            name: "WeftDataplane",
+            dependencies: ["WeftBPF", "WeftConfig", "CWeftABI", .product(name: "Logging", package: "swift-log")],
+            plugins: ["BPFObjects"]
+        ),
+        .target(
+            name: "WeftAgent",
+            dependencies: [
+                "WeftDataplane", "WeftConfig",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "weft",
+            dependencies: [
+                "WeftAgent", "WeftDataplane", "WeftConfig",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig"]),
+        .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
+    ]
+)

@@ -1,0 +1,19 @@
+/// WeftBPF: Swift over libbpf — objects loaded from memory, typed map access, cgroup
+/// links, pins under bpffs, and kernel feature probes. It knows nothing of services.
+import CLibbpf
+import Glibc
+
+/// A failure of a BPF operation, as one line: what failed, on what, and why.
+public struct BPFError: Error, CustomStringConvertible, Sendable {
+    /// The one-line message shown to operators.
+    public let description: String
+
+    /// Creates an error with a complete message.
+    public init(_ message: String) { description = message }
+
+    /// An error for a libbpf/syscall call that set errno (or returned -errno).
+    static func errno(_ what: String, _ code: Int32 = Glibc.errno) -> BPFError {
+        let e = code < 0 ? -code : code
+        return BPFError("\(what): \(String(cString: strerror(e)))")
+    }
+}

@@ -1,0 +1,320 @@
+import Yams
+
+/// One decoded resource of a kind weft knows.
+public enum Resource: Hashable, Sendable, Codable {
+    case serviceEntry(ServiceEntry)
+    case workloadEntry(WorkloadEntry)
+    case destinationRule(DestinationRule)
+
+    /// Kind, namespace and name.
+    public var id: ResourceID {
+        switch self {
+        case .serviceEntry(let r): return ResourceID(kind: "ServiceEntry", namespace: r.metadata.namespace, name: r.metadata.name)
+        case .workloadEntry(let r): return ResourceID(kind: "WorkloadEntry", namespace: r.metadata.namespace, name: r.metadata.name)
+        case .destinationRule(let r): return ResourceID(kind: "DestinationRule", namespace: r.metadata.namespace, name: r.metadata.name)
+        }
+    }
+
+    /// Where the resource starts in its file.
+    public var position: SourcePosition {
+        switch self {
+        case .serviceEntry(let r): return r.position
+        case .workloadEntry(let r): return r.position
+        case .destinationRule(let r): return r.position
+        }
+    }
+}
+
+/// Turns YAML text into resources, reporting every problem with its position.
+enum ResourceDecoder {
+    static let networkingVersions = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
+    static let securityVersions = ["security.istio.io/v1", "security.istio.io/v1beta1"]
+    /// Istio kinds weft will enforce in later releases; named so the error says so.
+    static let laterKinds: Set<String> = ["VirtualService", "PeerAuthentication", "AuthorizationPolicy", "Gateway", "Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "RequestAuthentication", "Telemetry"]
+
+    static func decode(text: String, file: String, sink: DiagnosticSink) -> [Resource] {
+        var out: [Resource] = []
+        let docs: YamlSequence<Node>
+        do {
+            docs = try Yams.compose_all(yaml: text)
+        } catch {
+            report(yamlError: error, file: file, text: text, sink: sink)
+            return []
+        }
+        var seq = docs
+        while let node = seq.next() {
+            let ctx = DecodeContext(file: file, sink: sink)
+            if let r = decodeDocument(YNode(node: node, path: "", ctx: ctx)) { out.append(r) }
+        }
+        if let error = seq.error { report(yamlError: error, file: file, text: text, sink: sink) }
+        return out
+    }
+
+    /// YAML syntax errors: position plus the offending line with a caret under the column.
+    static func report(yamlError error: Error, file: String, text: String, sink: DiagnosticSink) {
+        var mark: Mark?
+        var problem = "\(error)"
+        if let y = error as? YamlError {
+            switch y {
+            case .scanner(let c, let p, let m, _), .parser(let c, let p, let m, _), .composer(let c, let p, let m, _):
+                mark = m
+                problem = p + (c.map { " (\($0.text) at line \($0.mark.line))" } ?? "")
+            case .duplicatedKeysInMapping(let dups, let c):
+                mark = c.mark
+                problem = "duplicate key \(dups.joined(separator: ", ")) in a mapping"
+            case .reader(let p, _, _, _):
+                problem = p
+            default: break
+            }
+        }
+        let line = mark?.line ?? 1
+        let col = mark?.column ?? 1
+        var snippet = ""
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        if line >= 1 && line <= lines.count {
+            snippet = "\n    \(lines[line - 1])\n    \(String(repeating: " ", count: max(col - 1, 0)))^"
+        }
+        sink.error("YAML001", SourcePosition(file: file, line: line, column: col), nil, "YAML syntax error: \(problem)\(snippet)")
+    }
+
+    static func decodeDocument(_ doc: YNode) -> Resource? {
+        if case .scalar(let s) = doc.node, s.string.isEmpty { return nil } // empty document
+        guard let top = doc.mapping() else { return nil }
+        guard let kind = top.required("kind")?.string(), let apiVersion = top.required("apiVersion")?.string() else { return nil }
+        let ctx = doc.ctx
+        let allowed: [String]
+        switch kind {
+        case "ServiceEntry", "WorkloadEntry", "DestinationRule": allowed = networkingVersions
+        default:
+            if laterKinds.contains(kind) {
+                ctx.error("KIND002", top["kind"]?.node, "kind \(kind) is not supported by weft yet")
+            } else {
+                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, DestinationRule)")
+            }
+            return nil
+        }
+        if !allowed.contains(apiVersion) {
+            ctx.error("KIND003", top["apiVersion"]?.node, "apiVersion \(apiVersion) is not valid for \(kind); use one of \(allowed.joined(separator: ", "))")
+            return nil
+        }
+        guard let meta = decodeMetadata(top.required("metadata"), kind: kind) else { return nil }
+        ctx.resource = "\(kind) \(meta.namespace)/\(meta.name)"
+        let spec = top.required("spec")
+        top.finish(kind: kind, istioFields: ["status"])
+        guard let spec, let m = spec.mapping() else { return nil }
+        let pos = ctx.position(doc.node)
+        let errorsBefore = ctx.sink.items.count
+        let r: Resource?
+        switch kind {
+        case "ServiceEntry": r = decodeServiceEntry(m, meta: meta, pos: pos).map(Resource.serviceEntry)
+        case "WorkloadEntry": r = decodeWorkloadEntry(m, meta: meta, pos: pos).map(Resource.workloadEntry)
+        default: r = decodeDestinationRule(m, meta: meta, pos: pos).map(Resource.destinationRule)
+        }
+        // A resource with any error is not half-used.
+        return ctx.sink.items[errorsBefore...].contains { $0.severity == .error } ? nil : r
+    }
+
+    static func decodeMetadata(_ node: YNode?, kind: String) -> Metadata? {
+        guard let m = node?.mapping() else { return nil }
+        let name = m.required("name")?.string()
+        let namespace = m["namespace"]?.string() ?? "default"
+        let labels = m["labels"]?.stringMap() ?? [:]
+        let annotations = m["annotations"]?.stringMap() ?? [:]
+        m.finish(kind: "metadata", istioFields: ["uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "ownerReferences", "finalizers", "generateName", "deletionTimestamp"])
+        guard let name else { return nil }
+        for (what, value, n) in [("metadata.name", name, m["name"]), ("metadata.namespace", namespace, m["namespace"])] where !isDNSLabel(value, allowDots: what == "metadata.name") {
+            m.ctx.error("META001", n?.node ?? m.node, "\(what) \"\(value)\" must be lowercase letters, digits, '-' (and '.' in names), starting and ending alphanumeric")
+        }
+        return Metadata(name: name, namespace: namespace, labels: labels, annotations: annotations)
+    }
+
+    static func isDNSLabel(_ s: String, allowDots: Bool) -> Bool {
+        guard !s.isEmpty, s.count <= 253 else { return false }
+        let ok = s.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || (allowDots && $0 == ".") }
+        return ok && s.first!.isLetterOrNumber && s.last!.isLetterOrNumber
+    }
+
+    static let knownProtocols: Set<String> = ["HTTP", "HTTPS", "GRPC", "GRPC-WEB", "HTTP2", "MONGO", "TCP", "TLS", "UDP", "MYSQL", "REDIS"]
+
+    static func decodeServiceEntry(_ spec: YMap, meta: Metadata, pos: SourcePosition) -> ServiceEntry? {
+        let ctx = spec.ctx
+        var hosts: [String] = []
+        if let hs = spec.required("hosts")?.sequence() {
+            if hs.isEmpty { ctx.error("SE001", spec["hosts"]?.node, "spec.hosts must name at least one host") }
+            for h in hs { if let s = h.string() { hosts.append(HostName.qualify(s, namespace: meta.namespace)) } }
+        }
+        var addresses: [IPAddress] = []
+        for a in spec["addresses"]?.sequence() ?? [] {
+            guard let s = a.string() else { continue }
+            if let ip = IPAddress(s) { addresses.append(ip) } else if s.contains("/") {
+                ctx.error("SE002", a.node, "\(a.path) \"\(s)\": CIDR ranges are not supported by weft yet; list single addresses")
+            } else {
+                ctx.error("SE002", a.node, "\(a.path) \"\(s)\" is not an IPv4 or IPv6 address")
+            }
+        }
+        var ports: [ServicePort] = []
+        var seenNumbers: [UInt16: String] = [:]
+        var seenNames: [String: String] = [:]
+        for p in spec.required("ports")?.sequence() ?? [] {
+            guard let pm = p.mapping() else { continue }
+            let number = pm.required("number")?.int(in: 1...65535)
+            let name = pm.required("name")?.string()
+            let proto = pm["protocol"]?.string()?.uppercased() ?? "TCP"
+            let target = pm["targetPort"]?.int(in: 1...65535)
+            pm.finish(kind: "ServicePort")
+            if let pn = pm["protocol"], !knownProtocols.contains(proto) {
+                ctx.error("SE003", pn.node, "\(pn.path) \"\(proto)\" is not a protocol (one of \(knownProtocols.sorted().joined(separator: ", ")))")
+            }
+            guard let number, let name else { continue }
+            if let other = seenNumbers[UInt16(number)] {
+                ctx.error("SE004", pm["number"]?.node, "\(p.path).number \(number) is also used by \(other)")
+            }
+            if let other = seenNames[name] {
+                ctx.error("SE004", pm["name"]?.node, "\(p.path).name \"\(name)\" is also used by \(other)")
+            }
+            seenNumbers[UInt16(number)] = p.path
+            seenNames[name] = p.path
+            ports.append(ServicePort(number: UInt16(number), name: name, protocolName: proto, targetPort: target.map { UInt16($0) }))
+        }
+        if let r = spec["resolution"], let s = r.string(), s != "STATIC" {
+            let known = ["NONE", "DNS", "DNS_ROUND_ROBIN"]
+            ctx.error("SE005", r.node, known.contains(s)
+                ? "spec.resolution \(s) is not supported by weft yet; use STATIC with endpoint addresses"
+                : "spec.resolution \"\(s)\" is not a resolution (STATIC, NONE, DNS, DNS_ROUND_ROBIN)")
+        } else if spec["resolution"] == nil {
+            ctx.error("SE005", spec.node, "spec.resolution is required: weft supports STATIC")
+        }
+        if let l = spec["location"], let s = l.string(), s != "MESH_INTERNAL" {
+            ctx.error("SE006", l.node, s == "MESH_EXTERNAL"
+                ? "spec.location MESH_EXTERNAL is not supported by weft yet"
+                : "spec.location \"\(s)\" is not a location (MESH_INTERNAL, MESH_EXTERNAL)")
+        }
+        if let e = spec["exportTo"], let list = e.stringList(), list != ["*"] {
+            ctx.error("FLD002", e.node, "spec.exportTo other than [\"*\"] is not supported by weft yet")
+        }
+        var endpoints: [WorkloadSpec] = []
+        for e in spec["endpoints"]?.sequence() ?? [] {
+            if let m = e.mapping(), let w = decodeWorkloadSpec(m, kind: "WorkloadEntry") { endpoints.append(w) }
+        }
+        var selector: [String: String]?
+        if let ws = spec["workloadSelector"]?.mapping() {
+            selector = ws.required("labels")?.stringMap()
+            ws.finish(kind: "WorkloadSelector")
+            if spec["endpoints"] != nil {
+                ctx.error("SE007", spec["workloadSelector"]?.node, "spec.workloadSelector and spec.endpoints cannot both be set")
+            }
+        }
+        spec.finish(kind: "ServiceEntry", istioFields: ["subjectAltNames"])
+        return ServiceEntry(metadata: meta, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints, workloadSelector: selector, position: pos)
+    }
+
+    static func decodeWorkloadSpec(_ m: YMap, kind: String) -> WorkloadSpec? {
+        let ctx = m.ctx
+        var address: IPAddress?
+        if let a = m.required("address"), let s = a.string() {
+            address = IPAddress(s)
+            if address == nil {
+                ctx.error("WE001", a.node, "\(a.path) \"\(s)\" is not an IPv4 or IPv6 address (resolution STATIC needs addresses)")
+            }
+        }
+        var ports: [String: UInt16] = [:]
+        if let pm = m["ports"]?.mapping() {
+            for (name, v) in pm.allPairs() { if let n = v.int(in: 1...65535) { ports[name] = UInt16(n) } }
+        }
+        let labels = m["labels"]?.stringMap() ?? [:]
+        var weight: UInt32 = 1
+        if let w = m["weight"], let v = w.int(in: 0...Int(UInt32.max)) {
+            if v == 0 {
+                ctx.error("WE002", w.node, "\(w.path) must be ≥ 1 (Istio treats 0 as unset; remove the endpoint to send it no traffic)")
+            }
+            weight = UInt32(v)
+        }
+        let sa = m["serviceAccount"]?.string()
+        m.finish(kind: kind, istioFields: ["network", "locality"])
+        guard let address else { return nil }
+        return WorkloadSpec(address: address, ports: ports, labels: labels, weight: weight, serviceAccount: sa)
+    }
+
+    static func decodeWorkloadEntry(_ spec: YMap, meta: Metadata, pos: SourcePosition) -> WorkloadEntry? {
+        guard let w = decodeWorkloadSpec(spec, kind: "WorkloadEntry") else { return nil }
+        let cgroup = meta.annotations["weft.io/cgroup"]
+        if let cg = cgroup, cg.hasPrefix("/") || cg.split(separator: "/").contains("..") || cg.isEmpty {
+            spec.ctx.error("WE003", spec.node, "annotation weft.io/cgroup \"\(cg)\" must be a path relative to the agent's --cgroup, without '..'")
+        }
+        for key in meta.annotations.keys where key.hasPrefix("weft.io/") && key != "weft.io/cgroup" && key != "weft.io/node" {
+            spec.ctx.error("WE004", spec.node, "annotation \(key) is not a weft annotation (weft.io/node, weft.io/cgroup)")
+        }
+        return WorkloadEntry(metadata: meta, spec: w, node: meta.annotations["weft.io/node"], cgroup: cgroup, position: pos)
+    }
+
+    static func decodeDestinationRule(_ spec: YMap, meta: Metadata, pos: SourcePosition) -> DestinationRule? {
+        let host = spec.required("host")?.string().map { HostName.qualify($0, namespace: meta.namespace) }
+        var lb: LoadBalancer?
+        if let tp = spec["trafficPolicy"]?.mapping() {
+            if let l = tp["loadBalancer"]?.mapping() { lb = decodeLoadBalancer(l) }
+            tp.finish(kind: "TrafficPolicy", istioFields: ["connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"])
+        }
+        spec.finish(kind: "DestinationRule", istioFields: ["subsets", "exportTo", "workloadSelector"])
+        guard let host else { return nil }
+        return DestinationRule(metadata: meta, host: host, loadBalancer: lb, position: pos)
+    }
+
+    static func decodeLoadBalancer(_ l: YMap) -> LoadBalancer? {
+        let ctx = l.ctx
+        var result: LoadBalancer?
+        let simple = l["simple"]
+        let hash = l["consistentHash"]
+        if simple != nil && hash != nil {
+            ctx.error("DR001", hash?.node, "\(l.path): set either simple or consistentHash, not both")
+        }
+        if let simple, let s = simple.string() {
+            switch s {
+            case "RANDOM", "UNSPECIFIED": result = .random
+            case "ROUND_ROBIN": result = .roundRobin
+            case "LEAST_REQUEST", "LEAST_CONN", "PASSTHROUGH":
+                ctx.error("DR002", simple.node, "\(simple.path) \(s) is not supported by weft yet (supported: RANDOM, ROUND_ROBIN)")
+            default:
+                ctx.error("DR002", simple.node, "\(simple.path) \"\(s)\" is not a load balancer (RANDOM, ROUND_ROBIN, LEAST_REQUEST, PASSTHROUGH)")
+            }
+        }
+        if let hash, let h = hash.mapping() {
+            var size = LoadBalancer.defaultMaglevTableSize
+            let useSourceIp = h["useSourceIp"]?.bool()
+            if useSourceIp != true {
+                ctx.error("DR003", hash.node, "\(hash.path) needs useSourceIp: true (the hash keys weft supports so far)")
+            }
+            if let mg = h["maglev"]?.mapping() {
+                if let t = mg["tableSize"], let v = t.int(in: 1...5_000_010) {
+                    if !isPrime(v) {
+                        ctx.error("DR004", t.node, "\(t.path) must be a prime (got \(v)); e.g. 16381, 65521, 131071")
+                    } else if v > LoadBalancer.maxMaglevTableSize {
+                        ctx.error("DR004", t.node, "\(t.path) \(v) is larger than weft supports (at most \(LoadBalancer.maxMaglevTableSize))")
+                    } else {
+                        size = v
+                    }
+                }
+                mg.finish(kind: "MagLev")
+            }
+            h.finish(kind: "ConsistentHashLB", istioFields: ["httpHeaderName", "httpCookie", "httpQueryParameterName", "ringHash", "minimumRingSize"])
+            if useSourceIp == true { result = .maglev(tableSize: size) }
+        }
+        l.finish(kind: "LoadBalancerSettings", istioFields: ["localityLbSetting", "warmupDurationSecs", "warmup"])
+        return result
+    }
+
+    static func isPrime(_ n: Int) -> Bool {
+        if n < 2 { return false }
+        if n < 4 { return true }
+        if n % 2 == 0 { return false }
+        var d = 3
+        while d * d <= n {
+            if n % d == 0 { return false }
+            d += 2
+        }
+        return true
+    }
+}
+
+extension Character {
+    fileprivate var isLetterOrNumber: Bool { isLetter || isNumber }
+}

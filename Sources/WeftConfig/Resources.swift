@@ -1,0 +1,133 @@
+/// Identity of a resource: kind, namespace, name.
+public struct ResourceID: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    /// Resource kind (ServiceEntry, …).
+    public var kind: String
+    /// metadata.namespace (default "default").
+    public var namespace: String
+    /// metadata.name.
+    public var name: String
+
+    /// `Kind ns/name`.
+    public var description: String { "\(kind) \(namespace)/\(name)" }
+
+    public static func < (a: ResourceID, b: ResourceID) -> Bool {
+        (a.kind, a.namespace, a.name) < (b.kind, b.namespace, b.name)
+    }
+}
+
+/// The metadata weft reads.
+public struct Metadata: Hashable, Sendable, Codable {
+    /// metadata.name.
+    public var name: String
+    /// metadata.namespace.
+    public var namespace: String
+    /// metadata.labels.
+    public var labels: [String: String] = [:]
+    /// metadata.annotations.
+    public var annotations: [String: String] = [:]
+}
+
+/// One port of a ServiceEntry.
+public struct ServicePort: Hashable, Sendable, Codable {
+    /// Service port number.
+    public var number: UInt16
+    /// Port name (endpoints map their ports by it).
+    public var name: String
+    /// Protocol as written (HTTP, TCP, UDP, …).
+    public var protocolName: String
+    /// Default endpoint port when an endpoint does not name one.
+    public var targetPort: UInt16?
+
+    /// Whether the kernel balances this port as UDP (else TCP).
+    public var isUDP: Bool { protocolName == "UDP" }
+}
+
+/// A workload's address and ports: WorkloadEntry.spec, or an inline ServiceEntry endpoint.
+public struct WorkloadSpec: Hashable, Sendable, Codable {
+    /// IP address.
+    public var address: IPAddress
+    /// Port name → port number on this workload.
+    public var ports: [String: UInt16] = [:]
+    /// Labels (matched by workloadSelector and, later, subsets).
+    public var labels: [String: String] = [:]
+    /// Load-balancing weight, ≥ 1 (1 when unset).
+    public var weight: UInt32 = 1
+    /// Service account (identity), if set.
+    public var serviceAccount: String?
+}
+
+/// networking.istio.io ServiceEntry, STATIC resolution.
+public struct ServiceEntry: Hashable, Sendable, Codable {
+    /// Metadata.
+    public var metadata: Metadata
+    /// Host names, fully qualified (short names expanded against the namespace).
+    public var hosts: [String]
+    /// Virtual IPs.
+    public var addresses: [IPAddress]
+    /// Ports.
+    public var ports: [ServicePort]
+    /// Inline endpoints (exclusive with workloadSelector).
+    public var endpoints: [WorkloadSpec]
+    /// Labels that select WorkloadEntries of the same namespace.
+    public var workloadSelector: [String: String]?
+    /// Where the resource starts.
+    public var position: SourcePosition
+}
+
+/// networking.istio.io WorkloadEntry with weft's node/cgroup annotations.
+public struct WorkloadEntry: Hashable, Sendable, Codable {
+    /// Metadata.
+    public var metadata: Metadata
+    /// The workload.
+    public var spec: WorkloadSpec
+    /// `weft.io/node`: the node the workload runs on.
+    public var node: String?
+    /// `weft.io/cgroup`: its cgroup, relative to the agent's --cgroup.
+    public var cgroup: String?
+    /// Where the resource starts.
+    public var position: SourcePosition
+}
+
+/// DestinationRule loadBalancer settings weft enforces in the kernel.
+public enum LoadBalancer: Hashable, Sendable, Codable {
+    /// Weighted random (Istio's `simple: RANDOM`, and weft's default).
+    case random
+    /// Weighted round robin.
+    case roundRobin
+    /// Maglev consistent hashing on the client address.
+    case maglev(tableSize: Int)
+
+    /// Cilium's default Maglev table size (a prime).
+    public static let defaultMaglevTableSize = 16381
+    /// Largest table weft supports (Istio allows < 5000011; weft's tables live in kernel
+    /// memory per service, so it stops at Cilium's largest supported prime).
+    public static let maxMaglevTableSize = 131071
+}
+
+/// networking.istio.io DestinationRule (the fields weft enforces so far).
+public struct DestinationRule: Hashable, Sendable, Codable {
+    /// Metadata.
+    public var metadata: Metadata
+    /// Host, fully qualified (or a `*.` wildcard).
+    public var host: String
+    /// trafficPolicy.loadBalancer, if set.
+    public var loadBalancer: LoadBalancer?
+    /// Where the resource starts.
+    public var position: SourcePosition
+}
+
+/// Host name handling the way Istio does it.
+public enum HostName {
+    /// `reviews` in namespace `default` → `reviews.default.svc.cluster.local`; names with a
+    /// dot (and wildcards) are already qualified.
+    public static func qualify(_ host: String, namespace: String) -> String {
+        host.contains(".") || host == "*" ? host : "\(host).\(namespace).svc.cluster.local"
+    }
+
+    /// Whether a DestinationRule host (possibly `*.suffix`) covers a service host.
+    public static func matches(pattern: String, host: String) -> Bool {
+        if pattern == "*" { return true }
+        if pattern.hasPrefix("*.") { return host.hasSuffix(String(pattern.dropFirst())) }
+        return pattern == host
+    }
+}

@@ -1,0 +1,155 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* cgroup socket hooks: connect/sendmsg rewrite a VIP to a backend, getpeername/recvmsg
+ * show the VIP again, so applications never see the translation. */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include "lb.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Reading the sock_addr context field by field keeps every access a verifier-approved
+ * 4-byte load (user_ip6 and the sk addresses may not be read as one 16-byte copy). */
+static __always_inline void weft_ctx_dst4(struct bpf_sock_addr *ctx, struct weft_l4addr *a)
+{
+	__u32 ip = ctx->user_ip4;
+
+	__builtin_memcpy(a->addr, &ip, 4);
+	a->port = (__be16)ctx->user_port;
+	a->family = WEFT_FAMILY_V4;
+}
+
+static __always_inline void weft_ctx_dst6(struct bpf_sock_addr *ctx, struct weft_l4addr *a)
+{
+	__u32 ip[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+	__builtin_memcpy(a->addr, ip, 16);
+	a->port = (__be16)ctx->user_port;
+	a->family = WEFT_FAMILY_V6;
+}
+
+static __always_inline void weft_ctx_set4(struct bpf_sock_addr *ctx, const __u8 addr[16], __be16 port)
+{
+	__u32 ip;
+
+	__builtin_memcpy(&ip, addr, 4);
+	ctx->user_ip4 = ip;
+	ctx->user_port = port;
+}
+
+static __always_inline void weft_ctx_set6(struct bpf_sock_addr *ctx, const __u8 addr[16], __be16 port)
+{
+	__u32 ip[4];
+
+	__builtin_memcpy(ip, addr, 16);
+	ctx->user_ip6[0] = ip[0];
+	ctx->user_ip6[1] = ip[1];
+	ctx->user_ip6[2] = ip[2];
+	ctx->user_ip6[3] = ip[3];
+	ctx->user_port = port;
+}
+
+static __always_inline void weft_sk_src4(struct bpf_sock_addr *ctx, __u8 src[16])
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 ip = sk ? sk->src_ip4 : 0;
+
+	__builtin_memcpy(src, &ip, 4);
+}
+
+static __always_inline void weft_sk_src6(struct bpf_sock_addr *ctx, __u8 src[16])
+{
+	struct bpf_sock *sk = ctx->sk;
+	__u32 ip[4] = {};
+
+	if (sk) {
+		ip[0] = sk->src_ip6[0];
+		ip[1] = sk->src_ip6[1];
+		ip[2] = sk->src_ip6[2];
+		ip[3] = sk->src_ip6[3];
+	}
+	__builtin_memcpy(src, ip, 16);
+}
+
+/* Only same-family backends can be written into a sock_addr context. */
+static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int is_sendmsg)
+{
+	struct weft_l4addr dst = {};
+	__u8 src[16] = {};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	__u32 sticky = 0;
+	enum weft_xlate r;
+
+	if (v6) {
+		weft_ctx_dst6(ctx, &dst);
+		weft_sk_src6(ctx, src);
+	} else {
+		weft_ctx_dst4(ctx, &dst);
+		weft_sk_src4(ctx, src);
+	}
+	/* An unconnected UDP socket sends each datagram separately; hashing its cookie keeps
+	 * one socket's datagrams (and so its replies) on one backend. */
+	if (is_sendmsg)
+		sticky = weft_mix32((__u32)cookie ^ (__u32)(cookie >> 32)) | 1;
+
+	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky);
+	if (r == WEFT_XLATE_NONE)
+		return 1;
+	if (r == WEFT_XLATE_NO_BACKEND || dst.family != (v6 ? WEFT_FAMILY_V6 : WEFT_FAMILY_V4)) {
+		/* A VIP with no active backend refuses like kube-proxy's REJECT rule, instead
+		 * of letting the packet wander off towards an address nobody owns. */
+		weft_count(is_sendmsg ? WEFT_STAT_SENDMSG_NO_BACKEND : WEFT_STAT_CONNECT_NO_BACKEND);
+		bpf_set_retval(-WEFT_ECONNREFUSED);
+		return 0;
+	}
+	if (v6)
+		weft_ctx_set6(ctx, dst.addr, dst.port);
+	else
+		weft_ctx_set4(ctx, dst.addr, dst.port);
+	weft_count(is_sendmsg ? WEFT_STAT_SENDMSG_XLATE : WEFT_STAT_CONNECT_XLATE);
+	return 1;
+}
+
+static __always_inline int weft_reverse(struct bpf_sock_addr *ctx, int v6, __u32 stat)
+{
+	struct weft_l4addr peer = {};
+	struct weft_revnat_val *vip;
+
+	if (v6)
+		weft_ctx_dst6(ctx, &peer);
+	else
+		weft_ctx_dst4(ctx, &peer);
+	vip = weft_revnat_lookup(bpf_get_socket_cookie(ctx), &peer);
+	if (!vip)
+		return 1;
+	if (v6)
+		weft_ctx_set6(ctx, vip->addr, vip->port);
+	else
+		weft_ctx_set4(ctx, vip->addr, vip->port);
+	weft_count(stat);
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int weft_connect4(struct bpf_sock_addr *ctx) { return weft_forward(ctx, 0, 0); }
+
+SEC("cgroup/connect6")
+int weft_connect6(struct bpf_sock_addr *ctx) { return weft_forward(ctx, 1, 0); }
+
+SEC("cgroup/sendmsg4")
+int weft_sendmsg4(struct bpf_sock_addr *ctx) { return weft_forward(ctx, 0, 1); }
+
+SEC("cgroup/sendmsg6")
+int weft_sendmsg6(struct bpf_sock_addr *ctx) { return weft_forward(ctx, 1, 1); }
+
+SEC("cgroup/recvmsg4")
+int weft_recvmsg4(struct bpf_sock_addr *ctx) { return weft_reverse(ctx, 0, WEFT_STAT_RECVMSG_REVNAT); }
+
+SEC("cgroup/recvmsg6")
+int weft_recvmsg6(struct bpf_sock_addr *ctx) { return weft_reverse(ctx, 1, WEFT_STAT_RECVMSG_REVNAT); }
+
+SEC("cgroup/getpeername4")
+int weft_peername4(struct bpf_sock_addr *ctx) { return weft_reverse(ctx, 0, WEFT_STAT_PEERNAME_REVNAT); }
+
+SEC("cgroup/getpeername6")
+int weft_peername6(struct bpf_sock_addr *ctx) { return weft_reverse(ctx, 1, WEFT_STAT_PEERNAME_REVNAT); }
