@@ -12,7 +12,7 @@ public struct BPFError: Error, CustomStringConvertible, Sendable {
     public init(_ message: String) { description = message }
 
     /// An error for a libbpf/syscall call that set errno (or returned -errno).
-    static func errno(_ what: String, _ code: Int32 = Glibc.errno) -> BPFError {
+    public static func errno(_ what: String, _ code: Int32 = Glibc.errno) -> BPFError {
         let e = code < 0 ? -code : code
         return BPFError("\(what): \(String(cString: strerror(e)))")
     }

@@ -1,0 +1,69 @@
+import Foundation
+import Glibc
+import Logging
+
+/// The admin socket: a Unix stream socket (mode 0600) answering each root connection with
+/// the agent's status as one JSON line. Non-root peers are refused (SO_PEERCRED).
+final class AdminServer: @unchecked Sendable {
+    private let fd: Int32
+    private let path: String
+    private var stopped = false
+
+    init(path: String, logger: Logger, status: @escaping @Sendable () -> AgentStatus) throws {
+        self.path = path
+        let dir = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        unlink(path)
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            throw AgentError("admin socket path \(path) is too long (--admin-socket)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in raw.copyBytes(from: bytes + [0]) }
+        let old = umask(0o177) // the socket file is created 0600
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        umask(old)
+        if rc != 0 || listen(fd, 16) != 0 {
+            let e = errno
+            close(fd)
+            throw AgentError("cannot listen on admin socket \(path) (--admin-socket): \(String(cString: strerror(e)))")
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys]
+        Thread { [self] in
+            while !stopped {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 250) > 0 else { continue }
+                let c = accept(fd, nil, nil)
+                if c < 0 { continue }
+                var cred = PeerCred()
+                var len = socklen_t(MemoryLayout<PeerCred>.size)
+                if getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != 0 {
+                    _ = "error: the admin socket serves root only\n".withCString { write(c, $0, strlen($0)) }
+                    close(c)
+                    continue
+                }
+                var data = (try? enc.encode(status())) ?? Data()
+                data.append(0x0a)
+                _ = data.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+                close(c)
+            }
+            close(fd)
+        }.start()
+        logger.info("admin socket listening", metadata: ["component": "admin", "path": "\(path)"])
+    }
+
+    func stop() {
+        stopped = true
+        unlink(path)
+    }
+}
+
+/// struct ucred (glibc hides it behind _GNU_SOURCE): what SO_PEERCRED returns.
+private struct PeerCred {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+}

@@ -1,0 +1,98 @@
+import CLibbpf
+import Foundation
+import WeftBPF
+
+/// The loaded, attached datapath: programs on the cgroup, maps and links pinned.
+///
+/// Pin layout under --bpffs: `maps/<map>` and `links/<program>`. A pinned link keeps its
+/// program attached after the agent exits; a new agent loads fresh programs, reuses the
+/// pinned maps (libbpf's pin-path reuse) and swaps each program into the existing link
+/// with BPF_LINK_UPDATE, so L4 traffic never sees a moment without a program.
+public final class Datapath: @unchecked Sendable {
+    /// The maps, typed.
+    public let maps: DatapathMaps
+    /// Whether an existing pinned datapath was adopted (agent restart).
+    public let adopted: Bool
+    /// The cgroup v2 id the programs are attached to.
+    public let cgroupID: UInt64
+    /// Program names (the C functions of sock.bpf.c).
+    public let programs: [String]
+    let object: BPFObject
+    private var links: [String: BPFLink] = [:]
+    private let bpffs: String
+
+    /// `DIR/maps/NAME`.
+    public static func mapPin(_ bpffs: String, _ name: String) -> String { "\(bpffs)/maps/\(name)" }
+    /// `DIR/links/NAME`.
+    public static func linkPin(_ bpffs: String, _ name: String) -> String { "\(bpffs)/links/\(name)" }
+
+    /// The embedded sock.bpf.o.
+    static func embeddedObject(_ name: String) throws -> BPFObject {
+        guard let b64 = EmbeddedBPFObjects.base64[name], let data = Data(base64Encoded: b64) else {
+            throw BPFError("BPF object \(name) is not embedded in this binary (build problem)")
+        }
+        return try BPFObject(name: name, bytes: [UInt8](data))
+    }
+
+    /// Checks kernel features, loads the programs, and attaches them to `cgroup` — or
+    /// adopts what a previous agent left pinned under `bpffs`.
+    public init(bpffs: String, cgroup: String) throws {
+        try KernelFeatures.requireBTF()
+        try KernelFeatures.requireCgroup2(cgroup)
+        try KernelFeatures.ensureBPFFS(bpffs)
+        try KernelFeatures.makeDirectories("\(bpffs)/maps")
+        try KernelFeatures.makeDirectories("\(bpffs)/links")
+        self.bpffs = bpffs
+        cgroupID = try Self.cgroupID(cgroup)
+
+        object = try Self.embeddedObject("sock.bpf.o")
+        for m in DatapathMaps.names { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
+        try object.load()
+        maps = try DatapathMaps(lookup: object.map)
+        programs = object.programNames
+
+        let cgfd = open(cgroup, O_RDONLY | O_DIRECTORY)
+        if cgfd < 0 { throw BPFError.errno("opening cgroup \(cgroup) (--cgroup)") }
+        defer { close(cgfd) }
+        var adopted = false
+        for prog in programs {
+            let pin = Self.linkPin(bpffs, prog)
+            if let link = try BPFLink.openPinned(pin) {
+                let info = try PinnedProgramInfo(pin: pin)
+                guard info.cgroupID == cgroupID else {
+                    throw BPFError("the datapath pinned at \(bpffs) is attached to cgroup id \(info.cgroupID), not \(cgroup) (--cgroup): stop that agent without --keep-datapath, or use another --bpffs")
+                }
+                try link.update(object: object, program: prog)
+                links[prog] = link
+                adopted = true
+            } else {
+                let link = try BPFLink.attachCgroup(object: object, program: prog, cgroupFD: cgfd)
+                try link.pin(pin)
+                links[prog] = link
+            }
+        }
+        // Links of programs this build no longer has (an older agent's) must not linger.
+        let pinned = (try? FileManager.default.contentsOfDirectory(atPath: "\(bpffs)/links")) ?? []
+        for name in pinned where !programs.contains(name) {
+            unlink(Self.linkPin(bpffs, name))
+        }
+        self.adopted = adopted
+    }
+
+    /// The cgroup v2 id of a cgroup directory (its kernfs inode number).
+    public static func cgroupID(_ path: String) throws -> UInt64 {
+        var st = stat()
+        if stat(path, &st) != 0 { throw BPFError.errno("cgroup \(path)") }
+        return UInt64(st.st_ino)
+    }
+
+    /// Detaches every program and removes every pin: the datapath is gone.
+    public func remove() {
+        for (_, link) in links { try? link.unpin() }
+        links.removeAll() // closing the last fd of an unpinned link detaches it
+        for m in DatapathMaps.names { unlink(Self.mapPin(bpffs, m)) }
+        rmdir("\(bpffs)/links")
+        rmdir("\(bpffs)/maps")
+        rmdir(bpffs)
+    }
+}

@@ -1,0 +1,130 @@
+import WeftConfig
+
+/// L4 protocol of a frontend.
+public enum L4Protocol: UInt8, Sendable, Codable, Comparable {
+    case tcp = 6
+    case udp = 17
+
+    public static func < (a: L4Protocol, b: L4Protocol) -> Bool { a.rawValue < b.rawValue }
+
+    /// "tcp" / "udp".
+    public var name: String { self == .tcp ? "tcp" : "udp" }
+}
+
+/// A service frontend: VIP, port, protocol (the key of weft_svc_v1).
+public struct Frontend: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    /// Virtual IP.
+    public var address: IPAddress
+    /// Port.
+    public var port: UInt16
+    /// TCP or UDP.
+    public var proto: L4Protocol
+
+    /// Creates a frontend.
+    public init(address: IPAddress, port: UInt16, proto: L4Protocol) {
+        self.address = address
+        self.port = port
+        self.proto = proto
+    }
+
+    /// `10.96.0.20:9080/tcp`.
+    public var description: String { "\(address.withPort(port))/\(proto.name)" }
+
+    public static func < (a: Frontend, b: Frontend) -> Bool {
+        (a.address, a.port, a.proto) < (b.address, b.port, b.proto)
+    }
+}
+
+/// A backend address (the identity of a weft_backend_v1 entry).
+public struct BackendAddress: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    /// IP.
+    public var address: IPAddress
+    /// Port.
+    public var port: UInt16
+
+    /// Creates a backend address.
+    public init(address: IPAddress, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    /// `addr:port`.
+    public var description: String { address.withPort(port) }
+
+    public static func < (a: BackendAddress, b: BackendAddress) -> Bool { (a.address, a.port) < (b.address, b.port) }
+}
+
+/// What one frontend should look like in the kernel.
+public struct DesiredService: Hashable, Sendable {
+    /// The frontend.
+    public var frontend: Frontend
+    /// `namespace/name` of the ServiceEntry (for inspection and logs).
+    public var service: String
+    /// Algorithm.
+    public var loadBalancer: LoadBalancer
+    /// Backends (sorted, unique) and their weights.
+    public var backends: [BackendAddress]
+    /// Weights, parallel to `backends`.
+    public var weights: [UInt32]
+    /// The selection table: indexes into `backends`.
+    public var table: [UInt32]
+}
+
+/// Everything the kernel should hold for one snapshot on one node.
+public struct DesiredState: Sendable {
+    /// Frontends → services.
+    public var services: [Frontend: DesiredService]
+    /// Workloads on this node: cgroup path relative to the agent's --cgroup → address.
+    public var workloads: [String: IPAddress]
+
+    /// Computes the desired state (selection tables included) from a snapshot.
+    public init(snapshot: Snapshot, node: String) {
+        var services: [Frontend: DesiredService] = [:]
+        for se in snapshot.serviceEntries {
+            let lb = snapshot.loadBalancer(for: se)
+            for port in se.ports {
+                // Duplicate endpoints (same address and port) add up their weights.
+                var weights: [BackendAddress: UInt32] = [:]
+                for b in snapshot.backends(of: se, port: port) {
+                    let key = BackendAddress(address: b.address, port: b.port)
+                    weights[key, default: 0] &+= b.weight
+                }
+                let backends = weights.keys.sorted()
+                let w = backends.map { weights[$0]! }
+                let table = Self.table(lb, backends: backends, weights: w)
+                for vip in se.addresses {
+                    let fe = Frontend(address: vip, port: port.number, proto: port.isUDP ? .udp : .tcp)
+                    services[fe] = DesiredService(frontend: fe, service: "\(se.metadata.namespace)/\(se.metadata.name)",
+                                                  loadBalancer: lb, backends: backends, weights: w, table: table)
+                }
+            }
+        }
+        var workloads: [String: IPAddress] = [:]
+        for we in snapshot.workloadEntries where we.node == node {
+            if let cg = we.cgroup { workloads[cg] = we.spec.address }
+        }
+        self.services = services
+        self.workloads = workloads
+    }
+
+    /// Builds a selection table for an algorithm.
+    public static func table(_ lb: LoadBalancer, backends: [BackendAddress], weights: [UInt32]) -> [UInt32] {
+        switch lb {
+        case .random, .roundRobin:
+            return WeightedTable.table(weights: weights)
+        case .maglev(let size):
+            return Maglev.table(backends: zip(backends, weights).map { ($0.description, $1) }, size: size)
+        }
+    }
+}
+
+extension LoadBalancer {
+    /// The kernel's algorithm code (enum weft_lb_algo).
+    var algo: UInt8 {
+        switch self {
+        case .random: return 0
+        case .roundRobin: return 1
+        case .maglev: return 2
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import Logging
+import ServiceLifecycle
+import WeftAgent
+import WeftBPF
+
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "agent",
+        abstract: "Run the node agent: load the datapath, apply the config dir, follow its changes."
+    )
+
+    @Option(help: "Directory of *.yaml/*.yml policy files (watched for changes).")
+    var configDir = "/etc/weft"
+
+    @Option(help: "cgroup v2 directory to attach to; its processes get the mesh. Default: the cgroup v2 root.")
+    var cgroup: String?
+
+    @Option(help: "bpffs directory for pinned maps and links.")
+    var bpffs = "/sys/fs/bpf/weft"
+
+    @Option(help: "Admin socket path (mode 0600, root only).")
+    var adminSocket = "/run/weft/agent.sock"
+
+    @Option(help: "This node's name, as in WorkloadEntry annotation weft.io/node. Default: the hostname.")
+    var node: String?
+
+    @Flag(help: "On exit, leave programs attached and maps pinned so L4 traffic keeps flowing; the next agent adopts them.")
+    var keepDatapath = false
+
+    @Option(help: "Seconds a removed backend stays draining (no new connections) before it is deleted.")
+    var drainPeriod: Double = 30
+
+    @Option(help: "Seconds between full re-syncs of the maps with the config.")
+    var resyncInterval: Double = 5
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = .info
+            return h
+        }
+        let logger = Logger(label: "weft.agent")
+        guard let cgroupPath = cgroup ?? KernelFeatures.cgroup2Mount() else {
+            fail("no cgroup v2 hierarchy is mounted (weft needs cgroup v2); mount one or pass --cgroup")
+        }
+        let options = AgentOptions(
+            configDir: configDir, cgroup: cgroupPath, bpffs: bpffs, adminSocket: adminSocket,
+            node: node ?? ProcessInfo.processInfo.hostName, keepDatapath: keepDatapath,
+            drainPeriod: drainPeriod, resyncInterval: resyncInterval)
+        let agent = Agent(options: options, logger: logger)
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            fail("agent: \(error)")
+        }
+    }
+}
+
+struct StatusCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status", abstract: "Ask a running agent what it serves (admin socket).")
+
+    @Option(help: "Admin socket path.")
+    var adminSocket = "/run/weft/agent.sock"
+
+    func run() throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(adminSocket.utf8) + [0]) }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        if rc != 0 { fail("cannot reach the agent at \(adminSocket): \(String(cString: strerror(errno))) — is `weft agent` running?") }
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        close(fd)
+        print(String(decoding: out, as: UTF8.self), terminator: "")
+    }
+}
