@@ -1,0 +1,49 @@
+import CLibbpf
+import CWeftABI
+import Testing
+@testable import WeftDataplane
+import WeftBPF
+
+/// The BPF compiler's view of every ABI struct (from the BTF it put in sock.bpf.o) must be
+/// Swift's view of the same header: same size, same member offsets.
+@Suite struct ABITests {
+    static func off<T, V>(_ kp: KeyPath<T, V>) -> Int { MemoryLayout<T>.offset(of: kp)! }
+
+    static let swiftLayouts: [String: (size: Int, members: [String: Int])] = [
+        "weft_svc_key": (MemoryLayout<weft_svc_key>.size, ["addr": off(\weft_svc_key.addr), "port": off(\weft_svc_key.port), "proto": off(\weft_svc_key.proto), "family": off(\weft_svc_key.family)]),
+        "weft_svc_val": (MemoryLayout<weft_svc_val>.size, ["table_id": off(\weft_svc_val.table_id), "table_size": off(\weft_svc_val.table_size), "backend_count": off(\weft_svc_val.backend_count), "algo": off(\weft_svc_val.algo), "flags": off(\weft_svc_val.flags), "svc_id": off(\weft_svc_val.svc_id), "fingerprint": off(\weft_svc_val.fingerprint)]),
+        "weft_backend_val": (MemoryLayout<weft_backend_val>.size, ["addr": off(\weft_backend_val.addr), "port": off(\weft_backend_val.port), "family": off(\weft_backend_val.family), "state": off(\weft_backend_val.state), "weight": off(\weft_backend_val.weight)]),
+        "weft_revnat_key": (MemoryLayout<weft_revnat_key>.size, ["cookie": off(\weft_revnat_key.cookie), "addr": off(\weft_revnat_key.addr), "port": off(\weft_revnat_key.port), "family": off(\weft_revnat_key.family), "pad": off(\weft_revnat_key.pad)]),
+        "weft_revnat_val": (MemoryLayout<weft_revnat_val>.size, ["addr": off(\weft_revnat_val.addr), "port": off(\weft_revnat_val.port), "family": off(\weft_revnat_val.family), "pad": off(\weft_revnat_val.pad)]),
+        "weft_wl_val": (MemoryLayout<weft_wl_val>.size, ["addr": off(\weft_wl_val.addr), "family": off(\weft_wl_val.family), "pad": off(\weft_wl_val.pad)]),
+    ]
+
+    @Test func swiftAndBPFAgreeOnEveryStruct() throws {
+        let object = try Datapath.embeddedObject("sock.bpf.o")
+        let btf = try #require(object.btf, "sock.bpf.o has no BTF")
+        for (name, swift) in Self.swiftLayouts {
+            let id = btf__find_by_name_kind(btf, name, UInt32(BTF_KIND_STRUCT))
+            try #require(id > 0, "struct \(name) is not in the BPF object's BTF")
+            let t = try #require(btf__type_by_id(btf, UInt32(id)))
+            #expect(Int(t.pointee.size) == swift.size, "\(name): BPF size \(t.pointee.size), Swift size \(swift.size)")
+            let vlen = Int(t.pointee.info & 0xffff)
+            let members = UnsafeRawPointer(t.advanced(by: 1)).assumingMemoryBound(to: btf_member.self)
+            var seen: [String: Int] = [:]
+            for i in 0..<vlen {
+                let m = members[i]
+                let mname = String(cString: btf__name_by_offset(btf, m.name_off))
+                // Without the kind_flag bit, `offset` is the member's bit offset.
+                seen[mname] = Int(m.offset) / 8
+            }
+            #expect(seen == swift.members, "\(name): BPF offsets \(seen), Swift offsets \(swift.members)")
+        }
+    }
+
+    @Test func everyProgramAndMapTheAgentExpectsIsInTheObject() throws {
+        let object = try Datapath.embeddedObject("sock.bpf.o")
+        for m in DatapathMaps.names { #expect(object.mapNames.contains(m), "map \(m) missing") }
+        let progs = Set(object.programNames)
+        #expect(progs == ["weft_connect4", "weft_connect6", "weft_sendmsg4", "weft_sendmsg6", "weft_recvmsg4", "weft_recvmsg6", "weft_peername4", "weft_peername6"])
+        #expect(progs.allSatisfy { $0.count <= 15 }, "program names must fit bpftool's 15 characters")
+    }
+}
