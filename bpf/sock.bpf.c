@@ -77,7 +77,7 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 	struct weft_l4addr dst = {};
 	__u8 src[16] = {};
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	__u32 sticky = 0;
+	__u32 sticky_hash = 0;
 	enum weft_xlate r;
 
 	if (v6) {
@@ -90,9 +90,9 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 	/* An unconnected UDP socket sends each datagram separately; hashing its cookie keeps
 	 * one socket's datagrams (and so its replies) on one backend. */
 	if (is_sendmsg)
-		sticky = weft_mix32((__u32)cookie ^ (__u32)(cookie >> 32)) | 1;
+		sticky_hash = weft_mix32((__u32)cookie ^ (__u32)(cookie >> 32));
 
-	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky);
+	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky_hash, is_sendmsg);
 	if (r == WEFT_XLATE_NONE)
 		return 1;
 	if (r == WEFT_XLATE_NO_BACKEND || dst.family != (v6 ? WEFT_FAMILY_V6 : WEFT_FAMILY_V4)) {

@@ -60,10 +60,10 @@ static __always_inline __u32 weft_source_hash(const __u8 bound[16])
 	return weft_mix32((__u32)cgid ^ (__u32)(cgid >> 32));
 }
 
-/* Pick an active backend of svc. `hash` indexes Maglev tables; `sticky`, when non-zero,
- * replaces the random/round-robin position (UDP datagrams of one socket stay together). */
+/* Pick an active backend of svc. `hash` indexes Maglev tables; with `sticky` set, `hash`
+ * also replaces the random/round-robin position (UDP datagrams of one socket stay together). */
 static __always_inline struct weft_backend_val *
-weft_select(const struct weft_svc_val *svc, __u32 hash, __u32 sticky)
+weft_select(const struct weft_svc_val *svc, __u32 hash, int sticky)
 {
 	__u32 table_id = svc->table_id;
 	__u32 size = svc->table_size;
@@ -77,10 +77,8 @@ weft_select(const struct weft_svc_val *svc, __u32 hash, __u32 sticky)
 	if (!table)
 		return NULL;
 
-	if (svc->algo == WEFT_LB_MAGLEV) {
+	if (svc->algo == WEFT_LB_MAGLEV || sticky) {
 		slot = hash;
-	} else if (sticky) {
-		slot = sticky;
 	} else if (svc->algo == WEFT_LB_ROUND_ROBIN) {
 		__u32 *pos = bpf_map_lookup_elem(&weft_rr_v1, &table_id);
 
@@ -137,7 +135,7 @@ weft_revnat_lookup(__u64 cookie, const struct weft_l4addr *peer)
 enum weft_xlate { WEFT_XLATE_NONE, WEFT_XLATE_DONE, WEFT_XLATE_NO_BACKEND };
 
 static __always_inline enum weft_xlate
-weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src[16], __u32 sticky)
+weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src[16], __u32 sticky_hash, int sticky)
 {
 	struct weft_svc_key key = {};
 	struct weft_svc_val *svc;
@@ -152,7 +150,7 @@ weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src
 	if (!svc)
 		return WEFT_XLATE_NONE;
 
-	be = weft_select(svc, svc->algo == WEFT_LB_MAGLEV ? weft_source_hash(src) : 0, sticky);
+	be = weft_select(svc, svc->algo == WEFT_LB_MAGLEV ? weft_source_hash(src) : sticky_hash, sticky);
 	if (!be)
 		return WEFT_XLATE_NO_BACKEND;
 

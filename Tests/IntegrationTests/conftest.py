@@ -1,0 +1,254 @@
+"""Privileged integration tests: the real weft binary, real kernel hooks, network
+namespaces and cgroups created here and removed here (../shared/TESTING.md).
+
+Every object is named weft-test-<id>: namespace, cgroup, bpffs pin dir, temp dir. The
+session starts by sweeping leftovers of a crashed earlier run.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+WEFT = os.environ.get("WEFT_BIN", os.path.join(ROOT, ".build", "debug", "weft"))
+
+
+def cgroup2_mount():
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if parts[2] == "cgroup2":
+                return parts[1]
+    raise RuntimeError("no cgroup2 mount")
+
+
+CG2 = cgroup2_mount()
+
+
+def sh(cmd, check=True, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), check=check, capture_output=True, text=True, **kw)
+
+
+def kill_cgroup(path):
+    """Kill every process in a cgroup tree, then remove it bottom-up."""
+    if not os.path.isdir(path):
+        return
+    for _ in range(50):
+        pids = []
+        for d, _, _ in os.walk(path):
+            try:
+                pids += open(os.path.join(d, "cgroup.procs")).read().split()
+            except OSError:
+                pass
+        if not pids:
+            break
+        for p in pids:
+            try:
+                os.kill(int(p), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        time.sleep(0.1)
+    for d, _, _ in sorted(os.walk(path), key=lambda x: -len(x[0])):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def sweep(prefix="weft-test-"):
+    for line in sh("ip netns list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(prefix):
+            sh(["ip", "netns", "pids", name], check=False)
+            for pid in sh(["ip", "netns", "pids", name], check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            sh(["ip", "netns", "del", name], check=False)
+    for name in os.listdir(CG2):
+        if name.startswith(prefix):
+            kill_cgroup(os.path.join(CG2, name))
+    if os.path.isdir("/sys/fs/bpf"):
+        for name in os.listdir("/sys/fs/bpf"):
+            if name.startswith(prefix):
+                shutil.rmtree(os.path.join("/sys/fs/bpf", name), ignore_errors=True)
+    for p in sh(["pgrep", "-f", "weft agent .*weft-test-"], check=False).stdout.split():
+        try:
+            os.kill(int(p), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session():
+    if os.geteuid() != 0:
+        pytest.exit("integration tests need root (they attach BPF programs)", returncode=2)
+    if not os.path.exists(WEFT):
+        pytest.exit("weft binary not found at %s; run scripts/test (it builds first)" % WEFT, returncode=2)
+    if sh("mount | grep -q ' /sys/fs/bpf type bpf'", check=False).returncode != 0:
+        sh("mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf")
+    sweep()
+    yield
+    sweep()
+
+
+SERVICE = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: {name}
+spec:
+  hosts: [{name}.default.svc.cluster.local]
+  addresses: [{vips}]
+  ports:
+  - number: {port}
+    name: p
+    protocol: {proto}
+    targetPort: {target}
+  resolution: STATIC
+  endpoints:
+{endpoints}"""
+
+
+def service_yaml(name, vips, backends, port=80, target=8080, proto="TCP"):
+    """backends: list of (address, weight)."""
+    eps = "\n".join("  - address: \"%s\"\n    weight: %d" % (a, w) for a, w in backends)
+    return SERVICE.format(name=name, vips=", ".join('"%s"' % v for v in vips), port=port, target=target, proto=proto, endpoints=eps)
+
+
+class Sandbox:
+    """One node: a namespace with backend addresses on lo, a cgroup the agent attaches
+    to (with a `client` child), a config dir, and at most one running agent."""
+
+    def __init__(self):
+        self.id = "weft-test-" + uuid.uuid4().hex[:8]
+        self.ns = self.id
+        self.cgroup = os.path.join(CG2, self.id)
+        self.client_cg = os.path.join(self.cgroup, "client")
+        self.bpffs = "/sys/fs/bpf/" + self.id
+        self.tmp = tempfile.mkdtemp(prefix=self.id + "-")
+        self.config = os.path.join(self.tmp, "config")
+        self.sock = os.path.join(self.tmp, "agent.sock")
+        self.procs = []
+        self.agent = None
+        self.agent_log = None
+        os.makedirs(self.config)
+        sh(["ip", "netns", "add", self.ns])
+        sh(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        os.makedirs(self.client_cg)
+
+    def add_address(self, addr):
+        plen = "128" if ":" in addr else "32"
+        sh(["ip", "-n", self.ns, "addr", "add", "%s/%s" % (addr, plen), "dev", "lo", "nodad"] if ":" in addr
+           else ["ip", "-n", self.ns, "addr", "add", "%s/%s" % (addr, plen), "dev", "lo"])
+
+    def in_ns(self, argv, cgroup=None):
+        """argv run inside the namespace (and the cgroup, if given)."""
+        cg = "echo $$ > %s/cgroup.procs; " % cgroup if cgroup else ""
+        return ["sh", "-c", cg + 'exec nsenter --net=/run/netns/%s "$@"' % self.ns, "sh"] + argv
+
+    def backend(self, name, addr, port=8080, mode="tcp"):
+        self.add_address(addr)
+        p = subprocess.Popen(self.in_ns(["python3", os.path.join(HERE, "backend.py"), name, addr, str(port), mode]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert p.stdout.readline().strip() == "ready", "backend %s did not start" % name
+        self.procs.append(p)
+        return p
+
+    def client(self, *args, cgroup="client", timeout=120):
+        cg = self.client_cg if cgroup == "client" else cgroup
+        r = subprocess.run(self.in_ns(["python3", os.path.join(HERE, "client.py")] + [str(a) for a in args], cgroup=cg),
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def write(self, name, text):
+        # Write-then-rename, as config tools do: the agent never sees a half-written file.
+        tmp = os.path.join(self.config, "." + name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, os.path.join(self.config, name))
+
+    def weft(self, *args, check=True):
+        r = subprocess.run([WEFT] + list(args), capture_output=True, text=True, timeout=60)
+        if check:
+            assert r.returncode == 0, "weft %s: %s" % (" ".join(args), r.stderr)
+        return r
+
+    def services(self):
+        r = self.weft("service", "list", "-j", "--bpffs", self.bpffs, check=False)
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def start_agent(self, *extra, node="node-a", wait=True):
+        self.agent_log = os.path.join(self.tmp, "agent-%d.log" % len(self.procs))
+        log = open(self.agent_log, "w")
+        self.agent = subprocess.Popen([WEFT, "agent", "--config-dir", self.config, "--cgroup", self.cgroup,
+                                       "--bpffs", self.bpffs, "--admin-socket", self.sock, "--node", node,
+                                       "--drain-period", "2", "--resync-interval", "0.5"] + list(extra),
+                                      stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(self.agent)
+        if wait:
+            self.wait_log(r"config revision \d+ applied|config rejected")
+        return self.agent
+
+    def stop_agent(self, sig=signal.SIGINT):
+        if self.agent and self.agent.poll() is None:
+            self.agent.send_signal(sig)
+            self.agent.wait(timeout=20)
+        rc = self.agent.returncode if self.agent else None
+        self.agent = None
+        return rc
+
+    def log(self):
+        return open(self.agent_log).read() if self.agent_log else ""
+
+    def wait_log(self, pattern, timeout=20, after=0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if re.search(pattern, self.log()[after:]):
+                return
+            if self.agent is not None and self.agent.poll() is not None:
+                raise AssertionError("agent exited: " + self.log())
+            time.sleep(0.05)
+        raise AssertionError("agent log never matched %r:\n%s" % (pattern, self.log()))
+
+    def wait_services(self, pred, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            s = self.services()
+            if s is not None and pred(s):
+                return s
+            time.sleep(0.1)
+        raise AssertionError("datapath never reached the expected state: %s" % self.services())
+
+    def close(self):
+        self.stop_agent()
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        kill_cgroup(self.cgroup)
+        sh(["ip", "netns", "del", self.ns], check=False)
+        shutil.rmtree(self.bpffs, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox():
+    s = Sandbox()
+    try:
+        yield s
+    finally:
+        s.close()
+        # Nothing of the test may outlive it.
+        assert not os.path.exists(s.cgroup), "cgroup left behind"
+        assert not os.path.exists(s.bpffs), "pins left behind"
+        assert s.ns not in sh("ip netns list").stdout, "namespace left behind"
