@@ -8,7 +8,7 @@ struct Weft: AsyncParsableCommand {
         commandName: "weft",
         abstract: "A transparent, sidecar-less service mesh for Linux nodes.",
         subcommands: [AgentCommand.self, ValidateCommand.self, ServiceCommand.self, MaglevCommand.self,
-                      ProgCommand.self, MapCommand.self, StatusCommand.self]
+                      ProgCommand.self, MapCommand.self, StatusCommand.self, BenchCommand.self]
     )
 }
 
