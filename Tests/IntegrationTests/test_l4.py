@@ -256,3 +256,26 @@ def test_missing_kernel_feature_is_one_clear_line(sandbox):
     err = [l for l in r.stderr.splitlines() if "error" in l.lower() or "weft:" in l]
     assert any("is not on cgroup v2" in l for l in err), r.stderr
     assert not os.path.exists(os.path.join(sandbox.bpffs, "links", "weft_connect4"))
+
+
+def test_round_robin_is_exact(sandbox):
+    for i, a in enumerate(B):
+        sandbox.backend("b%d" % (i + 1), a)
+    dr = """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+"""
+    sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1), (B[1], 1), (B[2], 2)]) + dr)
+    sandbox.start_agent()
+    assert sandbox.services()[0]["algorithm"] == "round_robin"
+    r = sandbox.client("tcp", VIP, 80, 400)
+    # Weighted round robin walks the table in order: every 4 connections are 1+1+2.
+    assert r["failures"] == [] and r["backends"] == {"b1": 100, "b2": 100, "b3": 200}, r
