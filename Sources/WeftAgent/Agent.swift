@@ -55,6 +55,8 @@ public final class Agent: Service, @unchecked Sendable {
     let logger: Logger
     private let lock = NSLock()
     private var snapshot = Snapshot.empty()
+    /// The snapshot's map contents, computed once per revision (Maglev tables are costly).
+    private var desired = DesiredState(snapshot: .empty(), node: "")
     private var reconciler: Reconciler
     private var status: AgentStatus
 
@@ -137,21 +139,33 @@ public final class Agent: Service, @unchecked Sendable {
             lock.withLock { status.configErrors = [] }
             return
         }
+        let desired = DesiredState(snapshot: next, node: options.node)
+        let tooBig = desired.capacityProblems()
+        if !tooBig.isEmpty {
+            for p in tooBig { logger.error("config does not fit the datapath: \(p)", metadata: ["component": "config"]) }
+            logger.error("config rejected: still serving revision \(current.revision)", metadata: ["component": "config"])
+            lock.withLock { status.configErrors = tooBig }
+            return
+        }
         lock.withLock {
             snapshot = next
+            self.desired = desired
             status.configErrors = []
         }
-        apply(next, datapath, reason: "config revision \(next.revision)")
+        apply(next, desired, datapath, reason: "config revision \(next.revision)")
     }
 
     func resync(_ datapath: Datapath) {
-        apply(lock.withLock { snapshot }, datapath, reason: nil)
+        let (snap, desired) = lock.withLock { (snapshot, self.desired) }
+        // Until a config has been accepted, the kernel's content (possibly adopted from the
+        // previous agent) is the last good state: never "resync" it to nothing.
+        guard snap.revision > 0 else { return }
+        apply(snap, desired, datapath, reason: nil)
     }
 
-    /// Diffs the snapshot against the maps and applies the difference.
-    func apply(_ snap: Snapshot, _ datapath: Datapath, reason: String?) {
+    /// Diffs the desired state against the maps and applies the difference.
+    func apply(_ snap: Snapshot, _ desired: DesiredState, _ datapath: Datapath, reason: String?) {
         let start = ContinuousClock.now
-        let desired = DesiredState(snapshot: snap, node: options.node)
         var cgroupIDs: [String: UInt64] = [:]
         for path in desired.workloads.keys {
             if let id = try? Datapath.cgroupID("\(options.cgroup)/\(path)") { cgroupIDs[path] = id }
@@ -161,7 +175,8 @@ public final class Agent: Service, @unchecked Sendable {
             let ops = lock.withLock { reconciler.plan(actual: actual, desired: desired, cgroupIDs: cgroupIDs, now: Date()) }
             if ops.isEmpty && reason == nil { return }
             try datapath.maps.apply(ops)
-            let ms = Double((ContinuousClock.now - start).components.attoseconds) / 1e15 + Double((ContinuousClock.now - start).components.seconds) * 1000
+            let took = (ContinuousClock.now - start).components
+            let ms = Double(took.seconds) * 1000 + Double(took.attoseconds) / 1e15
             lock.withLock {
                 status.revision = snap.revision
                 status.contentHash = snap.contentHash

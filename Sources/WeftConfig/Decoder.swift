@@ -69,12 +69,13 @@ enum ResourceDecoder {
         }
         let line = mark?.line ?? 1
         let col = mark?.column ?? 1
-        var snippet = ""
+        var snippet: String?
         let lines = text.split(separator: "\n", omittingEmptySubsequences: false)
         if line >= 1 && line <= lines.count {
-            snippet = "\n    \(lines[line - 1])\n    \(String(repeating: " ", count: max(col - 1, 0)))^"
+            snippet = "    \(lines[line - 1])\n    \(String(repeating: " ", count: max(col - 1, 0)))^"
         }
-        sink.error("YAML001", SourcePosition(file: file, line: line, column: col), nil, "YAML syntax error: \(problem)\(snippet)")
+        sink.items.append(Diagnostic(.error, "YAML001", at: SourcePosition(file: file, line: line, column: col),
+                                     "YAML syntax error: \(problem)", snippet: snippet))
     }
 
     static func decodeDocument(_ doc: YNode) -> Resource? {

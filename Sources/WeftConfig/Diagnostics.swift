@@ -37,14 +37,18 @@ public struct Diagnostic: Hashable, Sendable, Codable, CustomStringConvertible {
     public var resource: String?
     /// What is wrong and, where it helps, what to do.
     public var message: String
+    /// The offending source line with a caret under the column (syntax errors), for
+    /// terminals; logs keep to the one-line `description`.
+    public var snippet: String?
 
     /// Creates a diagnostic.
-    public init(_ severity: Severity, _ code: String, at position: SourcePosition, resource: String? = nil, _ message: String) {
+    public init(_ severity: Severity, _ code: String, at position: SourcePosition, resource: String? = nil, _ message: String, snippet: String? = nil) {
         self.severity = severity
         self.code = code
         self.position = position
         self.resource = resource
         self.message = message
+        self.snippet = snippet
     }
 
     /// `file:line:col: error [CODE] Kind ns/name: message` — one line, for logs and terminals.

@@ -1,3 +1,4 @@
+import CWeftABI
 import WeftConfig
 
 /// L4 protocol of a frontend.
@@ -126,5 +127,25 @@ extension LoadBalancer {
         case .roundRobin: return 1
         case .maglev: return 2
         }
+    }
+}
+
+extension DesiredState {
+    /// Why this state would not fit the kernel maps, if it would not. Checked before any
+    /// map is touched, so a too-large config is rejected whole like an invalid one.
+    public func capacityProblems() -> [String] {
+        var out: [String] = []
+        let backends = Set(services.values.flatMap(\.backends))
+        if services.count > Int(WEFT_MAX_SERVICES) {
+            out.append("\(services.count) service frontends (VIP × port) exceed the datapath's capacity of \(WEFT_MAX_SERVICES) (weft_svc_v1)")
+        }
+        if backends.count > Int(WEFT_MAX_BACKENDS) / 2 {
+            // Half: removed backends keep their entry while they drain.
+            out.append("\(backends.count) distinct backends exceed \(Int(WEFT_MAX_BACKENDS) / 2), half of weft_backend_v1, kept free for draining")
+        }
+        if workloads.count > Int(WEFT_MAX_WORKLOADS) {
+            out.append("\(workloads.count) workloads on this node exceed the capacity of \(WEFT_MAX_WORKLOADS) (weft_wl_v1)")
+        }
+        return out
     }
 }

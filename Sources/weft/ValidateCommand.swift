@@ -17,7 +17,10 @@ struct ValidateCommand: ParsableCommand {
             for w in snap.warnings { print(w) }
             print("\(snap.resources.count) resources valid")
         } catch {
-            for d in error.diagnostics { print(d) }
+            for d in error.diagnostics {
+                print(d)
+                if let s = d.snippet { print(s) }
+            }
             throw ExitCode(1)
         }
     }

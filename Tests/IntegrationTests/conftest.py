@@ -138,6 +138,7 @@ class Sandbox:
         self.config = os.path.join(self.tmp, "config")
         self.sock = os.path.join(self.tmp, "agent.sock")
         self.procs = []
+        self.prog_ids = set()  # every program id an agent of this sandbox attached
         self.agent = None
         self.agent_log = None
         os.makedirs(self.config)
@@ -197,7 +198,13 @@ class Sandbox:
         self.procs.append(self.agent)
         if wait:
             self.wait_log(r"config revision \d+ applied|config rejected")
+            self.record_programs()
         return self.agent
+
+    def record_programs(self):
+        r = self.weft("prog", "show", "-j", "--bpffs", self.bpffs, check=False)
+        if r.returncode == 0:
+            self.prog_ids |= {p["progID"] for p in json.loads(r.stdout)}
 
     def stop_agent(self, sig=signal.SIGINT):
         if self.agent and self.agent.poll() is None:
@@ -252,3 +259,5 @@ def sandbox():
         assert not os.path.exists(s.cgroup), "cgroup left behind"
         assert not os.path.exists(s.bpffs), "pins left behind"
         assert s.ns not in sh("ip netns list").stdout, "namespace left behind"
+        live = {p["id"] for p in json.loads(sh("bpftool prog show -j").stdout or "[]")}
+        assert not (live & s.prog_ids), "programs left loaded: %s" % (live & s.prog_ids)

@@ -279,3 +279,67 @@ spec:
     r = sandbox.client("tcp", VIP, 80, 400)
     # Weighted round robin walks the table in order: every 4 connections are 1+1+2.
     assert r["failures"] == [] and r["backends"] == {"b1": 100, "b2": 100, "b3": 200}, r
+
+
+MAGLEV_DR = """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+spec:
+  host: web.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        useSourceIp: true
+"""
+
+
+def test_use_source_ip_for_unbound_clients_hashes_their_workload_address(sandbox):
+    """Clients that do not bind() have no source address at connect() time; weft hashes
+    the address of the WorkloadEntry whose weft.io/cgroup holds the client."""
+    backends = ["10.250.2.%d" % i for i in range(1, 6)]
+    for i, a in enumerate(backends):
+        sandbox.backend("m%d" % i, a)
+    # Two cgroups per address: both must hash alike, which hashing anything else about the
+    # cgroup (its id, say) would not do.
+    workloads = {"frontend-%d" % i: "10.250.3.%d" % ((i + 1) // 2) for i in range(1, 7)}
+    docs = [service_yaml("web", [VIP], [(a, 1) for a in backends]) + MAGLEV_DR]
+    for name, addr in workloads.items():
+        os.makedirs(os.path.join(sandbox.cgroup, "apps", name))
+        docs.append("""---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: %s
+  annotations: {weft.io/node: node-a, weft.io/cgroup: apps/%s}
+spec: {address: %s, labels: {app: frontend}}
+""" % (name, name, addr))
+    sandbox.write("web.yaml", "\n".join(docs))
+    sandbox.start_agent(node="node-a")
+    wl = sandbox.weft("map", "dump", "weft_wl_v1", "--bpffs", sandbox.bpffs).stdout
+    for addr in workloads.values():
+        assert addr in wl, wl
+    chosen = {}
+    for name in workloads:
+        r = sandbox.client("tcp", VIP, 80, 50, cgroup=os.path.join(sandbox.cgroup, "apps", name))
+        assert r["failures"] == [] and len(r["backends"]) == 1, (name, r)
+        chosen[name] = next(iter(r["backends"]))
+    for i in (1, 3, 5):
+        assert chosen["frontend-%d" % i] == chosen["frontend-%d" % (i + 1)], "same address, different backend: %s" % chosen
+    assert len(set(chosen.values())) > 1, "3 workload addresses all hashed alike: %s" % chosen
+
+
+def test_restart_with_a_broken_config_keeps_the_adopted_datapath(sandbox):
+    sandbox.backend("b1", B[0])
+    sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1)]))
+    sandbox.start_agent("--keep-datapath")
+    assert sandbox.stop_agent(signal.SIGTERM) == 0
+    sandbox.write("web.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: web}\nspec: {hosts: [")
+    sandbox.start_agent()
+    assert "datapath adopted" in sandbox.log() and "config rejected" in sandbox.log()
+    time.sleep(1.5)  # several resync intervals
+    assert sandbox.client("tcp", VIP, 80, 20)["backends"] == {"b1": 20}, "the last good datapath must keep serving"
+    sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1), (B[1], 1)]))
+    sandbox.wait_services(lambda s: len(s[0]["backends"]) == 2)

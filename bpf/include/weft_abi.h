@@ -97,11 +97,11 @@ _Static_assert(sizeof(struct weft_revnat_key) == 32, "weft_revnat_key layout");
 _Static_assert(sizeof(struct weft_revnat_val) == 20, "weft_revnat_val layout");
 _Static_assert(sizeof(struct weft_wl_val) == 20, "weft_wl_val layout");
 
-/* Map capacities, shared so Swift can refuse a config that would not fit. */
+/* Map capacities, shared so the agent can refuse a config that would not fit
+ * (DesiredState.capacityProblems) instead of failing half-way through an apply. */
 #define WEFT_MAX_SERVICES 65536
 #define WEFT_MAX_BACKENDS 131072
 #define WEFT_MAX_REVNAT 262144
 #define WEFT_MAX_WORKLOADS 16384
-#define WEFT_MAX_TABLE_SIZE 131071 /* largest selection table (Maglev M must be < this) */
 
 #endif
