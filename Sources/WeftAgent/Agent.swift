@@ -74,18 +74,15 @@ public final class Agent: Service, @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: options.configDir, isDirectory: &isDir), isDir.boolValue else {
             throw AgentError("config dir \(options.configDir) does not exist (--config-dir)")
         }
-        let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup)
-        status.adopted = datapath.adopted
-        logger.info("datapath \(datapath.adopted ? "adopted" : "attached")", metadata: [
-            "component": "dataplane", "bpffs": "\(options.bpffs)", "cgroup": "\(options.cgroup)", "programs": "\(datapath.programs.count)",
-        ])
+        // Everything that can fail without touching the kernel comes first.
+        let watcher = try ConfigWatcher(directory: options.configDir)
+        defer { watcher.stop() }
         let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] in
             lock.withLock { status }
         }
-        let watcher = try ConfigWatcher(directory: options.configDir)
+        defer { admin.stop() }
+        let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup)
         defer {
-            watcher.stop()
-            admin.stop()
             if options.keepDatapath {
                 logger.info("leaving the datapath attached and pinned (--keep-datapath)", metadata: ["bpffs": "\(options.bpffs)"])
             } else {
@@ -93,6 +90,10 @@ public final class Agent: Service, @unchecked Sendable {
                 logger.info("datapath detached and unpinned", metadata: ["bpffs": "\(options.bpffs)"])
             }
         }
+        status.adopted = datapath.adopted
+        logger.info("datapath \(datapath.adopted ? "adopted" : "attached")", metadata: [
+            "component": "dataplane", "bpffs": "\(options.bpffs)", "cgroup": "\(options.cgroup)", "programs": "\(datapath.programs.count)",
+        ])
 
         reload(datapath)
         let changes = watcher.events()
@@ -130,7 +131,7 @@ public final class Agent: Service, @unchecked Sendable {
             next = try ConfigLoader.snapshot(parsed, revision: current.revision + 1)
         } catch {
             for d in error.diagnostics { logger.error("\(d)", metadata: ["component": "config"]) }
-            logger.error("config rejected: still serving revision \(current.revision)", metadata: ["component": "config"])
+            logger.error("config rejected: \(keeping(current))", metadata: ["component": "config"])
             lock.withLock { status.configErrors = error.diagnostics.map(\.description) }
             return
         }
@@ -143,7 +144,7 @@ public final class Agent: Service, @unchecked Sendable {
         let tooBig = desired.capacityProblems()
         if !tooBig.isEmpty {
             for p in tooBig { logger.error("config does not fit the datapath: \(p)", metadata: ["component": "config"]) }
-            logger.error("config rejected: still serving revision \(current.revision)", metadata: ["component": "config"])
+            logger.error("config rejected: \(keeping(current))", metadata: ["component": "config"])
             lock.withLock { status.configErrors = tooBig }
             return
         }
@@ -153,6 +154,12 @@ public final class Agent: Service, @unchecked Sendable {
             status.configErrors = []
         }
         apply(next, desired, datapath, reason: "config revision \(next.revision)")
+    }
+
+    /// What stays in force when a config is rejected.
+    func keeping(_ current: Snapshot) -> String {
+        if current.revision > 0 { return "still serving revision \(current.revision)" }
+        return lock.withLock { status.adopted } ? "keeping the adopted datapath as it is" : "nothing applied yet"
     }
 
     func resync(_ datapath: Datapath) {

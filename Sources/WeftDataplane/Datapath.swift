@@ -55,22 +55,33 @@ public final class Datapath: @unchecked Sendable {
         if cgfd < 0 { throw BPFError.errno("opening cgroup \(cgroup) (--cgroup)") }
         defer { close(cgfd) }
         var adopted = false
-        for prog in programs {
-            let pin = Self.linkPin(bpffs, prog)
-            if let link = try BPFLink.openPinned(pin) {
-                let info = try PinnedProgramInfo(pin: pin)
-                guard info.cgroupID == cgroupID else {
-                    throw BPFError("the datapath pinned at \(bpffs) is attached to cgroup id \(info.cgroupID), not \(cgroup) (--cgroup): stop that agent without --keep-datapath, or use another --bpffs")
+        var links: [String: BPFLink] = [:]
+        var created: [BPFLink] = []
+        do {
+            for prog in programs {
+                let pin = Self.linkPin(bpffs, prog)
+                if let link = try BPFLink.openPinned(pin) {
+                    let info = try PinnedProgramInfo(pin: pin)
+                    guard info.cgroupID == cgroupID else {
+                        throw BPFError("the datapath pinned at \(bpffs) is attached to cgroup id \(info.cgroupID), not \(cgroup) (--cgroup): stop that agent without --keep-datapath, or use another --bpffs")
+                    }
+                    try link.update(object: object, program: prog)
+                    links[prog] = link
+                    adopted = true
+                } else {
+                    let link = try BPFLink.attachCgroup(object: object, program: prog, cgroupFD: cgfd)
+                    created.append(link)
+                    try link.pin(pin)
+                    links[prog] = link
                 }
-                try link.update(object: object, program: prog)
-                links[prog] = link
-                adopted = true
-            } else {
-                let link = try BPFLink.attachCgroup(object: object, program: prog, cgroupFD: cgfd)
-                try link.pin(pin)
-                links[prog] = link
             }
+        } catch {
+            // Undo what this attempt attached, so a failed start leaves no program behind
+            // (adopted links belong to the running datapath and stay).
+            for link in created { try? link.unpin() }
+            throw error
         }
+        self.links = links
         // Links of programs this build no longer has (an older agent's) must not linger.
         let pinned = (try? FileManager.default.contentsOfDirectory(atPath: "\(bpffs)/links")) ?? []
         for name in pinned where !programs.contains(name) {

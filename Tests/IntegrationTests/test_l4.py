@@ -343,3 +343,15 @@ def test_restart_with_a_broken_config_keeps_the_adopted_datapath(sandbox):
     assert sandbox.client("tcp", VIP, 80, 20)["backends"] == {"b1": 20}, "the last good datapath must keep serving"
     sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1), (B[1], 1)]))
     sandbox.wait_services(lambda s: len(s[0]["backends"]) == 2)
+
+
+def test_failed_start_leaves_nothing_attached(sandbox):
+    r = subprocess.run([WEFT, "agent", "--config-dir", sandbox.config, "--cgroup", sandbox.cgroup, "--bpffs", sandbox.bpffs,
+                        "--admin-socket", "/proc/weft-test.sock"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "cannot listen on admin socket /proc/weft-test.sock (--admin-socket)" in r.stderr
+    assert sh(["bpftool", "cgroup", "show", sandbox.cgroup]).stdout.strip() == ""
+    assert not os.path.exists(os.path.join(sandbox.bpffs, "links"))
+    r = subprocess.run([WEFT, "agent", "--config-dir", "/nonexistent-weft", "--cgroup", sandbox.cgroup, "--bpffs", sandbox.bpffs,
+                        "--admin-socket", sandbox.sock], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "config dir /nonexistent-weft does not exist (--config-dir)" in r.stderr
