@@ -23,9 +23,11 @@ public struct AgentOptions: Sendable {
     public var drainPeriod: Double
     /// Seconds between full re-syncs (drain expiry, cgroups that appeared).
     public var resyncInterval: Double
+    /// Size of weft_slot_v1, the slots all selection tables share.
+    public var lbSlots: UInt32
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
-                keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double) {
+                keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32) {
         self.configDir = configDir
         self.cgroup = cgroup
         self.bpffs = bpffs
@@ -34,6 +36,7 @@ public struct AgentOptions: Sendable {
         self.keepDatapath = keepDatapath
         self.drainPeriod = drainPeriod
         self.resyncInterval = resyncInterval
+        self.lbSlots = lbSlots
     }
 }
 
@@ -54,6 +57,10 @@ public final class Agent: Service, @unchecked Sendable {
     let options: AgentOptions
     let logger: Logger
     private let lock = NSLock()
+    /// Held for a whole read-plan-write of the maps: a config reload and the periodic
+    /// resync must never plan against the same state and both write (they would collide
+    /// on table ids).
+    private let applying = NSLock()
     private var snapshot = Snapshot.empty()
     /// The snapshot's map contents, computed once per revision (Maglev tables are costly).
     private var desired = DesiredState(snapshot: .empty(), node: "")
@@ -81,7 +88,7 @@ public final class Agent: Service, @unchecked Sendable {
             lock.withLock { status }
         }
         defer { admin.stop() }
-        let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup)
+        let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots, logger: logger)
         defer {
             if options.keepDatapath {
                 logger.info("leaving the datapath attached and pinned (--keep-datapath)", metadata: ["bpffs": "\(options.bpffs)"])
@@ -136,7 +143,7 @@ public final class Agent: Service, @unchecked Sendable {
             return
         }
         for w in next.warnings { logger.warning("\(w)", metadata: ["component": "config"]) }
-        if next.contentHash == current.contentHash && current.revision > 0 {
+        if next.resources == current.resources && current.revision > 0 {
             lock.withLock { status.configErrors = [] }
             return
         }
@@ -148,12 +155,15 @@ public final class Agent: Service, @unchecked Sendable {
             lock.withLock { status.configErrors = tooBig }
             return
         }
-        lock.withLock {
-            snapshot = next
-            self.desired = desired
-            status.configErrors = []
+        if apply(next, desired, datapath, reason: "config revision \(next.revision)") {
+            lock.withLock {
+                snapshot = next
+                self.desired = desired
+                status.configErrors = []
+            }
+        } else {
+            logger.error("config rejected: \(keeping(current))", metadata: ["component": "config"])
         }
-        apply(next, desired, datapath, reason: "config revision \(next.revision)")
     }
 
     /// What stays in force when a config is rejected.
@@ -170,8 +180,13 @@ public final class Agent: Service, @unchecked Sendable {
         apply(snap, desired, datapath, reason: nil)
     }
 
-    /// Diffs the desired state against the maps and applies the difference.
-    func apply(_ snap: Snapshot, _ desired: DesiredState, _ datapath: Datapath, reason: String?) {
+    /// Diffs the desired state against the maps and applies the difference; false if that
+    /// failed (a plan that cannot be carried out changes nothing; a failed write is
+    /// retried by the next resync, which converges on the last good snapshot).
+    @discardableResult
+    func apply(_ snap: Snapshot, _ desired: DesiredState, _ datapath: Datapath, reason: String?) -> Bool {
+        applying.lock()
+        defer { applying.unlock() }
         let start = ContinuousClock.now
         var cgroupIDs: [String: UInt64] = [:]
         for path in desired.workloads.keys {
@@ -179,14 +194,15 @@ public final class Agent: Service, @unchecked Sendable {
         }
         do {
             let actual = try datapath.maps.readActual()
-            let ops = lock.withLock { reconciler.plan(actual: actual, desired: desired, cgroupIDs: cgroupIDs, now: Date()) }
-            if ops.isEmpty && reason == nil { return }
+            let ops = try lock.withLock { try reconciler.plan(actual: actual, desired: desired, cgroupIDs: cgroupIDs, now: Date()) }
+            if ops.isEmpty && reason == nil { return true }
             try datapath.maps.apply(ops)
             let took = (ContinuousClock.now - start).components
             let ms = Double(took.seconds) * 1000 + Double(took.attoseconds) / 1e15
+            let hash = reason == nil ? nil : snap.contentHash
             lock.withLock {
                 status.revision = snap.revision
-                status.contentHash = snap.contentHash
+                if let hash { status.contentHash = hash }
                 status.services = desired.services.count
                 if reason != nil { status.lastApplyMs = ms }
             }
@@ -194,8 +210,10 @@ public final class Agent: Service, @unchecked Sendable {
                 "component": "dataplane", "services": "\(desired.services.count)", "ops": "\(ops.count)",
                 "ms": "\(String(format: "%.1f", ms))",
             ])
+            return true
         } catch {
-            logger.error("applying \(reason ?? "resync") to the datapath failed: \(error); will retry", metadata: ["component": "dataplane"])
+            logger.error("applying \(reason ?? "resync") to the datapath failed: \(error)", metadata: ["component": "dataplane"])
+            return false
         }
     }
 }

@@ -181,16 +181,43 @@ public final class BPFMap: @unchecked Sendable {
         }
     }
 
-    /// Writes a whole array map (keys 0..<values.count) in one batch syscall.
-    public func fillArray(_ values: [UInt32]) throws {
+    /// Writes `values` to an array map at keys offset..<offset+count, in one batch syscall.
+    public func fillArray(_ values: [UInt32], offset: UInt32 = 0) throws {
         precondition(keySize == 4 && valueSize == 4)
-        var keys = (0..<UInt32(values.count)).map { $0 }
+        if values.isEmpty { return }
+        var keys = (0..<UInt32(values.count)).map { $0 + offset }
         var vals = values
         var count = UInt32(values.count)
         var opts = bpf_map_batch_opts()
         opts.sz = MemoryLayout<bpf_map_batch_opts>.size
         let rc = bpf_map_update_batch(fd, &keys, &vals, &count, &opts)
-        if rc != 0 { throw BPFError.errno("filling map \(name) (\(values.count) entries)", rc) }
+        if rc != 0 { throw BPFError.errno("writing \(values.count) slots at \(offset) of map \(name)", rc) }
+    }
+
+    /// Reads keys offset..<offset+count of a u32 array map, in batches.
+    public func readArray(offset: UInt32, count: UInt32) throws -> [UInt32] {
+        precondition(keySize == 4 && valueSize == 4)
+        var out = [UInt32]()
+        out.reserveCapacity(Int(count))
+        var next = offset
+        var opts = bpf_map_batch_opts()
+        opts.sz = MemoryLayout<bpf_map_batch_opts>.size
+        while UInt32(out.count) < count {
+            // A batch lookup resumes after the key in in_batch: start just before `next`.
+            var inBatch = next &- 1
+            var outBatch: UInt32 = 0
+            var n = min(count - UInt32(out.count), 65536)
+            var keys = [UInt32](repeating: 0, count: Int(n))
+            var vals = [UInt32](repeating: 0, count: Int(n))
+            let rc = withUnsafeMutablePointer(to: &inBatch) { inPtr in
+                bpf_map_lookup_batch(fd, next == 0 ? nil : UnsafeMutableRawPointer(inPtr), &outBatch, &keys, &vals, &n, &opts)
+            }
+            if rc != 0 && rc != -ENOENT { throw BPFError.errno("reading \(count) slots at \(offset) of map \(name)", rc) }
+            if n == 0 { break }
+            out += vals.prefix(Int(n))
+            next += n
+        }
+        return out
     }
 
     /// The raw bytes of a POD value.

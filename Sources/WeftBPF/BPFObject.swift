@@ -76,6 +76,12 @@ public final class BPFObject: @unchecked Sendable {
         if rc != 0 { throw BPFError.errno("setting pin path of map \(map)", rc) }
     }
 
+    /// Before load: the capacity of a map.
+    public func setMaxEntries(map: String, _ n: UInt32) throws {
+        let rc = bpf_map__set_max_entries(try rawMap(map), n)
+        if rc != 0 { throw BPFError.errno("sizing map \(map) to \(n) entries", rc) }
+    }
+
     /// Whether libbpf reused an already pinned map for `map` (after load).
     public func isReused(map: String) throws -> Bool {
         bpf_map__is_pinned(try rawMap(map))

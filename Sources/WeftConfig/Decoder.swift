@@ -36,7 +36,9 @@ enum ResourceDecoder {
         var out: [Resource] = []
         let docs: YamlSequence<Node>
         do {
-            docs = try Yams.compose_all(yaml: text)
+            // weft types scalars itself from their text and style; Yams' implicit tag
+            // resolution (a regex per scalar) would only cost time.
+            docs = try Yams.compose_all(yaml: text, .basic)
         } catch {
             report(yamlError: error, file: file, text: text, sink: sink)
             return []

@@ -20,44 +20,50 @@ public struct Snapshot: Sendable {
     public let revision: UInt64
     /// All resources by id.
     public let resources: [ResourceID: Resource]
-    /// Hex digest of the content (stable across loads of the same content).
-    public let contentHash: String
+    /// Hex digest of the content (stable across loads and processes). Computed on demand:
+    /// encoding every resource costs more than parsing them.
+    public var contentHash: String { Snapshot.hash(of: resources) }
     /// Warnings found while validating (errors never make it into a snapshot).
     public let warnings: [Diagnostic]
 
     /// ServiceEntries, sorted by id.
-    public var serviceEntries: [ServiceEntry] {
-        resources.keys.sorted().compactMap { if case .serviceEntry(let s) = resources[$0] { return s } else { return nil } }
-    }
-
+    public let serviceEntries: [ServiceEntry]
     /// WorkloadEntries, sorted by id.
-    public var workloadEntries: [WorkloadEntry] {
-        resources.keys.sorted().compactMap { if case .workloadEntry(let w) = resources[$0] { return w } else { return nil } }
-    }
-
+    public let workloadEntries: [WorkloadEntry]
     /// DestinationRules, sorted by id.
-    public var destinationRules: [DestinationRule] {
-        resources.keys.sorted().compactMap { if case .destinationRule(let d) = resources[$0] { return d } else { return nil } }
-    }
+    public let destinationRules: [DestinationRule]
+    /// WorkloadEntries by namespace, for selector matching.
+    private let workloadsByNamespace: [String: [WorkloadEntry]]
 
     /// An empty snapshot.
     public static func empty(revision: UInt64 = 0) -> Snapshot {
-        Snapshot(revision: revision, resources: [:], contentHash: Snapshot.hash(of: [:]), warnings: [])
+        Snapshot(revision: revision, resources: [:], warnings: [])
     }
 
-    init(revision: UInt64, resources: [ResourceID: Resource], contentHash: String, warnings: [Diagnostic]) {
+    init(revision: UInt64, resources: [ResourceID: Resource], warnings: [Diagnostic]) {
         self.revision = revision
         self.resources = resources
-        self.contentHash = contentHash
         self.warnings = warnings
+        var se: [ServiceEntry] = [], we: [WorkloadEntry] = [], dr: [DestinationRule] = []
+        for id in resources.keys.sorted() {
+            switch resources[id]! {
+            case .serviceEntry(let r): se.append(r)
+            case .workloadEntry(let r): we.append(r)
+            case .destinationRule(let r): dr.append(r)
+            }
+        }
+        serviceEntries = se
+        workloadEntries = we
+        destinationRules = dr
+        workloadsByNamespace = Dictionary(grouping: we, by: \.metadata.namespace)
     }
 
     /// The backends of `port` of `service`.
     public func backends(of service: ServiceEntry, port: ServicePort) -> [ServiceBackend] {
         func target(_ w: WorkloadSpec) -> UInt16 { w.ports[port.name] ?? port.targetPort ?? port.number }
         if let selector = service.workloadSelector {
-            return workloadEntries
-                .filter { we in we.metadata.namespace == service.metadata.namespace && selector.allSatisfy { k, v in we.spec.labels[k] == v } }
+            return (workloadsByNamespace[service.metadata.namespace] ?? [])
+                .filter { we in selector.allSatisfy { k, v in we.spec.labels[k] == v } }
                 .map { ServiceBackend(address: $0.spec.address, port: target($0.spec), weight: $0.spec.weight,
                                       workload: ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name)) }
         }
@@ -68,6 +74,7 @@ public struct Snapshot: Sendable {
     /// longest wildcard (Istio's precedence).
     public func destinationRule(for service: ServiceEntry) -> DestinationRule? {
         let rules = destinationRules
+        if rules.isEmpty { return nil }
         for host in service.hosts {
             if let exact = rules.first(where: { $0.host == host }) { return exact }
         }
@@ -161,10 +168,10 @@ public enum ConfigLoader {
             }
             byID[r.id] = r
         }
-        let snap = Snapshot(revision: revision, resources: byID, contentHash: Snapshot.hash(of: byID), warnings: [])
+        let snap = Snapshot(revision: revision, resources: byID, warnings: [])
         crossValidate(snap, sink: sink)
         if sink.hasErrors { throw ConfigError(sink.items) }
-        return Snapshot(revision: revision, resources: byID, contentHash: snap.contentHash, warnings: sink.items.filter { $0.severity == .warning })
+        return Snapshot(revision: revision, resources: byID, warnings: sink.items.filter { $0.severity == .warning })
     }
 
     static func crossValidate(_ snap: Snapshot, sink: DiagnosticSink) {
@@ -186,13 +193,14 @@ public enum ConfigLoader {
             }
         }
         var hosts: [String: DestinationRule] = [:]
+        let allHosts = Set(snap.serviceEntries.flatMap(\.hosts))
         for dr in snap.destinationRules {
             let res = "DestinationRule \(dr.metadata.namespace)/\(dr.metadata.name)"
             if let other = hosts[dr.host] {
                 sink.error("DR005", dr.position, res, "host \(dr.host) already has DestinationRule \(other.metadata.namespace)/\(other.metadata.name) (\(other.position))")
             }
             hosts[dr.host] = dr
-            if !snap.serviceEntries.contains(where: { se in se.hosts.contains { HostName.matches(pattern: dr.host, host: $0) } }) {
+            if !allHosts.contains(dr.host) && !allHosts.contains(where: { HostName.matches(pattern: dr.host, host: $0) }) {
                 sink.warning("DR006", dr.position, res, "host \(dr.host) matches no ServiceEntry")
             }
         }

@@ -108,12 +108,17 @@ final class YMap {
     let path: String
     let ctx: DecodeContext
     private var used = Set<String>()
+    /// Key text → value, built once (Yams checked that keys are unique).
+    private let index: [String: Node]
 
     init(mapping: Node.Mapping, node: Node, path: String, ctx: DecodeContext) {
         self.mapping = mapping
         self.node = node
         self.path = path
         self.ctx = ctx
+        var index: [String: Node] = [:]
+        for (k, v) in mapping { index[Self.text(k)] = v }
+        self.index = index
     }
 
     private func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
@@ -121,10 +126,7 @@ final class YMap {
     /// The value under `key`, marking the key as understood.
     subscript(_ key: String) -> YNode? {
         used.insert(key)
-        for (k, v) in mapping where k.string == key {
-            return YNode(node: v, path: child(key), ctx: ctx)
-        }
-        return nil
+        return index[key].map { YNode(node: $0, path: child(key), ctx: ctx) }
     }
 
     /// The value under `key`, or an error if it is missing.

@@ -24,12 +24,12 @@ extension weft_svc_key {
 
 extension weft_svc_val {
     init(_ s: ActualState.Service) {
-        self.init(table_id: s.tableID, table_size: s.tableSize, backend_count: s.backendCount, algo: s.algo, flags: 0,
+        self.init(table_off: s.tableOff, table_size: s.tableSize, backend_count: s.backendCount, algo: s.algo, flags: 0,
                   svc_id: s.svcID, fingerprint: s.fingerprint)
     }
 
     var service: ActualState.Service {
-        .init(svcID: svc_id, tableID: table_id, tableSize: table_size, backendCount: backend_count, algo: algo, fingerprint: fingerprint)
+        .init(svcID: svc_id, tableOff: table_off, tableSize: table_size, backendCount: backend_count, algo: algo, fingerprint: fingerprint)
     }
 }
 

@@ -1,5 +1,6 @@
 import CLibbpf
 import Foundation
+import Logging
 import WeftBPF
 
 /// The loaded, attached datapath: programs on the cgroup, maps and links pinned.
@@ -36,7 +37,7 @@ public final class Datapath: @unchecked Sendable {
 
     /// Checks kernel features, loads the programs, and attaches them to `cgroup` — or
     /// adopts what a previous agent left pinned under `bpffs`.
-    public init(bpffs: String, cgroup: String) throws {
+    public init(bpffs: String, cgroup: String, slots: UInt32, logger: Logger) throws {
         try KernelFeatures.requireBTF()
         try KernelFeatures.requireCgroup2(cgroup)
         try KernelFeatures.ensureBPFFS(bpffs)
@@ -47,6 +48,15 @@ public final class Datapath: @unchecked Sendable {
 
         object = try Self.embeddedObject("sock.bpf.o")
         for m in DatapathMaps.names { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
+        // A pinned slot array being adopted keeps its size (libbpf reuses a pinned map only
+        // if it matches exactly); resizing needs a stop without --keep-datapath.
+        var slotCount = slots
+        if let pinned = try? BPFMap(pinnedAt: Self.mapPin(bpffs, "weft_slot_v1")), pinned.maxEntries != slots {
+            logger.warning("adopting weft_slot_v1 with its \(pinned.maxEntries) slots, not --lb-slots \(slots); stop the agent without --keep-datapath to resize",
+                           metadata: ["component": "dataplane"])
+            slotCount = pinned.maxEntries
+        }
+        try object.setMaxEntries(map: "weft_slot_v1", slotCount)
         try object.load()
         maps = try DatapathMaps(lookup: object.map)
         programs = object.programNames

@@ -20,7 +20,7 @@ public struct ServiceListing: Codable, Sendable {
     public var frontend: String
     public var algorithm: String
     public var svcID: UInt32
-    public var tableID: UInt32
+    public var tableOffset: UInt32
     public var tableSize: UInt32
     public var backends: [BackendListing]
 }
@@ -41,7 +41,7 @@ extension DatapathMaps {
         let actual = try readActual()
         return try actual.services.keys.sorted().map { fe in
             let s = actual.services[fe]!
-            let table = try self.table(id: s.tableID)
+            let table = try self.table(offset: s.tableOff, size: s.tableSize)
             var slots: [UInt32: Int] = [:]
             for id in table { slots[id, default: 0] += 1 }
             let backends = slots.keys.sorted().map { id -> BackendListing in
@@ -51,7 +51,7 @@ extension DatapathMaps {
                                       slots: slots[id]!, share: table.isEmpty ? 0 : Double(slots[id]!) * 100 / Double(table.count))
             }
             return ServiceListing(frontend: fe.description, algorithm: Self.algorithmName(s.algo), svcID: s.svcID,
-                                  tableID: s.tableID, tableSize: s.tableSize, backends: backends)
+                                  tableOffset: s.tableOff, tableSize: s.tableSize, backends: backends)
         }
     }
 

@@ -10,20 +10,24 @@ public enum MapDump {
         case "weft_svc_v1":
             return try maps.svc.entries(weft_svc_key.self, weft_svc_val.self).compactMap { k, v in
                 guard let fe = k.frontend else { return nil }
-                return (fe.description, "svc \(v.svc_id) table \(v.table_id) size \(v.table_size) backends \(v.backend_count) \(DatapathMaps.algorithmName(v.algo)) fp \(String(v.fingerprint, radix: 16))")
+                return (fe.description, "svc \(v.svc_id) table \(v.table_off)+\(v.table_size) backends \(v.backend_count) \(DatapathMaps.algorithmName(v.algo)) fp \(String(v.fingerprint, radix: 16))")
             }.sorted { $0.0 < $1.0 }
         case "weft_backend_v1":
             return try maps.backend.entries(UInt32.self, weft_backend_val.self).sorted { $0.key < $1.key }.map { k, v in
                 let b = v.backend
                 return ("\(k)", "\(b.address) weight \(b.weight) \(b.draining ? "draining" : "active")")
             }
-        case "weft_lb_v1":
-            return try maps.lb.entries(UInt32.self, UInt32.self).sorted { $0.key < $1.key }.map { k, inner in
-                let size = (try? BPFMap(id: inner).maxEntries).map { "\($0) slots" } ?? "?"
-                return ("table \(k)", "inner map id \(inner), \(size)")
+        case "weft_slot_v1":
+            // Only the slots some service's table uses; the rest of the array is free space.
+            let services = try maps.readActual().services
+            return try services.keys.sorted().flatMap { fe -> [(String, String)] in
+                let s = services[fe]!
+                return try maps.table(offset: s.tableOff, size: s.tableSize).enumerated().map {
+                    ("slot \(s.tableOff + UInt32($0.offset))", "backend \($0.element) (\(fe))")
+                }
             }
         case "weft_rr_v1":
-            return try maps.rr.entries(UInt32.self, UInt32.self).sorted { $0.key < $1.key }.map { ("table \($0.key)", "position \($0.value)") }
+            return try maps.rr.entries(UInt32.self, UInt32.self).sorted { $0.key < $1.key }.map { ("table at slot \($0.key)", "position \($0.value)") }
         case "weft_revnat_v1":
             return try maps.revnat.entries(weft_revnat_key.self, weft_revnat_val.self).map { ($0.key.text, "vip \($0.value.text)") }.sorted { $0.0 < $1.0 }
         case "weft_wl_v1":

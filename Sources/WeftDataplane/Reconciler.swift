@@ -6,7 +6,8 @@ public struct ActualState: Sendable, Equatable {
     /// A weft_svc_v1 entry.
     public struct Service: Sendable, Equatable {
         public var svcID: UInt32
-        public var tableID: UInt32
+        /// First slot of the selection table in weft_slot_v1.
+        public var tableOff: UInt32
         public var tableSize: UInt32
         public var backendCount: UInt16
         public var algo: UInt8
@@ -24,8 +25,10 @@ public struct ActualState: Sendable, Equatable {
     public var services: [Frontend: Service] = [:]
     /// Backends by id.
     public var backends: [UInt32: Backend] = [:]
-    /// Keys of weft_lb_v1 (every table that exists, referenced or not).
-    public var tableIDs: Set<UInt32> = []
+    /// Keys of weft_rr_v1 (round-robin counters, by table offset).
+    public var rrOffsets: Set<UInt32> = []
+    /// Size of weft_slot_v1.
+    public var slotCapacity: UInt32 = 0
     /// weft_wl_v1: cgroup id → address.
     public var workloads: [UInt64: IPAddress] = [:]
 
@@ -36,12 +39,13 @@ public struct ActualState: Sendable, Equatable {
 public enum DatapathOp: Sendable, Equatable {
     /// Insert or overwrite a backend (its id stays stable while it exists).
     case putBackend(id: UInt32, address: BackendAddress, weight: UInt32, draining: Bool)
-    /// Create a selection table (entries are backend ids) under a fresh table id.
-    case createTable(id: UInt32, entries: [UInt32], roundRobin: Bool)
+    /// Write a selection table (backend ids) into free slots; reset its round-robin counter.
+    case fillTable(offset: UInt32, entries: [UInt32], roundRobin: Bool)
     /// Point a frontend at a table — the one atomic switch per service.
     case putService(Frontend, ActualState.Service)
     case deleteService(Frontend)
-    case deleteTable(id: UInt32)
+    /// Drop the round-robin counter of a table no service uses any more.
+    case deleteCounter(offset: UInt32)
     /// Drop a backend whose drain period is over (state "removed").
     case deleteBackend(id: UInt32)
     case putWorkload(cgroupID: UInt64, address: IPAddress)
@@ -52,19 +56,24 @@ public enum DatapathOp: Sendable, Equatable {
 ///
 /// Order is what keeps every connect() consistent: backends exist before any table names
 /// them, tables before any service points at them, a service switches tables in one map
-/// update, old tables go only after no service points at them, and a backend leaves only
-/// after it drained. Untouched services produce no operation at all.
+/// update, old tables are reused only after a quarantine, and a backend leaves only after
+/// it drained. Untouched services produce no operation at all.
 public struct Reconciler: Sendable {
     /// How long a removed backend stays DRAINING before its entry is deleted.
     public var drainPeriod: TimeInterval
     /// When each draining backend started draining (an adopted one: when we first saw it).
     public private(set) var drainingSince: [UInt32: Date] = [:]
+    /// Slot ranges retired from use, and since when: not reused until `quarantine` passed.
+    private var retired: [(offset: UInt32, size: UInt32, since: Date)] = []
+    /// BPF programs finish within microseconds; a second is ample for any connect() that
+    /// read a service entry before its switch to be done with the old table.
+    static let quarantine: TimeInterval = 1
 
     /// Creates a reconciler.
     public init(drainPeriod: TimeInterval) { self.drainPeriod = drainPeriod }
 
     /// The operations that take the kernel from `actual` to `desired`.
-    public mutating func plan(actual: ActualState, desired: DesiredState, cgroupIDs: [String: UInt64], now: Date) -> [DatapathOp] {
+    public mutating func plan(actual: ActualState, desired: DesiredState, cgroupIDs: [String: UInt64], now: Date) throws(ReconcileError) -> [DatapathOp] {
         var ops: [DatapathOp] = []
 
         // 1. Backends: reuse ids by address; revive a draining one that is wanted again.
@@ -91,46 +100,51 @@ public struct Reconciler: Sendable {
             }
         }
 
-        // 2. Services: a new table only where the table's content changed.
-        var usedTables = actual.tableIDs.union(actual.services.values.map(\.tableID))
-        var nextTable: UInt32 = 1
+        // 2. Services: a new table only where the table's content changed. New tables go
+        // to free slots; the ranges they replace rest in quarantine before reuse, so a
+        // connect() that read the old service entry just before the switch still finds
+        // the old table there.
+        retired.removeAll { now.timeIntervalSince($0.since) >= Self.quarantine }
+        var slots = SlotAllocator(capacity: actual.slotCapacity,
+                                  used: actual.services.values.map { ($0.tableOff, $0.tableSize) } + retired.map { ($0.offset, $0.size) })
         var usedSvcIDs = Set(actual.services.values.map(\.svcID))
         var nextSvc: UInt32 = 1
-        var referencedTables = Set<UInt32>()
         var switches: [DatapathOp] = []
-        var retiredTables: [UInt32] = []
+        var rrOffsets = Set<UInt32>()
         for fe in desired.services.keys.sorted() {
             let d = desired.services[fe]!
             let entries = d.table.map { idOf[d.backends[Int($0)]]! }
             let fp = Self.fingerprint(algo: d.loadBalancer.algo, entries: entries)
-            if let cur = actual.services[fe], cur.fingerprint == fp, cur.algo == d.loadBalancer.algo,
-               actual.tableIDs.contains(cur.tableID) {
-                referencedTables.insert(cur.tableID)
+            let roundRobin = d.loadBalancer == .roundRobin
+            if let cur = actual.services[fe], cur.fingerprint == fp, cur.algo == d.loadBalancer.algo, cur.tableSize == UInt32(entries.count) {
+                if roundRobin { rrOffsets.insert(cur.tableOff) }
                 continue
             }
-            while usedTables.contains(nextTable) { nextTable += 1 }
-            usedTables.insert(nextTable)
-            referencedTables.insert(nextTable)
+            guard let offset = slots.allocate(UInt32(entries.count)) else {
+                throw ReconcileError("the selection tables need more slots than weft_slot_v1 has free (\(actual.slotCapacity) in all): raise --lb-slots or use smaller Maglev tables")
+            }
             let svcID: UInt32
             if let cur = actual.services[fe] {
                 svcID = cur.svcID
-                retiredTables.append(cur.tableID)
+                retired.append((cur.tableOff, cur.tableSize, now))
             } else {
                 while usedSvcIDs.contains(nextSvc) { nextSvc += 1 }
                 usedSvcIDs.insert(nextSvc)
                 svcID = nextSvc
             }
-            ops.append(.createTable(id: nextTable, entries: entries, roundRobin: d.loadBalancer == .roundRobin))
-            switches.append(.putService(fe, .init(svcID: svcID, tableID: nextTable, tableSize: UInt32(entries.count),
+            if !entries.isEmpty { ops.append(.fillTable(offset: offset, entries: entries, roundRobin: roundRobin)) }
+            if roundRobin { rrOffsets.insert(offset) }
+            switches.append(.putService(fe, .init(svcID: svcID, tableOff: offset, tableSize: UInt32(entries.count),
                                                   backendCount: UInt16(clamping: d.backends.count), algo: d.loadBalancer.algo, fingerprint: fp)))
         }
         ops += switches
         for fe in actual.services.keys.sorted() where desired.services[fe] == nil {
             ops.append(.deleteService(fe))
+            let cur = actual.services[fe]!
+            retired.append((cur.tableOff, cur.tableSize, now))
         }
-        // Every table no service points at any more, including orphans of a crashed apply.
-        for id in actual.tableIDs.union(retiredTables).sorted() where !referencedTables.contains(id) {
-            ops.append(.deleteTable(id: id))
+        for off in actual.rrOffsets.sorted() where !rrOffsets.contains(off) {
+            ops.append(.deleteCounter(offset: off))
         }
 
         // 3. Backends nobody wants: drain, then remove.
@@ -171,5 +185,37 @@ public struct Reconciler: Sendable {
             }
         }
         return h
+    }
+}
+
+/// A plan that cannot be carried out (nothing is applied).
+public struct ReconcileError: Error, CustomStringConvertible, Sendable {
+    /// One line.
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+/// First-fit allocation of contiguous slot ranges in weft_slot_v1.
+struct SlotAllocator {
+    /// Free ranges, sorted by offset, never adjacent.
+    private(set) var free: [(offset: UInt32, size: UInt32)] = []
+
+    init(capacity: UInt32, used: [(UInt32, UInt32)]) {
+        var cursor: UInt32 = 0
+        for (off, size) in used.filter({ $0.1 > 0 }).sorted(by: { $0.0 < $1.0 }) {
+            if off > cursor { free.append((cursor, off - cursor)) }
+            cursor = max(cursor, off &+ size)
+        }
+        if capacity > cursor { free.append((cursor, capacity - cursor)) }
+    }
+
+    /// The offset of `n` free slots, now taken; nil if no gap is large enough. An empty
+    /// table needs no slots (offset 0, size 0 is never read).
+    mutating func allocate(_ n: UInt32) -> UInt32? {
+        if n == 0 { return 0 }
+        guard let i = free.firstIndex(where: { $0.size >= n }) else { return nil }
+        let off = free[i].offset
+        if free[i].size == n { free.remove(at: i) } else { free[i] = (off + n, free[i].size - n) }
+        return off
     }
 }

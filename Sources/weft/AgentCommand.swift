@@ -35,6 +35,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds between full re-syncs of the maps with the config.")
     var resyncInterval: Double = 5
 
+    @Option(help: "Slots shared by all selection tables (4 bytes of kernel memory each); a Maglev table takes tableSize slots, a RANDOM/ROUND_ROBIN table one per weight unit.")
+    var lbSlots: UInt32 = 4_194_304
+
     func run() async throws {
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -48,7 +51,7 @@ struct AgentCommand: AsyncParsableCommand {
         let options = AgentOptions(
             configDir: configDir, cgroup: cgroupPath, bpffs: bpffs, adminSocket: adminSocket,
             node: node ?? ProcessInfo.processInfo.hostName, keepDatapath: keepDatapath,
-            drainPeriod: drainPeriod, resyncInterval: resyncInterval)
+            drainPeriod: drainPeriod, resyncInterval: resyncInterval, lbSlots: lbSlots)
         let agent = Agent(options: options, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

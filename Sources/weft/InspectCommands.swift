@@ -57,7 +57,7 @@ struct MaglevCommand: ParsableCommand {
             let fe = Frontend(address: ip, port: port, proto: p)
             do {
                 guard let svc = try maps.service(fe) else { fail("no service \(fe) in \(o.bpffs)") }
-                let table = try maps.table(id: svc.tableID)
+                let table = try maps.table(offset: svc.tableOff, size: svc.tableSize)
                 let backends = try maps.readActual().backends
                 var count: [String: Int] = [:]
                 for id in table { count[backends[id]?.address.description ?? "id \(id)", default: 0] += 1 }

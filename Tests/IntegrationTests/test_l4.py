@@ -200,7 +200,7 @@ def test_bad_config_changes_nothing_and_is_reported_with_position(sandbox):
     sandbox.backend("b1", B[0])
     sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1)]))
     sandbox.start_agent()
-    before = {m: sandbox.weft("map", "dump", m, "-j", "--bpffs", sandbox.bpffs).stdout for m in ("weft_svc_v1", "weft_backend_v1", "weft_lb_v1")}
+    before = {m: sandbox.weft("map", "dump", m, "-j", "--bpffs", sandbox.bpffs).stdout for m in ("weft_svc_v1", "weft_backend_v1", "weft_slot_v1")}
     cases = {
         "port.yaml": (service_yaml("other", ["10.96.0.11"], [(B[0], 1)], target=70000), r"port\.yaml:12:17: error \[VAL001\] .*targetPort must be in 1\.\.65535"),
         "syntax.yaml": ("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x\n", r"syntax\.yaml:\d+:\d+: error \[YAML001\]"),

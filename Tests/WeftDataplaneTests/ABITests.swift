@@ -11,7 +11,7 @@ import WeftBPF
 
     static let swiftLayouts: [String: (size: Int, members: [String: Int])] = [
         "weft_svc_key": (MemoryLayout<weft_svc_key>.size, ["addr": off(\weft_svc_key.addr), "port": off(\weft_svc_key.port), "proto": off(\weft_svc_key.proto), "family": off(\weft_svc_key.family)]),
-        "weft_svc_val": (MemoryLayout<weft_svc_val>.size, ["table_id": off(\weft_svc_val.table_id), "table_size": off(\weft_svc_val.table_size), "backend_count": off(\weft_svc_val.backend_count), "algo": off(\weft_svc_val.algo), "flags": off(\weft_svc_val.flags), "svc_id": off(\weft_svc_val.svc_id), "fingerprint": off(\weft_svc_val.fingerprint)]),
+        "weft_svc_val": (MemoryLayout<weft_svc_val>.size, ["table_off": off(\weft_svc_val.table_off), "table_size": off(\weft_svc_val.table_size), "backend_count": off(\weft_svc_val.backend_count), "algo": off(\weft_svc_val.algo), "flags": off(\weft_svc_val.flags), "svc_id": off(\weft_svc_val.svc_id), "fingerprint": off(\weft_svc_val.fingerprint)]),
         "weft_backend_val": (MemoryLayout<weft_backend_val>.size, ["addr": off(\weft_backend_val.addr), "port": off(\weft_backend_val.port), "family": off(\weft_backend_val.family), "state": off(\weft_backend_val.state), "weight": off(\weft_backend_val.weight)]),
         "weft_revnat_key": (MemoryLayout<weft_revnat_key>.size, ["cookie": off(\weft_revnat_key.cookie), "addr": off(\weft_revnat_key.addr), "port": off(\weft_revnat_key.port), "family": off(\weft_revnat_key.family), "pad": off(\weft_revnat_key.pad)]),
         "weft_revnat_val": (MemoryLayout<weft_revnat_val>.size, ["addr": off(\weft_revnat_val.addr), "port": off(\weft_revnat_val.port), "family": off(\weft_revnat_val.family), "pad": off(\weft_revnat_val.pad)]),

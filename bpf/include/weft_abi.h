@@ -13,8 +13,8 @@
 #define WEFT_FAMILY_V6 6
 
 /* Load-balancing algorithm of a service (weft_svc_val.algo). All three index the
- * service's selection table: RANDOM with a random number, ROUND_ROBIN with a shared
- * per-service counter, MAGLEV with a hash of the client address. */
+ * service's selection table (a range of weft_slot_v1): RANDOM with a random number,
+ * ROUND_ROBIN with a shared per-table counter, MAGLEV with a hash of the client address. */
 enum weft_lb_algo {
 	WEFT_LB_RANDOM = 0,
 	WEFT_LB_ROUND_ROBIN = 1,
@@ -48,8 +48,8 @@ struct weft_svc_key {
 };
 
 struct weft_svc_val {
-	__u32 table_id;      /* key in weft_lb_v1; a new id for every new table version */
-	__u32 table_size;    /* entries in that table */
+	__u32 table_off;     /* first slot of the selection table in weft_slot_v1 */
+	__u32 table_size;    /* slots in that table */
 	__u16 backend_count; /* active backends in the table */
 	__u8 algo;           /* enum weft_lb_algo */
 	__u8 flags;          /* reserved, 0 */
@@ -103,5 +103,8 @@ _Static_assert(sizeof(struct weft_wl_val) == 20, "weft_wl_val layout");
 #define WEFT_MAX_BACKENDS 131072
 #define WEFT_MAX_REVNAT 262144
 #define WEFT_MAX_WORKLOADS 16384
+/* Default size of weft_slot_v1 (all selection tables together; 16 MiB of kernel memory).
+ * The agent's --lb-slots sets it before load. */
+#define WEFT_DEFAULT_SLOTS 4194304
 
 #endif

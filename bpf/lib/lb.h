@@ -65,30 +65,26 @@ static __always_inline __u32 weft_source_hash(const __u8 bound[16])
 static __always_inline struct weft_backend_val *
 weft_select(const struct weft_svc_val *svc, __u32 hash, int sticky)
 {
-	__u32 table_id = svc->table_id;
+	__u32 table_off = svc->table_off;
 	__u32 size = svc->table_size;
-	void *table;
 	__u32 slot, *backend_id;
 	struct weft_backend_val *be;
 
 	if (size == 0)
 		return NULL;
-	table = bpf_map_lookup_elem(&weft_lb_v1, &table_id);
-	if (!table)
-		return NULL;
 
 	if (svc->algo == WEFT_LB_MAGLEV || sticky) {
 		slot = hash;
 	} else if (svc->algo == WEFT_LB_ROUND_ROBIN) {
-		__u32 *pos = bpf_map_lookup_elem(&weft_rr_v1, &table_id);
+		__u32 *pos = bpf_map_lookup_elem(&weft_rr_v1, &table_off);
 
 		slot = pos ? __sync_fetch_and_add(pos, 1) : bpf_get_prandom_u32();
 	} else {
 		slot = bpf_get_prandom_u32();
 	}
-	slot %= size;
+	slot = table_off + slot % size;
 
-	backend_id = bpf_map_lookup_elem(table, &slot);
+	backend_id = bpf_map_lookup_elem(&weft_slot_v1, &slot);
 	if (!backend_id)
 		return NULL;
 	be = bpf_map_lookup_elem(&weft_backend_v1, backend_id);

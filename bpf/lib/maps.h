@@ -21,27 +21,20 @@ struct {
 	__type(value, struct weft_backend_val);
 } weft_backend_v1 SEC(".maps");
 
-/* Template of a selection table: slot → backend id. BPF_F_INNER_MAP lets every
- * service's table have its own size (weighted RANDOM/ROUND_ROBIN tables are small,
- * Maglev tables are M entries). */
-struct weft_lb_table {
+/* slot → backend id: every service's selection table, each a contiguous range
+ * [table_off, table_off + table_size). One flat array rather than a map per service:
+ * updating a map-in-map makes the kernel wait for an RCU grace period per syscall
+ * (~10 ms), which would make applying 10,000 services take minutes. A service switches
+ * tables by one update of its weft_svc_v1 entry, so a connect() sees the old table or
+ * the new one, never a mix. Sized by the agent (--lb-slots) before load. */
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, WEFT_DEFAULT_SLOTS);
 	__type(key, __u32);
 	__type(value, __u32);
-};
+} weft_slot_v1 SEC(".maps");
 
-/* table id → selection table. A service switches tables by one update of its
- * weft_svc_v1 entry, so a connect() sees the old table or the new one, never a mix. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, WEFT_MAX_SERVICES * 2);
-	__type(key, __u32);
-	__array(values, struct weft_lb_table);
-} weft_lb_v1 SEC(".maps");
-
-/* table id → round-robin position, shared by all CPUs (atomically incremented). */
+/* table offset → round-robin position, shared by all CPUs (atomically incremented). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WEFT_MAX_SERVICES * 2);
