@@ -73,8 +73,11 @@ public struct Reconciler: Sendable {
     public init(drainPeriod: TimeInterval) { self.drainPeriod = drainPeriod }
 
     /// The operations that take the kernel from `actual` to `desired`.
+    /// The reconciler's own state changes only when a plan is returned, not when it throws.
     public mutating func plan(actual: ActualState, desired: DesiredState, cgroupIDs: [String: UInt64], now: Date) throws(ReconcileError) -> [DatapathOp] {
         var ops: [DatapathOp] = []
+        var drainingSince = self.drainingSince
+        var retired = self.retired
 
         // 1. Backends: reuse ids by address; revive a draining one that is wanted again.
         var idOf: [BackendAddress: UInt32] = [:]
@@ -173,6 +176,8 @@ public struct Reconciler: Sendable {
         for id in actual.workloads.keys.sorted() where wantWL[id] == nil {
             ops.append(.deleteWorkload(cgroupID: id))
         }
+        self.drainingSince = drainingSince
+        self.retired = retired
         return ops
     }
 
