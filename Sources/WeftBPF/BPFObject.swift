@@ -82,11 +82,6 @@ public final class BPFObject: @unchecked Sendable {
         if rc != 0 { throw BPFError.errno("sizing map \(map) to \(n) entries", rc) }
     }
 
-    /// Whether libbpf reused an already pinned map for `map` (after load).
-    public func isReused(map: String) throws -> Bool {
-        bpf_map__is_pinned(try rawMap(map))
-    }
-
     /// Loads every program and creates (or reuses) every map; the verifier runs here.
     public func load() throws {
         let rc = bpf_object__load(handle)
@@ -100,11 +95,6 @@ public final class BPFObject: @unchecked Sendable {
         let fd = bpf_map__fd(try rawMap(name))
         if fd < 0 { throw BPFError("map \(name) of \(self.name) is not loaded") }
         return try BPFMap(fd: fd, owned: false)
-    }
-
-    /// The kernel attach type a program's section asks for (e.g. BPF_CGROUP_INET4_CONNECT).
-    public func expectedAttachType(program: String) throws -> bpf_attach_type {
-        bpf_program__expected_attach_type(try rawProgram(program))
     }
 
     /// The object's BTF (type information the compiler emitted), if any.

@@ -3,13 +3,26 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 
 from conftest import WEFT, service_yaml, sh
 
 VIP = "10.96.0.10"
 B = ["10.250.1.1", "10.250.1.2", "10.250.1.3"]
+
+MAGLEV_DR = """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+spec:
+  host: web.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        useSourceIp: true
+"""
 
 
 def spread_ok(counts, weights, total, points=5.0):
@@ -80,19 +93,7 @@ def test_use_source_ip_is_sticky_and_survives_removal_of_another_backend(sandbox
     backends = ["10.250.2.%d" % i for i in range(1, 6)]
     for i, a in enumerate(backends):
         sandbox.backend("m%d" % i, a)
-    dr = """
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: web
-spec:
-  host: web.default.svc.cluster.local
-  trafficPolicy:
-    loadBalancer:
-      consistentHash:
-        useSourceIp: true
-"""
+    dr = MAGLEV_DR
     sandbox.write("web.yaml", service_yaml("web", [VIP], [(a, 1) for a in backends]) + dr)
     sources = ["10.250.9.%d" % i for i in range(1, 9)]
     for s in sources:
@@ -281,19 +282,6 @@ spec:
     assert r["failures"] == [] and r["backends"] == {"b1": 100, "b2": 100, "b3": 200}, r
 
 
-MAGLEV_DR = """
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: web
-spec:
-  host: web.default.svc.cluster.local
-  trafficPolicy:
-    loadBalancer:
-      consistentHash:
-        useSourceIp: true
-"""
 
 
 def test_use_source_ip_for_unbound_clients_hashes_their_workload_address(sandbox):
