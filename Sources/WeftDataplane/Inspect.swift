@@ -85,7 +85,9 @@ extension DatapathMaps {
     public func listMaps(bpffs: String) throws -> [MapListing] {
         try all.map { m in
             MapListing(id: m.id, name: m.name, type: m.typeName, keySize: m.keySize, valueSize: m.valueSize, maxEntries: m.maxEntries,
-                       entries: m.type == BPF_MAP_TYPE_PERCPU_ARRAY.rawValue ? Int(m.maxEntries) : try m.keys().count,
+                       // Arrays always hold max_entries elements; walking 4M slot keys one
+                       // syscall at a time would take seconds.
+                       entries: [BPF_MAP_TYPE_ARRAY.rawValue, BPF_MAP_TYPE_PERCPU_ARRAY.rawValue].contains(m.type) ? Int(m.maxEntries) : try m.keys().count,
                        pin: Datapath.mapPin(bpffs, m.name))
         }
     }
