@@ -5,24 +5,32 @@ public enum Resource: Hashable, Sendable, Codable {
     case serviceEntry(ServiceEntry)
     case workloadEntry(WorkloadEntry)
     case destinationRule(DestinationRule)
+    case virtualService(VirtualService)
+    case peerAuthentication(PeerAuthentication)
+    case authorizationPolicy(AuthorizationPolicy)
+
+    /// The resource's kind name.
+    public var kind: String { id.kind }
+
+    private var parts: (kind: String, metadata: Metadata, position: SourcePosition) {
+        switch self {
+        case .serviceEntry(let r): return ("ServiceEntry", r.metadata, r.position)
+        case .workloadEntry(let r): return ("WorkloadEntry", r.metadata, r.position)
+        case .destinationRule(let r): return ("DestinationRule", r.metadata, r.position)
+        case .virtualService(let r): return ("VirtualService", r.metadata, r.position)
+        case .peerAuthentication(let r): return ("PeerAuthentication", r.metadata, r.position)
+        case .authorizationPolicy(let r): return ("AuthorizationPolicy", r.metadata, r.position)
+        }
+    }
 
     /// Kind, namespace and name.
     public var id: ResourceID {
-        switch self {
-        case .serviceEntry(let r): return ResourceID(kind: "ServiceEntry", namespace: r.metadata.namespace, name: r.metadata.name)
-        case .workloadEntry(let r): return ResourceID(kind: "WorkloadEntry", namespace: r.metadata.namespace, name: r.metadata.name)
-        case .destinationRule(let r): return ResourceID(kind: "DestinationRule", namespace: r.metadata.namespace, name: r.metadata.name)
-        }
+        let p = parts
+        return ResourceID(kind: p.kind, namespace: p.metadata.namespace, name: p.metadata.name)
     }
 
     /// Where the resource starts in its file.
-    public var position: SourcePosition {
-        switch self {
-        case .serviceEntry(let r): return r.position
-        case .workloadEntry(let r): return r.position
-        case .destinationRule(let r): return r.position
-        }
-    }
+    public var position: SourcePosition { parts.position }
 }
 
 /// Turns YAML text into resources, reporting every problem with its position.
@@ -30,7 +38,7 @@ enum ResourceDecoder {
     static let networkingVersions = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
     static let securityVersions = ["security.istio.io/v1", "security.istio.io/v1beta1"]
     /// Istio kinds weft will enforce in later releases; named so the error says so.
-    static let laterKinds: Set<String> = ["VirtualService", "PeerAuthentication", "AuthorizationPolicy", "Gateway", "Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "RequestAuthentication", "Telemetry"]
+    static let laterKinds: Set<String> = ["Gateway", "Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"]
 
     static func decode(text: String, file: String, sink: DiagnosticSink) -> [Resource] {
         var out: [Resource] = []
@@ -87,12 +95,13 @@ enum ResourceDecoder {
         let ctx = doc.ctx
         let allowed: [String]
         switch kind {
-        case "ServiceEntry", "WorkloadEntry", "DestinationRule": allowed = networkingVersions
+        case "ServiceEntry", "WorkloadEntry", "DestinationRule", "VirtualService": allowed = networkingVersions
+        case "PeerAuthentication", "AuthorizationPolicy": allowed = securityVersions
         default:
             if laterKinds.contains(kind) {
                 ctx.error("KIND002", top["kind"]?.node, "kind \(kind) is not supported by weft yet")
             } else {
-                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, DestinationRule)")
+                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)")
             }
             return nil
         }
@@ -111,6 +120,9 @@ enum ResourceDecoder {
         switch kind {
         case "ServiceEntry": r = decodeServiceEntry(m, meta: meta, pos: pos).map(Resource.serviceEntry)
         case "WorkloadEntry": r = decodeWorkloadEntry(m, meta: meta, pos: pos).map(Resource.workloadEntry)
+        case "VirtualService": r = decodeVirtualService(m, meta: meta, pos: pos).map(Resource.virtualService)
+        case "PeerAuthentication": r = decodePeerAuthentication(m, meta: meta, pos: pos).map(Resource.peerAuthentication)
+        case "AuthorizationPolicy": r = decodeAuthorizationPolicy(m, meta: meta, pos: pos).map(Resource.authorizationPolicy)
         default: r = decodeDestinationRule(m, meta: meta, pos: pos).map(Resource.destinationRule)
         }
         // A resource with any error is not half-used.
@@ -252,14 +264,108 @@ enum ResourceDecoder {
 
     static func decodeDestinationRule(_ spec: YMap, meta: Metadata, pos: SourcePosition) -> DestinationRule? {
         let host = spec.required("host")?.string().map { HostName.qualify($0, namespace: meta.namespace) }
-        var lb: LoadBalancer?
-        if let tp = spec["trafficPolicy"]?.mapping() {
-            if let l = tp["loadBalancer"]?.mapping() { lb = decodeLoadBalancer(l) }
-            tp.finish(kind: "TrafficPolicy", istioFields: ["connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"])
+        let policy = spec["trafficPolicy"].flatMap { decodeTrafficPolicy($0, portLevel: true) }
+        var subsets: [Subset] = []
+        var seen: [String: String] = [:]
+        for s in spec["subsets"]?.sequence() ?? [] {
+            guard let m = s.mapping() else { continue }
+            let name = m.required("name")?.string()
+            let labels = m["labels"]?.stringMap() ?? [:]
+            let tp = m["trafficPolicy"].flatMap { decodeTrafficPolicy($0, portLevel: true) }
+            m.finish(kind: "Subset")
+            guard let name else { continue }
+            if !isDNSLabel(name, allowDots: false) {
+                spec.ctx.error("DR007", m["name"]?.node, "\(s.path).name \"\(name)\" must be a DNS label (lowercase letters, digits, '-')")
+            }
+            if let other = seen[name] {
+                spec.ctx.error("DR008", m["name"]?.node, "\(s.path).name \"\(name)\" is also the name of \(other)")
+            }
+            seen[name] = s.path
+            subsets.append(Subset(name: name, labels: labels, trafficPolicy: tp))
         }
-        spec.finish(kind: "DestinationRule", istioFields: ["subsets", "exportTo", "workloadSelector"])
+        spec.finish(kind: "DestinationRule", istioFields: ["exportTo", "workloadSelector"])
         guard let host else { return nil }
-        return DestinationRule(metadata: meta, host: host, loadBalancer: lb, position: pos)
+        return DestinationRule(metadata: meta, host: host, trafficPolicy: policy, subsets: subsets, position: pos)
+    }
+
+    static func decodeTrafficPolicy(_ node: YNode, portLevel: Bool) -> TrafficPolicy? {
+        node.mapping().map { decodeTrafficPolicy(map: $0, portLevel: portLevel) }
+    }
+
+    /// The TrafficPolicy fields of `tp`; inside portLevelSettings the same fields sit next to
+    /// `port`, which the caller has read (so `finish` does not report it).
+    static func decodeTrafficPolicy(map tp: YMap, portLevel: Bool) -> TrafficPolicy {
+        let ctx = tp.ctx
+        var p = TrafficPolicy()
+        if let l = tp["loadBalancer"]?.mapping() { p.loadBalancer = decodeLoadBalancer(l) }
+        if let cp = tp["connectionPool"]?.mapping() {
+            var pool = ConnectionPool()
+            if let t = cp["tcp"]?.mapping() {
+                pool.maxConnections = t["maxConnections"]?.int(in: 1...Int(Int32.max))
+                pool.connectTimeout = t["connectTimeout"]?.duration(code: "DR009")
+                t.finish(kind: "TCPSettings", istioFields: ["tcpKeepalive", "maxConnectionDuration", "idleTimeout"])
+            }
+            if let h = cp["http"]?.mapping() {
+                pool.http1MaxPendingRequests = h["http1MaxPendingRequests"]?.int(in: 1...Int(Int32.max))
+                pool.http2MaxRequests = h["http2MaxRequests"]?.int(in: 1...Int(Int32.max))
+                pool.maxRequestsPerConnection = h["maxRequestsPerConnection"]?.int(in: 0...Int(Int32.max))
+                pool.maxRetries = h["maxRetries"]?.int(in: 0...Int(Int32.max))
+                pool.idleTimeout = h["idleTimeout"]?.duration(code: "DR009")
+                h.finish(kind: "HTTPSettings", istioFields: ["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"])
+            }
+            cp.finish(kind: "ConnectionPoolSettings")
+            p.connectionPool = pool
+        }
+        if let od = tp["outlierDetection"]?.mapping() {
+            var o = OutlierDetection()
+            o.consecutive5xxErrors = od["consecutive5xxErrors"]?.int(in: 0...Int(Int32.max))
+            o.consecutiveGatewayErrors = od["consecutiveGatewayErrors"]?.int(in: 0...Int(Int32.max))
+            if let legacy = od["consecutiveErrors"], let v = legacy.int(in: 0...Int(Int32.max)) {
+                if od["consecutiveGatewayErrors"] != nil {
+                    ctx.error("DR010", legacy.node, "\(legacy.path) is the deprecated name of consecutiveGatewayErrors; set only one")
+                } else {
+                    ctx.warning("DR011", legacy.node, "\(legacy.path) is deprecated; it counts 502/503/504 like consecutiveGatewayErrors, which weft reads it as")
+                    o.consecutiveGatewayErrors = v
+                }
+            }
+            o.interval = od["interval"]?.duration(code: "DR009")
+            o.baseEjectionTime = od["baseEjectionTime"]?.duration(code: "DR009")
+            o.maxEjectionPercent = od["maxEjectionPercent"]?.int(in: 0...100)
+            od.finish(kind: "OutlierDetection", istioFields: ["splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures", "minHealthPercent"])
+            p.outlierDetection = o
+        }
+        if let t = tp["tls"]?.mapping() {
+            if let m = t.required("mode"), let s = m.string() {
+                if let mode = ClientTLSMode(rawValue: s) { p.tls = mode } else if s == "SIMPLE" || s == "MUTUAL" {
+                    ctx.error("FLD002", m.node, "\(m.path) \(s) is not supported by weft yet (DISABLE, ISTIO_MUTUAL)")
+                } else {
+                    ctx.error("DR012", m.node, "\(m.path) \"\(s)\" is not a TLS mode (DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL)")
+                }
+            }
+            t.finish(kind: "ClientTLSSettings", istioFields: ["clientCertificate", "privateKey", "caCertificates", "credentialName",
+                                                              "subjectAltNames", "sni", "insecureSkipVerify", "caCrl"])
+        }
+        if let pls = tp["portLevelSettings"] {
+            if !portLevel {
+                ctx.error("DR013", pls.node, "\(pls.path) is not allowed inside portLevelSettings")
+            }
+            for item in pls.sequence() ?? [] {
+                guard let im = item.mapping() else { continue }
+                var number: UInt16?
+                if let pm = im.required("port")?.mapping() {
+                    number = pm.required("number")?.port()
+                    pm.finish(kind: "PortSelector")
+                }
+                let sub = decodeTrafficPolicy(map: im, portLevel: false)
+                guard let number else { continue }
+                if p.portLevelSettings[number] != nil {
+                    ctx.error("DR014", im["port"]?.node, "\(item.path).port \(number) has settings already")
+                }
+                p.portLevelSettings[number] = sub
+            }
+        }
+        tp.finish(kind: portLevel ? "TrafficPolicy" : "PortTrafficPolicy", istioFields: ["tunnel", "proxyProtocol", "retryBudget"])
+        return p
     }
 
     static func decodeLoadBalancer(_ l: YMap) -> LoadBalancer? {

@@ -104,16 +104,65 @@ public enum LoadBalancer: Hashable, Sendable, Codable {
     public static let maxMaglevTableSize = 131071
 }
 
-/// networking.istio.io DestinationRule (the fields weft enforces so far).
+/// connectionPool settings (enforced by the L7 proxy).
+public struct ConnectionPool: Hashable, Sendable, Codable {
+    public var maxConnections: Int?
+    public var connectTimeout: IstioDuration?
+    public var http1MaxPendingRequests: Int?
+    public var http2MaxRequests: Int?
+    public var maxRequestsPerConnection: Int?
+    public var maxRetries: Int?
+    public var idleTimeout: IstioDuration?
+}
+
+/// outlierDetection settings (enforced by the L7 proxy).
+public struct OutlierDetection: Hashable, Sendable, Codable {
+    public var consecutive5xxErrors: Int?
+    /// Also set by the deprecated `consecutiveErrors` (which counted 502/503/504).
+    public var consecutiveGatewayErrors: Int?
+    public var interval: IstioDuration?
+    public var baseEjectionTime: IstioDuration?
+    public var maxEjectionPercent: Int?
+}
+
+/// trafficPolicy.tls.mode values weft implements.
+public enum ClientTLSMode: String, Hashable, Sendable, Codable {
+    case disable = "DISABLE"
+    case istioMutual = "ISTIO_MUTUAL"
+}
+
+/// A traffic policy (top level, per port, or per subset).
+public struct TrafficPolicy: Hashable, Sendable, Codable {
+    public var loadBalancer: LoadBalancer?
+    public var connectionPool: ConnectionPool?
+    public var outlierDetection: OutlierDetection?
+    public var tls: ClientTLSMode?
+    /// Overrides by destination port.
+    public var portLevelSettings: [UInt16: TrafficPolicy] = [:]
+}
+
+/// A named subset of a service's endpoints.
+public struct Subset: Hashable, Sendable, Codable {
+    public var name: String
+    public var labels: Labels
+    public var trafficPolicy: TrafficPolicy?
+}
+
+/// networking.istio.io DestinationRule.
 public struct DestinationRule: Hashable, Sendable, Codable {
     /// Metadata.
     public var metadata: Metadata
     /// Host, fully qualified (or a `*.` wildcard).
     public var host: String
-    /// trafficPolicy.loadBalancer, if set.
-    public var loadBalancer: LoadBalancer?
+    /// spec.trafficPolicy.
+    public var trafficPolicy: TrafficPolicy?
+    /// spec.subsets.
+    public var subsets: [Subset] = []
     /// Where the resource starts.
     public var position: SourcePosition
+
+    /// trafficPolicy.loadBalancer (the part the kernel enforces).
+    public var loadBalancer: LoadBalancer? { trafficPolicy?.loadBalancer }
 }
 
 /// Host name handling the way Istio does it.

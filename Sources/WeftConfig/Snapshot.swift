@@ -32,6 +32,12 @@ public struct Snapshot: Sendable {
     public let workloadEntries: [WorkloadEntry]
     /// DestinationRules, sorted by id.
     public let destinationRules: [DestinationRule]
+    /// VirtualServices, sorted by id.
+    public let virtualServices: [VirtualService]
+    /// PeerAuthentications, sorted by id.
+    public let peerAuthentications: [PeerAuthentication]
+    /// AuthorizationPolicies, sorted by id.
+    public let authorizationPolicies: [AuthorizationPolicy]
     /// WorkloadEntries by namespace, for selector matching.
     private let workloadsByNamespace: [String: [WorkloadEntry]]
 
@@ -45,16 +51,23 @@ public struct Snapshot: Sendable {
         self.resources = resources
         self.warnings = warnings
         var se: [ServiceEntry] = [], we: [WorkloadEntry] = [], dr: [DestinationRule] = []
+        var vs: [VirtualService] = [], pa: [PeerAuthentication] = [], ap: [AuthorizationPolicy] = []
         for id in resources.keys.sorted() {
             switch resources[id]! {
             case .serviceEntry(let r): se.append(r)
             case .workloadEntry(let r): we.append(r)
             case .destinationRule(let r): dr.append(r)
+            case .virtualService(let r): vs.append(r)
+            case .peerAuthentication(let r): pa.append(r)
+            case .authorizationPolicy(let r): ap.append(r)
             }
         }
         serviceEntries = se
         workloadEntries = we
         destinationRules = dr
+        virtualServices = vs
+        peerAuthentications = pa
+        authorizationPolicies = ap
         workloadsByNamespace = Dictionary(grouping: we, by: \.metadata.namespace)
     }
 
@@ -100,6 +113,24 @@ public struct Snapshot: Sendable {
         }
         return String(h, radix: 16)
     }
+}
+
+/// What validation needs to know beyond the resources themselves.
+public struct ValidationOptions: Sendable {
+    /// The mesh root namespace: a PeerAuthentication there without selector is mesh-wide.
+    public var rootNamespace: String
+    /// Nodes known to exist (the agent's own); a WorkloadEntry on another node is warned about.
+    public var knownNodes: Set<String>
+
+    /// Creates options.
+    public init(rootNamespace: String = "weft-system", knownNodes: Set<String> = []) {
+        self.rootNamespace = rootNamespace
+        self.knownNodes = knownNodes
+    }
+}
+
+func notYetEnforced(_ sink: DiagnosticSink, _ pos: SourcePosition, _ res: String, _ what: String) {
+    sink.warning("ENF001", pos, res, "validated and stored; this weft build does not enforce \(what) yet")
 }
 
 /// Reads config files and builds validated snapshots.
@@ -157,7 +188,7 @@ public enum ConfigLoader {
     }
 
     /// Validates a whole set across resources and builds a snapshot; throws every error.
-    public static func snapshot(_ parsed: Parsed, revision: UInt64) throws(ConfigError) -> Snapshot {
+    public static func snapshot(_ parsed: Parsed, revision: UInt64, options: ValidationOptions = .init()) throws(ConfigError) -> Snapshot {
         let sink = DiagnosticSink()
         sink.items = parsed.diagnostics
         var byID: [ResourceID: Resource] = [:]
@@ -169,12 +200,16 @@ public enum ConfigLoader {
             byID[r.id] = r
         }
         let snap = Snapshot(revision: revision, resources: byID, warnings: [])
-        crossValidate(snap, sink: sink)
-        if sink.hasErrors { throw ConfigError(sink.items) }
-        return Snapshot(revision: revision, resources: byID, warnings: sink.items.filter { $0.severity == .warning })
+        crossValidate(snap, options: options, sink: sink)
+        let ordered = sink.items.enumerated().sorted { a, b in
+            let (pa, pb) = (a.element.position, b.element.position)
+            return (pa.file, pa.line, pa.column, a.offset) < (pb.file, pb.line, pb.column, b.offset)
+        }.map(\.element)
+        if sink.hasErrors { throw ConfigError(ordered) }
+        return Snapshot(revision: revision, resources: byID, warnings: ordered.filter { $0.severity == .warning })
     }
 
-    static func crossValidate(_ snap: Snapshot, sink: DiagnosticSink) {
+    static func crossValidate(_ snap: Snapshot, options: ValidationOptions, sink: DiagnosticSink) {
         // One frontend (VIP, port, L4 protocol) belongs to one service.
         var frontends: [String: ServiceEntry] = [:]
         for se in snap.serviceEntries {
@@ -212,6 +247,79 @@ public enum ConfigLoader {
                 sink.error("WE005", we.position, "WorkloadEntry \(we.metadata.namespace)/\(we.metadata.name)", "cgroup \(cg) on node \(we.node ?? "?") is already WorkloadEntry \(other.metadata.namespace)/\(other.metadata.name)")
             }
             cgroups[key] = we
+        }
+        for we in snap.workloadEntries {
+            if let node = we.node, !options.knownNodes.isEmpty, !options.knownNodes.contains(node) {
+                sink.warning("WE006", we.position, "WorkloadEntry \(we.metadata.namespace)/\(we.metadata.name)", "node \(node) (weft.io/node) is not a known node (\(options.knownNodes.sorted().joined(separator: ", ")))")
+            }
+        }
+
+        // One host, one protocol per port, across ServiceEntries.
+        var protocols: [String: (String, ServiceEntry)] = [:]
+        for se in snap.serviceEntries {
+            for host in se.hosts {
+                for p in se.ports {
+                    let key = "\(host):\(p.number)"
+                    if let (proto, other) = protocols[key], proto != p.protocolName, other != se {
+                        sink.error("SE010", se.position, "ServiceEntry \(se.metadata.namespace)/\(se.metadata.name)",
+                                   "\(key) is \(p.protocolName) here but \(proto) in ServiceEntry \(other.metadata.namespace)/\(other.metadata.name) (\(other.position))")
+                    }
+                    protocols[key] = (p.protocolName, se)
+                }
+            }
+        }
+
+        // Routes: every subset named must exist; every host should be a known service.
+        let knownHosts = Set(snap.serviceEntries.flatMap(\.hosts))
+        func subsets(of host: String) -> Set<String>? {
+            let rules = snap.destinationRules.filter { HostName.matches(pattern: $0.host, host: host) }
+            return rules.isEmpty ? nil : Set(rules.flatMap { $0.subsets.map(\.name) })
+        }
+        for vs in snap.virtualServices {
+            let res = "VirtualService \(vs.metadata.namespace)/\(vs.metadata.name)"
+            var warned = Set<String>()
+            for h in vs.hosts where !knownHosts.contains(h) && !knownHosts.contains(where: { HostName.matches(pattern: h, host: $0) }) {
+                sink.warning("VS021", vs.position, res, "host \(h) matches no ServiceEntry")
+                warned.insert(h)
+            }
+            let dests = vs.http.flatMap { $0.route.map(\.destination) + ($0.mirror.map { [$0] } ?? []) } + vs.tcp.flatMap { $0.route.map(\.destination) }
+            for d in dests {
+                if let subset = d.subset {
+                    if !(subsets(of: d.host) ?? []).contains(subset) {
+                        sink.error("VS020", d.position, res, "subset \(subset) of host \(d.host) is defined by no DestinationRule")
+                    }
+                }
+                if !knownHosts.contains(d.host) && warned.insert(d.host).inserted {
+                    sink.warning("VS021", d.position, res, "destination host \(d.host) matches no ServiceEntry")
+                }
+            }
+        }
+
+        // At most one namespace-wide (or mesh-wide) PeerAuthentication per namespace.
+        var wide: [String: PeerAuthentication] = [:]
+        for pa in snap.peerAuthentications where pa.selector == nil {
+            if let other = wide[pa.metadata.namespace] {
+                let scope = pa.scope(rootNamespace: options.rootNamespace) == .mesh ? "mesh-wide" : "namespace-wide"
+                sink.error("PA003", pa.position, "PeerAuthentication \(pa.metadata.namespace)/\(pa.metadata.name)",
+                           "a second \(scope) policy in namespace \(pa.metadata.namespace) (first: \(other.metadata.name), \(other.position)); keep one")
+            }
+            wide[pa.metadata.namespace] = pa
+        }
+
+        // Stored and validated, not yet enforced: say so rather than let it look active.
+        for r in snap.virtualServices { notYetEnforced(sink, r.position, "VirtualService \(r.metadata.namespace)/\(r.metadata.name)", "HTTP/TCP routing (L7 proxy)") }
+        for r in snap.peerAuthentications { notYetEnforced(sink, r.position, "PeerAuthentication \(r.metadata.namespace)/\(r.metadata.name)", "mTLS") }
+        for r in snap.authorizationPolicies { notYetEnforced(sink, r.position, "AuthorizationPolicy \(r.metadata.namespace)/\(r.metadata.name)", "authorization") }
+        for r in snap.destinationRules {
+            let tp = ([r.trafficPolicy] + r.subsets.map(\.trafficPolicy)).compactMap { $0 }
+            var fields: [String] = r.subsets.isEmpty ? [] : ["subsets"]
+            if tp.contains(where: { $0.connectionPool != nil }) { fields.append("connectionPool") }
+            if tp.contains(where: { $0.outlierDetection != nil }) { fields.append("outlierDetection") }
+            if tp.contains(where: { $0.tls != nil }) { fields.append("tls") }
+            if tp.contains(where: { !$0.portLevelSettings.isEmpty }) { fields.append("portLevelSettings") }
+            if !fields.isEmpty {
+                notYetEnforced(sink, r.position, "DestinationRule \(r.metadata.namespace)/\(r.metadata.name)", fields.joined(separator: ", "))
+            }
         }
     }
 }
