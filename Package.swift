@@ -40,7 +40,7 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftAgent", "WeftDataplane", "WeftConfig",
+                "WeftAgent", "WeftDataplane", "WeftConfig", "Yams",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

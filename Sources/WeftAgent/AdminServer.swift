@@ -2,14 +2,15 @@ import Foundation
 import Glibc
 import Logging
 
-/// The admin socket: a Unix stream socket (mode 0600) answering each root connection with
-/// the agent's status as one JSON line. Non-root peers are refused (SO_PEERCRED).
+/// The admin socket: a Unix stream socket (mode 0600). Each connection carries one JSON
+/// request line and gets one JSON response line. Non-root peers are refused (SO_PEERCRED),
+/// requests are bounded in size and time, and anything malformed is answered with an error.
 final class AdminServer: @unchecked Sendable {
     private let fd: Int32
     private let path: String
     private var stopped = false
 
-    init(path: String, logger: Logger, status: @escaping @Sendable () -> AgentStatus) throws {
+    init(path: String, logger: Logger, handle: @escaping @Sendable (AdminRequest) -> AdminResponse) throws {
         self.path = path
         let dir = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
@@ -32,6 +33,7 @@ final class AdminServer: @unchecked Sendable {
         }
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys]
+        enc.dateEncodingStrategy = .iso8601
         Thread { [self] in
             while !stopped {
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -40,14 +42,32 @@ final class AdminServer: @unchecked Sendable {
                 if c < 0 { continue }
                 var cred = PeerCred()
                 var len = socklen_t(MemoryLayout<PeerCred>.size)
+                let response: AdminResponse
+                var tv = timeval(tv_sec: AdminLimits.readTimeoutSeconds, tv_usec: 0)
+                setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
                 if getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.uid != 0 {
-                    _ = "error: the admin socket serves root only\n".withCString { write(c, $0, strlen($0)) }
-                    close(c)
-                    continue
+                    logger.warning("admin request refused: peer is not root", metadata: ["component": "admin", "uid": "\(cred.uid)", "pid": "\(cred.pid)"])
+                    // Read (a little of) the request first, so the client sees this answer
+                    // instead of a broken pipe.
+                    _ = AdminClient.readAll(c, limit: 64 << 10)
+                    response = .failure("the admin socket serves root only")
+                } else {
+                    let data = AdminClient.readAll(c, limit: AdminLimits.maxRequestBytes)
+                    if data.count > AdminLimits.maxRequestBytes {
+                        response = .failure("request larger than \(AdminLimits.maxRequestBytes >> 20) MiB")
+                    } else if data.isEmpty {
+                        response = .failure("empty request (send one JSON object per line)")
+                    } else {
+                        do {
+                            response = handle(try JSONDecoder().decode(AdminRequest.self, from: data))
+                        } catch {
+                            response = .failure("malformed request: \(error)")
+                        }
+                    }
                 }
-                var data = (try? enc.encode(status())) ?? Data()
-                data.append(0x0a)
-                _ = data.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+                var out = (try? enc.encode(response)) ?? Data("{\"ok\":false}".utf8)
+                out.append(0x0a)
+                _ = out.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
                 close(c)
             }
             close(fd)

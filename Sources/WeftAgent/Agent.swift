@@ -25,9 +25,16 @@ public struct AgentOptions: Sendable {
     public var resyncInterval: Double
     /// Size of weft_slot_v1, the slots all selection tables share.
     public var lbSlots: UInt32
+    /// Where committed revisions are persisted.
+    public var stateDir: String
+    /// How many revisions are kept for rollback.
+    public var keepRevisions: Int
+    /// Mesh root namespace (mesh-wide PeerAuthentication).
+    public var rootNamespace: String
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
-                keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32) {
+                keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
+                stateDir: String, keepRevisions: Int, rootNamespace: String) {
         self.configDir = configDir
         self.cgroup = cgroup
         self.bpffs = bpffs
@@ -37,18 +44,22 @@ public struct AgentOptions: Sendable {
         self.drainPeriod = drainPeriod
         self.resyncInterval = resyncInterval
         self.lbSlots = lbSlots
+        self.stateDir = stateDir
+        self.keepRevisions = keepRevisions
+        self.rootNamespace = rootNamespace
     }
 }
 
 /// What the agent is serving now (reported on the admin socket).
-struct AgentStatus: Codable, Sendable {
-    var node: String
-    var revision: UInt64
-    var contentHash: String
-    var services: Int
-    var lastApplyMs: Double?
-    var configErrors: [String]
-    var adopted: Bool
+public struct AgentStatus: Codable, Sendable {
+    public var node: String
+    public var revision: UInt64
+    public var contentHash: String
+    public var services: Int
+    public var lastApplyMs: Double?
+    /// Problems of the config dir that was last rejected (empty when it was accepted).
+    public var configErrors: [String]
+    public var adopted: Bool
 }
 
 /// The node agent. Holds the last good snapshot; a config that fails validation changes
@@ -56,16 +67,20 @@ struct AgentStatus: Codable, Sendable {
 public final class Agent: Service, @unchecked Sendable {
     let options: AgentOptions
     let logger: Logger
-    private let lock = NSLock()
+    let lock = NSLock()
     /// Held for a whole read-plan-write of the maps: a config reload and the periodic
     /// resync must never plan against the same state and both write (they would collide
     /// on table ids).
     private let applying = NSLock()
-    private var snapshot = Snapshot.empty()
+    /// Held for a whole validate → datapath → persist sequence: config-dir reloads and
+    /// admin requests commit one at a time.
+    private let committing = NSLock()
+    var store: RevisionStore?
+    var snapshot = Snapshot.empty()
     /// The snapshot's map contents, computed once per revision (Maglev tables are costly).
     private var desired = DesiredState(snapshot: .empty(), node: "")
     private var reconciler: Reconciler
-    private var status: AgentStatus
+    var status: AgentStatus
 
     /// Creates an agent (nothing happens until `run`).
     public init(options: AgentOptions, logger: Logger) {
@@ -84,8 +99,9 @@ public final class Agent: Service, @unchecked Sendable {
         // Everything that can fail without touching the kernel comes first.
         let watcher = try ConfigWatcher(directory: options.configDir)
         defer { watcher.stop() }
-        let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] in
-            lock.withLock { status }
+        store = try RevisionStore(dir: options.stateDir, keep: options.keepRevisions)
+        let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] request in
+            handle(request)
         }
         defer { admin.stop() }
         let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots, logger: logger)
@@ -102,21 +118,23 @@ public final class Agent: Service, @unchecked Sendable {
             "component": "dataplane", "bpffs": "\(options.bpffs)", "cgroup": "\(options.cgroup)", "programs": "\(datapath.programs.count)",
         ])
 
-        reload(datapath)
+        self.datapath = datapath
+        restore()
+        reload()
         let changes = watcher.events()
         try await withThrowingDiscardingTaskGroup { group in
             group.addTask { [self] in
                 for await _ in changes.cancelOnGracefulShutdown() {
                     // Debounce: a tool writing several files produces a burst of events.
                     try? await Task.sleep(for: .milliseconds(150))
-                    reload(datapath)
+                    reload()
                 }
             }
             group.addTask { [self] in
                 while !Task.isCancelled && !Task.isShuttingDownGracefully {
                     try? await Task.sleep(for: .seconds(options.resyncInterval))
                     if Task.isShuttingDownGracefully { break }
-                    resync(datapath)
+                    resync()
                 }
             }
             try? await gracefulShutdown()
@@ -124,46 +142,126 @@ public final class Agent: Service, @unchecked Sendable {
         }
     }
 
-    /// Re-reads the config dir; a valid set becomes the new snapshot and is applied.
-    func reload(_ datapath: Datapath) {
+    private var datapath: Datapath?
+
+    var validation: ValidationOptions { ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node]) }
+
+    /// At start: the last committed revision goes back into force (the kernel may already
+    /// hold it, adopted; then this changes nothing).
+    func restore() {
+        guard let store else { return }
+        do {
+            guard let record = try store.current() else { return }
+            var parsed = ConfigLoader.Parsed(documents: [], diagnostics: [])
+            for d in record.documents {
+                var p = ConfigLoader.parse(text: d.yaml, file: "revision \(record.revision) (\(d.origin))")
+                for i in p.documents.indices { p.documents[i].origin = d.origin }
+                parsed.documents += p.documents
+                parsed.diagnostics += p.diagnostics
+            }
+            let snap = try ConfigLoader.snapshot(parsed, revision: record.revision, options: validation)
+            let desired = DesiredState(snapshot: snap, node: options.node)
+            if apply(snap, desired, reason: "config revision \(record.revision)", cause: "restored from \(options.stateDir)") {
+                lock.withLock {
+                    snapshot = snap
+                    self.desired = desired
+                }
+            }
+        } catch let error as ConfigError {
+            for d in error.diagnostics where d.severity == .error { logger.error("\(d)", metadata: ["component": "config"]) }
+            logger.error("the last committed revision no longer validates; starting from the config dir", metadata: ["component": "config"])
+        } catch {
+            logger.error("\(error); starting from the config dir", metadata: ["component": "config"])
+        }
+    }
+
+    /// Re-reads the config dir; with the applied resources it becomes a new revision.
+    func reload() {
         let files: [String]
         do { files = try ConfigLoader.configFiles(in: options.configDir) } catch {
             logger.error("cannot list config dir \(options.configDir): \(error.localizedDescription)")
             return
         }
         let parsed = ConfigLoader.parse(paths: files)
+        let result: CommitResult
+        if parsed.hasErrors {
+            result = .rejected(parsed.diagnostics)
+        } else {
+            result = commit(reason: "files") { current in
+                parsed.documents + current.filter { $0.origin == Self.applied }
+            }
+        }
+        switch result {
+        case .rejected(let diagnostics), .failed(_, let diagnostics):
+            for d in diagnostics { logger.error("\(d)", metadata: ["component": "config"]) }
+            if case .failed(let message, _) = result { logger.error("\(message)", metadata: ["component": "config"]) }
+            logger.error("config rejected: \(keeping(lock.withLock { snapshot }))", metadata: ["component": "config"])
+            lock.withLock { status.configErrors = diagnostics.filter { $0.severity == .error }.map(\.description) }
+        case .committed(let snap, _), .unchanged(let snap):
+            for w in snap.warnings { logger.warning("\(w)", metadata: ["component": "config"]) }
+            lock.withLock { status.configErrors = [] }
+        }
+    }
+
+    /// Origin of resources pushed with `weft apply`.
+    static let applied = "apply"
+
+    /// A change that cannot be made to the current documents (checked under the commit lock).
+    struct ChangeRefused: Error {
+        var message: String
+        var diagnostics: [Diagnostic] = []
+    }
+
+    enum CommitResult {
+        case committed(Snapshot, datapathMs: Double)
+        case unchanged(Snapshot)
+        case rejected([Diagnostic])
+        case failed(String, [Diagnostic])
+    }
+
+    /// The one way config changes: `change` maps the current documents to the next set,
+    /// which is validated whole, programmed into the datapath, persisted, and only then
+    /// made current. Any failure leaves the previous revision in force everywhere.
+    func commit(reason: String, _ change: ([Document]) throws(ChangeRefused) -> [Document]) -> CommitResult {
+        committing.lock()
+        defer { committing.unlock() }
         let current = lock.withLock { snapshot }
+        let docs: [Document]
+        do { docs = try change(current.documents.keys.sorted().map { current.documents[$0]! }) } catch {
+            return .failed(error.message, error.diagnostics)
+        }
+        let number = max(current.revision, store?.latestNumber() ?? 0) + 1
         let next: Snapshot
         do {
-            next = try ConfigLoader.snapshot(parsed, revision: current.revision + 1)
+            next = try ConfigLoader.snapshot(.init(documents: docs, diagnostics: []), revision: number, options: validation)
         } catch {
-            for d in error.diagnostics { logger.error("\(d)", metadata: ["component": "config"]) }
-            logger.error("config rejected: \(keeping(current))", metadata: ["component": "config"])
-            lock.withLock { status.configErrors = error.diagnostics.map(\.description) }
-            return
+            return .rejected(error.diagnostics)
         }
-        for w in next.warnings { logger.warning("\(w)", metadata: ["component": "config"]) }
-        if next.resources == current.resources && current.revision > 0 {
-            lock.withLock { status.configErrors = [] }
-            return
-        }
+        if next.resources == current.resources && current.revision > 0 { return .unchanged(current) }
         let desired = DesiredState(snapshot: next, node: options.node)
         let tooBig = desired.capacityProblems()
-        if !tooBig.isEmpty {
-            for p in tooBig { logger.error("config does not fit the datapath: \(p)", metadata: ["component": "config"]) }
-            logger.error("config rejected: \(keeping(current))", metadata: ["component": "config"])
-            lock.withLock { status.configErrors = tooBig }
-            return
+        if !tooBig.isEmpty { return .failed("config does not fit the datapath: " + tooBig.joined(separator: "; "), []) }
+        let start = ContinuousClock.now
+        guard apply(next, desired, reason: "config revision \(next.revision)", cause: reason) else {
+            return .failed("the datapath refused revision \(next.revision) (see the agent log)", [])
         }
-        if apply(next, desired, datapath, reason: "config revision \(next.revision)") {
-            lock.withLock {
-                snapshot = next
-                self.desired = desired
-                status.configErrors = []
-            }
-        } else {
-            logger.error("config rejected: \(keeping(current))", metadata: ["component": "config"])
+        let took = (ContinuousClock.now - start).components
+        let ms = Double(took.seconds) * 1000 + Double(took.attoseconds) / 1e15
+        let record = RevisionRecord(revision: next.revision, time: Date(), reason: reason, contentHash: next.contentHash,
+                                    documents: docs.map { .init(origin: $0.origin, yaml: $0.yaml) })
+        do {
+            try store?.commit(record)
+        } catch {
+            // Not durable, so not committed: put the kernel back on the previous revision.
+            let previous = lock.withLock { self.desired }
+            apply(current, previous, reason: "rollback of revision \(next.revision) (not persisted)")
+            return .failed("\(error)", [])
         }
+        lock.withLock {
+            snapshot = next
+            self.desired = desired
+        }
+        return .committed(next, datapathMs: ms)
     }
 
     /// What stays in force when a config is rejected.
@@ -172,19 +270,20 @@ public final class Agent: Service, @unchecked Sendable {
         return lock.withLock { status.adopted } ? "keeping the adopted datapath as it is" : "nothing applied yet"
     }
 
-    func resync(_ datapath: Datapath) {
+    func resync() {
         let (snap, desired) = lock.withLock { (snapshot, self.desired) }
         // Until a config has been accepted, the kernel's content (possibly adopted from the
         // previous agent) is the last good state: never "resync" it to nothing.
         guard snap.revision > 0 else { return }
-        apply(snap, desired, datapath, reason: nil)
+        apply(snap, desired, reason: nil)
     }
 
     /// Diffs the desired state against the maps and applies the difference; false if that
     /// failed (a plan that cannot be carried out changes nothing; a failed write is
     /// retried by the next resync, which converges on the last good snapshot).
     @discardableResult
-    func apply(_ snap: Snapshot, _ desired: DesiredState, _ datapath: Datapath, reason: String?) -> Bool {
+    func apply(_ snap: Snapshot, _ desired: DesiredState, reason: String?, cause: String? = nil) -> Bool {
+        guard let datapath else { return false }
         applying.lock()
         defer { applying.unlock() }
         let start = ContinuousClock.now
@@ -207,7 +306,7 @@ public final class Agent: Service, @unchecked Sendable {
                 if reason != nil { status.lastApplyMs = ms }
             }
             logger.info("\(reason ?? "resync") applied", metadata: [
-                "component": "dataplane", "services": "\(desired.services.count)", "ops": "\(ops.count)",
+                "component": "dataplane", "services": "\(desired.services.count)", "ops": "\(ops.count)", "cause": "\(cause ?? "resync")",
                 "ms": "\(String(format: "%.1f", ms))",
             ])
             return true

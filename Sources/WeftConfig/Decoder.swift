@@ -33,6 +33,23 @@ public enum Resource: Hashable, Sendable, Codable {
     public var position: SourcePosition { parts.position }
 }
 
+/// A decoded resource with its YAML document and where it came from.
+public struct Document: Hashable, Sendable, Codable {
+    /// The resource.
+    public var resource: Resource
+    /// Its YAML document (normalized by the YAML serializer).
+    public var yaml: String
+    /// A file path, or `apply` for resources pushed with `weft apply`.
+    public var origin: String
+
+    /// Creates a document.
+    public init(resource: Resource, yaml: String, origin: String) {
+        self.resource = resource
+        self.yaml = yaml
+        self.origin = origin
+    }
+}
+
 /// Turns YAML text into resources, reporting every problem with its position.
 enum ResourceDecoder {
     static let networkingVersions = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
@@ -40,8 +57,8 @@ enum ResourceDecoder {
     /// Istio kinds weft will enforce in later releases; named so the error says so.
     static let laterKinds: Set<String> = ["Gateway", "Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"]
 
-    static func decode(text: String, file: String, sink: DiagnosticSink) -> [Resource] {
-        var out: [Resource] = []
+    static func decode(text: String, file: String, sink: DiagnosticSink) -> [Document] {
+        var out: [Document] = []
         let docs: YamlSequence<Node>
         do {
             // weft types scalars itself from their text and style; Yams' implicit tag
@@ -54,7 +71,11 @@ enum ResourceDecoder {
         var seq = docs
         while let node = seq.next() {
             let ctx = DecodeContext(file: file, sink: sink)
-            if let r = decodeDocument(YNode(node: node, path: "", ctx: ctx)) { out.append(r) }
+            if let r = decodeDocument(YNode(node: node, path: "", ctx: ctx)) {
+                // The document as YAML, for `weft get`, diffs and the persisted revisions.
+                let yaml = (try? Yams.serialize(node: node)) ?? ""
+                out.append(Document(resource: r, yaml: yaml, origin: file))
+            }
         }
         if let error = seq.error { report(yamlError: error, file: file, text: text, sink: sink) }
         return out

@@ -25,6 +25,8 @@ public struct Snapshot: Sendable {
     public var contentHash: String { Snapshot.hash(of: resources) }
     /// Warnings found while validating (errors never make it into a snapshot).
     public let warnings: [Diagnostic]
+    /// Every resource's YAML document and origin.
+    public internal(set) var documents: [ResourceID: Document] = [:]
 
     /// ServiceEntries, sorted by id.
     public let serviceEntries: [ServiceEntry]
@@ -137,19 +139,27 @@ func notYetEnforced(_ sink: DiagnosticSink, _ pos: SourcePosition, _ res: String
 public enum ConfigLoader {
     /// The result of parsing: resources that decoded cleanly and every diagnostic.
     public struct Parsed: Sendable {
-        /// Resources without errors.
-        public var resources: [Resource]
+        /// Resources without errors, with their documents.
+        public var documents: [Document]
+        /// The resources.
+        public var resources: [Resource] { documents.map(\.resource) }
         /// Every problem found, in file order.
         public var diagnostics: [Diagnostic]
         /// Whether any diagnostic is an error.
         public var hasErrors: Bool { diagnostics.contains { $0.severity == .error } }
+
+        /// Creates a parse result.
+        public init(documents: [Document], diagnostics: [Diagnostic]) {
+            self.documents = documents
+            self.diagnostics = diagnostics
+        }
     }
 
     /// Parses YAML text (one file, possibly several documents).
     public static func parse(text: String, file: String) -> Parsed {
         let sink = DiagnosticSink()
-        let r = ResourceDecoder.decode(text: text, file: file, sink: sink)
-        return Parsed(resources: r, diagnostics: sink.items)
+        let docs = ResourceDecoder.decode(text: text, file: file, sink: sink)
+        return Parsed(documents: docs, diagnostics: sink.items)
     }
 
     /// The config files of a directory: `*.yaml` and `*.yml`, sorted, hidden files skipped
@@ -162,7 +172,7 @@ public enum ConfigLoader {
 
     /// Parses files (directories are expanded to their config files).
     public static func parse(paths: [String]) -> Parsed {
-        var all = Parsed(resources: [], diagnostics: [])
+        var all = Parsed(documents: [], diagnostics: [])
         for path in paths {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -180,7 +190,7 @@ public enum ConfigLoader {
                     continue
                 }
                 let p = parse(text: text, file: f)
-                all.resources += p.resources
+                all.documents += p.documents
                 all.diagnostics += p.diagnostics
             }
         }
@@ -192,27 +202,38 @@ public enum ConfigLoader {
         let sink = DiagnosticSink()
         sink.items = parsed.diagnostics
         var byID: [ResourceID: Resource] = [:]
-        for r in parsed.resources {
+        var documents: [ResourceID: Document] = [:]
+        for d in parsed.documents {
+            let r = d.resource
             if let first = byID[r.id] {
                 sink.error("CFG001", r.position, r.id.description, "defined twice (first at \(first.position))")
                 continue
             }
             byID[r.id] = r
+            documents[r.id] = d
         }
-        let snap = Snapshot(revision: revision, resources: byID, warnings: [])
-        crossValidate(snap, options: options, sink: sink)
+        var snap = Snapshot(revision: revision, resources: byID, warnings: [])
+        snap.documents = documents
+        // Document order (not id order) for the checks that blame the later of two
+        // resources: what an apply pushes comes last, so a conflict points at it.
+        crossValidate(snap, order: parsed.documents.map(\.resource.id), options: options, sink: sink)
         let ordered = sink.items.enumerated().sorted { a, b in
             let (pa, pb) = (a.element.position, b.element.position)
             return (pa.file, pa.line, pa.column, a.offset) < (pb.file, pb.line, pb.column, b.offset)
         }.map(\.element)
         if sink.hasErrors { throw ConfigError(ordered) }
-        return Snapshot(revision: revision, resources: byID, warnings: ordered.filter { $0.severity == .warning })
+        var result = Snapshot(revision: revision, resources: byID, warnings: ordered.filter { $0.severity == .warning })
+        result.documents = documents
+        return result
     }
 
-    static func crossValidate(_ snap: Snapshot, options: ValidationOptions, sink: DiagnosticSink) {
+    static func crossValidate(_ snap: Snapshot, order: [ResourceID], options: ValidationOptions, sink: DiagnosticSink) {
+        var seen = Set<ResourceID>()
+        let inOrder = order.filter { seen.insert($0).inserted }.compactMap { snap.resources[$0] }
+        let serviceEntries = inOrder.compactMap { if case .serviceEntry(let s) = $0 { return s } else { return nil } }
         // One frontend (VIP, port, L4 protocol) belongs to one service.
         var frontends: [String: ServiceEntry] = [:]
-        for se in snap.serviceEntries {
+        for se in serviceEntries {
             let res = "ServiceEntry \(se.metadata.namespace)/\(se.metadata.name)"
             for vip in se.addresses {
                 for p in se.ports {
@@ -256,7 +277,7 @@ public enum ConfigLoader {
 
         // One host, one protocol per port, across ServiceEntries.
         var protocols: [String: (String, ServiceEntry)] = [:]
-        for se in snap.serviceEntries {
+        for se in serviceEntries {
             for host in se.hosts {
                 for p in se.ports {
                     let key = "\(host):\(p.number)"

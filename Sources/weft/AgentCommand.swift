@@ -35,6 +35,15 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds between full re-syncs of the maps with the config.")
     var resyncInterval: Double = 5
 
+    @Option(help: "Directory for committed revisions (the agent restarts on the last one).")
+    var stateDir = "/var/lib/weft"
+
+    @Option(help: "How many revisions to keep for `weft rollback`.")
+    var keepRevisions = 20
+
+    @Option(help: "Mesh root namespace: a PeerAuthentication there without selector is mesh-wide.")
+    var rootNamespace = "weft-system"
+
     @Option(help: "Slots shared by all selection tables (4 bytes of kernel memory each); a Maglev table takes tableSize slots, a RANDOM/ROUND_ROBIN table one per weight unit.")
     var lbSlots: UInt32 = 4_194_304
 
@@ -51,7 +60,8 @@ struct AgentCommand: AsyncParsableCommand {
         let options = AgentOptions(
             configDir: configDir, cgroup: cgroupPath, bpffs: bpffs, adminSocket: adminSocket,
             node: node ?? ProcessInfo.processInfo.hostName, keepDatapath: keepDatapath,
-            drainPeriod: drainPeriod, resyncInterval: resyncInterval, lbSlots: lbSlots)
+            drainPeriod: drainPeriod, resyncInterval: resyncInterval, lbSlots: lbSlots,
+            stateDir: stateDir, keepRevisions: max(keepRevisions, 1), rootNamespace: rootNamespace)
         let agent = Agent(options: options, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
@@ -66,24 +76,10 @@ struct AgentCommand: AsyncParsableCommand {
 struct StatusCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status", abstract: "Ask a running agent what it serves (admin socket).")
 
-    @Option(help: "Admin socket path.")
-    var adminSocket = "/run/weft/agent.sock"
+    @OptionGroup var admin: AdminOptions
 
     func run() throws {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(adminSocket.utf8) + [0]) }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        if rc != 0 { fail("cannot reach the agent at \(adminSocket): \(String(cString: strerror(errno))) — is `weft agent` running?") }
-        var out = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        close(fd)
-        print(String(decoding: out, as: UTF8.self), terminator: "")
+        let r = admin.send(AdminRequest(op: .status))
+        printJSON(r.status)
     }
 }

@@ -8,7 +8,8 @@ struct Weft: AsyncParsableCommand {
         commandName: "weft",
         abstract: "A transparent, sidecar-less service mesh for Linux nodes.",
         subcommands: [AgentCommand.self, ValidateCommand.self, ServiceCommand.self, MaglevCommand.self,
-                      ProgCommand.self, MapCommand.self, StatusCommand.self, BenchCommand.self]
+                      ProgCommand.self, MapCommand.self, StatusCommand.self, ApplyCommand.self, DeleteCommand.self, GetCommand.self,
+                      DiffCommand.self, HistoryCommand.self, RollbackCommand.self, BenchCommand.self]
     )
 }
 

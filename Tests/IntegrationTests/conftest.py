@@ -137,6 +137,7 @@ class Sandbox:
         self.tmp = tempfile.mkdtemp(prefix=self.id + "-")
         self.config = os.path.join(self.tmp, "config")
         self.sock = os.path.join(self.tmp, "agent.sock")
+        self.state = os.path.join(self.tmp, "state")
         self.procs = []
         self.prog_ids = set()  # every program id an agent of this sandbox attached
         self.agent = None
@@ -192,7 +193,7 @@ class Sandbox:
         self.agent_log = os.path.join(self.tmp, "agent-%d.log" % len(self.procs))
         log = open(self.agent_log, "w")
         self.agent = subprocess.Popen([WEFT, "agent", "--config-dir", self.config, "--cgroup", self.cgroup,
-                                       "--bpffs", self.bpffs, "--admin-socket", self.sock, "--node", node,
+                                       "--bpffs", self.bpffs, "--admin-socket", self.sock, "--state-dir", self.state, "--node", node,
                                        "--drain-period", "2", "--resync-interval", "0.5"] + list(extra),
                                       stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.agent)

@@ -252,7 +252,7 @@ def test_inspect_commands(sandbox):
 
 def test_missing_kernel_feature_is_one_clear_line(sandbox):
     r = subprocess.run([WEFT, "agent", "--config-dir", sandbox.config, "--cgroup", sandbox.tmp, "--bpffs", sandbox.bpffs,
-                        "--admin-socket", sandbox.sock], capture_output=True, text=True, timeout=30)
+                        "--admin-socket", sandbox.sock, "--state-dir", sandbox.state], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     err = [l for l in r.stderr.splitlines() if "error" in l.lower() or "weft:" in l]
     assert any("is not on cgroup v2" in l for l in err), r.stderr
@@ -335,11 +335,11 @@ def test_restart_with_a_broken_config_keeps_the_adopted_datapath(sandbox):
 
 def test_failed_start_leaves_nothing_attached(sandbox):
     r = subprocess.run([WEFT, "agent", "--config-dir", sandbox.config, "--cgroup", sandbox.cgroup, "--bpffs", sandbox.bpffs,
-                        "--admin-socket", "/proc/weft-test.sock"], capture_output=True, text=True, timeout=30)
+                        "--admin-socket", "/proc/weft-test.sock", "--state-dir", sandbox.state], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
     assert "cannot listen on admin socket /proc/weft-test.sock (--admin-socket)" in r.stderr
     assert sh(["bpftool", "cgroup", "show", sandbox.cgroup]).stdout.strip() == ""
     assert not os.path.exists(os.path.join(sandbox.bpffs, "links"))
     r = subprocess.run([WEFT, "agent", "--config-dir", "/nonexistent-weft", "--cgroup", sandbox.cgroup, "--bpffs", sandbox.bpffs,
-                        "--admin-socket", sandbox.sock], capture_output=True, text=True, timeout=30)
+                        "--admin-socket", sandbox.sock, "--state-dir", sandbox.state], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "config dir /nonexistent-weft does not exist (--config-dir)" in r.stderr

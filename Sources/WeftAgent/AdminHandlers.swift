@@ -1,0 +1,152 @@
+import Foundation
+import WeftConfig
+
+/// The admin API: what each request does to the agent's config.
+extension Agent {
+    func handle(_ request: AdminRequest) -> AdminResponse {
+        switch request.op {
+        case .status:
+            var r = AdminResponse(ok: true)
+            r.status = lock.withLock { status }
+            return r
+        case .apply: return handleApply(request.files ?? [])
+        case .delete: return handleDelete(request.ids ?? [])
+        case .get: return handleGet(kind: request.kind, name: request.name, namespace: request.namespace)
+        case .diff: return handleDiff(request.files ?? [])
+        case .history:
+            var r = AdminResponse(ok: true)
+            r.history = store?.list() ?? []
+            return r
+        case .rollback:
+            guard let n = request.revision else { return .failure("rollback needs a revision") }
+            return handleRollback(n)
+        }
+    }
+
+    /// Parses pushed files; their resources get origin `apply`.
+    func parsePushed(_ files: [SourceFile]) -> ConfigLoader.Parsed {
+        var all = ConfigLoader.Parsed(documents: [], diagnostics: [])
+        for f in files {
+            var p = ConfigLoader.parse(text: f.text, file: f.path)
+            for i in p.documents.indices { p.documents[i].origin = Self.applied }
+            all.documents += p.documents
+            all.diagnostics += p.diagnostics
+        }
+        return all
+    }
+
+    func respond(_ result: CommitResult) -> AdminResponse {
+        switch result {
+        case .committed(let snap, let ms):
+            var r = AdminResponse(ok: true)
+            r.revision = snap.revision
+            r.changed = true
+            r.datapathMs = ms
+            r.diagnostics = snap.warnings
+            return r
+        case .unchanged(let snap):
+            var r = AdminResponse(ok: true)
+            r.revision = snap.revision
+            r.changed = false
+            return r
+        case .rejected(let diagnostics):
+            return .failure("rejected: nothing was changed (still revision \(lock.withLock { snapshot.revision }))", diagnostics)
+        case .failed(let message, let diagnostics):
+            return .failure("\(message); nothing was changed", diagnostics)
+        }
+    }
+
+    func handleApply(_ files: [SourceFile]) -> AdminResponse {
+        let pushed = parsePushed(files)
+        if pushed.hasErrors { return respond(.rejected(pushed.diagnostics)) }
+        if pushed.documents.isEmpty { return .failure("nothing to apply: the files hold no resources") }
+        return respond(commit(reason: "apply") { current throws(ChangeRefused) in
+            let byID = Dictionary(current.map { ($0.resource.id, $0) }, uniquingKeysWith: { a, _ in a })
+            var conflict: [Diagnostic] = []
+            for d in pushed.documents {
+                if let existing = byID[d.resource.id], existing.origin != Self.applied {
+                    conflict.append(Diagnostic(.error, "CFG002", at: d.resource.position, resource: d.resource.id.description,
+                                               "is defined by \(existing.origin) in the config dir; change it there (weft apply does not override the config dir)"))
+                }
+            }
+            if !conflict.isEmpty { throw ChangeRefused(message: "rejected", diagnostics: conflict) }
+            let replaced = Set(pushed.documents.map(\.resource.id))
+            return current.filter { !replaced.contains($0.resource.id) } + pushed.documents
+        })
+    }
+
+    func handleDelete(_ ids: [ResourceID]) -> AdminResponse {
+        if ids.isEmpty { return .failure("nothing to delete") }
+        return respond(commit(reason: "delete") { current throws(ChangeRefused) in
+            let byID = Dictionary(current.map { ($0.resource.id, $0) }, uniquingKeysWith: { a, _ in a })
+            var problems: [String] = []
+            for id in ids {
+                guard let d = byID[id] else { problems.append("\(id) does not exist"); continue }
+                if d.origin != Self.applied { problems.append("\(id) comes from \(d.origin) in the config dir; remove it there") }
+            }
+            if !problems.isEmpty { throw ChangeRefused(message: problems.joined(separator: "; ")) }
+            let gone = Set(ids)
+            return current.filter { !gone.contains($0.resource.id) }
+        })
+    }
+
+    /// kubectl-style kind names: full, lowercase, plural, and Istio's short names.
+    static func kindMatches(_ query: String, _ kind: String) -> Bool {
+        let q = query.lowercased()
+        let short: [String: String] = ["se": "ServiceEntry", "we": "WorkloadEntry", "vs": "VirtualService", "dr": "DestinationRule",
+                                       "pa": "PeerAuthentication", "ap": "AuthorizationPolicy"]
+        if let full = short[q] { return full == kind }
+        let k = kind.lowercased()
+        return q == k || q == k + "s" || (k.hasSuffix("y") && q == k.dropLast() + "ies")
+    }
+
+    func handleGet(kind: String?, name: String?, namespace: String?) -> AdminResponse {
+        let snap = lock.withLock { snapshot }
+        let known = ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy"]
+        if let kind, kind.lowercased() != "all", !known.contains(where: { Self.kindMatches(kind, $0) }) {
+            return .failure("unknown kind \(kind) (one of \(known.joined(separator: ", ")), or all)")
+        }
+        var r = AdminResponse(ok: true)
+        r.revision = snap.revision
+        r.resources = snap.documents.keys.sorted().compactMap { id in
+            if let kind, kind.lowercased() != "all", !Self.kindMatches(kind, id.kind) { return nil }
+            if let name, name != id.name { return nil }
+            if let namespace, namespace != id.namespace { return nil }
+            let d = snap.documents[id]!
+            return StoredResource(id: id, origin: d.origin, yaml: d.yaml)
+        }
+        return r
+    }
+
+    func handleDiff(_ files: [SourceFile]) -> AdminResponse {
+        let pushed = parsePushed(files)
+        if pushed.hasErrors { return respond(.rejected(pushed.diagnostics)) }
+        let snap = lock.withLock { snapshot }
+        var r = AdminResponse(ok: true)
+        r.revision = snap.revision
+        r.diff = pushed.documents.map { d in
+            let cur = snap.documents[d.resource.id]
+            let change: DiffEntry.Change = cur == nil ? .added : (cur!.resource == d.resource ? .unchanged : .changed)
+            return DiffEntry(id: d.resource.id, change: change, current: cur?.yaml, proposed: d.yaml)
+        }
+        return r
+    }
+
+    func handleRollback(_ revision: UInt64) -> AdminResponse {
+        guard let store else { return .failure("no state dir") }
+        let record: RevisionRecord
+        do { record = try store.load(revision) } catch { return .failure("\(error)") }
+        var old = ConfigLoader.Parsed(documents: [], diagnostics: [])
+        for d in record.documents where d.origin == Self.applied {
+            var p = ConfigLoader.parse(text: d.yaml, file: "revision \(revision)")
+            for i in p.documents.indices { p.documents[i].origin = Self.applied }
+            old.documents += p.documents
+            old.diagnostics += p.diagnostics
+        }
+        if old.hasErrors { return respond(.rejected(old.diagnostics)) }
+        // The config dir stays authoritative: only what was applied is rolled back.
+        return respond(commit(reason: "rollback to \(revision)") { current in
+            current.filter { $0.origin != Self.applied } + old.documents
+        })
+    }
+}

@@ -1,0 +1,126 @@
+import Foundation
+import Glibc
+import WeftConfig
+
+/// A policy file as the operator's `weft` read it; the agent parses it again itself.
+public struct SourceFile: Codable, Sendable {
+    public var path: String
+    public var text: String
+    public init(path: String, text: String) {
+        self.path = path
+        self.text = text
+    }
+}
+
+/// One request on the admin socket: a JSON object on one line.
+public struct AdminRequest: Codable, Sendable {
+    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback }
+    public var op: Op
+    public var files: [SourceFile]?
+    public var ids: [ResourceID]?
+    public var kind: String?
+    public var name: String?
+    public var namespace: String?
+    public var revision: UInt64?
+
+    public init(op: Op) { self.op = op }
+}
+
+/// A resource as `weft get` shows it.
+public struct StoredResource: Codable, Sendable {
+    public var id: ResourceID
+    public var origin: String
+    public var yaml: String
+}
+
+/// What `weft diff` reports per resource.
+public struct DiffEntry: Codable, Sendable {
+    public enum Change: String, Codable, Sendable { case added, changed, unchanged }
+    public var id: ResourceID
+    public var change: Change
+    public var current: String?
+    public var proposed: String
+}
+
+/// The answer: `ok`, or `error` plus diagnostics.
+public struct AdminResponse: Codable, Sendable {
+    public var ok: Bool
+    public var error: String?
+    public var diagnostics: [Diagnostic]?
+    public var revision: UInt64?
+    /// Whether the request changed the config (an apply of what is already there does not).
+    public var changed: Bool?
+    /// How long programming the datapath took, for apply/delete/rollback.
+    public var datapathMs: Double?
+    public var status: AgentStatus?
+    public var resources: [StoredResource]?
+    public var history: [RevisionSummary]?
+    public var diff: [DiffEntry]?
+
+    public init(ok: Bool, error: String? = nil) {
+        self.ok = ok
+        self.error = error
+    }
+
+    static func failure(_ message: String, _ diagnostics: [Diagnostic]? = nil) -> AdminResponse {
+        var r = AdminResponse(ok: false, error: message)
+        r.diagnostics = diagnostics
+        return r
+    }
+}
+
+/// Limits of the admin socket.
+enum AdminLimits {
+    /// Largest request accepted (a generous config push; the agent never buffers more).
+    static let maxRequestBytes = 64 << 20
+    /// A client that sends nothing for this long is dropped.
+    static let readTimeoutSeconds = 10
+}
+
+/// The client side: one request, one response.
+public enum AdminClient {
+    public static func send(_ request: AdminRequest, socket path: String) throws -> AdminResponse {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw AgentError("admin socket path \(path) is too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        if rc != 0 {
+            throw AgentError("cannot reach the agent at \(path): \(String(cString: strerror(errno))) — is `weft agent` running? (--admin-socket)")
+        }
+        var data = try JSONEncoder().encode(request)
+        data.append(0x0a)
+        try data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = write(fd, raw.baseAddress! + off, raw.count - off)
+                if n <= 0 { throw AgentError("writing to the agent failed: \(String(cString: strerror(errno)))") }
+                off += n
+            }
+        }
+        shutdown(fd, Int32(SHUT_WR))
+        let reply = readAll(fd, limit: Int.max)
+        let dec = JSONDecoder()
+        dec.dateDecodingStrategy = .iso8601
+        guard let response = try? dec.decode(AdminResponse.self, from: reply) else {
+            let text = String(decoding: reply, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            throw AgentError(text.isEmpty ? "the agent closed the connection without an answer" : "the agent answered: \(text)")
+        }
+        return response
+    }
+
+    static func readAll(_ fd: Int32, limit: Int) -> Data {
+        var out = Data()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while out.count <= limit {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            out.append(contentsOf: buf[0..<n])
+            if out.last == 0x0a { break }
+        }
+        return out
+    }
+}

@@ -1,0 +1,194 @@
+import ArgumentParser
+import Foundation
+import WeftAgent
+import WeftConfig
+import Yams
+
+/// Options of every command that talks to the agent.
+struct AdminOptions: ParsableArguments {
+    @Option(help: "The agent's admin socket.")
+    var adminSocket = "/run/weft/agent.sock"
+
+    /// Sends a request; an unreachable agent or a refused request is one line and exit 1.
+    func send(_ request: AdminRequest) -> AdminResponse {
+        let r: AdminResponse
+        do { r = try AdminClient.send(request, socket: adminSocket) } catch { fail("\(error)") }
+        if !r.ok {
+            for d in r.diagnostics ?? [] { printDiagnostic(d) }
+            fail(r.error ?? "the agent refused the request")
+        }
+        return r
+    }
+}
+
+func printDiagnostic(_ d: Diagnostic) {
+    print(d)
+    if let s = d.snippet { print(s) }
+}
+
+/// Reads -f paths (files or directories of *.yaml/*.yml) and checks each resource on its
+/// own before anything is sent; cross-resource checks need the agent's config and run there.
+func readPolicyFiles(_ paths: [String]) -> [SourceFile] {
+    var files: [SourceFile] = []
+    for path in paths {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { fail("\(path): no such file or directory") }
+        let list = isDir.boolValue ? ((try? ConfigLoader.configFiles(in: path)) ?? []) : [path]
+        for f in list {
+            guard let data = FileManager.default.contents(atPath: f), let text = String(data: data, encoding: .utf8) else {
+                fail("\(f): cannot read it as UTF-8 text")
+            }
+            files.append(SourceFile(path: f, text: text))
+        }
+    }
+    var errors = false
+    for f in files {
+        for d in ConfigLoader.parse(text: f.text, file: f.path).diagnostics where d.severity == .error {
+            printDiagnostic(d)
+            errors = true
+        }
+    }
+    if errors { fail("not sent: fix the errors above") }
+    return files
+}
+
+struct ApplyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "apply",
+        abstract: "Validate policy files and commit them on the agent, all or nothing.")
+    @Option(name: .shortAndLong, parsing: .upToNextOption, help: "Files or directories.") var file: [String]
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        var req = AdminRequest(op: .apply)
+        req.files = readPolicyFiles(file)
+        let r = admin.send(req)
+        for d in r.diagnostics ?? [] { printDiagnostic(d) }
+        if r.changed == true {
+            print("applied: revision \(r.revision ?? 0) (datapath programmed in \(String(format: "%.1f", r.datapathMs ?? 0)) ms)")
+        } else {
+            print("unchanged: revision \(r.revision ?? 0) already holds these resources")
+        }
+    }
+}
+
+struct DeleteCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "delete",
+        abstract: "Remove the resources named in policy files from the agent, all or nothing.")
+    @Option(name: .shortAndLong, parsing: .upToNextOption, help: "Files or directories.") var file: [String]
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        var req = AdminRequest(op: .delete)
+        req.ids = readPolicyFiles(file).flatMap { ConfigLoader.parse(text: $0.text, file: $0.path).resources.map(\.id) }
+        let r = admin.send(req)
+        print("deleted: revision \(r.revision ?? 0) (datapath programmed in \(String(format: "%.1f", r.datapathMs ?? 0)) ms)")
+    }
+}
+
+struct GetCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "get", abstract: "Show resources the agent serves.")
+    @Argument(help: "Kind (ServiceEntry, se, virtualservices, …, or all).") var kind: String
+    @Argument(help: "Name.") var name: String?
+    @Option(name: .shortAndLong, help: "Namespace.") var namespace: String?
+    @Option(name: .shortAndLong, help: "yaml or json (default: a table).") var output: String?
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        var req = AdminRequest(op: .get)
+        req.kind = kind
+        req.name = name
+        req.namespace = namespace
+        let list = admin.send(req).resources ?? []
+        if list.isEmpty && name != nil { fail("\(kind) \(namespace ?? "*")/\(name!) not found") }
+        switch output {
+        case nil:
+            printTable(["KIND", "NAMESPACE", "NAME", "ORIGIN"], list.map { [$0.id.kind, $0.id.namespace, $0.id.name, $0.origin] })
+        case "yaml":
+            print(list.map(\.yaml).joined(separator: "---\n"), terminator: "")
+        case "json":
+            let objects = list.compactMap { try? Yams.load(yaml: $0.yaml) }
+            let data = try JSONSerialization.data(withJSONObject: objects.count == 1 && name != nil ? objects[0] : objects,
+                                                  options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        default:
+            fail("--output must be yaml or json")
+        }
+    }
+}
+
+struct DiffCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "diff",
+        abstract: "Show what applying policy files would change; exit 1 when something would.")
+    @Option(name: .shortAndLong, parsing: .upToNextOption, help: "Files or directories.") var file: [String]
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        var req = AdminRequest(op: .diff)
+        req.files = readPolicyFiles(file)
+        let entries = admin.send(req).diff ?? []
+        var changes = 0
+        for e in entries {
+            switch e.change {
+            case .unchanged: print("= \(e.id)")
+            case .added:
+                changes += 1
+                print("+ \(e.id)")
+                for line in e.proposed.split(separator: "\n", omittingEmptySubsequences: false).dropLast() { print("  + \(line)") }
+            case .changed:
+                changes += 1
+                print("~ \(e.id)")
+                for line in lineDiff(e.current ?? "", e.proposed) { print("  \(line)") }
+            }
+        }
+        if changes > 0 { throw ExitCode(1) }
+    }
+}
+
+/// A minimal line diff (longest common subsequence): `- old`, `+ new`, `  same`.
+func lineDiff(_ a: String, _ b: String) -> [String] {
+    let x = a.split(separator: "\n").map(String.init), y = b.split(separator: "\n").map(String.init)
+    var lcs = [[Int]](repeating: [Int](repeating: 0, count: y.count + 1), count: x.count + 1)
+    for i in stride(from: x.count - 1, through: 0, by: -1) {
+        for j in stride(from: y.count - 1, through: 0, by: -1) {
+            lcs[i][j] = x[i] == y[j] ? lcs[i + 1][j + 1] + 1 : max(lcs[i + 1][j], lcs[i][j + 1])
+        }
+    }
+    var out: [String] = []
+    var i = 0, j = 0
+    while i < x.count || j < y.count {
+        if i < x.count && j < y.count && x[i] == y[j] { out.append("  \(x[i])"); i += 1; j += 1 }
+        else if i < x.count && (j == y.count || lcs[i + 1][j] >= lcs[i][j + 1]) { out.append("- \(x[i])"); i += 1 }
+        else { out.append("+ \(y[j])"); j += 1 }
+    }
+    return out
+}
+
+struct HistoryCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "history", abstract: "Committed revisions kept for rollback.")
+    @OptionGroup var admin: AdminOptions
+    @Flag(name: [.customShort("j"), .long], help: "JSON.") var json = false
+
+    func run() throws {
+        let list = admin.send(AdminRequest(op: .history)).history ?? []
+        if json { return printJSON(list) }
+        let f = ISO8601DateFormatter()
+        printTable(["REVISION", "TIME", "REASON", "RESOURCES", "HASH", ""], list.map {
+            ["\($0.revision)", f.string(from: $0.time), $0.reason, "\($0.resources)", $0.contentHash, $0.current ? "(current)" : ""]
+        })
+    }
+}
+
+struct RollbackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rollback",
+        abstract: "Restore the applied resources of a kept revision (the config dir stays as it is) as a new revision.")
+    @Argument(help: "Revision (see `weft history`).") var revision: UInt64
+    @OptionGroup var admin: AdminOptions
+
+    func run() throws {
+        var req = AdminRequest(op: .rollback)
+        req.revision = revision
+        let r = admin.send(req)
+        for d in r.diagnostics ?? [] { printDiagnostic(d) }
+        print(r.changed == true ? "rolled back to revision \(revision): now revision \(r.revision ?? 0)" : "unchanged: revision \(r.revision ?? 0) already matches revision \(revision)")
+    }
+}
