@@ -176,12 +176,9 @@ extension ResourceDecoder {
             h.set = o["set"]?.stringMap() ?? [:]
             h.add = o["add"]?.stringMap() ?? [:]
             h.remove = o["remove"]?.stringList() ?? []
-            for (name, n) in [("set", o["set"]), ("add", o["add"])] {
-                if let n, let map = n.mapping() {
-                    for (k, v) in map.allPairs() where !isHeaderName(k) {
-                        m.ctx.error("VS010", v.node, "\(n.path): \"\(k)\" is not a valid header name")
-                    }
-                    _ = name
+            for n in [o["set"], o["add"]].compactMap({ $0 }) {
+                for (k, v) in n.mapping()?.allPairs() ?? [] where !isHeaderName(k) {
+                    m.ctx.error("VS010", v.node, "\(n.path): \"\(k)\" is not a valid header name")
                 }
             }
             o.finish(kind: "HeaderOperations")
@@ -221,11 +218,7 @@ extension ResourceDecoder {
             for d in routes {
                 guard let dm = d.mapping() else { continue }
                 let dest = dm.required("destination").flatMap { decodeDestination($0, ns: ns) }
-                let weight = dm["weight"].flatMap { w -> Int? in
-                    guard let v = w.int(in: Int(Int32.min)...Int(Int32.max)) else { return nil }
-                    if v < 0 { ctx.error("VS003", w.node, "\(w.path) must be ≥ 0 (got \(v))"); return nil }
-                    return v
-                }
+                let weight = dm["weight"].flatMap(routeWeight)
                 let headers = dm["headers"].flatMap(decodeHeaders)
                 dm.finish(kind: "HTTPRouteDestination")
                 if let dest { r.route.append(HTTPRouteDestination(destination: dest, weight: weight, headers: headers)) }
@@ -324,6 +317,16 @@ extension ResourceDecoder {
         return r
     }
 
+    /// A route weight: an integer ≥ 0.
+    static func routeWeight(_ w: YNode) -> Int? {
+        guard let v = w.int(in: Int(Int32.min)...Int(Int32.max)) else { return nil }
+        if v < 0 {
+            w.ctx.error("VS003", w.node, "\(w.path) must be ≥ 0 (got \(v))")
+            return nil
+        }
+        return v
+    }
+
     /// `{value: <0..100>}`.
     static func percentage(_ node: YNode) -> Double? {
         guard let m = node.mapping() else { return nil }
@@ -355,11 +358,7 @@ extension ResourceDecoder {
             for d in routes {
                 guard let dm = d.mapping() else { continue }
                 let dest = dm.required("destination").flatMap { decodeDestination($0, ns: ns) }
-                let weight = dm["weight"].flatMap { w -> Int? in
-                    guard let v = w.int(in: Int(Int32.min)...Int(Int32.max)) else { return nil }
-                    if v < 0 { m.ctx.error("VS003", w.node, "\(w.path) must be ≥ 0 (got \(v))"); return nil }
-                    return v
-                }
+                let weight = dm["weight"].flatMap(routeWeight)
                 dm.finish(kind: "RouteDestination")
                 if let dest { r.route.append(TCPRouteDestination(destination: dest, weight: weight)) }
             }

@@ -10,7 +10,9 @@ from conftest import WEFT, service_yaml, sh
 VIP = "10.96.0.10"
 B = ["10.250.1.1", "10.250.1.2", "10.250.1.3"]
 
-MAGLEV_DR = """
+def lb_rule(load_balancer):
+    """A DestinationRule document for service `web` with this loadBalancer (YAML lines)."""
+    return """
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -20,9 +22,10 @@ spec:
   host: web.default.svc.cluster.local
   trafficPolicy:
     loadBalancer:
-      consistentHash:
-        useSourceIp: true
-"""
+""" + "".join("      %s\n" % line for line in load_balancer.splitlines())
+
+
+MAGLEV_DR = lb_rule("consistentHash:\n  useSourceIp: true")
 
 
 def spread_ok(counts, weights, total, points=5.0):
@@ -262,26 +265,13 @@ def test_missing_kernel_feature_is_one_clear_line(sandbox):
 def test_round_robin_is_exact(sandbox):
     for i, a in enumerate(B):
         sandbox.backend("b%d" % (i + 1), a)
-    dr = """
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata:
-  name: web
-spec:
-  host: web
-  trafficPolicy:
-    loadBalancer:
-      simple: ROUND_ROBIN
-"""
+    dr = lb_rule("simple: ROUND_ROBIN")
     sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1), (B[1], 1), (B[2], 2)]) + dr)
     sandbox.start_agent()
     assert sandbox.services()[0]["algorithm"] == "round_robin"
     r = sandbox.client("tcp", VIP, 80, 400)
     # Weighted round robin walks the table in order: every 4 connections are 1+1+2.
     assert r["failures"] == [] and r["backends"] == {"b1": 100, "b2": 100, "b3": 200}, r
-
-
 
 
 def test_use_source_ip_for_unbound_clients_hashes_their_workload_address(sandbox):
