@@ -45,7 +45,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig"]),
+        // The corpus is read from the source tree by path (see CorpusTests), not bundled.
+        .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig"], exclude: ["corpus"]),
         .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
     ]
 )
