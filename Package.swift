@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
     ],
     targets: [
         // Debian's libbpf (libbpf-dev) through pkg-config.
@@ -46,7 +47,9 @@ let package = Package(
             ]
         ),
         // The corpus is read from the source tree by path (see CorpusTests), not bundled.
-        .testTarget(name: "WeftConfigTests", dependencies: ["WeftConfig"], exclude: ["corpus"]),
+        .testTarget(name: "WeftConfigTests", dependencies: [
+            "WeftConfig", .product(name: "PropertyBased", package: "swift-property-based"),
+        ], exclude: ["corpus"]),
         .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
     ]
 )
