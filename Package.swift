@@ -8,6 +8,9 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "weft", targets: ["weft"]),
+        // For the fuzz harness in Fuzz/ (its own package, so libFuzzer's main stays out of
+        // the normal build).
+        .library(name: "WeftConfig", targets: ["WeftConfig"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -23,8 +26,7 @@ let package = Package(
         .systemLibrary(name: "CWeftABI", path: "bpf/include"),
         .target(name: "WeftBPF", dependencies: ["CLibbpf"]),
         .target(name: "WeftConfig", dependencies: ["Yams"]),
-        .executableTarget(name: "weft-bpf-embed", path: "Sources/weft-bpf-embed"),
-        .plugin(name: "BPFObjects", capability: .buildTool(), dependencies: ["weft-bpf-embed"]),
+        .plugin(name: "BPFObjects", capability: .buildTool()),
         .target(
             name: "WeftDataplane",
             dependencies: ["WeftBPF", "WeftConfig", "CWeftABI", .product(name: "Logging", package: "swift-log")],

@@ -1,0 +1,34 @@
+// libFuzzer entry point: arbitrary bytes → YAML → resources → validation → stored form.
+// Any crash, trap or sanitizer report is a bug; diagnostics are the expected outcome.
+import WeftConfig
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+    let parsed = ConfigLoader.parse(text: text, file: "fuzz.yaml")
+    _ = try? ConfigLoader.snapshot(parsed, revision: 1)
+    // What a revision persists must decode again to the same resource.
+    for d in parsed.documents {
+        let again = ConfigLoader.parse(text: d.yaml, file: "stored.yaml")
+        if again.resources.count != 1 || again.resources[0].id != d.resource.id {
+            fatalError("stored form of \(d.resource.id) does not decode back:\n\(d.yaml)")
+        }
+    }
+    return 0
+}
+
+/// libFuzzer's driver (libclang_rt.fuzzer), for executables that bring their own main.
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
+) -> CInt
+
+/// SwiftPM links an executable's `main` to `<target>_main`; this is it.
+@_cdecl("fuzz_config_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var args = argv
+    return LLVMFuzzerRunDriver(&count, &args, fuzzConfig)
+}
