@@ -155,3 +155,27 @@ def test_admin_socket_defences(sandbox):
     os.chmod(sandbox.sock, 0o600)
     # Still serving after all of that.
     assert status(sandbox)["revision"] == 1
+
+
+def test_concurrent_applies_are_serialized(sandbox):
+    sandbox.start_agent()
+    files = [write(sandbox, "s%d.yaml" % i, service_yaml("s%d" % i, ["10.96.1.%d" % (i + 1)], [(B[0], 1)])) for i in range(8)]
+    procs = [subprocess.Popen([WEFT, "apply", "-f", f, "--admin-socket", sandbox.sock], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for f in files]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    revisions = sorted(int(o[0].split("revision ")[1].split()[0]) for o in outs)
+    assert revisions == list(range(2, 10)), revisions  # one commit each, none lost
+    assert len(sandbox.services()) == 8
+    assert len(json.loads(admin(sandbox, "history", "-j").stdout)) == 9
+
+
+def test_validate_offline_reports_every_problem_and_unknown_nodes(sandbox):
+    bad = write(sandbox, "two.yaml", service_yaml("a", ["10.96.0.300"], [(B[0], 1)]).replace("number: 80", "number: 0"))
+    r = subprocess.run([WEFT, "validate", "-f", bad], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "[VAL001]" in r.stdout and "[SE002]" in r.stdout, r.stdout
+    we = write(sandbox, "we.yaml", "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: w\n"
+               "  annotations: {weft.io/node: node-z}\nspec: {address: 10.0.0.1}\n")
+    r = subprocess.run([WEFT, "validate", "-f", we, "--node", "node-a"], capture_output=True, text=True)
+    assert r.returncode == 0 and "warning [WE006]" in r.stdout and "node node-z (weft.io/node) is not a known node (node-a)" in r.stdout
