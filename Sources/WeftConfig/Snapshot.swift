@@ -296,6 +296,19 @@ public enum ConfigLoader {
             let rules = snap.destinationRules.filter { HostName.matches(pattern: $0.host, host: host) }
             return rules.isEmpty ? nil : Set(rules.flatMap { $0.subsets.map(\.name) })
         }
+        // One VirtualService per host: Istio would pick the oldest, and weft has no creation
+        // time to order by, so two are a conflict to resolve, not a guess to make.
+        var routed: [String: VirtualService] = [:]
+        let virtualServices = inOrder.compactMap { if case .virtualService(let v) = $0 { return v } else { return nil } }
+        for vs in virtualServices {
+            for h in vs.hosts {
+                if let other = routed[h], other != vs {
+                    sink.error("VS022", vs.position, "VirtualService \(vs.metadata.namespace)/\(vs.metadata.name)",
+                               "host \(h) is already routed by VirtualService \(other.metadata.namespace)/\(other.metadata.name) (\(other.position)); merge them")
+                }
+                routed[h] = vs
+            }
+        }
         for vs in snap.virtualServices {
             let res = "VirtualService \(vs.metadata.namespace)/\(vs.metadata.name)"
             var warned = Set<String>()

@@ -201,6 +201,10 @@ extension ResourceDecoder {
         match.method = m["method"]?.stringMatch(code: "VS011")
         match.headers = m["headers"]?.stringMatchMap(code: "VS011") ?? [:]
         match.queryParams = m["queryParams"]?.stringMatchMap(code: "VS011") ?? [:]
+        for (k, v) in m["queryParams"]?.mapping()?.allPairs() ?? [] where v.mapping()?["prefix"] != nil {
+            // Istio matches query parameters by exact value or regex only.
+            m.ctx.error("VS014", v.node, "\(v.path): prefix is not supported for queryParams (use exact or regex); parameter \(k)")
+        }
         match.withoutHeaders = m["withoutHeaders"]?.stringMatchMap(code: "VS011") ?? [:]
         match.port = m["port"]?.port()
         match.sourceLabels = m["sourceLabels"]?.stringMap() ?? [:]

@@ -53,7 +53,7 @@ import Testing
           endpoints: [\(endpoints.joined(separator: ", "))]
         """)
         let match = ["{uri: {prefix: \(quoted(rng.pick(tricky)))}}", "{headers: {x-h: {exact: \(quoted(rng.pick(tricky)))}}}",
-                     "{method: {regex: \"GET|PUT\"}, ignoreUriCase: \(rng.bool())}", "{queryParams: {q: {prefix: \"\"}}, port: \(rng.int(1...65535))}"]
+                     "{method: {regex: \"GET|PUT\"}, ignoreUriCase: \(rng.bool())}", "{queryParams: {q: {regex: \"[a-z]+\"}}, port: \(rng.int(1...65535))}"]
         let w1 = rng.int(0...100)
         docs.append("""
         apiVersion: networking.istio.io/v1
