@@ -26,6 +26,7 @@ let package = Package(
         .systemLibrary(name: "CWeftABI", path: "bpf/include"),
         .target(name: "WeftBPF", dependencies: ["CLibbpf"]),
         .target(name: "WeftConfig", dependencies: ["Yams"]),
+        .target(name: "WeftProxy", dependencies: ["WeftConfig"]),
         .plugin(name: "BPFObjects", capability: .buildTool()),
         .target(
             name: "WeftDataplane",
@@ -52,6 +53,7 @@ let package = Package(
         .testTarget(name: "WeftConfigTests", dependencies: [
             "WeftConfig", .product(name: "PropertyBased", package: "swift-property-based"),
         ], exclude: ["corpus"]),
+        .testTarget(name: "WeftProxyTests", dependencies: ["WeftProxy", "WeftConfig"]),
         .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
     ]
 )

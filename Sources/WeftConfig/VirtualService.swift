@@ -42,6 +42,9 @@ public struct HTTPMatch: Hashable, Sendable, Codable {
     public var port: UInt16?
     public var sourceLabels: Labels = [:]
     public var ignoreUriCase = false
+
+    /// A match block with no conditions: matches every request.
+    public init() {}
 }
 
 public struct HTTPRouteDestination: Hashable, Sendable, Codable {
