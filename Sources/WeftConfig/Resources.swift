@@ -123,6 +123,15 @@ public struct OutlierDetection: Hashable, Sendable, Codable {
     public var interval: IstioDuration?
     public var baseEjectionTime: IstioDuration?
     public var maxEjectionPercent: Int?
+
+    public init(consecutive5xxErrors: Int? = nil, consecutiveGatewayErrors: Int? = nil, interval: IstioDuration? = nil,
+                baseEjectionTime: IstioDuration? = nil, maxEjectionPercent: Int? = nil) {
+        self.consecutive5xxErrors = consecutive5xxErrors
+        self.consecutiveGatewayErrors = consecutiveGatewayErrors
+        self.interval = interval
+        self.baseEjectionTime = baseEjectionTime
+        self.maxEjectionPercent = maxEjectionPercent
+    }
 }
 
 /// trafficPolicy.tls.mode values weft implements.

@@ -72,6 +72,13 @@ public struct HTTPRetry: Hashable, Sendable, Codable {
     /// Conditions (`5xx`, `reset`, … and numeric status codes).
     public var retryOn: [String] = []
     public var retryRemoteLocalities: Bool?
+
+    public init(attempts: Int, perTryTimeout: IstioDuration? = nil, retryOn: [String] = [], retryRemoteLocalities: Bool? = nil) {
+        self.attempts = attempts
+        self.perTryTimeout = perTryTimeout
+        self.retryOn = retryOn
+        self.retryRemoteLocalities = retryRemoteLocalities
+    }
 }
 
 public struct FaultDelay: Hashable, Sendable, Codable {
