@@ -54,6 +54,7 @@ let package = Package(
             "WeftConfig", .product(name: "PropertyBased", package: "swift-property-based"),
         ], exclude: ["corpus"]),
         .testTarget(name: "WeftProxyTests", dependencies: ["WeftProxy", "WeftConfig"]),
+        .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
         .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
     ]
 )
