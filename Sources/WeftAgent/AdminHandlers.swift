@@ -25,14 +25,7 @@ extension Agent {
 
     /// Parses pushed files; their resources get origin `apply`.
     func parsePushed(_ files: [SourceFile]) -> ConfigLoader.Parsed {
-        var all = ConfigLoader.Parsed(documents: [], diagnostics: [])
-        for f in files {
-            var p = ConfigLoader.parse(text: f.text, file: f.path)
-            for i in p.documents.indices { p.documents[i].origin = Self.applied }
-            all.documents += p.documents
-            all.diagnostics += p.diagnostics
-        }
-        return all
+        ConfigLoader.parse(files.map { ($0.text, $0.path, Self.applied) })
     }
 
     func respond(_ result: CommitResult) -> AdminResponse {
@@ -136,13 +129,7 @@ extension Agent {
         guard let store else { return .failure("no state dir") }
         let record: RevisionRecord
         do { record = try store.load(revision) } catch { return .failure("\(error)") }
-        var old = ConfigLoader.Parsed(documents: [], diagnostics: [])
-        for d in record.documents where d.origin == Self.applied {
-            var p = ConfigLoader.parse(text: d.yaml, file: "revision \(revision)")
-            for i in p.documents.indices { p.documents[i].origin = Self.applied }
-            old.documents += p.documents
-            old.diagnostics += p.diagnostics
-        }
+        let old = ConfigLoader.parse(record.documents.filter { $0.origin == Self.applied }.map { ($0.yaml, "revision \(revision)", Self.applied) })
         if old.hasErrors { return respond(.rejected(old.diagnostics)) }
         // The config dir stays authoritative: only what was applied is rolled back.
         return respond(commit(reason: "rollback to \(revision)") { current in

@@ -50,9 +50,6 @@ public final class BPFLink: @unchecked Sendable {
         let rc = bpf_link__update_program(handle, try object.rawProgram(program))
         if rc != 0 { throw BPFError.errno("replacing the program of link for \(program)", rc) }
     }
-
-    /// The link's file descriptor.
-    public var fd: Int32 { bpf_link__fd(handle) }
 }
 
 /// What the kernel reports about one pinned link and its program (for `weft prog show`).

@@ -162,6 +162,19 @@ public enum ConfigLoader {
         return Parsed(documents: docs, diagnostics: sink.items)
     }
 
+    /// Parses texts whose resources get the given origin (positions still name `file`):
+    /// pushed files (`apply`) and the documents of a persisted revision.
+    public static func parse(_ texts: [(text: String, file: String, origin: String)]) -> Parsed {
+        var all = Parsed(documents: [], diagnostics: [])
+        for t in texts {
+            var p = parse(text: t.text, file: t.file)
+            for i in p.documents.indices { p.documents[i].origin = t.origin }
+            all.documents += p.documents
+            all.diagnostics += p.diagnostics
+        }
+        return all
+    }
+
     /// The config files of a directory: `*.yaml` and `*.yml`, sorted, hidden files skipped
     /// (editors write those as temporaries).
     public static func configFiles(in dir: String) throws -> [String] {

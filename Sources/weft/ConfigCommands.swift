@@ -28,7 +28,10 @@ func printDiagnostic(_ d: Diagnostic) {
 
 /// Reads -f paths (files or directories of *.yaml/*.yml) and checks each resource on its
 /// own before anything is sent; cross-resource checks need the agent's config and run there.
-func readPolicyFiles(_ paths: [String]) -> [SourceFile] {
+func readPolicyFiles(_ paths: [String]) -> [SourceFile] { readAndCheckPolicyFiles(paths).files }
+
+/// The files, and the ids of the resources they hold.
+func readAndCheckPolicyFiles(_ paths: [String]) -> (files: [SourceFile], ids: [ResourceID]) {
     var files: [SourceFile] = []
     for path in paths {
         var isDir: ObjCBool = false
@@ -42,14 +45,17 @@ func readPolicyFiles(_ paths: [String]) -> [SourceFile] {
         }
     }
     var errors = false
+    var ids: [ResourceID] = []
     for f in files {
-        for d in ConfigLoader.parse(text: f.text, file: f.path).diagnostics where d.severity == .error {
+        let parsed = ConfigLoader.parse(text: f.text, file: f.path)
+        for d in parsed.diagnostics where d.severity == .error {
             printDiagnostic(d)
             errors = true
         }
+        ids += parsed.resources.map(\.id)
     }
     if errors { fail("not sent: fix the errors above") }
-    return files
+    return (files, ids)
 }
 
 struct ApplyCommand: ParsableCommand {
@@ -79,7 +85,7 @@ struct DeleteCommand: ParsableCommand {
 
     func run() throws {
         var req = AdminRequest(op: .delete)
-        req.ids = readPolicyFiles(file).flatMap { ConfigLoader.parse(text: $0.text, file: $0.path).resources.map(\.id) }
+        req.ids = readAndCheckPolicyFiles(file).ids
         let r = admin.send(req)
         print("deleted: revision \(r.revision ?? 0) (datapath programmed in \(String(format: "%.1f", r.datapathMs ?? 0)) ms)")
     }
