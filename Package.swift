@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Module graph (DESIGN.md): weft → WeftAgent → WeftDataplane → WeftBPF → CLibbpf,
+// Module graph (DESIGN.md): weft → WeftAgent → {WeftProxy, WeftDataplane → WeftBPF → CLibbpf},
 // and everything → WeftConfig, which depends on nothing of ours.
 let package = Package(
     name: "weft",
@@ -18,6 +18,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.36.0"),
     ],
     targets: [
         // Debian's libbpf (libbpf-dev) through pkg-config.
@@ -26,7 +28,14 @@ let package = Package(
         .systemLibrary(name: "CWeftABI", path: "bpf/include"),
         .target(name: "WeftBPF", dependencies: ["CLibbpf"]),
         .target(name: "WeftConfig", dependencies: ["Yams"]),
-        .target(name: "WeftProxy", dependencies: ["WeftConfig"]),
+        .target(name: "WeftProxy", dependencies: [
+            "WeftConfig",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .plugin(name: "BPFObjects", capability: .buildTool()),
         .target(
             name: "WeftDataplane",
@@ -36,7 +45,7 @@ let package = Package(
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftDataplane", "WeftConfig",
+                "WeftDataplane", "WeftConfig", "WeftProxy",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -53,7 +62,12 @@ let package = Package(
         .testTarget(name: "WeftConfigTests", dependencies: [
             "WeftConfig", .product(name: "PropertyBased", package: "swift-property-based"),
         ], exclude: ["corpus"]),
-        .testTarget(name: "WeftProxyTests", dependencies: ["WeftProxy", "WeftConfig"]),
+        .testTarget(name: "WeftProxyTests", dependencies: [
+            "WeftProxy", "WeftConfig",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
         .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
     ]

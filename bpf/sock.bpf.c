@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* cgroup socket hooks: connect/sendmsg rewrite a VIP to a backend, getpeername/recvmsg
- * show the VIP again, so applications never see the translation. */
+/* cgroup socket hooks: connect/sendmsg rewrite a VIP to a backend (or, for L7 services,
+ * to the agent's proxy), getpeername/recvmsg show the VIP again, so applications never
+ * see the translation; sockops re-keys captured connections for the agent. */
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
-#include "lb.h"
+#include "capture.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -79,6 +80,7 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u32 sticky_hash = 0;
 	enum weft_xlate r;
+	int may_capture = !is_sendmsg && weft_capture_enabled();
 
 	if (v6) {
 		weft_ctx_dst6(ctx, &dst);
@@ -92,9 +94,29 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 	if (is_sendmsg)
 		sticky_hash = weft_mix32((__u32)cookie ^ (__u32)(cookie >> 32));
 
-	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky_hash, is_sendmsg);
+	if (may_capture && weft_is_agent(ctx)) {
+		may_capture = 0;
+		weft_count(WEFT_STAT_AGENT_BYPASS);
+	}
+	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky_hash, is_sendmsg, may_capture);
 	if (r == WEFT_XLATE_NONE)
 		return 1;
+	if (r == WEFT_XLATE_CAPTURE) {
+		struct weft_l4addr vip = dst;
+
+		/* If the origin cannot be recorded the agent could not route the connection:
+		 * refuse rather than hand it a connection it cannot place. */
+		if (weft_capture(cookie, &vip, &dst, v6)) {
+			bpf_set_retval(-WEFT_ECONNREFUSED);
+			return 0;
+		}
+		if (v6)
+			weft_ctx_set6(ctx, dst.addr, dst.port);
+		else
+			weft_ctx_set4(ctx, dst.addr, dst.port);
+		weft_count(WEFT_STAT_CONNECT_CAPTURE);
+		return 1;
+	}
 	if (r == WEFT_XLATE_NO_BACKEND || dst.family != (v6 ? WEFT_FAMILY_V6 : WEFT_FAMILY_V4)) {
 		/* A VIP with no active backend refuses like kube-proxy's REJECT rule, instead
 		 * of letting the packet wander off towards an address nobody owns. */
@@ -153,3 +175,12 @@ int weft_peername4(struct bpf_sock_addr *ctx) { return weft_reverse(ctx, 0, WEFT
 
 SEC("cgroup/getpeername6")
 int weft_peername6(struct bpf_sock_addr *ctx) { return weft_reverse(ctx, 1, WEFT_STAT_PEERNAME_REVNAT); }
+
+/* Only TCP_CONNECT_CB matters (it needs no callback flags): the capture re-key. */
+SEC("sockops")
+int weft_sockops(struct bpf_sock_ops *skops)
+{
+	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
+		weft_capture_rekey(skops);
+	return 1;
+}

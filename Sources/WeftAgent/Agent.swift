@@ -4,6 +4,7 @@ import ServiceLifecycle
 import WeftBPF
 import WeftConfig
 import WeftDataplane
+import WeftProxy
 
 /// Flags of `weft agent`.
 public struct AgentOptions: Sendable {
@@ -31,10 +32,20 @@ public struct AgentOptions: Sendable {
     public var keepRevisions: Int
     /// Mesh root namespace (mesh-wide PeerAuthentication).
     public var rootNamespace: String
+    /// Outbound capture listener port (127.0.0.1 and ::1); 0 turns L7 capture off.
+    public var proxyPort: UInt16
+    /// SO_MARK on the agent's upstream sockets, which the kernel never captures.
+    public var agentMark: UInt32
+    /// Where to write one JSON line per proxied request ("-" = stdout); nil = off.
+    public var accessLog: String?
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
-                stateDir: String, keepRevisions: Int, rootNamespace: String) {
+                stateDir: String, keepRevisions: Int, rootNamespace: String, proxyPort: UInt16 = 15001,
+                agentMark: UInt32 = 0x7765_0000, accessLog: String? = nil) {
+        self.accessLog = accessLog
+        self.proxyPort = proxyPort
+        self.agentMark = agentMark
         self.configDir = configDir
         self.cgroup = cgroup
         self.bpffs = bpffs
@@ -104,7 +115,20 @@ public final class Agent: Service, @unchecked Sendable {
             handle(request)
         }
         defer { admin.stop() }
-        let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots, logger: logger)
+        // The listener exists before the kernel can send it anything.
+        var proxy: OutboundProxy?
+        if options.proxyPort != 0 {
+            let log = try options.accessLog.map { try AccessLog(path: $0) }
+            let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark), logger: logger,
+                                  origin: { [self] client in origin(of: client) },
+                                  observer: { record in log?.write(record) })
+            try p.start()
+            proxy = p
+        }
+        defer { proxy?.stop() }
+        lock.withLock { self.proxy = proxy }
+        let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots,
+                                    settings: .init(proxyPort: options.proxyPort, agentMark: options.agentMark), logger: logger)
         defer {
             if options.keepDatapath {
                 logger.info("leaving the datapath attached and pinned (--keep-datapath)", metadata: ["bpffs": "\(options.bpffs)"])
@@ -118,7 +142,7 @@ public final class Agent: Service, @unchecked Sendable {
             "component": "dataplane", "bpffs": "\(options.bpffs)", "cgroup": "\(options.cgroup)", "programs": "\(datapath.programs.count)",
         ])
 
-        self.datapath = datapath
+        lock.withLock { self.datapath = datapath }
         restore()
         reload()
         let changes = watcher.events()
@@ -143,6 +167,34 @@ public final class Agent: Service, @unchecked Sendable {
     }
 
     private var datapath: Datapath?
+    private var proxy: OutboundProxy?
+    /// Revision and source workloads the proxy's tables were built from.
+    private var proxyBuilt: (revision: UInt64, workloads: [UInt64: String])?
+
+    /// The kernel's record of a captured connection, taken on accept (event loop threads).
+    func origin(of client: SocketKey) -> ConnectionOrigin? {
+        guard let maps = lock.withLock({ datapath?.maps }) else { return nil }
+        do {
+            guard let o = try maps.takeCapture(client: BackendAddress(address: client.address, port: client.port)) else { return nil }
+            return ConnectionOrigin(destination: SocketKey(o.destination.address, o.destination.port), cgroupID: o.cgroupID)
+        } catch {
+            logger.error("reading weft_capture_v1 failed: \(error)", metadata: ["component": "proxy"])
+            return nil
+        }
+    }
+
+    /// Gives the proxy the tables of `snap` unless it already has them.
+    private func updateProxy(_ snap: Snapshot, cgroupIDs: [String: UInt64]) {
+        guard let proxy = lock.withLock({ self.proxy }) else { return }
+        var byID: [UInt64: WorkloadEntry] = [:]
+        for we in snap.workloadEntries where we.node == options.node {
+            if let cg = we.cgroup, let id = cgroupIDs[cg] { byID[id] = we }
+        }
+        let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" })
+        if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1 { return }
+        proxy.update(ProxyTables(snapshot: snap, workloads: byID))
+        proxyBuilt = key
+    }
 
     var validation: ValidationOptions { ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node]) }
 
@@ -281,7 +333,7 @@ public final class Agent: Service, @unchecked Sendable {
     /// retried by the next resync, which converges on the last good snapshot).
     @discardableResult
     func apply(_ snap: Snapshot, _ desired: DesiredState, reason: String?, cause: String? = nil) -> Bool {
-        guard let datapath else { return false }
+        guard let datapath = lock.withLock({ self.datapath }) else { return false }
         applying.lock()
         defer { applying.unlock() }
         let start = ContinuousClock.now
@@ -289,6 +341,8 @@ public final class Agent: Service, @unchecked Sendable {
         for path in desired.workloads.keys {
             if let id = try? Datapath.cgroupID("\(options.cgroup)/\(path)") { cgroupIDs[path] = id }
         }
+        // The proxy learns a revision's routes before the kernel sends it connections.
+        updateProxy(snap, cgroupIDs: cgroupIDs)
         do {
             let actual = try datapath.maps.readActual()
             let ops = try lock.withLock { try reconciler.plan(actual: actual, desired: desired, cgroupIDs: cgroupIDs, now: Date()) }

@@ -110,6 +110,18 @@ public final class BPFMap: @unchecked Sendable {
         if rc != 0 { throw BPFError.errno("updating map \(name)") }
     }
 
+    /// Looks up and removes a key in one syscall; nil if absent.
+    public func lookupAndDelete(keyBytes key: [UInt8]) throws -> [UInt8]? {
+        precondition(key.count == keySize, "\(name): key is \(key.count) bytes, map wants \(keySize)")
+        var value = [UInt8](repeating: 0, count: lookupSize)
+        let rc = key.withUnsafeBytes { k in
+            value.withUnsafeMutableBytes { v in bpf_map_lookup_and_delete_elem(fd, k.baseAddress, v.baseAddress) }
+        }
+        if rc == 0 { return value }
+        if errno == ENOENT { return nil }
+        throw BPFError.errno("taking an entry from map \(name)")
+    }
+
     /// Deletes a key; returns false if it was not there.
     @discardableResult
     public func delete(keyBytes key: [UInt8]) throws -> Bool {

@@ -82,6 +82,38 @@ public final class BPFObject: @unchecked Sendable {
         if rc != 0 { throw BPFError.errno("sizing map \(map) to \(n) entries", rc) }
     }
 
+    /// Before load: writes `bytes` into the `const volatile` global `variable` (in the
+    /// object's .rodata), found through BTF so other constants may share the section.
+    public func setGlobal(_ variable: String, bytes: [UInt8]) throws {
+        guard let btf else { throw BPFError("BPF object \(name) has no BTF: cannot set \(variable)") }
+        let secID = btf__find_by_name_kind(btf, ".rodata", 15 /* BTF_KIND_DATASEC: the macro and the enum collide in Swift */)
+        guard secID > 0, let sec = btf__type_by_id(btf, UInt32(secID)) else {
+            throw BPFError("BPF object \(name) has no .rodata section: no global \(variable)")
+        }
+        var place: (offset: Int, size: Int)?
+        let infos = btf_var_secinfos(sec)!
+        for i in 0..<Int(btf_vlen(sec)) {
+            let info = infos[i]
+            if let v = btf__type_by_id(btf, info.type), let n = btf__name_by_offset(btf, v.pointee.name_off),
+               String(cString: n) == variable {
+                place = (Int(info.offset), Int(info.size))
+            }
+        }
+        guard let place else { throw BPFError("BPF object \(name) has no global \(variable)") }
+        guard place.size == bytes.count else {
+            throw BPFError("global \(variable) of \(name) is \(place.size) bytes, not \(bytes.count) (weft_abi.h and the build disagree)")
+        }
+        let map = try rawMap(".rodata")
+        var size = 0
+        guard let initial = bpf_map__initial_value(map, &size), place.offset + place.size <= size else {
+            throw BPFError("BPF object \(name): .rodata is not writable before load")
+        }
+        var data = [UInt8](UnsafeRawBufferPointer(start: initial, count: size))
+        data.replaceSubrange(place.offset..<(place.offset + place.size), with: bytes)
+        let rc = data.withUnsafeBytes { bpf_map__set_initial_value(map, $0.baseAddress, size) }
+        if rc != 0 { throw BPFError.errno("setting \(variable) of \(name)", rc) }
+    }
+
     /// Loads every program and creates (or reuses) every map; the verifier runs here.
     public func load() throws {
         let rc = bpf_object__load(handle)

@@ -7,6 +7,13 @@ public struct ResourceID: Hashable, Comparable, Sendable, Codable, CustomStringC
     /// metadata.name.
     public var name: String
 
+    /// Creates an id.
+    public init(kind: String, namespace: String, name: String) {
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+    }
+
     /// `Kind ns/name`.
     public var description: String { "\(kind) \(namespace)/\(name)" }
 

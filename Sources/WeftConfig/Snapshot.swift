@@ -11,6 +11,8 @@ public struct ServiceBackend: Hashable, Sendable, Codable {
     public var weight: UInt32
     /// The WorkloadEntry it came from (nil for inline endpoints).
     public var workload: ResourceID?
+    /// Its labels (what DestinationRule subsets select on).
+    public var labels: [String: String] = [:]
 }
 
 /// One immutable, validated, versioned set of resources. Everything downstream reads
@@ -80,9 +82,10 @@ public struct Snapshot: Sendable {
             return (workloadsByNamespace[service.metadata.namespace] ?? [])
                 .filter { we in selector.allSatisfy { k, v in we.spec.labels[k] == v } }
                 .map { ServiceBackend(address: $0.spec.address, port: target($0.spec), weight: $0.spec.weight,
-                                      workload: ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name)) }
+                                      workload: ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name),
+                                      labels: $0.spec.labels) }
         }
-        return service.endpoints.map { ServiceBackend(address: $0.address, port: target($0), weight: $0.weight, workload: nil) }
+        return service.endpoints.map { ServiceBackend(address: $0.address, port: target($0), weight: $0.weight, workload: nil, labels: $0.labels) }
     }
 
     /// The DestinationRule that applies to a service: exact host match first, then the
@@ -98,9 +101,12 @@ public struct Snapshot: Sendable {
             .max { $0.host.count < $1.host.count }
     }
 
-    /// The load balancer for a service (RANDOM unless a DestinationRule says otherwise).
-    public func loadBalancer(for service: ServiceEntry) -> LoadBalancer {
-        destinationRule(for: service)?.loadBalancer ?? .random
+    /// The load balancer for a service port (RANDOM unless a DestinationRule says
+    /// otherwise; a portLevelSettings entry for the port beats the rule's own).
+    public func loadBalancer(for service: ServiceEntry, port: UInt16? = nil) -> LoadBalancer {
+        let tp = destinationRule(for: service)?.trafficPolicy
+        if let p = port, let lb = tp?.portLevelSettings[p]?.loadBalancer { return lb }
+        return tp?.loadBalancer ?? .random
     }
 
     static func hash(of resources: [ResourceID: Resource]) -> String {
@@ -354,16 +360,26 @@ public enum ConfigLoader {
         }
 
         // Stored and validated, not yet enforced: say so rather than let it look active.
-        for r in snap.virtualServices { notYetEnforced(sink, r.position, "VirtualService \(r.metadata.namespace)/\(r.metadata.name)", "HTTP/TCP routing (L7 proxy)") }
+        for r in snap.virtualServices {
+            var fields: [String] = []
+            if r.http.contains(where: { $0.fault != nil }) { fields.append("fault injection") }
+            if r.http.contains(where: { $0.mirror != nil }) { fields.append("mirror") }
+            if !fields.isEmpty {
+                notYetEnforced(sink, r.position, "VirtualService \(r.metadata.namespace)/\(r.metadata.name)", fields.joined(separator: ", "))
+            }
+        }
         for r in snap.peerAuthentications { notYetEnforced(sink, r.position, "PeerAuthentication \(r.metadata.namespace)/\(r.metadata.name)", "mTLS") }
         for r in snap.authorizationPolicies { notYetEnforced(sink, r.position, "AuthorizationPolicy \(r.metadata.namespace)/\(r.metadata.name)", "authorization") }
         for r in snap.destinationRules {
             let tp = ([r.trafficPolicy] + r.subsets.map(\.trafficPolicy)).compactMap { $0 }
-            var fields: [String] = r.subsets.isEmpty ? [] : ["subsets"]
-            if tp.contains(where: { $0.connectionPool != nil }) { fields.append("connectionPool") }
-            if tp.contains(where: { $0.outlierDetection != nil }) { fields.append("outlierDetection") }
-            if tp.contains(where: { $0.tls != nil }) { fields.append("tls") }
-            if tp.contains(where: { !$0.portLevelSettings.isEmpty }) { fields.append("portLevelSettings") }
+            var fields: [String] = []
+            if tp.contains(where: { $0.connectionPool != nil || $0.portLevelSettings.values.contains { $0.connectionPool != nil } }) {
+                fields.append("connectionPool")
+            }
+            if tp.contains(where: { $0.outlierDetection != nil || $0.portLevelSettings.values.contains { $0.outlierDetection != nil } }) {
+                fields.append("outlierDetection")
+            }
+            if tp.contains(where: { $0.tls != nil || $0.portLevelSettings.values.contains { $0.tls != nil } }) { fields.append("tls") }
             if !fields.isEmpty {
                 notYetEnforced(sink, r.position, "DestinationRule \(r.metadata.namespace)/\(r.metadata.name)", fields.joined(separator: ", "))
             }

@@ -18,6 +18,21 @@ public struct Destination: Hashable, Sendable, Codable {
     public var port: UInt16?
     /// Position of the `destination` node (cross-resource checks point here).
     public var position: SourcePosition
+
+    /// A destination not read from a file (the proxy's default route).
+    public init(host: String, subset: String? = nil, port: UInt16? = nil) {
+        self.host = host
+        self.subset = subset
+        self.port = port
+        position = SourcePosition(file: "", line: 0, column: 0)
+    }
+
+    init(host: String, subset: String?, port: UInt16?, position: SourcePosition) {
+        self.host = host
+        self.subset = subset
+        self.port = port
+        self.position = position
+    }
 }
 
 public struct HeaderOperations: Hashable, Sendable, Codable {

@@ -24,12 +24,12 @@ extension weft_svc_key {
 
 extension weft_svc_val {
     init(_ s: ActualState.Service) {
-        self.init(table_off: s.tableOff, table_size: s.tableSize, backend_count: s.backendCount, algo: s.algo, flags: 0,
+        self.init(table_off: s.tableOff, table_size: s.tableSize, backend_count: s.backendCount, algo: s.algo, flags: s.flags,
                   svc_id: s.svcID, fingerprint: s.fingerprint)
     }
 
     var service: ActualState.Service {
-        .init(svcID: svc_id, tableOff: table_off, tableSize: table_size, backendCount: backend_count, algo: algo, fingerprint: fingerprint)
+        .init(svcID: svc_id, tableOff: table_off, tableSize: table_size, backendCount: backend_count, algo: algo, fingerprint: fingerprint, flags: flags)
     }
 }
 
@@ -68,4 +68,22 @@ extension weft_revnat_val {
 public let statNames: [String] = [
     "connect_xlate", "connect_no_backend", "sendmsg_xlate", "sendmsg_no_backend",
     "recvmsg_revnat", "peername_revnat", "revnat_full",
+    "connect_capture", "capture_rekeyed", "capture_full", "agent_bypass",
 ]
+
+extension weft_capture_key {
+    init(_ client: BackendAddress) {
+        self.init(addr: addrTuple(client.address), port: client.port.bigEndian, family: client.address.family, pad: 0)
+    }
+
+    var client: BackendAddress {
+        BackendAddress(address: IPAddress(family: family, bytes: addrBytes(addr)), port: UInt16(bigEndian: port))
+    }
+}
+
+extension weft_capture_val {
+    var origin: CapturedOrigin {
+        CapturedOrigin(destination: BackendAddress(address: IPAddress(family: family, bytes: addrBytes(addr)), port: UInt16(bigEndian: port)),
+                       cgroupID: cgroup_id)
+    }
+}

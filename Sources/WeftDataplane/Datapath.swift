@@ -1,4 +1,5 @@
 import CLibbpf
+import CWeftABI
 import Foundation
 import Logging
 import WeftBPF
@@ -37,7 +38,7 @@ public final class Datapath: @unchecked Sendable {
 
     /// Checks kernel features, loads the programs, and attaches them to `cgroup` — or
     /// adopts what a previous agent left pinned under `bpffs`.
-    public init(bpffs: String, cgroup: String, slots: UInt32, logger: Logger) throws {
+    public init(bpffs: String, cgroup: String, slots: UInt32, settings: Settings = Settings(), logger: Logger) throws {
         try KernelFeatures.requireBTF()
         try KernelFeatures.requireCgroup2(cgroup)
         try KernelFeatures.ensureBPFFS(bpffs)
@@ -57,6 +58,8 @@ public final class Datapath: @unchecked Sendable {
             slotCount = pinned.maxEntries
         }
         try object.setMaxEntries(map: "weft_slot_v1", slotCount)
+        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(
+            proxy_port: settings.proxyPort.bigEndian, pad: (0, 0), agent_mark: settings.agentMark)))
         try object.load()
         maps = try DatapathMaps(lookup: object.map)
         programs = object.programNames
@@ -98,6 +101,20 @@ public final class Datapath: @unchecked Sendable {
             unlink(Self.linkPin(bpffs, name))
         }
         self.adopted = adopted
+    }
+
+    /// What the programs are told at load time.
+    public struct Settings: Sendable {
+        /// Outbound listener port on 127.0.0.1 and ::1; 0 turns capture off.
+        public var proxyPort: UInt16
+        /// SO_MARK on the agent's own sockets, which are never captured.
+        public var agentMark: UInt32
+
+        /// Creates settings (defaults: capture off).
+        public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0) {
+            self.proxyPort = proxyPort
+            self.agentMark = agentMark
+        }
     }
 
     /// The cgroup v2 id of a cgroup directory (its kernfs inode number).

@@ -9,7 +9,8 @@ import WeftConfig
 /// both, so what `weft service list` shows is what the reconciler works from.
 public final class DatapathMaps: @unchecked Sendable {
     /// Map names as in bpf/lib/maps.h, in display order.
-    public static let names = ["weft_svc_v1", "weft_backend_v1", "weft_slot_v1", "weft_rr_v1", "weft_revnat_v1", "weft_wl_v1", "weft_stats_v1"]
+    public static let names = ["weft_svc_v1", "weft_backend_v1", "weft_slot_v1", "weft_rr_v1", "weft_revnat_v1", "weft_wl_v1", "weft_stats_v1",
+                               "weft_pending_v1", "weft_capture_v1"]
 
     public let svc: BPFMap
     public let backend: BPFMap
@@ -18,6 +19,8 @@ public final class DatapathMaps: @unchecked Sendable {
     public let revnat: BPFMap
     public let wl: BPFMap
     public let stats: BPFMap
+    public let pending: BPFMap
+    public let capture: BPFMap
 
     init(lookup: (String) throws -> BPFMap) throws {
         svc = try lookup("weft_svc_v1")
@@ -27,6 +30,8 @@ public final class DatapathMaps: @unchecked Sendable {
         revnat = try lookup("weft_revnat_v1")
         wl = try lookup("weft_wl_v1")
         stats = try lookup("weft_stats_v1")
+        pending = try lookup("weft_pending_v1")
+        capture = try lookup("weft_capture_v1")
     }
 
     /// Opens the maps pinned under `bpffs` (DIR/maps/NAME).
@@ -41,7 +46,14 @@ public final class DatapathMaps: @unchecked Sendable {
     }
 
     /// All maps by name.
-    public var all: [BPFMap] { [svc, backend, slot, rr, revnat, wl, stats] }
+    public var all: [BPFMap] { [svc, backend, slot, rr, revnat, wl, stats, pending, capture] }
+
+    /// Takes the origin the kernel recorded for a captured connection from `client` (the
+    /// accepted socket's peer); nil if this connection was not captured by weft.
+    public func takeCapture(client: BackendAddress) throws -> CapturedOrigin? {
+        try capture.lookupAndDelete(keyBytes: BPFMap.bytes(of: weft_capture_key(client)))
+            .map { BPFMap.value(weft_capture_val.self, from: $0).origin }
+    }
 
     // MARK: reading
 

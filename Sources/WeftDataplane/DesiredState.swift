@@ -55,6 +55,23 @@ public struct BackendAddress: Hashable, Comparable, Sendable, Codable, CustomStr
     public static func < (a: BackendAddress, b: BackendAddress) -> Bool { (a.address, a.port) < (b.address, b.port) }
 }
 
+/// What the kernel recorded about a connection it sent to the agent's proxy.
+public struct CapturedOrigin: Sendable, Equatable, CustomStringConvertible {
+    /// The VIP and port the client dialed.
+    public var destination: BackendAddress
+    /// The cgroup of the process that called connect(): who the client is.
+    public var cgroupID: UInt64
+
+    /// Creates an origin.
+    public init(destination: BackendAddress, cgroupID: UInt64) {
+        self.destination = destination
+        self.cgroupID = cgroupID
+    }
+
+    /// `VIP:port from cgroup N`.
+    public var description: String { "\(destination) from cgroup \(cgroupID)" }
+}
+
 /// What one frontend should look like in the kernel.
 public struct DesiredService: Hashable, Sendable {
     /// The frontend.
@@ -69,6 +86,11 @@ public struct DesiredService: Hashable, Sendable {
     public var weights: [UInt32]
     /// The selection table: indexes into `backends`.
     public var table: [UInt32]
+    /// TCP connections go to the agent's proxy (WEFT_SVC_F_CAPTURE), not to `table`.
+    public var capture: Bool = false
+
+    /// weft_svc_val.flags.
+    var flags: UInt8 { capture ? UInt8(WEFT_SVC_F_CAPTURE) : 0 }
 }
 
 /// Everything the kernel should hold for one snapshot on one node.
@@ -82,8 +104,8 @@ public struct DesiredState: Sendable {
     public init(snapshot: Snapshot, node: String) {
         var services: [Frontend: DesiredService] = [:]
         for se in snapshot.serviceEntries {
-            let lb = snapshot.loadBalancer(for: se)
             for port in se.ports {
+                let lb = snapshot.loadBalancer(for: se, port: port.number)
                 // Duplicate endpoints (same address and port) add up their weights.
                 var weights: [BackendAddress: UInt32] = [:]
                 for b in snapshot.backends(of: se, port: port) {
@@ -93,10 +115,11 @@ public struct DesiredState: Sendable {
                 let backends = weights.keys.sorted()
                 let w = backends.map { weights[$0]! }
                 let table = Self.table(lb, backends: backends, weights: w)
+                let capture = snapshot.needsProxy(se, port: port)
                 for vip in se.addresses {
                     let fe = Frontend(address: vip, port: port.number, proto: port.isUDP ? .udp : .tcp)
                     services[fe] = DesiredService(frontend: fe, service: "\(se.metadata.namespace)/\(se.metadata.name)",
-                                                  loadBalancer: lb, backends: backends, weights: w, table: table)
+                                                  loadBalancer: lb, backends: backends, weights: w, table: table, capture: capture)
                 }
             }
         }

@@ -32,6 +32,14 @@ public enum MapDump {
             return try maps.revnat.entries(weft_revnat_key.self, weft_revnat_val.self).map { ($0.key.text, "vip \($0.value.text)") }.sorted { $0.0 < $1.0 }
         case "weft_wl_v1":
             return try maps.wl.entries(UInt64.self, weft_wl_val.self).sorted { $0.key < $1.key }.map { ("cgroup \($0.key)", "\($0.value.address)") }
+        case "weft_pending_v1":
+            return try maps.pending.entries(UInt64.self, weft_capture_val.self).sorted { $0.key < $1.key }.map {
+                ("cookie \($0.key)", "\($0.value.origin)")
+            }
+        case "weft_capture_v1":
+            return try maps.capture.entries(weft_capture_key.self, weft_capture_val.self).map {
+                ("client \($0.key.client)", "\($0.value.origin)")
+            }.sorted { $0.0 < $1.0 }
         case "weft_stats_v1":
             return try maps.counters().map { ($0.name, "\($0.value)") }
         default:

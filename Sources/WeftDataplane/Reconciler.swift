@@ -12,6 +12,8 @@ public struct ActualState: Sendable, Equatable {
         public var backendCount: UInt16
         public var algo: UInt8
         public var fingerprint: UInt64
+        /// WEFT_SVC_F_*.
+        public var flags: UInt8 = 0
     }
 
     /// A weft_backend_v1 entry.
@@ -121,6 +123,12 @@ public struct Reconciler: Sendable {
             let roundRobin = d.loadBalancer == .roundRobin
             if let cur = actual.services[fe], cur.fingerprint == fp, cur.algo == d.loadBalancer.algo, cur.tableSize == UInt32(entries.count) {
                 if roundRobin { rrOffsets.insert(cur.tableOff) }
+                if cur.flags != d.flags {
+                    // Capture switched on or off: same table, one entry update.
+                    var s = cur
+                    s.flags = d.flags
+                    switches.append(.putService(fe, s))
+                }
                 continue
             }
             guard let offset = slots.allocate(UInt32(entries.count)) else {
@@ -138,7 +146,8 @@ public struct Reconciler: Sendable {
             if !entries.isEmpty { ops.append(.fillTable(offset: offset, entries: entries, roundRobin: roundRobin)) }
             if roundRobin { rrOffsets.insert(offset) }
             switches.append(.putService(fe, .init(svcID: svcID, tableOff: offset, tableSize: UInt32(entries.count),
-                                                  backendCount: UInt16(clamping: d.backends.count), algo: d.loadBalancer.algo, fingerprint: fp)))
+                                                  backendCount: UInt16(clamping: d.backends.count), algo: d.loadBalancer.algo, fingerprint: fp,
+                                                  flags: d.flags)))
         }
         ops += switches
         for fe in actual.services.keys.sorted() where desired.services[fe] == nil {

@@ -47,6 +47,15 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Slots shared by all selection tables (4 bytes of kernel memory each); a Maglev table takes tableSize slots, a RANDOM/ROUND_ROBIN table one per weight unit.")
     var lbSlots: UInt32 = 4_194_304
 
+    @Option(help: "Outbound capture listener port on 127.0.0.1 and ::1: connections to services that need L7 handling go there. 0 turns capture off (every service stays L4).")
+    var proxyPort: UInt16 = 15001
+
+    @Option(help: "SO_MARK the agent puts on its own upstream sockets so the kernel never captures them (decimal or 0x hex; must not collide with marks your routing uses).")
+    var agentMark = "0x77650000"
+
+    @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
+    var accessLog: String?
+
     func run() async throws {
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -57,11 +66,16 @@ struct AgentCommand: AsyncParsableCommand {
         guard let cgroupPath = cgroup ?? KernelFeatures.cgroup2Mount() else {
             fail("no cgroup v2 hierarchy is mounted (weft needs cgroup v2); mount one or pass --cgroup")
         }
+        let markText = agentMark.lowercased()
+        guard let mark = markText.hasPrefix("0x") ? UInt32(markText.dropFirst(2), radix: 16) : UInt32(markText), mark != 0 else {
+            fail("--agent-mark \(agentMark) is not a non-zero 32-bit number")
+        }
         let options = AgentOptions(
             configDir: configDir, cgroup: cgroupPath, bpffs: bpffs, adminSocket: adminSocket,
             node: node ?? ProcessInfo.processInfo.hostName, keepDatapath: keepDatapath,
             drainPeriod: drainPeriod, resyncInterval: resyncInterval, lbSlots: lbSlots,
-            stateDir: stateDir, keepRevisions: max(keepRevisions, 1), rootNamespace: rootNamespace)
+            stateDir: stateDir, keepRevisions: max(keepRevisions, 1), rootNamespace: rootNamespace,
+            proxyPort: proxyPort, agentMark: mark, accessLog: accessLog)
         let agent = Agent(options: options, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -118,6 +118,12 @@ spec:
 {endpoints}"""
 
 
+def http_service_yaml(name, vip, endpoints, port=80, target=8080, proto="HTTP"):
+    """endpoints: list of (address, {labels})."""
+    eps = "\n".join("  - address: \"%s\"\n    labels: %s" % (a, json.dumps(l)) for a, l in endpoints)
+    return SERVICE.format(name=name, vips='"%s"' % vip, port=port, target=target, proto=proto, endpoints=eps)
+
+
 def service_yaml(name, vips, backends, port=80, target=8080, proto="TCP"):
     """backends: list of (address, weight)."""
     eps = "\n".join("  - address: \"%s\"\n    weight: %d" % (a, w) for a, w in backends)
@@ -165,6 +171,43 @@ class Sandbox:
         self.procs.append(p)
         return p
 
+    def http_backend(self, name, addr, port=8080):
+        """A keep-alive HTTP/1.1 backend (httpbackend.py) that logs every request."""
+        self.add_address(addr)
+        log = os.path.join(self.tmp, "backend-%s.log" % name)
+        p = subprocess.Popen(self.in_ns(["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), log]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert p.stdout.readline().strip() == "ready", "http backend %s did not start" % name
+        self.procs.append(p)
+        return p
+
+    def requests_seen(self, name):
+        """Requests backend `name` received, in order."""
+        path = os.path.join(self.tmp, "backend-%s.log" % name)
+        if not os.path.exists(path):
+            return []
+        return [json.loads(line) for line in open(path) if line.strip()]
+
+    def http(self, url, count=1, *args, cgroup="client", timeout=300):
+        """httpclient.py from a client cgroup in the namespace."""
+        cg = self.client_cg if cgroup == "client" else cgroup
+        r = subprocess.run(self.in_ns(["python3", os.path.join(HERE, "httpclient.py"), url, str(count)] + list(args), cgroup=cg),
+                           capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def run(self, argv, cgroup="client", timeout=120, check=False, input=None):
+        """Any command (curl, h2load, …) in the namespace, from a client cgroup."""
+        cg = self.client_cg if cgroup == "client" else cgroup
+        r = subprocess.run(self.in_ns(argv, cgroup=cg), capture_output=True, text=True, timeout=timeout, input=input)
+        if check:
+            assert r.returncode == 0, "%s: %s" % (argv, r.stderr)
+        return r
+
+    def counters(self):
+        r = self.weft("map", "dump", "weft_stats_v1", "-j", "--bpffs", self.bpffs)
+        return {row["key"]: int(row["value"]) for row in json.loads(r.stdout)}
+
     def client(self, *args, cgroup="client", timeout=120):
         cg = self.client_cg if cgroup == "client" else cgroup
         r = subprocess.run(self.in_ns(["python3", os.path.join(HERE, "client.py")] + [str(a) for a in args], cgroup=cg),
@@ -189,13 +232,16 @@ class Sandbox:
         r = self.weft("service", "list", "-j", "--bpffs", self.bpffs, check=False)
         return json.loads(r.stdout) if r.returncode == 0 else None
 
-    def start_agent(self, *extra, node="node-a", wait=True):
+    def start_agent(self, *extra, node="node-a", wait=True, cgroup=None):
+        """The agent runs in the node's namespace (the sandbox's), like on a real node:
+        its outbound listener must be where the captured clients are. `cgroup`: a
+        cgroup to run it in (e.g. one the programs are attached to)."""
         self.agent_log = os.path.join(self.tmp, "agent-%d.log" % len(self.procs))
         log = open(self.agent_log, "w")
-        self.agent = subprocess.Popen([WEFT, "agent", "--config-dir", self.config, "--cgroup", self.cgroup,
-                                       "--bpffs", self.bpffs, "--admin-socket", self.sock, "--state-dir", self.state, "--node", node,
-                                       "--drain-period", "2", "--resync-interval", "0.5"] + list(extra),
-                                      stdout=log, stderr=subprocess.STDOUT)
+        argv = [WEFT, "agent", "--config-dir", self.config, "--cgroup", self.cgroup,
+                "--bpffs", self.bpffs, "--admin-socket", self.sock, "--state-dir", self.state, "--node", node,
+                "--drain-period", "2", "--resync-interval", "0.5"] + list(extra)
+        self.agent = subprocess.Popen(self.in_ns(argv, cgroup=cgroup), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.agent)
         if wait:
             self.wait_log(r"config revision \d+ applied|config rejected")

@@ -16,6 +16,9 @@ import WeftBPF
         "weft_revnat_key": (MemoryLayout<weft_revnat_key>.size, ["cookie": off(\weft_revnat_key.cookie), "addr": off(\weft_revnat_key.addr), "port": off(\weft_revnat_key.port), "family": off(\weft_revnat_key.family), "pad": off(\weft_revnat_key.pad)]),
         "weft_revnat_val": (MemoryLayout<weft_revnat_val>.size, ["addr": off(\weft_revnat_val.addr), "port": off(\weft_revnat_val.port), "family": off(\weft_revnat_val.family), "pad": off(\weft_revnat_val.pad)]),
         "weft_wl_val": (MemoryLayout<weft_wl_val>.size, ["addr": off(\weft_wl_val.addr), "family": off(\weft_wl_val.family), "pad": off(\weft_wl_val.pad)]),
+        "weft_capture_key": (MemoryLayout<weft_capture_key>.size, ["addr": off(\weft_capture_key.addr), "port": off(\weft_capture_key.port), "family": off(\weft_capture_key.family), "pad": off(\weft_capture_key.pad)]),
+        "weft_capture_val": (MemoryLayout<weft_capture_val>.size, ["addr": off(\weft_capture_val.addr), "port": off(\weft_capture_val.port), "family": off(\weft_capture_val.family), "pad": off(\weft_capture_val.pad), "cgroup_id": off(\weft_capture_val.cgroup_id)]),
+        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "pad": off(\weft_settings.pad), "agent_mark": off(\weft_settings.agent_mark)]),
     ]
 
     @Test func swiftAndBPFAgreeOnEveryStruct() throws {
@@ -43,7 +46,22 @@ import WeftBPF
         let object = try Datapath.embeddedObject("sock.bpf.o")
         for m in DatapathMaps.names { #expect(object.mapNames.contains(m), "map \(m) missing") }
         let progs = Set(object.programNames)
-        #expect(progs == ["weft_connect4", "weft_connect6", "weft_sendmsg4", "weft_sendmsg6", "weft_recvmsg4", "weft_recvmsg6", "weft_peername4", "weft_peername6"])
+        #expect(progs == ["weft_connect4", "weft_connect6", "weft_sendmsg4", "weft_sendmsg6", "weft_recvmsg4", "weft_recvmsg6", "weft_peername4", "weft_peername6",
+                          "weft_sockops"])
         #expect(progs.allSatisfy { $0.count <= 15 }, "program names must fit bpftool's 15 characters")
+    }
+
+    @Test func everyCounterHasANameAndFits() {
+        #expect(statNames.count == Int(WEFT_STAT_MAX.rawValue))
+        #expect(Int(WEFT_STAT_MAX.rawValue) <= Int(WEFT_STAT_SLOTS))
+    }
+
+    /// The agent sets the programs' load-time settings through BTF; the variable must be
+    /// where BPFObject.setGlobal looks.
+    @Test func settingsGlobalIsSettable() throws {
+        let object = try Datapath.embeddedObject("sock.bpf.o")
+        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, pad: (0, 0), agent_mark: 7)))
+        #expect(throws: BPFError.self) { try object.setGlobal("no_such_global", bytes: [0]) }
+        #expect(throws: BPFError.self) { try object.setGlobal("weft_settings", bytes: [0, 1]) }
     }
 }

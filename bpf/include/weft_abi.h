@@ -36,8 +36,17 @@ enum weft_stat {
 	WEFT_STAT_RECVMSG_REVNAT,       /* UDP reply source rewritten back to the VIP */
 	WEFT_STAT_PEERNAME_REVNAT,      /* getpeername() answered with the VIP */
 	WEFT_STAT_REVNAT_FULL,          /* could not record a translation (map update failed) */
+	WEFT_STAT_CONNECT_CAPTURE,      /* connect() to an L7 service sent to the agent's listener */
+	WEFT_STAT_CAPTURE_REKEYED,      /* captured connection's origin re-keyed by client address */
+	WEFT_STAT_CAPTURE_FULL,         /* could not record a captured connection's origin */
+	WEFT_STAT_AGENT_BYPASS,         /* connect() by the agent itself: never captured */
 	WEFT_STAT_MAX,
 };
+/* weft_stats_v1 has room for counters later builds add, so an adopted map still fits. */
+#define WEFT_STAT_SLOTS 64
+
+/* weft_svc_val.flags */
+#define WEFT_SVC_F_CAPTURE 0x01 /* TCP connections go to the agent's outbound listener */
 
 /* Service frontend: VIP, port, L4 protocol. IPv4 addresses occupy addr[0..3], the rest 0. */
 struct weft_svc_key {
@@ -52,7 +61,7 @@ struct weft_svc_val {
 	__u32 table_size;    /* slots in that table */
 	__u16 backend_count; /* active backends in the table */
 	__u8 algo;           /* enum weft_lb_algo */
-	__u8 flags;          /* reserved, 0 */
+	__u8 flags;          /* WEFT_SVC_F_* */
 	__u32 svc_id;        /* stable id of the service, for counters and inspection */
 	__u64 fingerprint;   /* hash of (algo, table, backends) — lets a restarted agent diff */
 };
@@ -90,6 +99,35 @@ struct weft_wl_val {
 	__u8 pad[3];
 };
 
+/* A captured connection's client address (the agent's accepted socket's peer). */
+struct weft_capture_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/* Where a captured connection was going and who opened it. connect() records it by socket
+ * cookie (weft_pending_v1); once the kernel has chosen the client's port, sockops moves it
+ * to weft_capture_v1 keyed by the client address, which is all the agent can see. */
+struct weft_capture_val {
+	__u8 addr[16];      /* the VIP dialed */
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+	__u64 cgroup_id;    /* cgroup of the process that called connect(): the source workload */
+};
+
+/* Load-time settings (sock.bpf.c's const volatile weft_settings, written before load). */
+struct weft_settings {
+	__be16 proxy_port;  /* outbound listener on 127.0.0.1 / ::1; 0 = capture off */
+	__u8 pad[2];
+	__u32 agent_mark;   /* SO_MARK of the agent's own sockets; 0 = none */
+};
+
+_Static_assert(sizeof(struct weft_capture_key) == 20, "weft_capture_key layout");
+_Static_assert(sizeof(struct weft_capture_val) == 32, "weft_capture_val layout");
+_Static_assert(sizeof(struct weft_settings) == 8, "weft_settings layout");
 _Static_assert(sizeof(struct weft_svc_key) == 20, "weft_svc_key layout");
 _Static_assert(sizeof(struct weft_svc_val) == 24, "weft_svc_val layout");
 _Static_assert(sizeof(struct weft_backend_val) == 24, "weft_backend_val layout");
@@ -103,6 +141,7 @@ _Static_assert(sizeof(struct weft_wl_val) == 20, "weft_wl_val layout");
 #define WEFT_MAX_BACKENDS 131072
 #define WEFT_MAX_REVNAT 262144
 #define WEFT_MAX_WORKLOADS 16384
+#define WEFT_MAX_CAPTURED 65536
 /* Default size of weft_slot_v1 (all selection tables together; 16 MiB of kernel memory).
  * The agent's --lb-slots sets it before load. */
 #define WEFT_DEFAULT_SLOTS 4194304

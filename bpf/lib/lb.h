@@ -128,10 +128,13 @@ weft_revnat_lookup(__u64 cookie, const struct weft_l4addr *peer)
 }
 
 /* Forward translation shared by connect and sendmsg: on success *dst holds the backend. */
-enum weft_xlate { WEFT_XLATE_NONE, WEFT_XLATE_DONE, WEFT_XLATE_NO_BACKEND };
+/* WEFT_XLATE_CAPTURE: the service wants the agent's proxy and `may_capture` allowed it;
+ * *dst is still the VIP. */
+enum weft_xlate { WEFT_XLATE_NONE, WEFT_XLATE_DONE, WEFT_XLATE_NO_BACKEND, WEFT_XLATE_CAPTURE };
 
 static __always_inline enum weft_xlate
-weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src[16], __u32 sticky_hash, int sticky)
+weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src[16], __u32 sticky_hash, int sticky,
+	       int may_capture)
 {
 	struct weft_svc_key key = {};
 	struct weft_svc_val *svc;
@@ -145,6 +148,8 @@ weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src
 	svc = bpf_map_lookup_elem(&weft_svc_v1, &key);
 	if (!svc)
 		return WEFT_XLATE_NONE;
+	if (may_capture && proto == IPPROTO_TCP && (svc->flags & WEFT_SVC_F_CAPTURE))
+		return WEFT_XLATE_CAPTURE;
 
 	be = weft_select(svc, svc->algo == WEFT_LB_MAGLEV ? weft_source_hash(src) : sticky_hash, sticky);
 	if (!be)

@@ -62,7 +62,25 @@ struct {
 /* enum weft_stat → __u64 count, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, WEFT_STAT_MAX);
+	__uint(max_entries, WEFT_STAT_SLOTS);
 	__type(key, __u32);
 	__type(value, __u64);
 } weft_stats_v1 SEC(".maps");
+
+/* socket cookie (__u64) → weft_capture_val: a captured connect() whose client port the
+ * kernel has not chosen yet. Lives from connect() to sockops' TCP_CONNECT_CB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_MAX_CAPTURED);
+	__type(key, __u64);
+	__type(value, struct weft_capture_val);
+} weft_pending_v1 SEC(".maps");
+
+/* weft_capture_key → weft_capture_val: the original destination and source cgroup of a
+ * captured connection, by client address; the agent reads and deletes it on accept. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WEFT_MAX_CAPTURED);
+	__type(key, struct weft_capture_key);
+	__type(value, struct weft_capture_val);
+} weft_capture_v1 SEC(".maps");

@@ -175,15 +175,7 @@ public struct HTTPRouter: Sendable {
 
     /// Weighted choice; a lone destination without weight takes everything.
     func pick(_ dests: [HTTPRouteDestination], random: Double) -> HTTPRouteDestination? {
-        if dests.count == 1 { return dests[0] }
-        let total = dests.reduce(0) { $0 + ($1.weight ?? 0) }
-        guard total > 0 else { return nil }
-        var point = random * Double(total)
-        for d in dests where (d.weight ?? 0) > 0 {
-            point -= Double(d.weight!)
-            if point < 0 { return d }
-        }
-        return dests.last { ($0.weight ?? 0) > 0 }
+        pickWeighted(dests, weight: \.weight, random: random)
     }
 
     /// A prefix match has only its prefix replaced; any other match the whole path.

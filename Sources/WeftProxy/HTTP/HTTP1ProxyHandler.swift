@@ -1,0 +1,506 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import WeftConfig
+
+/// The client side of a proxied HTTP/1.1 connection: one exchange per request (the NIO
+/// pipelining handler in front serialises pipelined requests), reads withheld while an
+/// exchange cannot take more of the request body.
+final class HTTP1ProxyHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let conn: ConnectionContext
+    private(set) var context: ChannelHandlerContext?
+    private var exchange: HTTP1Exchange?
+    private var readsPaused = false
+    private var pendingRead = false
+
+    init(conn: ConnectionContext) {
+        self.conn = conn
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            let ex = HTTP1Exchange(handler: self, head: head)
+            exchange = ex
+            ex.start()
+        case .body(let b):
+            exchange?.requestBody(b)
+        case .end:
+            exchange?.requestEnd()
+            retire()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        exchange?.clientGone()
+        exchange = nil
+        context.fireChannelInactive()
+    }
+
+    /// A request the parser refused (smuggling attempts, bad syntax, over the limits)
+    /// gets 400, or 431 for too much header, and the connection is closed (Envoy's DPE).
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let parse = error as? HTTPParserError else {
+            context.close(promise: nil)
+            return
+        }
+        let midResponse = exchange?.responseInProgress ?? false
+        exchange?.clientGone()
+        exchange = nil
+        if !midResponse {
+            let status: HTTPResponseStatus = parse == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest
+            let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            conn.loop.observe(conn, RequestRecord(
+                start: Date(), client: conn.client.description, sourceWorkload: conn.sourceName, destinationService: conn.listener.host,
+                method: "-", path: "-", authority: "-", protocolName: "HTTP/1.1", status: Int(status.code), flags: ["DPE"],
+                durationMillis: 0, requestBytes: 0, responseBytes: 0, upstream: nil, attempts: 0, requestID: nil, route: nil,
+                cluster: nil))
+        }
+        // Close our side only, so the answer is read before the connection goes: closing
+        // outright with the client's bytes unread makes the kernel send RST, which can
+        // overtake the 400. Envoy's delayed close does the same; after 1 s it is forced.
+        context.close(mode: .output, promise: nil)
+        let channel = context.channel
+        context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        exchange?.clientWritable(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if readsPaused { pendingRead = true } else { context.read() }
+    }
+
+    /// Stops or resumes reading from the client (request-body backpressure).
+    func pauseReads(_ p: Bool) {
+        readsPaused = p
+        if !p, pendingRead, let context {
+            pendingRead = false
+            context.read()
+        }
+    }
+
+    /// Called by an exchange whose response is complete.
+    func exchangeFinished(_ ex: HTTP1Exchange) {
+        pauseReads(false)
+        retire()
+    }
+
+    /// Forgets the exchange once both its request and its response are over.
+    private func retire() {
+        if let ex = exchange, ex.finished, ex.requestComplete { exchange = nil }
+    }
+
+    func write(_ part: HTTPServerResponsePart, flush: Bool = false) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(part), promise: nil)
+        if flush { context.flush() }
+    }
+
+    func flush() { context?.flush() }
+
+    func closeClient() { context?.close(promise: nil) }
+}
+
+/// One request through the proxy: route, pick an endpoint, send, retry when the route's
+/// policy and safety allow, enforce timeouts, relay the response.
+final class HTTP1Exchange: UpstreamHTTP1Delegate {
+    /// Requests with bodies up to this size are held whole, so they can be retried.
+    static let maxReplayBytes = 64 * 1024
+    /// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1).
+    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
+                                        "trailer", "proxy-authenticate", "proxy-authorization"]
+
+    unowned let handler: HTTP1ProxyHandler
+    let head: HTTPRequestHead
+    let started = NIODeadline.now()
+    let startTime = Date()
+    private var conn: ConnectionContext { handler.conn }
+
+    // Request side.
+    private var held: [ByteBuffer] = []
+    private var heldBytes = 0
+    private var requestBytes = 0
+    private var replayable = true
+    private(set) var requestComplete = false
+
+    // Routing.
+    private var decision: ForwardDecision?
+    private var cluster: Cluster?
+    private var upstreamHead: HTTPRequestHead?
+    private var retry: RetryStateMachine?
+    private var tried: Set<SocketKey> = []
+    private var lastEndpoint: SocketKey?
+    private var attempts = 0
+
+    // Current attempt.
+    private var upstream: UpstreamHTTP1Handler?
+    private var sentParts = 0
+    private var sentEnd = false
+    private var discarding = false
+    private var routeTimer: Scheduled<Void>?
+    private var tryTimer: Scheduled<Void>?
+
+    // Response side.
+    private var responseStarted = false
+    private(set) var finished = false
+    /// Part of a response has gone to the client and the rest has not.
+    var responseInProgress: Bool { responseStarted && !finished }
+    private var status = 0
+    private var flags: [String] = []
+    private var responseBytes = 0
+    private var upstreamKeepAlive = false
+    private var requestID: String?
+
+    init(handler: HTTP1ProxyHandler, head: HTTPRequestHead) {
+        self.handler = handler
+        self.head = head
+    }
+
+    // MARK: request events
+
+    func start() {
+        let listener = conn.listener
+        let authority = head.headers.first(name: "host") ?? ""
+        let routed: RouteDecision
+        if let router = listener.router {
+            let attrs = RequestAttributes(method: head.method.rawValue, path: head.uri, authority: authority,
+                                          headers: head.headers.map { ($0.name, $0.value) }, port: listener.port.number,
+                                          sourceLabels: conn.source?.spec.labels ?? [:])
+            routed = router.decide(attrs, random: conn.loop.random())
+        } else {
+            // Captured for its DestinationRule only: straight to the service.
+            routed = .forward(ForwardDecision(destination: Destination(host: listener.host, port: listener.port.number),
+                                              routeIndex: 0, routeName: nil, path: head.uri, authority: authority, timeout: nil,
+                                              retries: nil, fault: nil, mirror: nil, mirrorPercentage: nil, requestHeaders: [],
+                                              responseHeaders: []))
+        }
+        switch routed {
+        case .noRoute:
+            localReply(.noRoute)
+        case .directResponse(let status, let body):
+            localReply(LocalReply(status: HTTPResponseStatus(statusCode: status), body: body ?? "", flags: []))
+        case .redirect(let location, let status):
+            localReply(LocalReply(status: HTTPResponseStatus(statusCode: status), body: "", flags: [], headers: [("location", location)]))
+        case .forward(let d):
+            guard let c = conn.tables.cluster(for: d.destination, dialedPort: listener.port.number), !c.endpoints.isEmpty else {
+                localReply(.noHealthyUpstream)
+                return
+            }
+            decision = d
+            cluster = c
+            upstreamHead = makeUpstreamHead(d)
+            if let t = d.timeout, t.nanoseconds > 0 {
+                routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
+            }
+            attempt()
+        }
+    }
+
+    func requestBody(_ b: ByteBuffer) {
+        requestBytes += b.readableBytes
+        if finished { return } // answered already: the rest of the body is read and dropped
+        held.append(b)
+        heldBytes += b.readableBytes
+        if requestBytes > Self.maxReplayBytes { replayable = false }
+        if let up = upstream, !discarding {
+            up.send(.body(.byteBuffer(b)), flush: true)
+            sentParts = held.count
+            if !replayable { dropSentParts() }
+        } else if heldBytes > Self.maxReplayBytes {
+            handler.pauseReads(true)
+        }
+    }
+
+    func requestEnd() {
+        requestComplete = true
+        if let up = upstream, !discarding, !finished, !sentEnd {
+            up.send(.end(nil), flush: true)
+            sentEnd = true
+        }
+    }
+
+    /// After a part went upstream on a request too large to replay, it is not kept.
+    private func dropSentParts() {
+        held.removeFirst(sentParts)
+        heldBytes = held.reduce(0) { $0 + $1.readableBytes }
+        sentParts = 0
+    }
+
+    func clientGone() {
+        routeTimer?.cancel()
+        tryTimer?.cancel()
+        if let up = upstream, !finished { up.close() }
+        upstream = nil
+        finished = true
+    }
+
+    func clientWritable(_ w: Bool) {
+        upstream?.setPaused(!w)
+    }
+
+    // MARK: attempts
+
+    private func makeUpstreamHead(_ d: ForwardDecision) -> HTTPRequestHead {
+        var h = HTTPHeaders()
+        // Headers named in Connection are hop-by-hop too.
+        let named = Set(head.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
+        for (name, value) in head.headers {
+            let lower = name.lowercased()
+            if Self.hopByHop.contains(lower) || named.contains(lower) || lower == "host" { continue }
+            h.add(name: name, value: value)
+        }
+        h.replaceOrAdd(name: "host", value: d.authority)
+        if !h.contains(name: "x-forwarded-proto") { h.add(name: "x-forwarded-proto", value: "http") }
+        if let id = h.first(name: "x-request-id") {
+            requestID = id
+        } else {
+            let id = UUID().uuidString.lowercased()
+            requestID = id
+            h.add(name: "x-request-id", value: id)
+        }
+        for ops in d.requestHeaders { apply(ops, to: &h) }
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: d.path, headers: h)
+    }
+
+    private func apply(_ ops: HeaderOperations, to h: inout HTTPHeaders) {
+        for (k, v) in ops.set.sorted(by: { $0.key < $1.key }) { h.replaceOrAdd(name: k, value: v) }
+        for (k, v) in ops.add.sorted(by: { $0.key < $1.key }) { h.add(name: k, value: v) }
+        for k in ops.remove { h.remove(name: k) }
+    }
+
+    private func attempt() {
+        guard let c = cluster, let loop = handler.context?.eventLoop else { return }
+        guard let ep = conn.loop.picker(c, exclude: tried, sourceHash: conn.sourceHash) else {
+            finish(with: .noHealthyUpstream)
+            return
+        }
+        tried.insert(ep.socket)
+        lastEndpoint = ep.socket
+        attempts += 1
+        sentParts = 0
+        sentEnd = false
+        discarding = false
+        let timeout = c.connectionPool?.connectTimeout?.timeAmount
+        conn.loop.pool.acquire(ep.socket, on: loop, connectTimeout: timeout).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let up):
+                if self.finished {
+                    self.conn.loop.pool.release(up, idleTimeout: nil, maxRequests: nil)
+                    return
+                }
+                self.attach(up)
+            case .failure:
+                if !self.finished { self.attemptEnded(.connectFailure) }
+            }
+        }
+    }
+
+    private func attach(_ up: UpstreamHTTP1Handler) {
+        upstream = up
+        up.delegate = self
+        up.requests += 1
+        up.setPaused(!(handler.context?.channel.isWritable ?? true))
+        if let t = decision?.retries?.perTryTimeout, t.nanoseconds > 0 {
+            tryTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.perTryTimeout() }
+        }
+        up.send(.head(upstreamHead!))
+        for b in held { up.send(.body(.byteBuffer(b))) }
+        sentParts = held.count
+        if requestComplete {
+            up.send(.end(nil))
+            sentEnd = true
+        }
+        up.context?.flush()
+        if !replayable { dropSentParts() }
+        handler.pauseReads(false)
+    }
+
+    /// The current attempt is over without a response to deliver (or with one the retry
+    /// policy wants to replace): retry, or answer.
+    private func attemptEnded(_ outcome: AttemptOutcome) {
+        tryTimer?.cancel()
+        tryTimer = nil
+        if let up = upstream {
+            up.delegate = nil
+            up.close()
+            upstream = nil
+        }
+        var sm = retry ?? RetryStateMachine(policy: decision?.retries, method: head.method.rawValue,
+                                            bodyBuffered: requestComplete && replayable)
+        let action = sm.attemptFinished(outcome, jitter: conn.loop.random())
+        retry = sm
+        switch action {
+        case .retry(_, let backoff):
+            handler.context?.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(backoff))) {
+                if !self.finished { self.attempt() }
+            }
+        case .deliver:
+            break // only for responses, handled where the response head arrives
+        case .fail(let status, let flags):
+            finish(with: .upstreamFailure(status: status, flags: flags))
+        }
+    }
+
+    private func routeTimeout() {
+        guard !finished else { return }
+        if responseStarted {
+            // Part of the response is out: all that is left is to cut it, as Envoy does.
+            flags.append("UT")
+            upstream?.close()
+            handler.closeClient()
+            complete()
+        } else {
+            if let up = upstream {
+                up.delegate = nil
+                up.close()
+                upstream = nil
+            }
+            finish(with: .routeTimeout)
+        }
+    }
+
+    private func perTryTimeout() {
+        guard !finished, !responseStarted else { return }
+        attemptEnded(.perTryTimeout)
+    }
+
+    // MARK: upstream events
+
+    func upstreamRead(_ part: HTTPClientResponsePart, from up: UpstreamHTTP1Handler) {
+        guard up === upstream, !finished else { return }
+        switch part {
+        case .head(let rh):
+            if discarding { return }
+            upstreamKeepAlive = rh.isKeepAlive
+            var sm = retry ?? RetryStateMachine(policy: decision?.retries, method: head.method.rawValue,
+                                                bodyBuffered: requestComplete && replayable)
+            let saved = sm
+            let action = sm.attemptFinished(.response(status: Int(rh.status.code), grpcStatus: nil), jitter: conn.loop.random())
+            if case .retry = action {
+                // Envoy discards this response and tries again: so do we (the connection
+                // goes, its unread body with it).
+                retry = saved
+                attemptEnded(.response(status: Int(rh.status.code), grpcStatus: nil))
+                return
+            }
+            retry = sm
+            if case .deliver(let f) = action { flags += f }
+            tryTimer?.cancel()
+            tryTimer = nil
+            responseStarted = true
+            status = Int(rh.status.code)
+            handler.write(.head(clientHead(rh)))
+        case .body(let b):
+            guard !discarding else { return }
+            responseBytes += b.readableBytes
+            handler.write(.body(.byteBuffer(b)))
+        case .end(let trailers):
+            guard !discarding, responseStarted else { return }
+            handler.write(.end(trailers), flush: true)
+            let reusable = upstreamKeepAlive && sentEnd
+            upstream = nil
+            if reusable {
+                let pool = cluster?.connectionPool
+                conn.loop.pool.release(up, idleTimeout: pool?.idleTimeout?.timeAmount, maxRequests: pool?.maxRequestsPerConnection)
+            } else {
+                up.delegate = nil
+                up.close()
+            }
+            complete()
+            if !head.isKeepAlive { handler.closeClient() }
+        }
+    }
+
+    func upstreamReadComplete(from up: UpstreamHTTP1Handler) {
+        if up === upstream { handler.flush() }
+    }
+
+    func upstreamClosed(_ up: UpstreamHTTP1Handler) {
+        guard up === upstream, !finished else { return }
+        upstream = nil
+        if responseStarted {
+            // Reset mid-response: the client cannot be given a whole answer.
+            flags.append("UR")
+            handler.closeClient()
+            complete()
+        } else {
+            attemptEnded(.reset(requestSent: true))
+        }
+    }
+
+    func upstreamWritabilityChanged(_ up: UpstreamHTTP1Handler, writable: Bool) {
+        guard up === upstream else { return }
+        handler.pauseReads(!writable)
+    }
+
+    private func clientHead(_ rh: HTTPResponseHead) -> HTTPResponseHead {
+        var h = HTTPHeaders()
+        let named = Set(rh.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
+        for (name, value) in rh.headers {
+            let lower = name.lowercased()
+            if Self.hopByHop.contains(lower) || named.contains(lower) { continue }
+            h.add(name: name, value: value)
+        }
+        for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
+        if !head.isKeepAlive { h.replaceOrAdd(name: "connection", value: "close") }
+        return HTTPResponseHead(version: head.version, status: rh.status, headers: h)
+    }
+
+    // MARK: endings
+
+    private func localReply(_ r: LocalReply) {
+        finish(with: r)
+    }
+
+    /// Answers the client with a response of the proxy's own.
+    private func finish(with r: LocalReply) {
+        guard !finished else { return }
+        if responseStarted {
+            handler.closeClient()
+            complete()
+            return
+        }
+        var h = HTTPHeaders()
+        for (k, v) in r.headers { h.add(name: k, value: v) }
+        let body = ByteBuffer(string: r.body)
+        h.add(name: "content-length", value: String(body.readableBytes))
+        if !r.body.isEmpty { h.add(name: "content-type", value: "text/plain") }
+        if !head.isKeepAlive { h.add(name: "connection", value: "close") }
+        status = Int(r.status.code)
+        flags += r.flags
+        responseBytes = body.readableBytes
+        handler.write(.head(HTTPResponseHead(version: head.version, status: r.status, headers: h)))
+        if head.method != .HEAD { handler.write(.body(.byteBuffer(body))) }
+        handler.write(.end(nil), flush: true)
+        complete()
+        if !head.isKeepAlive { handler.closeClient() }
+    }
+
+    private func complete() {
+        finished = true
+        routeTimer?.cancel()
+        tryTimer?.cancel()
+        held.removeAll()
+        let ms = Double((NIODeadline.now() - started).nanoseconds) / 1e6
+        conn.loop.observe(conn, RequestRecord(
+            start: startTime, client: conn.client.description,
+            sourceWorkload: conn.sourceName,
+            destinationService: conn.listener.host, method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
+            protocolName: "HTTP/1.1", status: status, flags: flags, durationMillis: ms, requestBytes: requestBytes,
+            responseBytes: responseBytes, upstream: lastEndpoint?.description, attempts: attempts,
+            requestID: requestID, route: decision?.routeName, cluster: cluster?.key.description))
+        handler.exchangeFinished(self)
+    }
+}

@@ -1,0 +1,50 @@
+import Foundation
+import NIOHTTP1
+
+/// A response the proxy produces itself. Status, body text and response flags follow
+/// Envoy's, so operators read weft's 503s the way they read Istio's.
+struct LocalReply {
+    var status: HTTPResponseStatus
+    var body: String
+    var flags: [String]
+    var headers: [(String, String)] = []
+
+    /// NR: no route matched.
+    static let noRoute = LocalReply(status: .notFound, body: "", flags: ["NR"])
+    /// UH: the cluster has no endpoint.
+    static let noHealthyUpstream = LocalReply(status: .serviceUnavailable, body: "no healthy upstream", flags: ["UH"])
+
+    /// UF / UT / URX…: an attempt that produced no response to deliver.
+    static func upstreamFailure(status: Int, flags: [String]) -> LocalReply {
+        if status == 504 {
+            return LocalReply(status: .gatewayTimeout, body: "upstream request timeout", flags: flags)
+        }
+        return LocalReply(status: HTTPResponseStatus(statusCode: status),
+                          body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flags: flags)
+    }
+
+    /// UT: the route timeout expired before a response.
+    static let routeTimeout = LocalReply(status: .gatewayTimeout, body: "upstream request timeout", flags: ["UT"])
+}
+
+/// What happened to one request, for telemetry and the access log.
+public struct RequestRecord: Sendable {
+    public var start: Date
+    public var client: String
+    public var sourceWorkload: String?
+    public var destinationService: String
+    public var method: String
+    public var path: String
+    public var authority: String
+    public var protocolName: String
+    public var status: Int
+    public var flags: [String]
+    public var durationMillis: Double
+    public var requestBytes: Int
+    public var responseBytes: Int
+    public var upstream: String?
+    public var attempts: Int
+    public var requestID: String?
+    public var route: String?
+    public var cluster: String?
+}

@@ -1,0 +1,251 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import WeftConfig
+
+/// What the kernel recorded for a captured connection (read from BPF state by the agent).
+public struct ConnectionOrigin: Sendable {
+    /// The VIP:port the client dialed.
+    public var destination: SocketKey
+    /// The cgroup id of the process that connected.
+    public var cgroupID: UInt64
+
+    /// Creates an origin.
+    public init(destination: SocketKey, cgroupID: UInt64) {
+        self.destination = destination
+        self.cgroupID = cgroupID
+    }
+}
+
+/// Per event loop state: endpoint choice, upstream pools, randomness. Touched only on its
+/// own loop, so none of it needs a lock.
+final class LoopState {
+    private var endpointPicker = EndpointPicker()
+    let pool: HTTP1Pool
+    private var rng = SystemRandomNumberGenerator()
+    let observer: @Sendable (RequestRecord) -> Void
+
+    init(settings: UpstreamSettings, observer: @escaping @Sendable (RequestRecord) -> Void) {
+        pool = HTTP1Pool(settings: settings)
+        self.observer = observer
+    }
+
+    func random() -> Double { Double.random(in: 0..<1, using: &rng) }
+
+    func picker(_ c: Cluster, exclude: Set<SocketKey>, sourceHash: UInt64) -> Endpoint? {
+        endpointPicker.pick(c, exclude: exclude, sourceHash: sourceHash, random: random())
+    }
+
+    func observe(_ conn: ConnectionContext, _ r: RequestRecord) { observer(r) }
+}
+
+/// One accepted connection: where it was going, who opened it, the tables of the
+/// revision it was accepted under (a connection keeps its revision), its loop's state.
+final class ConnectionContext {
+    let id: UInt64
+    let client: SocketKey
+    let origin: ConnectionOrigin
+    let listener: ServiceListener
+    let source: WorkloadEntry?
+    let tables: ProxyTables
+    let loop: LoopState
+
+    init(id: UInt64, client: SocketKey, origin: ConnectionOrigin, listener: ServiceListener, source: WorkloadEntry?,
+         tables: ProxyTables, loop: LoopState) {
+        self.id = id
+        self.client = client
+        self.origin = origin
+        self.listener = listener
+        self.source = source
+        self.tables = tables
+        self.loop = loop
+    }
+
+    /// `namespace/name` of the client's WorkloadEntry, if the kernel knew its cgroup.
+    var sourceName: String? { source.map { "\($0.metadata.namespace)/\($0.metadata.name)" } }
+
+    /// What consistent hashing on the source address hashes: the workload's address when
+    /// the kernel knows the client's workload, else the client's own address.
+    var sourceHash: UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in (source?.spec.address ?? client.address).bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
+    }
+}
+
+/// The agent's outbound listener (DESIGN.md :15001): accepts the connections the kernel
+/// captured, recovers each one's original destination and source from BPF state, and
+/// proxies it — HTTP/1.1 with routing and resilience, anything else as opaque TCP.
+public final class OutboundProxy: Sendable {
+    /// Listener and upstream settings.
+    public struct Settings: Sendable {
+        /// Port on 127.0.0.1 and ::1.
+        public var port: UInt16
+        /// SO_MARK on upstream sockets (the kernel never captures them).
+        public var agentMark: UInt32
+        /// Event loop threads.
+        public var threads: Int
+
+        /// Creates settings.
+        public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount) {
+            self.port = port
+            self.agentMark = agentMark
+            self.threads = threads
+        }
+    }
+
+    /// Largest request line + header block, and header count (Envoy's defaults).
+    static let maxHeaderBytes = 60 * 1024
+    static let maxHeaderCount = 100
+
+    private let settings: Settings
+    private let group: MultiThreadedEventLoopGroup
+    private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
+    private let tables = NIOLockedValueBox(ProxyTables())
+    private let channels = NIOLockedValueBox<[Channel]>([])
+    private let nextID = NIOLockedValueBox<UInt64>(0)
+    private let origin: @Sendable (SocketKey) -> ConnectionOrigin?
+    private let logger: Logger
+
+    /// `origin` looks up (and consumes) the kernel's record for a client address.
+    /// `observer` receives every finished request (telemetry, access log).
+    public init(settings: Settings, logger: Logger, origin: @escaping @Sendable (SocketKey) -> ConnectionOrigin?,
+                observer: @escaping @Sendable (RequestRecord) -> Void = { _ in }) {
+        self.settings = settings
+        self.logger = logger
+        self.origin = origin
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, settings.threads))
+        var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
+        let upstream = UpstreamSettings(mark: settings.agentMark)
+        for loop in group.makeIterator() {
+            // Built on its own loop, the only thread that ever touches it.
+            loops[ObjectIdentifier(loop)] = try! loop.submit {
+                NIOLoopBound(LoopState(settings: upstream, observer: observer), eventLoop: loop)
+            }.wait()
+        }
+        self.loops = loops
+    }
+
+    /// Binds 127.0.0.1 and ::1 (the addresses the kernel redirects to). IPv4 must work;
+    /// without IPv6 on loopback there can be no IPv6 client to capture, so that only warns.
+    public func start() throws {
+        var bound: [Channel] = []
+        for host in ["127.0.0.1", "::1"] {
+            let bootstrap = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { [self] ch in
+                    ch.eventLoop.makeCompletedFuture { try self.accepted(ch) }
+                }
+            do {
+                let address = try SocketAddress(ipAddress: host, port: Int(settings.port))
+                bound.append(try bootstrap.bind(to: address).wait())
+            } catch where host == "::1" {
+                logger.warning("no outbound listener on [::1]:\(settings.port) (\(error)): IPv6 services that need L7 will refuse connections",
+                               metadata: ["component": "proxy"])
+            } catch {
+                for c in bound { try? c.close().wait() }
+                throw ProxyError("cannot listen on \(host):\(settings.port) (--proxy-port): \(error)")
+            }
+        }
+        channels.withLockedValue { $0 = bound }
+        logger.info("outbound proxy listening on port \(settings.port)", metadata: ["component": "proxy", "listeners": "\(bound.count)"])
+    }
+
+    /// Switches to a new revision's tables; connections already accepted keep theirs.
+    public func update(_ t: ProxyTables) {
+        tables.withLockedValue { $0 = t }
+    }
+
+    /// Stops listening and closes every connection.
+    public func stop() {
+        let chans = channels.withLockedValue { c in defer { c = [] }; return c }
+        for c in chans { try? c.close().wait() }
+        try? group.syncShutdownGracefully()
+    }
+
+    /// Sets up an accepted connection (on its event loop).
+    private func accepted(_ ch: Channel) throws {
+        guard let remote = ch.remoteAddress, let client = SocketKey(remote) else { throw ProxyError("accepted socket without a peer address") }
+        let id = nextID.withLockedValue { $0 += 1; return $0 }
+        guard let origin = origin(client) else {
+            // Not a connection weft captured (someone dialed the listener directly): there
+            // is no destination to honour, so there is nothing to proxy.
+            logger.debug("refusing a connection from \(client) that the kernel did not capture", metadata: ["component": "proxy", "conn_id": "\(id)"])
+            throw ProxyError("not captured")
+        }
+        let t = tables.withLockedValue { $0 }
+        guard let listener = t.listeners[origin.destination] else {
+            logger.warning("captured connection to \(origin.destination) has no proxy route in the current revision; closing",
+                           metadata: ["component": "proxy", "conn_id": "\(id)"])
+            throw ProxyError("no listener")
+        }
+        guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
+        let conn = ConnectionContext(id: id, client: client, origin: origin, listener: listener,
+                                     source: t.workloads[origin.cgroupID], tables: t, loop: loop)
+        let sync = ch.pipeline.syncOperations
+        if listener.router == nil && !listener.port.isHTTP {
+            try sync.addHandler(makeTCPProxy(conn))
+            return
+        }
+        try sync.addHandler(ProtocolSniffHandler { [self] proto, ctx in
+            do {
+                switch proto {
+                case .http1: try self.addHTTP1(conn, ctx)
+                case .http2, .opaque: try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn), position: .after(ctx.handler))
+                }
+            } catch {
+                ctx.close(promise: nil)
+            }
+        })
+    }
+
+    private func addHTTP1(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderListSize = Self.maxHeaderBytes
+        limits.maxHeaderFieldSize = Self.maxHeaderBytes
+        limits.maxHeaderFieldCount = Self.maxHeaderCount
+        let handlers: [ChannelHandler] = [
+            HTTPResponseEncoder(),
+            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
+                                                    limitConfiguration: limits)),
+            HTTPServerPipelineHandler(),
+            HTTP1ProxyHandler(conn: conn),
+        ]
+        try ctx.pipeline.syncOperations.addHandlers(handlers, position: .after(ctx.handler))
+    }
+
+    /// Opaque TCP to the tcp route's (or the service's) endpoint.
+    private func makeTCPProxy(_ conn: ConnectionContext) -> TCPProxyHandler {
+        let t = conn.tables
+        let dest = t.tcpDestination(conn.listener, sourceLabels: conn.source?.spec.labels ?? [:], random: conn.loop.random())
+        let cluster = dest.flatMap { t.cluster(for: $0, dialedPort: conn.listener.port.number) } ?? t.defaultCluster(conn.listener)
+        let upstream = UpstreamSettings(mark: settings.agentMark)
+        let endpoint = cluster.flatMap { conn.loop.picker($0, exclude: [], sourceHash: conn.sourceHash) }
+        let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
+        let logger = logger
+        return TCPProxyHandler(
+            connect: { loop in
+                guard let ep = endpoint else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
+                return upstream.connect(ep.socket, on: loop, timeout: timeout, halfClose: true)
+            },
+            connected: { ch in
+                if ch == nil {
+                    logger.info("tcp connection to \(conn.origin.destination): upstream \(endpoint?.socket.description ?? "none") failed",
+                                metadata: ["component": "proxy", "conn_id": "\(conn.id)"])
+                }
+            },
+            spliced: { _, _ in })
+    }
+}
+
+/// A proxy failure, one line.
+public struct ProxyError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ d: String) { description = d }
+}

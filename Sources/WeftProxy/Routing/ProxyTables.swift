@@ -1,0 +1,167 @@
+import WeftConfig
+
+/// An address and port (a VIP:port the client dialed, or an endpoint).
+public struct SocketKey: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPAddress
+    public var port: UInt16
+
+    /// Creates a key.
+    public init(_ address: IPAddress, _ port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    /// `addr:port` (`[v6]:port`).
+    public var description: String { address.withPort(port) }
+}
+
+/// One upstream endpoint of a cluster.
+public struct Endpoint: Hashable, Sendable {
+    public var socket: SocketKey
+    public var weight: UInt32
+    /// The WorkloadEntry behind it, if any (destination_workload in telemetry).
+    public var workload: ResourceID?
+}
+
+/// A concrete destination: service host, subset, service port.
+public struct ClusterKey: Hashable, Sendable, CustomStringConvertible {
+    public var host: String
+    public var subset: String?
+    public var port: UInt16
+
+    /// Envoy's cluster naming: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    public var description: String { "outbound|\(port)|\(subset ?? "")|\(host)" }
+}
+
+/// Endpoints of a cluster and the traffic policy that applies to them (DestinationRule
+/// top level, overridden by the subset's, each overridden per port).
+public struct Cluster: Sendable {
+    public var key: ClusterKey
+    public var endpoints: [Endpoint]
+    public var loadBalancer: LoadBalancer
+    public var connectionPool: ConnectionPool?
+    public var outlierDetection: OutlierDetection?
+    /// The service it belongs to (destination_service_name / namespace in telemetry).
+    public var service: ResourceID
+}
+
+/// What a captured connection to one VIP:port is: which service, which protocol, which
+/// routes apply.
+public struct ServiceListener: Sendable {
+    public var service: ResourceID
+    /// The service's first host (destination_service in telemetry, default route host).
+    public var host: String
+    public var port: ServicePort
+    /// HTTP routes (nil: the port is not HTTP or no VirtualService has http routes).
+    public var router: HTTPRouter?
+    /// tcp routes of the VirtualService (empty: straight to the service's endpoints).
+    public var tcpRoutes: [TCPRoute]
+}
+
+/// Everything the proxy needs from one snapshot, precomputed so a connection or a request
+/// costs dictionary lookups only. Immutable; the agent swaps in a new one per revision.
+public struct ProxyTables: Sendable {
+    /// Captured VIP:port → listener. Only ports the kernel captures (Snapshot.needsProxy).
+    public private(set) var listeners: [SocketKey: ServiceListener] = [:]
+    /// Every port of every service, routed or not: a route may send anywhere.
+    public private(set) var clusters: [ClusterKey: Cluster] = [:]
+    /// Source workloads by cgroup id (who a captured client is).
+    public var workloads: [UInt64: WorkloadEntry] = [:]
+    /// host → its service's port numbers (to default a destination's port).
+    private var ports: [String: [UInt16]] = [:]
+
+    /// No services.
+    public init() {}
+
+    /// Builds the tables of `snapshot`; `workloads` maps cgroup ids of this node's
+    /// workloads to their WorkloadEntry.
+    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:]) {
+        self.workloads = workloads
+        for se in snapshot.serviceEntries {
+            let dr = snapshot.destinationRule(for: se)
+            let vs = snapshot.virtualService(for: se)
+            let id = ResourceID(kind: "ServiceEntry", namespace: se.metadata.namespace, name: se.metadata.name)
+            for port in se.ports where !port.isUDP {
+                let backends = snapshot.backends(of: se, port: port)
+                for host in se.hosts {
+                    ports[host, default: []].append(port.number)
+                    clusters[ClusterKey(host: host, subset: nil, port: port.number)] =
+                        Self.cluster(host: host, subset: nil, port: port.number, backends: backends, dr: dr, service: id)
+                    for subset in dr?.subsets ?? [] {
+                        clusters[ClusterKey(host: host, subset: subset.name, port: port.number)] =
+                            Self.cluster(host: host, subset: subset, port: port.number, backends: backends, dr: dr, service: id)
+                    }
+                }
+                guard snapshot.needsProxy(se, port: port) else { continue }
+                let router = port.isHTTP && vs.map { !$0.http.isEmpty } == true ? HTTPRouter(routes: vs!.http) : nil
+                let listener = ServiceListener(service: id, host: se.hosts[0], port: port, router: router, tcpRoutes: vs?.tcp ?? [])
+                for vip in se.addresses { listeners[SocketKey(vip, port.number)] = listener }
+            }
+        }
+    }
+
+    static func cluster(host: String, subset: Subset?, port: UInt16, backends: [ServiceBackend], dr: DestinationRule?,
+                        service: ResourceID) -> Cluster {
+        let selected = backends.filter { b in subset?.labels.allSatisfy { b.labels[$0.key] == $0.value } ?? true }
+        let policies = [dr?.trafficPolicy, subset?.trafficPolicy].compactMap { $0 }
+        // Later (more specific) wins, and a port-level setting beats its policy's own.
+        func pick<T>(_ field: (TrafficPolicy) -> T?) -> T? {
+            var value: T?
+            for p in policies {
+                if let v = field(p) { value = v }
+                if let v = p.portLevelSettings[port].flatMap(field) { value = v }
+            }
+            return value
+        }
+        return Cluster(key: ClusterKey(host: host, subset: subset?.name, port: port),
+                       endpoints: selected.map { Endpoint(socket: SocketKey($0.address, $0.port), weight: $0.weight, workload: $0.workload) },
+                       loadBalancer: pick(\.loadBalancer) ?? .random,
+                       connectionPool: pick(\.connectionPool), outlierDetection: pick(\.outlierDetection), service: service)
+    }
+
+    /// The cluster a route destination means; the port defaults to the service's only
+    /// port, else to the port the client dialed.
+    public func cluster(for destination: Destination, dialedPort: UInt16) -> Cluster? {
+        let port: UInt16
+        if let p = destination.port {
+            port = p
+        } else if let only = ports[destination.host], only.count == 1 {
+            port = only[0]
+        } else {
+            port = dialedPort
+        }
+        return clusters[ClusterKey(host: destination.host, subset: destination.subset, port: port)]
+    }
+
+    /// The default cluster of a listener (no route, or TCP without tcp routes).
+    public func defaultCluster(_ l: ServiceListener) -> Cluster? {
+        clusters[ClusterKey(host: l.host, subset: nil, port: l.port.number)]
+    }
+
+    /// The tcp route destination for a connection (first route whose match applies;
+    /// weighted pick with `random` in [0, 1)), or nil for the default cluster.
+    public func tcpDestination(_ l: ServiceListener, sourceLabels: Labels, random: Double) -> Destination? {
+        for route in l.tcpRoutes {
+            let applies = route.match.isEmpty || route.match.contains { m in
+                (m.port == nil || m.port == l.port.number) && m.sourceLabels.allSatisfy { sourceLabels[$0.key] == $0.value }
+            }
+            guard applies else { continue }
+            return pickWeighted(route.route, weight: \.weight, random: random)?.destination
+        }
+        return nil
+    }
+}
+
+/// Istio's weighted choice among route destinations: a lone destination takes everything
+/// whatever its weight; otherwise each gets weight/total of `random` in [0, 1).
+func pickWeighted<T>(_ items: [T], weight: (T) -> Int?, random: Double) -> T? {
+    if items.count == 1 { return items[0] }
+    let total = items.reduce(0) { $0 + (weight($1) ?? 0) }
+    guard total > 0 else { return nil }
+    var point = random * Double(total)
+    for d in items where (weight(d) ?? 0) > 0 {
+        point -= Double(weight(d)!)
+        if point < 0 { return d }
+    }
+    return items.last { (weight($0) ?? 0) > 0 }
+}

@@ -1,0 +1,75 @@
+import NIOCore
+
+/// What a captured connection speaks, judged from its first bytes.
+enum SniffedProtocol: Equatable {
+    case http1
+    case http2
+    case opaque
+}
+
+/// Reads just enough of a connection to tell HTTP/1.1 (a request line), HTTP/2 (the
+/// connection preface) and anything else apart, then hands the buffered bytes to the
+/// handlers `decided` installs and leaves the pipeline.
+final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    static let preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    /// The longest method token weft accepts before deciding it is not HTTP/1.
+    static let maxMethod = 20
+
+    private var buffered: ByteBuffer?
+    private let decided: (SniffedProtocol, ChannelHandlerContext) -> Void
+    private var done = false
+
+    /// `decided` runs once, on the event loop, with this handler still in the pipeline:
+    /// it adds the protocol's handlers after this one; the buffered bytes follow.
+    init(decided: @escaping (SniffedProtocol, ChannelHandlerContext) -> Void) {
+        self.decided = decided
+    }
+
+    /// The protocol the bytes so far prove, or nil if more are needed.
+    static func classify(_ bytes: ByteBufferView) -> SniffedProtocol? {
+        let n = min(bytes.count, preface.count)
+        if bytes.prefix(n).elementsEqual(preface.prefix(n)) {
+            return n == preface.count ? .http2 : nil
+        }
+        // HTTP/1: a method token (RFC 9110 tchar, in practice upper-case letters) then SP.
+        for (i, b) in bytes.enumerated() {
+            if b == UInt8(ascii: " ") { return i > 0 ? .http1 : .opaque }
+            let isToken = (b >= 0x41 && b <= 0x5A) || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
+            if !isToken || i >= maxMethod { return .opaque }
+        }
+        return nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if done {
+            context.fireChannelRead(data)
+            return
+        }
+        if buffered == nil { buffered = incoming } else { buffered!.writeBuffer(&incoming) }
+        guard let proto = Self.classify(buffered!.readableBytesView) else { return }
+        finish(context, proto)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // A client that half-closes before saying anything recognisable is opaque TCP.
+        if !done, let e = event as? ChannelEvent, e == .inputClosed {
+            finish(context, .opaque)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    private func finish(_ context: ChannelHandlerContext, _ proto: SniffedProtocol) {
+        done = true
+        decided(proto, context)
+        if let b = buffered, b.readableBytes > 0 {
+            buffered = nil
+            context.fireChannelRead(wrapInboundOut(b))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+}

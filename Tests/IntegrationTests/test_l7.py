@@ -1,0 +1,316 @@
+"""L7 data path: the kernel captures connections to services that need a proxy, the agent
+routes them. Real clients (curl, Python http.client) dial the VIP from a client cgroup;
+real HTTP backends record what reached them."""
+import json
+import os
+import socket
+import time
+
+from conftest import http_service_yaml, service_yaml
+
+VIP = "10.96.7.10"
+
+ROUTES = """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+spec:
+  host: web
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: web
+spec:
+  hosts: [web]
+  http:
+%s
+"""
+
+
+def web(sandbox, http_routes):
+    sandbox.http_backend("v1", "10.1.7.11")
+    sandbox.http_backend("v2", "10.1.7.12")
+    sandbox.write("web.yaml", http_service_yaml("web", VIP, [("10.1.7.11", {"version": "v1"}), ("10.1.7.12", {"version": "v2"})])
+                  + ROUTES % http_routes)
+    sandbox.start_agent("--access-log", os.path.join(sandbox.tmp, "access.log"))
+
+
+def access_log(sandbox, at_least=1):
+    """The access log's lines, once it has `at_least` (it is written just after the
+    response goes out, so a fast client can be back before its line is)."""
+    path = os.path.join(sandbox.tmp, "access.log")
+    deadline = time.time() + 5
+    while True:
+        lines = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+        if len(lines) >= at_least or time.time() > deadline:
+            return lines
+
+
+def test_capture_keeps_vip_and_routes_through_agent(sandbox):
+    web(sandbox, """  - route:
+    - destination: {host: web, subset: v1}""")
+    r = sandbox.run(["curl", "-s", "-D", "-", "-w", "\\npeer=%{remote_ip}:%{remote_port}", "http://%s/hello" % VIP], check=True)
+    assert "x-backend: v1" in r.stdout.lower()
+    assert r.stdout.strip().endswith("peer=%s:80" % VIP)      # the client still sees the VIP
+    seen = sandbox.requests_seen("v1")
+    assert len(seen) == 1 and seen[0]["path"] == "/hello"
+    assert seen[0]["headers"].get("x-request-id")              # it went through the proxy
+    c = sandbox.counters()
+    assert c["connect_capture"] == 1 and c["capture_rekeyed"] == 1 and c["connect_xlate"] == 0
+    line = access_log(sandbox)[-1]
+    assert line["response_code"] == 200 and line["upstream_cluster"] == "outbound|80|v1|web.default.svc.cluster.local"
+
+
+def test_weighted_split_and_header_canary(sandbox):
+    web(sandbox, """  - match:
+    - headers:
+        user-type: {exact: beta}
+    route:
+    - destination: {host: web, subset: v2}
+  - route:
+    - destination: {host: web, subset: v1}
+      weight: 90
+    - destination: {host: web, subset: v2}
+      weight: 10""")
+    out = sandbox.http("http://%s/split" % VIP, 1500)
+    assert not out["failures"] and out["statuses"] == {"200": 1500}
+    share = out["backends"]["v2"] / 1500.0
+    assert abs(share - 0.10) <= 0.03, out["backends"]
+    beta = sandbox.http("http://%s/canary" % VIP, 200, "-H", "user-type: beta")
+    assert beta["backends"] == {"v2": 200}
+
+
+def test_retries_only_when_safe(sandbox):
+    web(sandbox, """  - route:
+    - destination: {host: web, subset: v1}
+    retries:
+      attempts: 2
+      retryOn: 5xx,reset""")
+    # A backend that fails each request's first attempt: the client sees only 200s.
+    out = sandbox.http("http://%s/r?fail_first=1&key=k{i}" % VIP, 20)
+    assert out["statuses"] == {"200": 20}, out
+    assert len(sandbox.requests_seen("v1")) == 40
+    # A POST that reached the backend and was cut off is not sent again…
+    post = sandbox.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", "--data", "pay=1",
+                        "http://%s/p?drop_first=1&key=post" % VIP])
+    assert post.stdout == "503"
+    assert [r["method"] for r in sandbox.requests_seen("v1")[40:]] == ["POST"]
+    # …while the same failure on an idempotent GET is retried into a 200.
+    get = sandbox.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://%s/g?drop_first=1&key=get" % VIP])
+    assert get.stdout == "200"
+    assert [r["method"] for r in sandbox.requests_seen("v1")[41:]] == ["GET", "GET"]
+    flags = [l["response_flags"] for l in access_log(sandbox, 22) if l["method"] == "POST"]
+    assert flags == ["UF"]
+
+
+def test_timeout_and_per_try_timeout(sandbox):
+    web(sandbox, """  - match:
+    - uri: {prefix: /slow}
+    route:
+    - destination: {host: web, subset: v1}
+    timeout: 500ms
+  - route:
+    - destination: {host: web, subset: v2}
+    retries:
+      attempts: 1
+      perTryTimeout: 300ms
+      retryOn: 5xx""")
+    start = time.time()
+    r = sandbox.run(["curl", "-s", "-w", "\\n%{http_code}", "http://%s/slow?delay=3000" % VIP])
+    took = time.time() - start
+    assert r.stdout.endswith("504") and "upstream request timeout" in r.stdout
+    assert 0.45 <= took <= 0.55 + 0.15, took   # 500 ms ± 10%, plus curl's own start-up
+    line = access_log(sandbox)[-1]
+    assert line["response_flags"] == "UT" and 450 <= line["duration"] <= 550
+    sandbox.run(["curl", "-s", "http://%s/try?delay=3000" % VIP])
+    seen = sandbox.requests_seen("v2")
+    assert len(seen) == 2
+    gap = seen[1]["time"] - seen[0]["time"]    # first try cut at perTryTimeout, then retried
+    assert 0.27 <= gap <= 0.33 + 0.03, gap      # ± 10%, plus at most Envoy's 25 ms back-off
+    line = access_log(sandbox, 2)[-1]
+    assert line["response_code"] == 504 and "UT" in line["response_flags"].split(",")
+
+
+def test_direct_response_redirect_rewrite_and_headers(sandbox):
+    web(sandbox, """  - match:
+    - uri: {exact: /health}
+    directResponse:
+      status: 200
+      body: {string: "ok from weft"}
+  - match:
+    - uri: {prefix: /old}
+    redirect:
+      uri: /new
+      redirectCode: 301
+  - match:
+    - uri: {prefix: /api/}
+    rewrite:
+      uri: /v2/
+    headers:
+      request:
+        set: {x-team: blue}
+        remove: [x-secret]
+      response:
+        add: {x-served-by: weft}
+    route:
+    - destination: {host: web, subset: v1}
+  - route:
+    - destination: {host: web, subset: v2}""")
+    r = sandbox.run(["curl", "-s", "-w", "|%{http_code}", "http://%s/health" % VIP])
+    assert r.stdout == "ok from weft|200"
+    r = sandbox.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "http://%s/old" % VIP])
+    assert r.stdout == "301 http://%s/new" % VIP
+    r = sandbox.run(["curl", "-s", "-D", "-", "-H", "x-secret: s3cr3t", "http://%s/api/items?id=7" % VIP])
+    assert "x-served-by: weft" in r.stdout.lower()
+    seen = sandbox.requests_seen("v1")[-1]
+    assert seen["path"] == "/v2/items?id=7"
+    assert seen["headers"]["x-team"] == "blue" and "x-secret" not in seen["headers"]
+    assert sandbox.requests_seen("v2") == []       # nothing fell through
+
+
+def test_source_workload_from_cgroup(sandbox):
+    """sourceLabels match the client's WorkloadEntry, which the kernel identified by
+    the cgroup of the process that connected — not by anything the client sent."""
+    os.makedirs(os.path.join(sandbox.cgroup, "frontend"))
+    frontend = """---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: frontend
+  annotations: {weft.io/node: node-a, weft.io/cgroup: frontend}
+spec:
+  address: 10.1.7.50
+  labels: {app: frontend}
+"""
+    sandbox.write("frontend.yaml", frontend)
+    web(sandbox, """  - match:
+    - sourceLabels: {app: frontend}
+    route:
+    - destination: {host: web, subset: v2}
+  - route:
+    - destination: {host: web, subset: v1}""")
+    sandbox.add_address("10.1.7.50")
+    fe = sandbox.http("http://%s/" % VIP, 20, cgroup=os.path.join(sandbox.cgroup, "frontend"))
+    other = sandbox.http("http://%s/" % VIP, 20)
+    assert fe["backends"] == {"v2": 20} and other["backends"] == {"v1": 20}
+    assert access_log(sandbox, 40)[0]["source_workload"] == "default/frontend"
+
+
+def test_agent_in_attached_cgroup_is_never_captured(sandbox):
+    """The agent runs inside the cgroup its programs hook; its upstream connection to
+    another VIP is load-balanced by the kernel but not captured back into itself."""
+    sandbox.http_backend("db", "10.1.7.21")
+    sandbox.write("chain.yaml", service_yaml("db", ["10.96.7.20"], [("10.1.7.21", 1)], proto="HTTP") + "\n---\n"
+                  + http_service_yaml("front", "10.96.7.30", [("10.96.7.20", {})], target=80) + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: front
+spec:
+  hosts: [front]
+  http:
+  - route:
+    - destination: {host: front}
+""")
+    agent_cg = os.path.join(sandbox.cgroup, "agent")
+    os.makedirs(agent_cg)
+    sandbox.start_agent(cgroup=agent_cg)
+    out = sandbox.http("http://10.96.7.30/x", 10)
+    assert out["statuses"] == {"200": 10}, out
+    assert len(sandbox.requests_seen("db")) == 10
+    c = sandbox.counters()
+    # 10 client connects captured once each (keep-alive: one connection), agent's own
+    # connect translated by L4 and counted as bypass, never captured.
+    assert c["connect_capture"] == 1 and c["agent_bypass"] >= 1 and c["connect_xlate"] >= 1
+
+
+def test_tcp_routes_weighted_opaque(sandbox):
+    """tcp routes: opaque TCP spliced to weighted subsets, half-close passed through."""
+    for name, addr in (("t1", "10.1.7.31"), ("t2", "10.1.7.32")):
+        sandbox.backend(name, addr)
+    sandbox.write("tcp.yaml", http_service_yaml("tcpsvc", "10.96.7.40", [("10.1.7.31", {"v": "a"}), ("10.1.7.32", {"v": "b"})],
+                                                proto="TCP") + """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: tcpsvc
+spec:
+  host: tcpsvc
+  subsets:
+  - {name: a, labels: {v: a}}
+  - {name: b, labels: {v: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: tcpsvc
+spec:
+  hosts: [tcpsvc]
+  tcp:
+  - route:
+    - destination: {host: tcpsvc, subset: a}
+      weight: 75
+    - destination: {host: tcpsvc, subset: b}
+      weight: 25
+""")
+    sandbox.start_agent()
+    out = sandbox.client("tcp", "10.96.7.40", 80, 800)
+    assert not out["failures"], out["failures"][:3]
+    assert abs(out["backends"]["t1"] / 800.0 - 0.75) <= 0.05, out["backends"]
+    assert set(out["peers"]) == {"10.96.7.40:80"}
+    assert sandbox.counters()["connect_capture"] == 800
+
+
+def test_hostile_http1_rejected_agent_keeps_serving(sandbox):
+    web(sandbox, """  - route:
+    - destination: {host: web, subset: v1}""")
+
+    def raw(payload):
+        r = sandbox.run(["python3", "-c", RAW, VIP, "80"], input=payload.hex())
+        return r.stdout.strip()
+
+    head = "GET / HTTP/1.1\r\nHost: web\r\n"
+    cases = {
+        "cl+te": (head + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        "double cl": (head + "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab", "400"),
+        "te obfuscated": (head + "Transfer-Encoding: xchunked\r\n\r\n", "400"),
+        "space before colon": (head + "X-A : b\r\n\r\n", "400"),
+        "bare lf": ("GET / HTTP/1.1\nHost: web\n\n", "400"),
+        "nul in value": (head + "X-A: b\x00c\r\n\r\n", "400"),
+        "huge header": (head + "X-Big: " + "a" * (61 * 1024) + "\r\n\r\n", "431"),
+        "101 headers": (head + "".join("X-H%d: v\r\n" % i for i in range(101)) + "\r\n", "431"),
+    }
+    for name, (payload, want) in cases.items():
+        assert raw(payload.encode()) == want, name
+    assert sandbox.requests_seen("v1") == []        # none of it reached the backend
+    ok = sandbox.http("http://%s/" % VIP, 5)
+    assert ok["statuses"] == {"200": 5}
+
+
+# Sends hex-encoded stdin bytes to ADDR PORT, prints the status code of the reply (or
+# "closed") — so malformed requests go out byte for byte.
+RAW = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(bytes.fromhex(sys.stdin.read()))
+data = b""
+try:
+    while b"\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+except socket.timeout:
+    pass
+print(data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed")
+"""
