@@ -360,25 +360,11 @@ public enum ConfigLoader {
         }
 
         // Stored and validated, not yet enforced: say so rather than let it look active.
-        for r in snap.virtualServices {
-            var fields: [String] = []
-            if r.http.contains(where: { $0.fault != nil }) { fields.append("fault injection") }
-            if r.http.contains(where: { $0.mirror != nil }) { fields.append("mirror") }
-            if !fields.isEmpty {
-                notYetEnforced(sink, r.position, "VirtualService \(r.metadata.namespace)/\(r.metadata.name)", fields.joined(separator: ", "))
-            }
-        }
         for r in snap.peerAuthentications { notYetEnforced(sink, r.position, "PeerAuthentication \(r.metadata.namespace)/\(r.metadata.name)", "mTLS") }
         for r in snap.authorizationPolicies { notYetEnforced(sink, r.position, "AuthorizationPolicy \(r.metadata.namespace)/\(r.metadata.name)", "authorization") }
         for r in snap.destinationRules {
             let tp = ([r.trafficPolicy] + r.subsets.map(\.trafficPolicy)).compactMap { $0 }
             var fields: [String] = []
-            if tp.contains(where: { $0.connectionPool != nil || $0.portLevelSettings.values.contains { $0.connectionPool != nil } }) {
-                fields.append("connectionPool")
-            }
-            if tp.contains(where: { $0.outlierDetection != nil || $0.portLevelSettings.values.contains { $0.outlierDetection != nil } }) {
-                fields.append("outlierDetection")
-            }
             if tp.contains(where: { $0.tls != nil || $0.portLevelSettings.values.contains { $0.tls != nil } }) { fields.append("tls") }
             if !fields.isEmpty {
                 notYetEnforced(sink, r.position, "DestinationRule \(r.metadata.namespace)/\(r.metadata.name)", fields.joined(separator: ", "))

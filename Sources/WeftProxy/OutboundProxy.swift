@@ -52,9 +52,11 @@ final class ConnectionContext {
     let source: WorkloadEntry?
     let tables: ProxyTables
     let loop: LoopState
+    let clusters: ClusterRegistry
 
     init(id: UInt64, client: SocketKey, origin: ConnectionOrigin, listener: ServiceListener, source: WorkloadEntry?,
-         tables: ProxyTables, loop: LoopState) {
+         tables: ProxyTables, loop: LoopState, clusters: ClusterRegistry) {
+        self.clusters = clusters
         self.id = id
         self.client = client
         self.origin = origin
@@ -105,6 +107,7 @@ public final class OutboundProxy: Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
     private let tables = NIOLockedValueBox(ProxyTables())
+    private let clusters = ClusterRegistry()
     private let channels = NIOLockedValueBox<[Channel]>([])
     private let nextID = NIOLockedValueBox<UInt64>(0)
     private let origin: @Sendable (SocketKey) -> ConnectionOrigin?
@@ -159,6 +162,7 @@ public final class OutboundProxy: Sendable {
 
     /// Switches to a new revision's tables; connections already accepted keep theirs.
     public func update(_ t: ProxyTables) {
+        clusters.update(t)
         tables.withLockedValue { $0 = t }
     }
 
@@ -187,7 +191,7 @@ public final class OutboundProxy: Sendable {
         }
         guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
         let conn = ConnectionContext(id: id, client: client, origin: origin, listener: listener,
-                                     source: t.workloads[origin.cgroupID], tables: t, loop: loop)
+                                     source: t.workloads[origin.cgroupID], tables: t, loop: loop, clusters: clusters)
         let sync = ch.pipeline.syncOperations
         if listener.router == nil && !listener.port.isHTTP {
             try sync.addHandler(makeTCPProxy(conn))
@@ -220,24 +224,37 @@ public final class OutboundProxy: Sendable {
         try ctx.pipeline.syncOperations.addHandlers(handlers, position: .after(ctx.handler))
     }
 
-    /// Opaque TCP to the tcp route's (or the service's) endpoint.
+    /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's
+    /// maxConnections (over it the client is closed at once: Envoy's UO for TCP) and
+    /// avoiding endpoints outlier detection ejected.
     private func makeTCPProxy(_ conn: ConnectionContext) -> TCPProxyHandler {
         let t = conn.tables
         let dest = t.tcpDestination(conn.listener, sourceLabels: conn.source?.spec.labels ?? [:], random: conn.loop.random())
         let cluster = dest.flatMap { t.cluster(for: $0, dialedPort: conn.listener.port.number) } ?? t.defaultCluster(conn.listener)
+        let state = cluster.map { clusters.state($0) }
+        let endpoint = cluster.flatMap { c in conn.loop.picker(c, exclude: state?.ejected() ?? [], sourceHash: conn.sourceHash) }
         let upstream = UpstreamSettings(mark: settings.agentMark)
-        let endpoint = cluster.flatMap { conn.loop.picker($0, exclude: [], sourceHash: conn.sourceHash) }
         let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
         let logger = logger
         return TCPProxyHandler(
             connect: { loop in
-                guard let ep = endpoint else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
-                return upstream.connect(ep.socket, on: loop, timeout: timeout, halfClose: true)
+                guard let ep = endpoint, let state else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
+                guard state.openConnection() else { return loop.makeFailedFuture(ProxyError("maxConnections reached (UO)")) }
+                return upstream.connect(ep.socket, on: loop, timeout: timeout, halfClose: true).map { ch in
+                    ch.closeFuture.whenComplete { _ in state.connectionClosed() }
+                    return ch
+                }.flatMapErrorThrowing { error in
+                    state.connectionClosed()
+                    state.record(ep.socket, .localFailure)
+                    throw error
+                }
             },
             connected: { ch in
                 if ch == nil {
-                    logger.info("tcp connection to \(conn.origin.destination): upstream \(endpoint?.socket.description ?? "none") failed",
+                    logger.info("tcp connection to \(conn.origin.destination): upstream \(endpoint?.socket.description ?? "none") failed or overflowed",
                                 metadata: ["component": "proxy", "conn_id": "\(conn.id)"])
+                } else if let ep = endpoint {
+                    state?.record(ep.socket, .success)
                 }
             },
             spliced: { _, _ in })

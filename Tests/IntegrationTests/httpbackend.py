@@ -5,7 +5,8 @@ itself and echoing what it received, and records each request as a JSON line in 
 Behaviour is chosen per request by query parameters, so one backend serves every test:
   status=N          answer with status N
   delay=MS          wait MS milliseconds before answering
-  fail_first=N      the first N requests carrying the same `key=` get 503
+  fail_first=N      the first N requests carrying the same `key=` get 503 (with
+                    fail_on=NAME, only on the backend called NAME)
   drop_first=N      the first N requests with the same `key=` get the connection closed
                     without a response (a reset after the request reached the backend)
 
@@ -58,7 +59,7 @@ class Handler(BaseHTTPRequestHandler):
         if "delay" in q:
             time.sleep(int(q["delay"]) / 1000.0)
         status = int(q.get("status", 200))
-        if "fail_first" in q and count("fail", key) <= int(q["fail_first"]):
+        if "fail_first" in q and q.get("fail_on", NAME) == NAME and count("fail", key) <= int(q["fail_first"]):
             status = 503
         out = json.dumps(rec).encode()
         self.send_response(status)

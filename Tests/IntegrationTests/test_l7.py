@@ -314,3 +314,116 @@ except socket.timeout:
     pass
 print(data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed")
 """
+
+
+def test_fault_abort_percentage_and_delay(sandbox):
+    web(sandbox, """  - match:
+    - uri: {prefix: /delay}
+    fault:
+      delay:
+        fixedDelay: 300ms
+        percentage: {value: 100}
+    route:
+    - destination: {host: web, subset: v1}
+  - fault:
+      abort:
+        httpStatus: 418
+        percentage: {value: 25}
+    route:
+    - destination: {host: web, subset: v1}""")
+    out = sandbox.http("http://%s/abort" % VIP, 1200)
+    aborted = out["statuses"].get("418", 0) / 1200.0
+    assert abs(aborted - 0.25) <= 0.03, out["statuses"]
+    assert out["statuses"]["418"] + out["statuses"]["200"] == 1200
+    assert len(sandbox.requests_seen("v1")) == out["statuses"]["200"]   # aborted ones never left
+    start = time.time()
+    r = sandbox.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://%s/delay" % VIP])
+    took = time.time() - start
+    assert r.stdout == "200" and 0.27 <= took <= 0.33 + 0.15, took
+    flags = [l["response_flags"] for l in access_log(sandbox, 1201)]
+    assert flags.count("FI") == out["statuses"]["418"] and flags[-1] == "DI"
+
+
+def test_mirror_gets_copies_and_its_failure_never_reaches_the_caller(sandbox):
+    sandbox.http_backend("shadow", "10.1.7.13")
+    sandbox.write("shadow.yaml", http_service_yaml("shadow", "10.96.7.13", [("10.1.7.13", {})]))
+    web(sandbox, """  - route:
+    - destination: {host: web, subset: v1}
+    mirror: {host: shadow}
+    mirrorPercentage: {value: 50}""")
+    out = sandbox.http("http://%s/m" % VIP, 400)
+    assert out["statuses"] == {"200": 400}
+    deadline = time.time() + 5
+    while time.time() < deadline and len(sandbox.requests_seen("shadow")) < 160:
+        time.sleep(0.1)
+    copies = sandbox.requests_seen("shadow")
+    assert abs(len(copies) / 400.0 - 0.5) <= 0.08, len(copies)
+    assert copies[0]["headers"]["host"].endswith("-shadow") and copies[0]["path"] == "/m"
+    # The mirror goes away: callers see nothing of it.
+    [p for p in sandbox.procs if p.args[-4:-3] == ["shadow"]][0].kill()
+    out = sandbox.http("http://%s/m2?delay=0" % VIP, 200)
+    assert out["statuses"] == {"200": 200} and not out["failures"]
+
+
+def test_connection_pool_overflow_is_503_uo(sandbox):
+    """maxConnections 1 and 1 pending request: of 6 concurrent slow requests one is
+    served, one waits its turn, the rest get 503 UO at once."""
+    sandbox.http_backend("v1", "10.1.7.11")
+    sandbox.write("web.yaml", http_service_yaml("web", VIP, [("10.1.7.11", {})]) + """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+spec:
+  host: web
+  trafficPolicy:
+    connectionPool:
+      tcp: {maxConnections: 1}
+      http: {http1MaxPendingRequests: 1}
+""")
+    sandbox.start_agent("--access-log", os.path.join(sandbox.tmp, "access.log"))
+    procs = [__import__("subprocess").Popen(sandbox.in_ns(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}",
+                                                           "http://%s/slow?delay=600" % VIP], cgroup=sandbox.client_cg),
+                                            stdout=__import__("subprocess").PIPE, text=True) for _ in range(6)]
+    results = sorted((p.communicate(timeout=30)[0].split() for p in procs), key=lambda r: float(r[1]))
+    codes = [r[0] for r in results]
+    assert codes.count("200") == 2 and codes.count("503") == 4, results
+    assert all(float(t) < 0.3 for c, t in results if c == "503")      # overflow answers at once
+    assert max(float(t) for c, t in results if c == "200") >= 1.1      # the pending one waited its turn
+    assert sorted(l["response_flags"] for l in access_log(sandbox, 6)).count("UO") == 4
+    assert sandbox.http("http://%s/after" % VIP, 3)["statuses"] == {"200": 3}
+
+
+def test_outlier_detection_ejects_and_readmits(sandbox):
+    sandbox.http_backend("good", "10.1.7.11")
+    sandbox.http_backend("bad", "10.1.7.12")
+    sandbox.write("web.yaml", http_service_yaml("web", VIP, [("10.1.7.11", {}), ("10.1.7.12", {})]) + """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: web
+spec:
+  host: web
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    outlierDetection:
+      consecutive5xxErrors: 3
+      interval: 1s
+      baseEjectionTime: 2s
+      maxEjectionPercent: 50
+""")
+    sandbox.start_agent()
+    # Requests the bad backend answers with 503 (only it sees ?bad=… as failure: the good
+    # one ignores the key), until it is ejected.
+    out = sandbox.http("http://%s/x?fail_first=1000&key=bad&fail_on=bad" % VIP, 40)
+    bad_seen = len(sandbox.requests_seen("bad"))
+    # Ejected after 3 consecutive 5xx (retries of the default policy count too): it saw
+    # at most a handful, the rest all went to the good one.
+    assert bad_seen <= 6, bad_seen
+    assert out["backends"]["good"] >= 34
+    time.sleep(2.5)       # baseEjectionTime × 1 later, it is back in rotation
+    before = len(sandbox.requests_seen("bad"))
+    sandbox.http("http://%s/y" % VIP, 10)
+    assert len(sandbox.requests_seen("bad")) > before

@@ -148,7 +148,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var upstream: UpstreamHTTP1Handler?
     private var sentParts = 0
     private var sentEnd = false
-    private var discarding = false
+    private var clusterState: ClusterState?
+    private var requestCounted = false
+    private var retryInFlight = false
+    private var waitID: UInt64?
+    private var mirrorTo: Cluster?
     private var routeTimer: Scheduled<Void>?
     private var tryTimer: Scheduled<Void>?
 
@@ -194,18 +198,57 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         case .redirect(let location, let status):
             localReply(LocalReply(status: HTTPResponseStatus(statusCode: status), body: "", flags: [], headers: [("location", location)]))
         case .forward(let d):
-            guard let c = conn.tables.cluster(for: d.destination, dialedPort: listener.port.number), !c.endpoints.isEmpty else {
-                localReply(.noHealthyUpstream)
+            // Fault injection first, as Envoy's fault filter runs before its router: the
+            // delay holds the request (and does not count against the route timeout).
+            if let delay = d.fault?.delay, conn.loop.random() * 100 < delay.percentage {
+                flags.append("DI")
+                handler.context?.eventLoop.assumeIsolated().scheduleTask(in: delay.fixedDelay.timeAmount) {
+                    if !self.finished { self.forward(d) }
+                }
                 return
             }
-            decision = d
-            cluster = c
-            upstreamHead = makeUpstreamHead(d)
-            if let t = d.timeout, t.nanoseconds > 0 {
-                routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
-            }
-            attempt()
+            forward(d)
         }
+    }
+
+    private func forward(_ d: ForwardDecision) {
+        decision = d
+        if let abort = d.fault?.abort, conn.loop.random() * 100 < abort.percentage {
+            finish(with: .faultAbort(abort))
+            return
+        }
+        guard let c = conn.tables.cluster(for: d.destination, dialedPort: conn.listener.port.number), !c.endpoints.isEmpty else {
+            localReply(.noHealthyUpstream)
+            return
+        }
+        let state = conn.clusters.state(c)
+        guard state.startRequest() else {
+            finish(with: .overflow)
+            return
+        }
+        requestCounted = true
+        decision = d
+        cluster = c
+        clusterState = state
+        upstreamHead = makeUpstreamHead(d)
+        if let t = d.timeout, t.nanoseconds > 0 {
+            routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
+        }
+        if let m = d.mirror, conn.loop.random() * 100 < (d.mirrorPercentage ?? 100) {
+            mirrorTo = conn.tables.cluster(for: m, dialedPort: conn.listener.port.number)
+            startMirrorIfReady()
+        }
+        attempt()
+    }
+
+    /// Sends the shadow copy once the whole request is held (requests over 64 KiB are not
+    /// mirrored: Envoy streams them, weft does not keep them).
+    private func startMirrorIfReady() {
+        guard let m = mirrorTo, requestComplete, replayable, let h = upstreamHead, let loop = handler.context?.eventLoop else { return }
+        mirrorTo = nil
+        var shadow = h
+        shadow.headers.replaceOrAdd(name: "host", value: (h.headers.first(name: "host") ?? "") + "-shadow")
+        MirrorRequest(conn: conn, cluster: m, head: shadow, body: held).start(on: loop)
     }
 
     func requestBody(_ b: ByteBuffer) {
@@ -214,7 +257,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         held.append(b)
         heldBytes += b.readableBytes
         if requestBytes > Self.maxReplayBytes { replayable = false }
-        if let up = upstream, !discarding {
+        if let up = upstream {
             up.send(.body(.byteBuffer(b)), flush: true)
             sentParts = held.count
             if !replayable { dropSentParts() }
@@ -225,10 +268,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     func requestEnd() {
         requestComplete = true
-        if let up = upstream, !discarding, !finished, !sentEnd {
+        if let up = upstream, !finished, !sentEnd {
             up.send(.end(nil), flush: true)
             sentEnd = true
         }
+        startMirrorIfReady()
     }
 
     /// After a part went upstream on a request too large to replay, it is not kept.
@@ -281,8 +325,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     private func attempt() {
-        guard let c = cluster, let loop = handler.context?.eventLoop else { return }
-        guard let ep = conn.loop.picker(c, exclude: tried, sourceHash: conn.sourceHash) else {
+        guard let c = cluster, let state = clusterState else { return }
+        // Another endpoint than those tried (Istio's previous-hosts retry predicate), never
+        // an ejected one unless all are (Envoy's panic mode: then any).
+        let ejected = state.ejected()
+        var exclude = tried.union(ejected)
+        if c.endpoints.allSatisfy({ exclude.contains($0.socket) }) { exclude = ejected }
+        guard let ep = conn.loop.picker(c, exclude: exclude, sourceHash: conn.sourceHash) else {
             finish(with: .noHealthyUpstream)
             return
         }
@@ -291,13 +340,32 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         attempts += 1
         sentParts = 0
         sentEnd = false
-        discarding = false
+        connect(ep.socket)
+    }
+
+    /// Gets a connection to `endpoint`: idle, new, or — at maxConnections — the next one
+    /// freed, unless http1MaxPendingRequests is full too (503 UO).
+    private func connect(_ endpoint: SocketKey) {
+        guard let c = cluster, let state = clusterState, let loop = handler.context?.eventLoop else { return }
+        let key = PoolKey(cluster: c.key, endpoint: endpoint)
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
-        conn.loop.pool.acquire(ep.socket, on: loop, connectTimeout: timeout).assumeIsolated().whenComplete { result in
+        let pool = conn.loop.pool
+        guard let future = pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
+            ?? (pool.closeIdle(cluster: c.key, except: endpoint) ? pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout) : nil)
+        else {
+            let me = NIOLoopBound(self, eventLoop: loop)
+            guard let id = state.wait(on: loop, wake: { loop.execute { me.value.waitOver(endpoint) } }) else {
+                finish(with: .overflow)
+                return
+            }
+            waitID = id
+            return
+        }
+        future.assumeIsolated().whenComplete { result in
             switch result {
             case .success(let up):
                 if self.finished {
-                    self.conn.loop.pool.release(up, idleTimeout: nil, maxRequests: nil)
+                    pool.release(up, key, cluster: state, idleTimeout: nil, maxRequests: nil)
                     return
                 }
                 self.attach(up)
@@ -305,6 +373,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 if !self.finished { self.attemptEnded(.connectFailure) }
             }
         }
+    }
+
+    private func waitOver(_ endpoint: SocketKey) {
+        waitID = nil
+        if !finished { connect(endpoint) }
     }
 
     private func attach(_ up: UpstreamHTTP1Handler) {
@@ -327,9 +400,33 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         handler.pauseReads(false)
     }
 
-    /// The current attempt is over without a response to deliver (or with one the retry
-    /// policy wants to replace): retry, or answer.
-    private func attemptEnded(_ outcome: AttemptOutcome) {
+    /// The retry policy's verdict on an attempt, within the cluster's retry budget
+    /// (connectionPool.http.maxRetries concurrent retries; beyond it Envoy does not retry).
+    private func verdict(_ outcome: AttemptOutcome) -> RetryStateMachine.Action {
+        if retryInFlight {
+            clusterState?.endRetry()
+            retryInFlight = false
+        }
+        var sm = retry ?? RetryStateMachine(policy: decision?.retries, method: head.method.rawValue,
+                                            bodyBuffered: requestComplete && replayable)
+        var action = sm.attemptFinished(outcome, jitter: conn.loop.random())
+        retry = sm
+        if case .retry = action {
+            if clusterState?.startRetry() ?? true {
+                retryInFlight = true
+            } else {
+                switch outcome {
+                case .response: action = .deliver(flags: [])
+                case .perTryTimeout: action = .fail(status: 504, flags: ["UT"])
+                default: action = .fail(status: 503, flags: ["UF"])
+                }
+            }
+        }
+        return action
+    }
+
+    /// Drops the current attempt's connection (its response, if any, is not wanted).
+    private func abandonAttempt() {
         tryTimer?.cancel()
         tryTimer = nil
         if let up = upstream {
@@ -337,10 +434,16 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             up.close()
             upstream = nil
         }
-        var sm = retry ?? RetryStateMachine(policy: decision?.retries, method: head.method.rawValue,
-                                            bodyBuffered: requestComplete && replayable)
-        let action = sm.attemptFinished(outcome, jitter: conn.loop.random())
-        retry = sm
+    }
+
+    /// The current attempt is over without a response to deliver: retry, or answer.
+    private func attemptEnded(_ outcome: AttemptOutcome) {
+        abandonAttempt()
+        if let ep = lastEndpoint { clusterState?.record(ep, .localFailure) }
+        act(verdict(outcome))
+    }
+
+    private func act(_ action: RetryStateMachine.Action) {
         switch action {
         case .retry(_, let backoff):
             handler.context?.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(backoff))) {
@@ -362,11 +465,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             handler.closeClient()
             complete()
         } else {
-            if let up = upstream {
-                up.delegate = nil
-                up.close()
-                upstream = nil
-            }
+            abandonAttempt()
             finish(with: .routeTimeout)
         }
     }
@@ -382,38 +481,35 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         guard up === upstream, !finished else { return }
         switch part {
         case .head(let rh):
-            if discarding { return }
-            upstreamKeepAlive = rh.isKeepAlive
-            var sm = retry ?? RetryStateMachine(policy: decision?.retries, method: head.method.rawValue,
-                                                bodyBuffered: requestComplete && replayable)
-            let saved = sm
-            let action = sm.attemptFinished(.response(status: Int(rh.status.code), grpcStatus: nil), jitter: conn.loop.random())
+            let code = Int(rh.status.code)
+            if let ep = lastEndpoint { clusterState?.record(ep, code >= 500 ? .status(code) : .success) }
+            let action = verdict(.response(status: code, grpcStatus: nil))
             if case .retry = action {
                 // Envoy discards this response and tries again: so do we (the connection
                 // goes, its unread body with it).
-                retry = saved
-                attemptEnded(.response(status: Int(rh.status.code), grpcStatus: nil))
+                abandonAttempt()
+                act(action)
                 return
             }
-            retry = sm
             if case .deliver(let f) = action { flags += f }
+            upstreamKeepAlive = rh.isKeepAlive
             tryTimer?.cancel()
             tryTimer = nil
             responseStarted = true
-            status = Int(rh.status.code)
+            status = code
             handler.write(.head(clientHead(rh)))
         case .body(let b):
-            guard !discarding else { return }
             responseBytes += b.readableBytes
             handler.write(.body(.byteBuffer(b)))
         case .end(let trailers):
-            guard !discarding, responseStarted else { return }
+            guard responseStarted else { return }
             handler.write(.end(trailers), flush: true)
             let reusable = upstreamKeepAlive && sentEnd
             upstream = nil
-            if reusable {
-                let pool = cluster?.connectionPool
-                conn.loop.pool.release(up, idleTimeout: pool?.idleTimeout?.timeAmount, maxRequests: pool?.maxRequestsPerConnection)
+            if reusable, let c = cluster, let state = clusterState, let ep = lastEndpoint {
+                let pool = c.connectionPool
+                conn.loop.pool.release(up, PoolKey(cluster: c.key, endpoint: ep), cluster: state,
+                                       idleTimeout: pool?.idleTimeout?.timeAmount, maxRequests: pool?.maxRequestsPerConnection)
             } else {
                 up.delegate = nil
                 up.close()
@@ -492,6 +588,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         finished = true
         routeTimer?.cancel()
         tryTimer?.cancel()
+        if requestCounted { clusterState?.endRequest() }
+        if retryInFlight { clusterState?.endRetry() }
+        if let id = waitID { clusterState?.cancelWait(id) }
+        requestCounted = false
+        retryInFlight = false
+        waitID = nil
         held.removeAll()
         let ms = Double((NIODeadline.now() - started).nanoseconds) / 1e6
         conn.loop.observe(conn, RequestRecord(

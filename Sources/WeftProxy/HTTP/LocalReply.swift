@@ -1,5 +1,6 @@
 import Foundation
 import NIOHTTP1
+import WeftConfig
 
 /// A response the proxy produces itself. Status, body text and response flags follow
 /// Envoy's, so operators read weft's 503s the way they read Istio's.
@@ -21,6 +22,21 @@ struct LocalReply {
         }
         return LocalReply(status: HTTPResponseStatus(statusCode: status),
                           body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flags: flags)
+    }
+
+    /// UO: a connectionPool limit (circuit breaker) is full.
+    static let overflow = LocalReply(status: .serviceUnavailable,
+                                     body: "upstream connect error or disconnect/reset before headers. reset reason: overflow", flags: ["UO"])
+
+    /// FI: an injected abort. A gRPC status is answered the gRPC way: HTTP 200 with the
+    /// status in grpc-status (a trailers-only response).
+    static func faultAbort(_ a: FaultAbort) -> LocalReply {
+        if let name = a.grpcStatus {
+            let code = GRPCStatus.code(name) ?? 2
+            return LocalReply(status: .ok, body: "", flags: ["FI"],
+                              headers: [("content-type", "application/grpc"), ("grpc-status", String(code)), ("grpc-message", "fault filter abort")])
+        }
+        return LocalReply(status: HTTPResponseStatus(statusCode: a.httpStatus ?? 503), body: "fault filter abort", flags: ["FI"])
     }
 
     /// UT: the route timeout expired before a response.
@@ -47,4 +63,16 @@ public struct RequestRecord: Sendable {
     public var requestID: String?
     public var route: String?
     public var cluster: String?
+}
+
+/// gRPC status codes by the names Istio's config uses.
+enum GRPCStatus {
+    static let names = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
+                        "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
+                        "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"]
+
+    static func code(_ name: String) -> Int? {
+        if let n = Int(name) { return n }
+        return names.firstIndex(of: name.uppercased())
+    }
 }

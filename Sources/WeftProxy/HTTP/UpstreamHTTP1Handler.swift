@@ -26,6 +26,10 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
     var requests = 0
     /// Scheduled close while idle in the pool.
     var idleTimer: Scheduled<Void>?
+    /// Its registration as idle with the cluster (see ClusterState.addIdle).
+    var idleToken: UInt64?
+    /// Counts idle periods, so a reclaim meant for an earlier one does nothing.
+    var idleGeneration = 0
     private var paused = false
     private var pendingRead = false
 
@@ -92,12 +96,18 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
     func close() { context?.close(promise: nil) }
 }
 
-/// Idle upstream HTTP/1.1 connections of one event loop, per endpoint. Only touched on
-/// that loop, like Envoy's per-worker connection pools.
+/// Which pool a connection belongs to: per cluster (so circuit-breaker counts stay
+/// exact when subsets share an endpoint) and endpoint.
+struct PoolKey: Hashable {
+    var cluster: ClusterKey
+    var endpoint: SocketKey
+}
+
+/// Idle upstream HTTP/1.1 connections of one event loop. Only touched on that loop, like
+/// Envoy's per-worker connection pools; the counts they are limited by are per cluster
+/// (ClusterState), shared by all loops.
 final class HTTP1Pool {
-    private var idle: [SocketKey: [UpstreamHTTP1Handler]] = [:]
-    /// Connections open per endpoint, idle or busy (connectionPool.tcp.maxConnections).
-    private(set) var open: [SocketKey: Int] = [:]
+    private var idle: [PoolKey: [UpstreamHTTP1Handler]] = [:]
     let settings: UpstreamSettings
     /// Envoy's default idle timeout for upstream connections (connectionPool.http.idleTimeout).
     static let defaultIdleTimeout = TimeAmount.hours(1)
@@ -106,29 +116,38 @@ final class HTTP1Pool {
         self.settings = settings
     }
 
-    /// An idle connection to `endpoint`, or a new one.
-    func acquire(_ endpoint: SocketKey, on loop: EventLoop, connectTimeout: TimeAmount?) -> EventLoopFuture<UpstreamHTTP1Handler> {
-        while let conn = idle[endpoint]?.popLast() {
+    /// An idle connection to the endpoint, or a new one; nil when the cluster is at
+    /// maxConnections (the caller waits or overflows).
+    func acquire(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
+        -> EventLoopFuture<UpstreamHTTP1Handler>? {
+        while let conn = idle[key]?.popLast() {
             conn.idleTimer?.cancel()
             conn.idleTimer = nil
+            if let t = conn.idleToken { cluster.removeIdle(t) }
+            conn.idleToken = nil
             if conn.isActive { return loop.makeSucceededFuture(conn) }
         }
-        let handler = UpstreamHTTP1Handler(endpoint: endpoint)
-        open[endpoint, default: 0] += 1
-        handler.onClose = { [weak self] c in self?.forget(c) }
-        return settings.connect(endpoint, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
+        guard cluster.openConnection() else { return nil }
+        let handler = UpstreamHTTP1Handler(endpoint: key.endpoint)
+        handler.onClose = { [weak self] c in
+            if let t = c.idleToken { cluster.removeIdle(t) }
+            self?.forget(c, key)
+            cluster.connectionClosed()
+        }
+        return settings.connect(key.endpoint, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
             try ch.pipeline.syncOperations.addHTTPClientHandlers()
             try ch.pipeline.syncOperations.addHandler(handler)
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             return handler
         }.assumeIsolated().flatMapErrorThrowing { error in
-            self.open[endpoint, default: 1] -= 1
+            // Never became a channel with our handler: give the slot back here.
+            if handler.context == nil { cluster.connectionClosed() }
             throw error
         }.nonisolated()
     }
 
     /// Returns a connection whose exchange completed cleanly; it closes after `idleTimeout`.
-    func release(_ conn: UpstreamHTTP1Handler, idleTimeout: TimeAmount?, maxRequests: Int?) {
+    func release(_ conn: UpstreamHTTP1Handler, _ key: PoolKey, cluster: ClusterState, idleTimeout: TimeAmount?, maxRequests: Int?) {
         conn.delegate = nil
         conn.setPaused(false)
         guard conn.isActive, let loop = conn.context?.eventLoop else { return }
@@ -136,15 +155,39 @@ final class HTTP1Pool {
             conn.close()
             return
         }
+        let next = cluster.connectionIdle(on: loop)
+        if case .close = next {
+            conn.close()
+            return
+        }
         conn.idleTimer = loop.assumeIsolated().scheduleTask(in: idleTimeout ?? Self.defaultIdleTimeout) { conn.close() }
-        idle[conn.endpoint, default: []].append(conn)
+        idle[key, default: []].append(conn)
+        let bound = NIOLoopBound(conn, eventLoop: loop)
+        conn.idleGeneration += 1
+        let generation = conn.idleGeneration
+        conn.idleToken = cluster.addIdle(on: loop) {
+            // Runs on the connection's loop; by then it may have been taken for a request.
+            loop.execute {
+                let c = bound.value
+                if c.idleToken != nil && c.idleGeneration == generation { c.close() }
+            }
+        }
+        if case .keepAndWake(let wake) = next { wake() }
     }
 
-    private func forget(_ conn: UpstreamHTTP1Handler) {
-        open[conn.endpoint, default: 1] -= 1
-        if open[conn.endpoint] == 0 { open[conn.endpoint] = nil }
-        idle[conn.endpoint]?.removeAll { $0 === conn }
-        if idle[conn.endpoint]?.isEmpty == true { idle[conn.endpoint] = nil }
+    /// Closes one idle connection of `cluster` to another endpoint than `keep`, freeing a
+    /// connection slot for a request that must go elsewhere; false if there is none.
+    func closeIdle(cluster: ClusterKey, except keep: SocketKey) -> Bool {
+        guard let key = idle.keys.first(where: { $0.cluster == cluster && $0.endpoint != keep && !(idle[$0]?.isEmpty ?? true) }),
+              let conn = idle[key]?.popLast() else { return false }
+        conn.idleTimer?.cancel()
+        conn.close() // its onClose unregisters it and frees the slot
+        return true
+    }
+
+    private func forget(_ conn: UpstreamHTTP1Handler, _ key: PoolKey) {
+        idle[key]?.removeAll { $0 === conn }
+        if idle[key]?.isEmpty == true { idle[key] = nil }
     }
 
     /// Closes every idle connection (shutdown).

@@ -1,0 +1,85 @@
+import NIOCore
+import NIOHTTP1
+
+/// A shadow copy of a request (VirtualService mirror): sent to one endpoint of the mirror
+/// cluster, its response read and thrown away. Fire and forget: it never waits for a
+/// connection slot, its failures are not seen by anyone, and it gives up after
+/// `maxDuration`. It keeps itself alive through its timer until it is done.
+final class MirrorRequest: UpstreamHTTP1Delegate {
+    static let maxDuration = TimeAmount.seconds(30)
+
+    private let conn: ConnectionContext
+    private let cluster: Cluster
+    private let head: HTTPRequestHead
+    private let body: [ByteBuffer]
+    private var state: ClusterState?
+    private var upstream: UpstreamHTTP1Handler?
+    private var endpoint: SocketKey?
+    private var timer: Scheduled<Void>?
+    private var done = false
+
+    init(conn: ConnectionContext, cluster: Cluster, head: HTTPRequestHead, body: [ByteBuffer]) {
+        self.conn = conn
+        self.cluster = cluster
+        self.head = head
+        self.body = body
+    }
+
+    func start(on loop: EventLoop) {
+        let state = conn.clusters.state(cluster)
+        guard state.startRequest() else { return }
+        self.state = state
+        guard let ep = conn.loop.picker(cluster, exclude: state.ejected(), sourceHash: conn.sourceHash),
+              let future = conn.loop.pool.acquire(PoolKey(cluster: cluster.key, endpoint: ep.socket), cluster: state, on: loop,
+                                                  connectTimeout: cluster.connectionPool?.connectTimeout?.timeAmount) else {
+            state.endRequest()
+            return
+        }
+        endpoint = ep.socket
+        timer = loop.assumeIsolated().scheduleTask(in: Self.maxDuration) { self.finish(reuse: false) }
+        future.assumeIsolated().whenComplete { result in
+            guard case .success(let up) = result, !self.done else {
+                self.finish(reuse: false)
+                return
+            }
+            self.upstream = up
+            up.delegate = self
+            up.requests += 1
+            up.send(.head(self.head))
+            for b in self.body { up.send(.body(.byteBuffer(b))) }
+            up.send(.end(nil), flush: true)
+        }
+    }
+
+    private func finish(reuse: Bool) {
+        guard !done else { return }
+        done = true
+        timer?.cancel()
+        state?.endRequest()
+        if let up = upstream, let ep = endpoint, let state {
+            if reuse {
+                conn.loop.pool.release(up, PoolKey(cluster: cluster.key, endpoint: ep), cluster: state,
+                                       idleTimeout: cluster.connectionPool?.idleTimeout?.timeAmount,
+                                       maxRequests: cluster.connectionPool?.maxRequestsPerConnection)
+            } else {
+                up.delegate = nil
+                up.close()
+            }
+        }
+        upstream = nil
+    }
+
+    private var keepAlive = false
+
+    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamHTTP1Handler) {
+        switch part {
+        case .head(let h): keepAlive = h.isKeepAlive
+        case .body: break
+        case .end: finish(reuse: keepAlive)
+        }
+    }
+
+    func upstreamReadComplete(from conn: UpstreamHTTP1Handler) {}
+    func upstreamClosed(_ conn: UpstreamHTTP1Handler) { finish(reuse: false) }
+    func upstreamWritabilityChanged(_ conn: UpstreamHTTP1Handler, writable: Bool) {}
+}
