@@ -29,6 +29,43 @@ static __always_inline void weft_ctx_dst6(struct bpf_sock_addr *ctx, struct weft
 	a->family = WEFT_FAMILY_V6;
 }
 
+/* ::ffff:a.b.c.d — how a dual-stack (AF_INET6) socket names an IPv4 peer; gRPC and
+ * Java clients dial IPv4 VIPs this way. Network byte order, so word 2 is 0x0000ffff. */
+static __always_inline int weft_is_v4mapped(const __u32 ip[4])
+{
+	return ip[0] == 0 && ip[1] == 0 && ip[2] == bpf_htonl(0x0000ffff);
+}
+
+/* A connect6/sendmsg6 destination as the maps key it: a v4-mapped address is its IPv4
+ * address (the VIP was configured as IPv4). Returns whether it was mapped. */
+static __always_inline int weft_ctx_dst6_unmapped(struct bpf_sock_addr *ctx, struct weft_l4addr *a)
+{
+	__u32 ip[4] = { ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3] };
+
+	if (!weft_is_v4mapped(ip)) {
+		weft_ctx_dst6(ctx, a);
+		return 0;
+	}
+	__builtin_memset(a->addr, 0, 16);
+	__builtin_memcpy(a->addr, &ip[3], 4);
+	a->port = (__be16)ctx->user_port;
+	a->family = WEFT_FAMILY_V4;
+	return 1;
+}
+
+/* Writes an IPv4 address into a v6 context as ::ffff:a.b.c.d. */
+static __always_inline void weft_ctx_set6_mapped(struct bpf_sock_addr *ctx, const __u8 addr[16], __be16 port)
+{
+	__u32 ip;
+
+	__builtin_memcpy(&ip, addr, 4);
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+	ctx->user_ip6[3] = ip;
+	ctx->user_port = port;
+}
+
 static __always_inline void weft_ctx_set4(struct bpf_sock_addr *ctx, const __u8 addr[16], __be16 port)
 {
 	__u32 ip;
@@ -81,9 +118,10 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 	__u32 sticky_hash = 0;
 	enum weft_xlate r;
 	int may_capture = !is_sendmsg && weft_capture_enabled();
+	int mapped = 0;
 
 	if (v6) {
-		weft_ctx_dst6(ctx, &dst);
+		mapped = weft_ctx_dst6_unmapped(ctx, &dst);
 		weft_sk_src6(ctx, src);
 	} else {
 		weft_ctx_dst4(ctx, &dst);
@@ -106,25 +144,29 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 
 		/* If the origin cannot be recorded the agent could not route the connection:
 		 * refuse rather than hand it a connection it cannot place. */
-		if (weft_capture(cookie, &vip, &dst, v6)) {
+		if (weft_capture(cookie, &vip, &dst, v6 && !mapped)) {
 			bpf_set_retval(-WEFT_ECONNREFUSED);
 			return 0;
 		}
-		if (v6)
+		if (mapped)
+			weft_ctx_set6_mapped(ctx, dst.addr, dst.port);
+		else if (v6)
 			weft_ctx_set6(ctx, dst.addr, dst.port);
 		else
 			weft_ctx_set4(ctx, dst.addr, dst.port);
 		weft_count(WEFT_STAT_CONNECT_CAPTURE);
 		return 1;
 	}
-	if (r == WEFT_XLATE_NO_BACKEND || dst.family != (v6 ? WEFT_FAMILY_V6 : WEFT_FAMILY_V4)) {
+	if (r == WEFT_XLATE_NO_BACKEND || dst.family != (v6 && !mapped ? WEFT_FAMILY_V6 : WEFT_FAMILY_V4)) {
 		/* A VIP with no active backend refuses like kube-proxy's REJECT rule, instead
 		 * of letting the packet wander off towards an address nobody owns. */
 		weft_count(is_sendmsg ? WEFT_STAT_SENDMSG_NO_BACKEND : WEFT_STAT_CONNECT_NO_BACKEND);
 		bpf_set_retval(-WEFT_ECONNREFUSED);
 		return 0;
 	}
-	if (v6)
+	if (mapped)
+		weft_ctx_set6_mapped(ctx, dst.addr, dst.port);
+	else if (v6)
 		weft_ctx_set6(ctx, dst.addr, dst.port);
 	else
 		weft_ctx_set4(ctx, dst.addr, dst.port);
@@ -136,15 +178,18 @@ static __always_inline int weft_reverse(struct bpf_sock_addr *ctx, int v6, __u32
 {
 	struct weft_l4addr peer = {};
 	struct weft_revnat_val *vip;
+	int mapped = 0;
 
 	if (v6)
-		weft_ctx_dst6(ctx, &peer);
+		mapped = weft_ctx_dst6_unmapped(ctx, &peer);
 	else
 		weft_ctx_dst4(ctx, &peer);
 	vip = weft_revnat_lookup(bpf_get_socket_cookie(ctx), &peer);
 	if (!vip)
 		return 1;
-	if (v6)
+	if (mapped)
+		weft_ctx_set6_mapped(ctx, vip->addr, vip->port);
+	else if (v6)
 		weft_ctx_set6(ctx, vip->addr, vip->port);
 	else
 		weft_ctx_set4(ctx, vip->addr, vip->port);

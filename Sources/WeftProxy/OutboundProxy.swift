@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import WeftConfig
 
@@ -102,6 +103,7 @@ public final class OutboundProxy: Sendable {
     /// Largest request line + header block, and header count (Envoy's defaults).
     static let maxHeaderBytes = 60 * 1024
     static let maxHeaderCount = 100
+    static let maxConcurrentStreams = 100
 
     private let settings: Settings
     private let group: MultiThreadedEventLoopGroup
@@ -201,7 +203,8 @@ public final class OutboundProxy: Sendable {
             do {
                 switch proto {
                 case .http1: try self.addHTTP1(conn, ctx)
-                case .http2, .opaque: try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn), position: .after(ctx.handler))
+                case .http2: try self.addHTTP2(conn, ctx)
+                case .opaque: try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn), position: .after(ctx.handler))
                 }
             } catch {
                 ctx.close(promise: nil)
@@ -222,6 +225,33 @@ public final class OutboundProxy: Sendable {
             HTTP1ProxyHandler(conn: conn),
         ]
         try ctx.pipeline.syncOperations.addHandlers(handlers, position: .after(ctx.handler))
+    }
+
+    /// HTTP/2 from the client: each stream is one exchange, seen through NIO's HTTP/2 to
+    /// HTTP/1 codec. The limits bound what one connection can make the agent hold: 100
+    /// concurrent streams, 60 KiB of headers, a 4 KiB HPACK table, a few CONTINUATION
+    /// frames, and NIO's reset-rate limit (200 RST_STREAM in 30 s → GOAWAY
+    /// ENHANCE_YOUR_CALM, the Rapid Reset defence Envoy also applies).
+    private func addHTTP2(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: Self.maxConcurrentStreams),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: Self.maxHeaderBytes),
+            HTTP2Setting(parameter: .headerTableSize, value: 4096),
+        ]
+        connection.maximumSequentialContinuationFrames = 5
+        let stream = NIOHTTP2Handler.StreamConfiguration()
+        // Streams live on their connection's loop, where `conn` belongs.
+        let bound = NIOLoopBound(conn, eventLoop: ctx.eventLoop)
+        let h2 = NIOHTTP2Handler(mode: .server, eventLoop: ctx.eventLoop, connectionConfiguration: connection,
+                                 streamConfiguration: stream) { ch in
+            ch.eventLoop.makeCompletedFuture {
+                let sync = ch.pipeline.syncOperations
+                try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
+                try sync.addHandler(HTTP1ProxyHandler(conn: bound.value, http2: true))
+            }
+        }
+        try ctx.pipeline.syncOperations.addHandler(h2, position: .after(ctx.handler))
     }
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's

@@ -181,6 +181,22 @@ class Sandbox:
         self.procs.append(p)
         return p
 
+    def grpc_backend(self, name, addr, port=8080):
+        """A gRPC server (grpcpeer.py, Debian's python3-grpcio) that logs every call."""
+        self.add_address(addr)
+        log = os.path.join(self.tmp, "backend-%s.log" % name)
+        p = subprocess.Popen(self.in_ns(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "server", name, addr, str(port), log]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert p.stdout.readline().strip() == "ready", "grpc backend %s did not start" % name
+        self.procs.append(p)
+        return p
+
+    def grpc(self, target, method, count=1, *args, cgroup="client"):
+        r = self.run(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "client", target, method, str(count)] + list(args),
+                     cgroup=cgroup, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
     def requests_seen(self, name):
         """Requests backend `name` received, in order."""
         path = os.path.join(self.tmp, "backend-%s.log" % name)

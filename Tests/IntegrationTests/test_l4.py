@@ -333,3 +333,30 @@ def test_failed_start_leaves_nothing_attached(sandbox):
     r = subprocess.run([WEFT, "agent", "--config-dir", "/nonexistent-weft", "--cgroup", sandbox.cgroup, "--bpffs", sandbox.bpffs,
                         "--admin-socket", sandbox.sock, "--state-dir", sandbox.state], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "config dir /nonexistent-weft does not exist (--config-dir)" in r.stderr
+
+
+DUAL_STACK = r"""
+import json, socket, sys
+out = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)   # dual-stack, as gRPC and Java dial
+    s.settimeout(5)
+    s.connect(("::ffff:" + sys.argv[1], 80))
+    peer = s.getpeername()[0]
+    s.sendall(b"hello\n")
+    out.append([s.recv(100).decode().strip(), peer])
+    s.close()
+print(json.dumps(out))
+"""
+
+
+def test_ipv4_vip_dialed_from_a_dual_stack_socket(sandbox):
+    """::ffff:VIP is the IPv4 VIP: balanced the same, and getpeername() shows ::ffff:VIP."""
+    for i, a in enumerate(B[:2]):
+        sandbox.backend("b%d" % i, a)
+    sandbox.write("web.yaml", service_yaml("web", [VIP], [(B[0], 1), (B[1], 1)]))
+    sandbox.start_agent()
+    r = sandbox.run(["python3", "-c", DUAL_STACK, VIP, "40"], check=True)
+    got = json.loads(r.stdout)
+    assert {name for name, _ in got} == {"b0", "b1"}
+    assert {peer for _, peer in got} == {"::ffff:" + VIP}

@@ -81,8 +81,15 @@ static __always_inline void weft_capture_rekey(struct bpf_sock_ops *skops)
 	if (skops->family == WEFT_AF_INET6) {
 		__u32 ip[4] = { skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2], skops->local_ip6[3] };
 
-		__builtin_memcpy(key.addr, ip, 16);
-		key.family = WEFT_FAMILY_V6;
+		if (ip[0] == 0 && ip[1] == 0 && ip[2] == bpf_htonl(0x0000ffff)) {
+			/* A dual-stack socket talking IPv4: the agent's IPv4 listener sees an
+			 * IPv4 peer, so that is the key. */
+			__builtin_memcpy(key.addr, &ip[3], 4);
+			key.family = WEFT_FAMILY_V4;
+		} else {
+			__builtin_memcpy(key.addr, ip, 16);
+			key.family = WEFT_FAMILY_V6;
+		}
 	} else {
 		__u32 ip = skops->local_ip4;
 

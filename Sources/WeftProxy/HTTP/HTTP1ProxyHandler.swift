@@ -3,22 +3,26 @@ import NIOCore
 import NIOHTTP1
 import WeftConfig
 
-/// The client side of a proxied HTTP/1.1 connection: one exchange per request (the NIO
-/// pipelining handler in front serialises pipelined requests), reads withheld while an
-/// exchange cannot take more of the request body.
+/// The client side of one proxied request stream: an HTTP/1.1 connection (one exchange
+/// per request; the NIO pipelining handler in front serialises pipelined requests) or one
+/// HTTP/2 stream (seen through NIO's HTTP/2-to-HTTP/1 codec, so both share this code).
+/// Reads are withheld while an exchange cannot take more of the request body.
 final class HTTP1ProxyHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
     let conn: ConnectionContext
+    /// The client speaks HTTP/2 (this handler serves one stream); upstream does too.
+    let http2: Bool
     private(set) var context: ChannelHandlerContext?
     private var exchange: HTTP1Exchange?
     private var readsPaused = false
     private var pendingRead = false
 
-    init(conn: ConnectionContext) {
+    init(conn: ConnectionContext, http2: Bool = false) {
         self.conn = conn
+        self.http2 = http2
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -61,7 +65,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             conn.loop.observe(conn, RequestRecord(
                 start: Date(), client: conn.client.description, sourceWorkload: conn.sourceName, destinationService: conn.listener.host,
-                method: "-", path: "-", authority: "-", protocolName: "HTTP/1.1", status: Int(status.code), flags: ["DPE"],
+                method: "-", path: "-", authority: "-", protocolName: http2 ? "HTTP/2" : "HTTP/1.1", status: Int(status.code), grpcStatus: nil, flags: ["DPE"],
                 durationMillis: 0, requestBytes: 0, responseBytes: 0, upstream: nil, attempts: 0, requestID: nil, route: nil,
                 cluster: nil))
         }
@@ -122,6 +126,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
                                         "trailer", "proxy-authenticate", "proxy-authorization"]
 
+    /// Whether the client keeps its connection after this response: always on HTTP/2
+    /// (streams end, connections stay), per the request on HTTP/1.
+    private var keepAlive: Bool { handler.http2 || head.isKeepAlive }
+    /// gRPC: HTTP/2 with content-type application/grpc*.
+    private var isGRPC: Bool { handler.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
+
     unowned let handler: HTTP1ProxyHandler
     let head: HTTPRequestHead
     let started = NIODeadline.now()
@@ -165,6 +175,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var flags: [String] = []
     private var responseBytes = 0
     private var upstreamKeepAlive = false
+    /// gRPC status of the response (from headers of a trailers-only response, or trailers).
+    private var grpcStatus: Int?
+    /// gRPC status that came in the response headers, to be sent as trailers.
+    private var trailersFromHead: HTTPHeaders?
     private var requestID: String?
 
     init(handler: HTTP1ProxyHandler, head: HTTPRequestHead) {
@@ -302,6 +316,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let named = Set(head.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
         for (name, value) in head.headers {
             let lower = name.lowercased()
+            if lower == "te" && value.lowercased() == "trailers" {
+                h.add(name: name, value: value)
+                continue
+            }
             if Self.hopByHop.contains(lower) || named.contains(lower) || lower == "host" { continue }
             h.add(name: name, value: value)
         }
@@ -315,7 +333,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             h.add(name: "x-request-id", value: id)
         }
         for ops in d.requestHeaders { apply(ops, to: &h) }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: d.path, headers: h)
+        return HTTPRequestHead(version: handler.http2 ? .http2 : .http1_1, method: head.method, uri: d.path, headers: h)
     }
 
     private func apply(_ ops: HeaderOperations, to h: inout HTTPHeaders) {
@@ -350,9 +368,14 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let key = PoolKey(cluster: c.key, endpoint: endpoint)
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
-        guard let future = pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
-            ?? (pool.closeIdle(cluster: c.key, except: endpoint) ? pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout) : nil)
-        else {
+        let future: EventLoopFuture<UpstreamHTTP1Handler>?
+        if handler.http2 {
+            future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout)
+        } else {
+            future = pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
+                ?? (pool.closeIdle(cluster: c.key, except: endpoint) ? pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout) : nil)
+        }
+        guard let future else {
             let me = NIOLoopBound(self, eventLoop: loop)
             guard let id = state.wait(on: loop, wake: { loop.execute { me.value.waitOver(endpoint) } }) else {
                 finish(with: .overflow)
@@ -482,8 +505,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         switch part {
         case .head(let rh):
             let code = Int(rh.status.code)
+            grpcStatus = rh.headers.first(name: "grpc-status").flatMap { Int($0) }
             if let ep = lastEndpoint { clusterState?.record(ep, code >= 500 ? .status(code) : .success) }
-            let action = verdict(.response(status: code, grpcStatus: nil))
+            let action = verdict(.response(status: code, grpcStatus: grpcStatus))
             if case .retry = action {
                 // Envoy discards this response and tries again: so do we (the connection
                 // goes, its unread body with it).
@@ -497,13 +521,26 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             tryTimer = nil
             responseStarted = true
             status = code
-            handler.write(.head(clientHead(rh)))
+            var out = clientHead(rh)
+            if isGRPC, out.headers.contains(name: "grpc-status") {
+                // A trailers-only gRPC response (HEADERS with END_STREAM) cannot cross the
+                // HTTP/1-shaped codec as such: its status goes out as trailers instead,
+                // which every gRPC client reads the same way.
+                var t = HTTPHeaders()
+                for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+                    for v in out.headers[name] { t.add(name: name, value: v) }
+                    out.headers.remove(name: name)
+                }
+                trailersFromHead = t
+            }
+            handler.write(.head(out))
         case .body(let b):
             responseBytes += b.readableBytes
             handler.write(.body(.byteBuffer(b)))
         case .end(let trailers):
             guard responseStarted else { return }
-            handler.write(.end(trailers), flush: true)
+            if let g = trailers?.first(name: "grpc-status").flatMap({ Int($0) }) { grpcStatus = g }
+            handler.write(.end(trailers ?? trailersFromHead), flush: true)
             let reusable = upstreamKeepAlive && sentEnd
             upstream = nil
             if reusable, let c = cluster, let state = clusterState, let ep = lastEndpoint {
@@ -515,7 +552,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 up.close()
             }
             complete()
-            if !head.isKeepAlive { handler.closeClient() }
+            if !keepAlive { handler.closeClient() }
         }
     }
 
@@ -532,7 +569,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             handler.closeClient()
             complete()
         } else {
-            attemptEnded(.reset(requestSent: true))
+            attemptEnded(up.refused ? .refusedStream : .reset(requestSent: true))
         }
     }
 
@@ -550,7 +587,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             h.add(name: name, value: value)
         }
         for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
-        if !head.isKeepAlive { h.replaceOrAdd(name: "connection", value: "close") }
+        if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
         return HTTPResponseHead(version: head.version, status: rh.status, headers: h)
     }
 
@@ -560,11 +597,28 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         finish(with: r)
     }
 
-    /// Answers the client with a response of the proxy's own.
+    /// Answers the client with a response of the proxy's own. A gRPC client gets it the
+    /// gRPC way, as Envoy maps local replies: HTTP 200, the status in grpc-status.
     private func finish(with r: LocalReply) {
         guard !finished else { return }
         if responseStarted {
             handler.closeClient()
+            complete()
+            return
+        }
+        status = Int(r.status.code)
+        flags += r.flags
+        if isGRPC {
+            var h = HTTPHeaders([("content-type", "application/grpc")])
+            var trailers = HTTPHeaders()
+            let given = r.headers.first { $0.0 == "grpc-status" }?.1
+            trailers.add(name: "grpc-status", value: given ?? String(GRPCStatus.fromHTTP(status)))
+            trailers.add(name: "grpc-message", value: r.headers.first { $0.0 == "grpc-message" }?.1 ?? r.body)
+            for (k, v) in r.headers where !k.hasPrefix("grpc-") && k != "content-type" { h.add(name: k, value: v) }
+            grpcStatus = Int(trailers.first(name: "grpc-status")!)
+            status = 200
+            handler.write(.head(HTTPResponseHead(version: head.version, status: .ok, headers: h)))
+            handler.write(.end(trailers), flush: true)
             complete()
             return
         }
@@ -573,15 +627,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let body = ByteBuffer(string: r.body)
         h.add(name: "content-length", value: String(body.readableBytes))
         if !r.body.isEmpty { h.add(name: "content-type", value: "text/plain") }
-        if !head.isKeepAlive { h.add(name: "connection", value: "close") }
-        status = Int(r.status.code)
-        flags += r.flags
+        if !keepAlive { h.add(name: "connection", value: "close") }
         responseBytes = body.readableBytes
         handler.write(.head(HTTPResponseHead(version: head.version, status: r.status, headers: h)))
         if head.method != .HEAD { handler.write(.body(.byteBuffer(body))) }
         handler.write(.end(nil), flush: true)
         complete()
-        if !head.isKeepAlive { handler.closeClient() }
+        if !keepAlive { handler.closeClient() }
     }
 
     private func complete() {
@@ -600,7 +652,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             start: startTime, client: conn.client.description,
             sourceWorkload: conn.sourceName,
             destinationService: conn.listener.host, method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
-            protocolName: "HTTP/1.1", status: status, flags: flags, durationMillis: ms, requestBytes: requestBytes,
+            protocolName: isGRPC ? "gRPC" : handler.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
             responseBytes: responseBytes, upstream: lastEndpoint?.description, attempts: attempts,
             requestID: requestID, route: decision?.routeName, cluster: cluster?.key.description))
         handler.exchangeFinished(self)

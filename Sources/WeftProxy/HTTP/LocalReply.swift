@@ -54,6 +54,7 @@ public struct RequestRecord: Sendable {
     public var authority: String
     public var protocolName: String
     public var status: Int
+    public var grpcStatus: Int?
     public var flags: [String]
     public var durationMillis: Double
     public var requestBytes: Int
@@ -74,5 +75,19 @@ enum GRPCStatus {
     static func code(_ name: String) -> Int? {
         if let n = Int(name) { return n }
         return names.firstIndex(of: name.uppercased())
+    }
+
+    /// The gRPC status for an HTTP status (gRPC's HTTP-to-status mapping, as Envoy uses
+    /// for its local replies to gRPC requests).
+    static func fromHTTP(_ status: Int) -> Int {
+        switch status {
+        case 200: return 0
+        case 400: return 13
+        case 401: return 16
+        case 403: return 7
+        case 404: return 12
+        case 429, 502, 503, 504: return 14
+        default: return 2
+        }
     }
 }

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 
 /// Receives what an upstream HTTP/1.1 connection delivers.
 protocol UpstreamHTTP1Delegate: AnyObject {
@@ -30,6 +31,12 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
     var idleToken: UInt64?
     /// Counts idle periods, so a reclaim meant for an earlier one does nothing.
     var idleGeneration = 0
+    /// An HTTP/2 stream (one exchange), not a connection.
+    var isStream = false
+    /// The HTTP/2 connection a stream belongs to.
+    var connection: HTTP2ConnectionState?
+    /// The upstream refused the stream (RST_STREAM REFUSED_STREAM): it did not process it.
+    private(set) var refused = false
     private var paused = false
     private var pendingRead = false
 
@@ -57,6 +64,12 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        // A stream above the last one a GOAWAY said the server processed was not
+        // processed (RFC 9113 §6.8), however the server then closed it.
+        if isStream, let last = connection?.goAwayLastStreamID,
+           let id = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID), id > last {
+            refused = true
+        }
         idleTimer?.cancel()
         onClose?(self)
         onClose = nil
@@ -66,6 +79,8 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let closed = error as? NIOHTTP2Errors.StreamClosed, closed.errorCode == .refusedStream { refused = true }
+        if error is NIOHTTP2Errors.CreatedStreamAfterGoaway { refused = true }
         context.close(promise: nil)
     }
 
@@ -89,7 +104,18 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
 
     func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
         guard let context else { return }
-        context.write(wrapOutboundOut(part), promise: nil)
+        if isStream, case .head = part {
+            // A stream whose HEADERS cannot be written (the connection got a GOAWAY in the
+            // meantime) never reached the upstream: refused, so safe to retry elsewhere.
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            promise.futureResult.assumeIsolated().whenFailure { _ in
+                self.refused = true
+                self.context?.close(promise: nil)
+            }
+            context.write(wrapOutboundOut(part), promise: promise)
+        } else {
+            context.write(wrapOutboundOut(part), promise: nil)
+        }
         if flush { context.flush() }
     }
 
@@ -103,11 +129,23 @@ struct PoolKey: Hashable {
     var endpoint: SocketKey
 }
 
-/// Idle upstream HTTP/1.1 connections of one event loop. Only touched on that loop, like
-/// Envoy's per-worker connection pools; the counts they are limited by are per cluster
+/// Upstream connections of one event loop: idle HTTP/1.1 connections, and one multiplexed
+/// HTTP/2 connection per cluster endpoint. Only touched on that loop, like Envoy's
+/// per-worker connection pools; the counts they are limited by are per cluster
 /// (ClusterState), shared by all loops.
 final class HTTP1Pool {
     private var idle: [PoolKey: [UpstreamHTTP1Handler]] = [:]
+    private var http2: [PoolKey: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>] = [:]
+    private var http2Channels: [PoolKey: Channel] = [:]
+    private var http2States: [PoolKey: HTTP2ConnectionState] = [:]
+
+    /// Stops handing out streams of `channel` (closed, or told to go away).
+    private func forgetHTTP2(_ key: PoolKey, _ channel: Channel) {
+        guard let current = http2Channels[key], current === channel else { return }
+        http2Channels[key] = nil
+        http2[key] = nil
+        http2States[key] = nil
+    }
     let settings: UpstreamSettings
     /// Envoy's default idle timeout for upstream connections (connectionPool.http.idleTimeout).
     static let defaultIdleTimeout = TimeAmount.hours(1)
@@ -146,10 +184,70 @@ final class HTTP1Pool {
         }.nonisolated()
     }
 
+    /// A new HTTP/2 stream to the endpoint, on its pooled connection (opened on first use;
+    /// nil when that needs a connection the cluster has no slot for).
+    func acquireStream(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
+        -> EventLoopFuture<UpstreamHTTP1Handler>? {
+        let mux: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>
+        let connState: HTTP2ConnectionState
+        if let existing = http2[key], let st = http2States[key] {
+            mux = existing
+            connState = st
+        } else {
+            guard cluster.openConnection() else { return nil }
+            connState = HTTP2ConnectionState()
+            let watcherState = NIOLoopBound(connState, eventLoop: loop)
+            let made = settings.connect(key.endpoint, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
+                let m = try ch.pipeline.syncOperations.configureHTTP2Pipeline(
+                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+                    pushed.close() // no server push through a proxy
+                }
+                // After a GOAWAY the connection finishes its streams but takes no new ones:
+                // the next request opens another connection.
+                try ch.pipeline.syncOperations.addHandler(GoAwayWatcher { [weak self] last in
+                    watcherState.value.goAwayLastStreamID = last
+                    self?.forgetHTTP2(key, ch)
+                })
+                ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
+                ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in
+                    self?.forgetHTTP2(key, ch)
+                    cluster.connectionClosed()
+                }
+                self.http2Channels[key] = ch
+                return m
+            }
+            made.assumeIsolated().whenFailure { [weak self] _ in
+                if self?.http2Channels[key] == nil { self?.http2[key] = nil }
+                cluster.connectionClosed()
+            }
+            http2[key] = made
+            http2States[key] = connState
+            mux = made
+        }
+        let endpoint = key.endpoint
+        return mux.assumeIsolated().flatMap { m in
+            let promise = loop.makePromise(of: Channel.self)
+            m.createStreamChannel(promise: promise) { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    let handler = UpstreamHTTP1Handler(endpoint: endpoint)
+                    handler.isStream = true
+                    try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http), handler])
+                }
+            }
+            return promise.futureResult
+        }.nonisolated().assumeIsolated().flatMapThrowing { stream in
+            let h = try stream.pipeline.syncOperations.handler(type: UpstreamHTTP1Handler.self)
+            h.connection = connState
+            return h
+        }.nonisolated()
+    }
+
     /// Returns a connection whose exchange completed cleanly; it closes after `idleTimeout`.
+    /// (An HTTP/2 stream ends with its exchange; its connection stays in the pool.)
     func release(_ conn: UpstreamHTTP1Handler, _ key: PoolKey, cluster: ClusterState, idleTimeout: TimeAmount?, maxRequests: Int?) {
         conn.delegate = nil
         conn.setPaused(false)
+        if conn.isStream { return }
         guard conn.isActive, let loop = conn.context?.eventLoop else { return }
         if let max = maxRequests, max > 0, conn.requests >= max {
             conn.close()
@@ -194,5 +292,26 @@ final class HTTP1Pool {
     func closeAll() {
         for conns in idle.values { for c in conns { c.close() } }
         idle.removeAll()
+    }
+}
+
+/// What the pool knows of one upstream HTTP/2 connection.
+final class HTTP2ConnectionState {
+    /// The last stream the server said it processed, once it sent GOAWAY.
+    var goAwayLastStreamID: HTTP2StreamID?
+}
+
+/// Sees connection-level HTTP/2 frames (the multiplexer passes stream 0's on) and reports
+/// a GOAWAY from the upstream with its last stream id.
+final class GoAwayWatcher: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    private let onGoAway: (HTTP2StreamID) -> Void
+
+    init(_ onGoAway: @escaping (HTTP2StreamID) -> Void) {
+        self.onGoAway = onGoAway
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway(let last, _, _) = unwrapInboundIn(data).payload { onGoAway(last) }
     }
 }

@@ -18,6 +18,9 @@ public enum AttemptOutcome: Sendable, Equatable {
 /// Decides, attempt by attempt, whether to deliver, retry, or give up — Istio's retry
 /// semantics, retrying only when it is safe: the request never reached the upstream, or
 /// its method is idempotent and its body was buffered whole (≤ 64 KiB) so it can be resent.
+/// gRPC calls are all POSTs; a retry on a gRPC status the route names (unavailable,
+/// cancelled, …) is the operator declaring that status safe to retry, as gRPC's own retry
+/// policy does, so it needs only the buffered body.
 public struct RetryStateMachine: Sendable {
     public enum Action: Sendable, Equatable {
         /// Send this response to the client (flags as Envoy logs them, e.g. URX).
@@ -37,18 +40,21 @@ public struct RetryStateMachine: Sendable {
 
     let policy: HTTPRetry
     let replayable: Bool
+    let bodyBuffered: Bool
     /// Attempts made so far (the first one included).
     public private(set) var attempts = 1
 
     /// `bodyBuffered`: the whole request body is held (so it can be sent again).
     public init(policy: HTTPRetry?, method: String, bodyBuffered: Bool) {
         self.policy = policy ?? Self.istioDefault
+        self.bodyBuffered = bodyBuffered
         replayable = Self.idempotent.contains(method.uppercased()) && bodyBuffered
     }
 
     /// The next step after an attempt ended; `jitter` in [0, 1) scales the back-off.
     public mutating func attemptFinished(_ outcome: AttemptOutcome, jitter: Double = 0.5) -> Action {
-        let retriable = conditionMet(outcome) && (reachedUpstream(outcome) ? replayable : true)
+        let safe = !reachedUpstream(outcome) || replayable || (bodyBuffered && grpcConditionMet(outcome))
+        let retriable = conditionMet(outcome) && safe
         if retriable && attempts <= policy.attempts {
             attempts += 1
             let cap = Self.baseBackoffMillis << min(attempts - 2, 10)
@@ -83,14 +89,20 @@ public struct RetryStateMachine: Sendable {
             return !on.isDisjoint(with: ["5xx", "reset"])
         case .perTryTimeout:
             return !on.isDisjoint(with: ["5xx", "gateway-error", "reset"])
-        case .response(let status, let grpc):
+        case .response(let status, _):
             if on.contains("5xx") && (500...599).contains(status) { return true }
             if on.contains("gateway-error") && [502, 503, 504].contains(status) { return true }
             if on.contains("retriable-4xx") && status == 409 { return true }
             if codes.contains(status) { return true }
-            let grpcNames: [Int: String] = [1: "cancelled", 4: "deadline-exceeded", 8: "resource-exhausted", 14: "unavailable"]
-            if let g = grpc, let name = grpcNames[g], on.contains(name) { return true }
-            return false
+            return grpcConditionMet(o)
         }
+    }
+
+    static let grpcNames: [Int: String] = [1: "cancelled", 4: "deadline-exceeded", 8: "resource-exhausted", 14: "unavailable"]
+
+    /// Whether a gRPC status retryOn condition covers the outcome.
+    func grpcConditionMet(_ o: AttemptOutcome) -> Bool {
+        guard case .response(_, let grpc?) = o, let name = Self.grpcNames[grpc] else { return false }
+        return policy.retryOn.contains(name)
     }
 }

@@ -34,6 +34,7 @@ public final class AccessLog: Sendable {
         var path: String
         var `protocol`: String
         var response_code: Int
+        var grpc_status: Int?
         var response_flags: String
         var bytes_received: Int
         var bytes_sent: Int
@@ -52,7 +53,7 @@ public final class AccessLog: Sendable {
     /// Writes one request's line.
     public func write(_ r: RequestRecord) {
         let line = Line(start_time: ISO8601DateFormatter.string(from: r.start, timeZone: .gmt, formatOptions: [.withInternetDateTime, .withFractionalSeconds]),
-                        method: r.method, path: r.path, protocol: r.protocolName, response_code: r.status,
+                        method: r.method, path: r.path, protocol: r.protocolName, response_code: r.status, grpc_status: r.grpcStatus,
                         response_flags: r.flags.isEmpty ? "-" : r.flags.joined(separator: ","), bytes_received: r.requestBytes,
                         bytes_sent: r.responseBytes, duration: Int(r.durationMillis.rounded()), upstream_host: r.upstream,
                         upstream_cluster: r.cluster, route_name: r.route, authority: r.authority, x_request_id: r.requestID,

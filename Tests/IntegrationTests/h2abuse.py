@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""Raw HTTP/2 abuse against ADDR PORT (Debian's python3-h2), reported as JSON:
+  rapid_reset  open and immediately reset streams in a loop: how the server ended it
+  bad_header   a request whose header value holds a NUL: what the server did
+  max_streams  the server's advertised SETTINGS_MAX_CONCURRENT_STREAMS
+"""
+import json
+import socket
+import sys
+
+import h2.config
+import h2.connection
+import h2.events
+
+ADDR, PORT = sys.argv[1], int(sys.argv[2])
+
+
+def connect():
+    s = socket.create_connection((ADDR, PORT), timeout=10)
+    cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False, normalize_outbound_headers=False,
+                                    validate_inbound_headers=False)
+    c = h2.connection.H2Connection(config=cfg)
+    c.initiate_connection()
+    s.sendall(c.data_to_send())
+    return s, c
+
+
+def pump(s, c, until, limit=200):
+    """Reads events until `until(event)` returns a result, or the connection ends."""
+    for _ in range(limit):
+        try:
+            data = s.recv(65535)
+        except (socket.timeout, ConnectionResetError):
+            return "timeout"
+        if not data:
+            return "closed"
+        for e in c.receive_data(data):
+            r = until(e)
+            if r:
+                return r
+        out = c.data_to_send()
+        if out:
+            s.sendall(out)
+    return "no answer"
+
+
+def goaway_or_reset(e):
+    if isinstance(e, h2.events.ConnectionTerminated):
+        return "goaway:" + e.error_code.name
+    if isinstance(e, h2.events.StreamReset):
+        return "reset"
+    if isinstance(e, h2.events.ResponseReceived):
+        return "response:" + dict(e.headers).get(b":status", b"?").decode()
+    return None
+
+
+HEADERS = [(":method", "GET"), (":scheme", "http"), (":authority", ADDR), (":path", "/")]
+
+
+def rapid_reset():
+    s, c = connect()
+    sid = 1
+    try:
+        for _ in range(1000):
+            c.send_headers(sid, HEADERS, end_stream=True)
+            c.reset_stream(sid)
+            sid += 2
+            s.sendall(c.data_to_send())
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    except h2.exceptions.ProtocolError:
+        pass
+
+    def until(e):
+        return "goaway:" + e.error_code.name if isinstance(e, h2.events.ConnectionTerminated) else None
+    return pump(s, c, until, limit=5000)
+
+
+def bad_header():
+    s, c = connect()
+    c.send_headers(1, HEADERS + [("x-evil", "a\x00b")], end_stream=True)
+    s.sendall(c.data_to_send())
+    return pump(s, c, goaway_or_reset)
+
+
+def max_streams():
+    s, c = connect()
+
+    def until(e):
+        if isinstance(e, h2.events.RemoteSettingsChanged):
+            v = e.changed_settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+            return v.new_value if v else None
+        return None
+    return pump(s, c, until)
+
+
+print(json.dumps({"rapid_reset": rapid_reset(), "bad_header": bad_header(), "max_streams": max_streams()}))
