@@ -38,12 +38,15 @@ public struct AgentOptions: Sendable {
     public var agentMark: UInt32
     /// Where to write one JSON line per proxied request ("-" = stdout); nil = off.
     public var accessLog: String?
+    /// Prometheus metrics port on 127.0.0.1; 0 = off.
+    public var metricsPort: UInt16
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
                 stateDir: String, keepRevisions: Int, rootNamespace: String, proxyPort: UInt16 = 15001,
-                agentMark: UInt32 = 0x7765_0000, accessLog: String? = nil) {
+                agentMark: UInt32 = 0x7765_0000, accessLog: String? = nil, metricsPort: UInt16 = 15090) {
         self.accessLog = accessLog
+        self.metricsPort = metricsPort
         self.proxyPort = proxyPort
         self.agentMark = agentMark
         self.configDir = configDir
@@ -119,10 +122,15 @@ public final class Agent: Service, @unchecked Sendable {
         var proxy: OutboundProxy?
         if options.proxyPort != 0 {
             let log = try options.accessLog.map { try AccessLog(path: $0) }
+            let metrics = IstioMetrics()
             let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark), logger: logger,
                                   origin: { [self] client in origin(of: client) },
-                                  observer: { record in log?.write(record) })
+                                  observer: { event in
+                                      metrics.record(event)
+                                      if case .request(let r) = event { log?.write(r) }
+                                  })
             try p.start()
+            if options.metricsPort != 0 { try p.serveMetrics(port: options.metricsPort, metrics: metrics) }
             proxy = p
         }
         defer { proxy?.stop() }

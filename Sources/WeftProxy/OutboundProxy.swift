@@ -27,9 +27,9 @@ final class LoopState {
     private var endpointPicker = EndpointPicker()
     let pool: HTTP1Pool
     private var rng = SystemRandomNumberGenerator()
-    let observer: @Sendable (RequestRecord) -> Void
+    let observer: @Sendable (ProxyEvent) -> Void
 
-    init(settings: UpstreamSettings, observer: @escaping @Sendable (RequestRecord) -> Void) {
+    init(settings: UpstreamSettings, observer: @escaping @Sendable (ProxyEvent) -> Void) {
         pool = HTTP1Pool(settings: settings)
         self.observer = observer
     }
@@ -40,7 +40,7 @@ final class LoopState {
         endpointPicker.pick(c, exclude: exclude, sourceHash: sourceHash, random: random())
     }
 
-    func observe(_ conn: ConnectionContext, _ r: RequestRecord) { observer(r) }
+    func observe(_ e: ProxyEvent) { observer(e) }
 }
 
 /// One accepted connection: where it was going, who opened it, the tables of the
@@ -67,8 +67,12 @@ final class ConnectionContext {
         self.loop = loop
     }
 
-    /// `namespace/name` of the client's WorkloadEntry, if the kernel knew its cgroup.
-    var sourceName: String? { source.map { "\($0.metadata.namespace)/\($0.metadata.name)" } }
+    /// Telemetry labels of this connection, with the endpoint that served it.
+    func peers(destinationWorkload: ResourceID?) -> Peers {
+        Peers(client: client.description,
+              source: source.map { ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name) },
+              destinationHost: listener.host, destinationService: listener.service, destinationWorkload: destinationWorkload)
+    }
 
     /// What consistent hashing on the source address hashes: the workload's address when
     /// the kernel knows the client's workload, else the client's own address.
@@ -118,7 +122,7 @@ public final class OutboundProxy: Sendable {
     /// `origin` looks up (and consumes) the kernel's record for a client address.
     /// `observer` receives every finished request (telemetry, access log).
     public init(settings: Settings, logger: Logger, origin: @escaping @Sendable (SocketKey) -> ConnectionOrigin?,
-                observer: @escaping @Sendable (RequestRecord) -> Void = { _ in }) {
+                observer: @escaping @Sendable (ProxyEvent) -> Void = { _ in }) {
         self.settings = settings
         self.logger = logger
         self.origin = origin
@@ -166,6 +170,17 @@ public final class OutboundProxy: Sendable {
     public func update(_ t: ProxyTables) {
         clusters.update(t)
         tables.withLockedValue { $0 = t }
+    }
+
+    /// Serves `metrics` on 127.0.0.1:`port` (same threads as the proxy).
+    public func serveMetrics(port: UInt16, metrics: IstioMetrics) throws {
+        do {
+            let ch = try MetricsServer.start(group: group, port: port) { metrics.render() }
+            channels.withLockedValue { $0.append(ch) }
+            logger.info("metrics on http://127.0.0.1:\(port)/metrics", metadata: ["component": "proxy"])
+        } catch {
+            throw ProxyError("cannot serve metrics on 127.0.0.1:\(port) (--metrics-port): \(error)")
+        }
     }
 
     /// Stops listening and closes every connection.
@@ -280,14 +295,25 @@ public final class OutboundProxy: Sendable {
                 }
             },
             connected: { ch in
+                let record = TCPRecord(peers: conn.peers(destinationWorkload: endpoint?.workload), upstream: endpoint?.socket.description,
+                                       sentBytes: 0, receivedBytes: 0, flags: ch == nil ? ["UF"] : [])
+                conn.loop.observe(.tcpOpened(record))
                 if ch == nil {
                     logger.info("tcp connection to \(conn.origin.destination): upstream \(endpoint?.socket.description ?? "none") failed or overflowed",
                                 metadata: ["component": "proxy", "conn_id": "\(conn.id)"])
+                    conn.loop.observe(.tcpClosed(record))
                 } else if let ep = endpoint {
                     state?.record(ep.socket, .success)
                 }
             },
-            spliced: { _, _ in })
+            spliced: { client, server in
+                // Reported once, when the client's side closes (the other follows it).
+                client.onClose = { c in
+                    conn.loop.observe(.tcpClosed(TCPRecord(
+                        peers: conn.peers(destinationWorkload: endpoint?.workload), upstream: endpoint?.socket.description,
+                        sentBytes: server.bytesRead, receivedBytes: c.bytesRead, flags: [])))
+                }
+            })
     }
 }
 

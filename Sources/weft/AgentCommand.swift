@@ -53,6 +53,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "SO_MARK the agent puts on its own upstream sockets so the kernel never captures them (decimal or 0x hex; must not collide with marks your routing uses).")
     var agentMark = "0x77650000"
 
+    @Option(help: "Prometheus metrics (Istio's names and labels) on 127.0.0.1:PORT/metrics; 0 turns them off.")
+    var metricsPort: UInt16 = 15090
+
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
@@ -75,7 +78,7 @@ struct AgentCommand: AsyncParsableCommand {
             node: node ?? ProcessInfo.processInfo.hostName, keepDatapath: keepDatapath,
             drainPeriod: drainPeriod, resyncInterval: resyncInterval, lbSlots: lbSlots,
             stateDir: stateDir, keepRevisions: max(keepRevisions, 1), rootNamespace: rootNamespace,
-            proxyPort: proxyPort, agentMark: mark, accessLog: accessLog)
+            proxyPort: proxyPort, agentMark: mark, accessLog: accessLog, metricsPort: metricsPort)
         let agent = Agent(options: options, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -63,11 +63,11 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
             let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            conn.loop.observe(conn, RequestRecord(
-                start: Date(), client: conn.client.description, sourceWorkload: conn.sourceName, destinationService: conn.listener.host,
+            conn.loop.observe(.request(RequestRecord(
+                start: Date(), peers: conn.peers(destinationWorkload: nil),
                 method: "-", path: "-", authority: "-", protocolName: http2 ? "HTTP/2" : "HTTP/1.1", status: Int(status.code), grpcStatus: nil, flags: ["DPE"],
                 durationMillis: 0, requestBytes: 0, responseBytes: 0, upstream: nil, attempts: 0, requestID: nil, route: nil,
-                cluster: nil))
+                cluster: nil)))
         }
         // Close our side only, so the answer is read before the connection goes: closing
         // outright with the client's bytes unread makes the kernel send RST, which can
@@ -152,6 +152,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var retry: RetryStateMachine?
     private var tried: Set<SocketKey> = []
     private var lastEndpoint: SocketKey?
+    private var lastWorkload: ResourceID?
     private var attempts = 0
 
     // Current attempt.
@@ -355,6 +356,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         }
         tried.insert(ep.socket)
         lastEndpoint = ep.socket
+        lastWorkload = ep.workload
         attempts += 1
         sentParts = 0
         sentEnd = false
@@ -648,13 +650,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         waitID = nil
         held.removeAll()
         let ms = Double((NIODeadline.now() - started).nanoseconds) / 1e6
-        conn.loop.observe(conn, RequestRecord(
-            start: startTime, client: conn.client.description,
-            sourceWorkload: conn.sourceName,
-            destinationService: conn.listener.host, method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
+        conn.loop.observe(.request(RequestRecord(
+            start: startTime, peers: conn.peers(destinationWorkload: lastWorkload), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
             protocolName: isGRPC ? "gRPC" : handler.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
             responseBytes: responseBytes, upstream: lastEndpoint?.description, attempts: attempts,
-            requestID: requestID, route: decision?.routeName, cluster: cluster?.key.description))
+            requestID: requestID, route: decision?.routeName, cluster: cluster?.key.description)))
         handler.exchangeFinished(self)
     }
 }

@@ -43,29 +43,6 @@ struct LocalReply {
     static let routeTimeout = LocalReply(status: .gatewayTimeout, body: "upstream request timeout", flags: ["UT"])
 }
 
-/// What happened to one request, for telemetry and the access log.
-public struct RequestRecord: Sendable {
-    public var start: Date
-    public var client: String
-    public var sourceWorkload: String?
-    public var destinationService: String
-    public var method: String
-    public var path: String
-    public var authority: String
-    public var protocolName: String
-    public var status: Int
-    public var grpcStatus: Int?
-    public var flags: [String]
-    public var durationMillis: Double
-    public var requestBytes: Int
-    public var responseBytes: Int
-    public var upstream: String?
-    public var attempts: Int
-    public var requestID: String?
-    public var route: String?
-    public var cluster: String?
-}
-
 /// gRPC status codes by the names Istio's config uses.
 enum GRPCStatus {
     static let names = ["OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",

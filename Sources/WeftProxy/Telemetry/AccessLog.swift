@@ -57,8 +57,9 @@ public final class AccessLog: Sendable {
                         response_flags: r.flags.isEmpty ? "-" : r.flags.joined(separator: ","), bytes_received: r.requestBytes,
                         bytes_sent: r.responseBytes, duration: Int(r.durationMillis.rounded()), upstream_host: r.upstream,
                         upstream_cluster: r.cluster, route_name: r.route, authority: r.authority, x_request_id: r.requestID,
-                        attempts: r.attempts, downstream_remote_address: r.client, source_workload: r.sourceWorkload,
-                        destination_service: r.destinationService)
+                        attempts: r.attempts, downstream_remote_address: r.peers.client,
+                        source_workload: r.peers.source.map { "\($0.namespace)/\($0.name)" },
+                        destination_service: r.peers.destinationHost)
         guard var data = try? Self.encoder.encode(line) else { return }
         data.append(0x0A)
         out.withLockedValue { $0.write(data) }
