@@ -40,6 +40,8 @@ public struct AgentOptions: Sendable {
     public var accessLog: String?
     /// Prometheus metrics port on 127.0.0.1; 0 = off.
     public var metricsPort: UInt16
+    /// Seconds an HTTP/1 client may take to send a request's headers (slowloris bound).
+    public var requestHeaderTimeout: Double = 10
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -123,7 +125,9 @@ public final class Agent: Service, @unchecked Sendable {
         if options.proxyPort != 0 {
             let log = try options.accessLog.map { try AccessLog(path: $0) }
             let metrics = IstioMetrics()
-            let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark), logger: logger,
+            let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark,
+                                                  requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000))),
+                                  logger: logger,
                                   origin: { [self] client in origin(of: client) },
                                   observer: { event in
                                       metrics.record(event)

@@ -95,12 +95,15 @@ public final class OutboundProxy: Sendable {
         public var agentMark: UInt32
         /// Event loop threads.
         public var threads: Int
+        /// How long an HTTP/1 client may take to send a request's line and headers.
+        public var requestHeaderTimeout: TimeAmount
 
         /// Creates settings.
-        public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount) {
+        public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount, requestHeaderTimeout: TimeAmount = .seconds(10)) {
             self.port = port
             self.agentMark = agentMark
             self.threads = threads
+            self.requestHeaderTimeout = requestHeaderTimeout
         }
     }
 
@@ -108,6 +111,8 @@ public final class OutboundProxy: Sendable {
     static let maxHeaderBytes = 60 * 1024
     static let maxHeaderCount = 100
     static let maxConcurrentStreams = 100
+    /// A client connection with nothing in flight closes after this (Envoy's idle_timeout).
+    static let idleTimeout = TimeAmount.hours(1)
 
     private let settings: Settings
     private let group: MultiThreadedEventLoopGroup
@@ -214,7 +219,7 @@ public final class OutboundProxy: Sendable {
             try sync.addHandler(makeTCPProxy(conn))
             return
         }
-        try sync.addHandler(ProtocolSniffHandler { [self] proto, ctx in
+        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: Self.idleTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
             do {
                 switch proto {
                 case .http1: try self.addHTTP1(conn, ctx)
@@ -232,7 +237,14 @@ public final class OutboundProxy: Sendable {
         limits.maxHeaderListSize = Self.maxHeaderBytes
         limits.maxHeaderFieldSize = Self.maxHeaderBytes
         limits.maxHeaderFieldCount = Self.maxHeaderCount
+        let guardHandler = SlowClientGuard(headerTimeout: settings.requestHeaderTimeout, idleTimeout: Self.idleTimeout) {
+            conn.loop.observe(.request(RequestRecord(
+                start: Date(), peers: conn.peers(destinationWorkload: nil), method: "-", path: "-", authority: "-",
+                protocolName: "HTTP/1.1", status: 408, grpcStatus: nil, flags: ["DPE"], durationMillis: 0, requestBytes: 0,
+                responseBytes: 0, upstream: nil, attempts: 0, requestID: nil, route: nil, cluster: nil)))
+        }
         let handlers: [ChannelHandler] = [
+            guardHandler,
             HTTPResponseEncoder(),
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
                                                     limitConfiguration: limits)),

@@ -56,6 +56,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Prometheus metrics (Istio's names and labels) on 127.0.0.1:PORT/metrics; 0 turns them off.")
     var metricsPort: UInt16 = 15090
 
+    @Option(help: "Seconds an HTTP/1 client may take to send a request's line and headers before it gets 408 and is closed.")
+    var requestHeaderTimeout: Double = 10
+
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
@@ -79,7 +82,9 @@ struct AgentCommand: AsyncParsableCommand {
             drainPeriod: drainPeriod, resyncInterval: resyncInterval, lbSlots: lbSlots,
             stateDir: stateDir, keepRevisions: max(keepRevisions, 1), rootNamespace: rootNamespace,
             proxyPort: proxyPort, agentMark: mark, accessLog: accessLog, metricsPort: metricsPort)
-        let agent = Agent(options: options, logger: logger)
+        var opts = options
+        opts.requestHeaderTimeout = requestHeaderTimeout
+        let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {

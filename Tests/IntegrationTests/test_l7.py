@@ -513,3 +513,38 @@ spec:
     assert query('sum(istio_tcp_connections_closed_total{destination_service_name="tcpsvc"})') == 12
     assert query('sum(istio_tcp_received_bytes_total{destination_service_name="tcpsvc"})') == 12 * len(b"hello\n")
     assert query('sum(istio_tcp_sent_bytes_total{destination_service_name="tcpsvc"})') == 12 * len(b"t1\n")
+
+
+SLOW = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+s.sendall(sys.argv[2].encode())          # part of a request, then nothing more
+start = time.time()
+data = s.recv(1000)
+print("%.2f %s" % (time.time() - start, data.split(b"\r\n")[0].decode() or "closed"))
+"""
+
+
+def test_slow_client_times_out(sandbox):
+    sandbox.http_backend("v1", "10.1.7.11")
+    sandbox.write("web.yaml", http_service_yaml("web", VIP, [("10.1.7.11", {})]) + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web}
+spec:
+  hosts: [web]
+  http:
+  - route:
+    - destination: {host: web}
+""")
+    sandbox.start_agent("--request-header-timeout", "1")
+    # Headers started but never finished: 408 after the header timeout.
+    r = sandbox.run(["python3", "-c", SLOW, VIP, "GET / HTTP/1.1\r\nHost: web\r\nX-Slow: "], check=True)
+    took, status = r.stdout.split(" ", 1)
+    assert status.strip() == "HTTP/1.1 408 Request Timeout" and 0.9 <= float(took) <= 1.5, r.stdout
+    # Stalled before the protocol is even known: closed after the same timeout.
+    r = sandbox.run(["python3", "-c", SLOW, VIP, "GE"], check=True)
+    took, status = r.stdout.split(" ", 1)
+    assert status.strip() == "closed" and 0.9 <= float(took) <= 1.5, r.stdout
+    assert sandbox.http("http://%s/" % VIP, 3)["statuses"] == {"200": 3}

@@ -31,6 +31,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            if !http2 { context.triggerUserOutboundEvent(RequestProgress.headReceived, promise: nil) }
             let ex = HTTP1Exchange(handler: self, head: head)
             exchange = ex
             ex.start()
@@ -103,7 +104,10 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
 
     /// Forgets the exchange once both its request and its response are over.
     private func retire() {
-        if let ex = exchange, ex.finished, ex.requestComplete { exchange = nil }
+        if let ex = exchange, ex.finished, ex.requestComplete {
+            exchange = nil
+            if !http2 { context?.triggerUserOutboundEvent(RequestProgress.exchangeDone, promise: nil) }
+        }
     }
 
     func write(_ part: HTTPServerResponsePart, flush: Bool = false) {

@@ -21,11 +21,29 @@ final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler
     private var buffered: ByteBuffer?
     private let decided: (SniffedProtocol, ChannelHandlerContext) -> Void
     private var done = false
+    private let firstBytesTimeout: TimeAmount
+    private let restTimeout: TimeAmount
+    private var timer: Scheduled<Void>?
 
     /// `decided` runs once, on the event loop, with this handler still in the pipeline:
-    /// it adds the protocol's handlers after this one; the buffered bytes follow.
-    init(decided: @escaping (SniffedProtocol, ChannelHandlerContext) -> Void) {
+    /// it adds the protocol's handlers after this one; the buffered bytes follow. A client
+    /// that sends nothing for `firstBytesTimeout`, or starts and stalls for `restTimeout`,
+    /// is closed.
+    init(firstBytesTimeout: TimeAmount = .hours(1), restTimeout: TimeAmount = .seconds(10),
+         decided: @escaping (SniffedProtocol, ChannelHandlerContext) -> Void) {
         self.decided = decided
+        self.firstBytesTimeout = firstBytesTimeout
+        self.restTimeout = restTimeout
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { arm(context, firstBytesTimeout) }
+    func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+
+    private func arm(_ context: ChannelHandlerContext, _ after: TimeAmount) {
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: after) { [weak self] in
+            if self?.done == false { context.close(promise: nil) }
+        }
     }
 
     /// The protocol the bytes so far prove, or nil if more are needed.
@@ -49,7 +67,12 @@ final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler
             context.fireChannelRead(data)
             return
         }
-        if buffered == nil { buffered = incoming } else { buffered!.writeBuffer(&incoming) }
+        if buffered == nil {
+            buffered = incoming
+            arm(context, restTimeout)
+        } else {
+            buffered!.writeBuffer(&incoming)
+        }
         guard let proto = Self.classify(buffered!.readableBytesView) else { return }
         finish(context, proto)
     }
@@ -64,6 +87,7 @@ final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler
 
     private func finish(_ context: ChannelHandlerContext, _ proto: SniffedProtocol) {
         done = true
+        timer?.cancel()
         decided(proto, context)
         if let b = buffered, b.readableBytes > 0 {
             buffered = nil
