@@ -401,8 +401,9 @@ enum ResourceDecoder {
             switch s {
             case "RANDOM", "UNSPECIFIED": result = .random
             case "ROUND_ROBIN": result = .roundRobin
-            case "LEAST_REQUEST", "LEAST_CONN", "PASSTHROUGH":
-                ctx.error("DR002", simple.node, "\(simple.path) \(s) is not supported by weft yet (supported: RANDOM, ROUND_ROBIN)")
+            case "LEAST_REQUEST", "LEAST_CONN": result = .leastRequest // LEAST_CONN is Istio's deprecated name for it
+            case "PASSTHROUGH":
+                ctx.error("DR002", simple.node, "\(simple.path) PASSTHROUGH is not supported by weft (supported: RANDOM, ROUND_ROBIN, LEAST_REQUEST)")
             default:
                 ctx.error("DR002", simple.node, "\(simple.path) \"\(s)\" is not a load balancer (RANDOM, ROUND_ROBIN, LEAST_REQUEST, PASSTHROUGH)")
             }
@@ -410,8 +411,22 @@ enum ResourceDecoder {
         if let hash, let h = hash.mapping() {
             var size = LoadBalancer.defaultMaglevTableSize
             let useSourceIp = h["useSourceIp"]?.bool()
-            if useSourceIp != true {
-                ctx.error("DR003", hash.node, "\(hash.path) needs useSourceIp: true (the hash keys weft supports so far)")
+            var key: LoadBalancer.HashKey?
+            if let name = h["httpHeaderName"]?.string() { key = .header(name.lowercased()) }
+            if let q = h["httpQueryParameterName"]?.string() { key = .queryParameter(q) }
+            if let c = h["httpCookie"]?.mapping() {
+                let name = c["name"]?.string()
+                if name == nil { ctx.error("DR003", c.node, "\(c.path).name is required") }
+                let ttl = c["ttl"]?.duration(code: "DR009")
+                let path = c["path"]?.string()
+                c.finish(kind: "HTTPCookie", istioFields: ["attributes"])
+                if let name { key = .cookie(name: name, ttl: ttl, path: path) }
+            }
+            let keys = [useSourceIp == true, h["httpHeaderName"] != nil, h["httpQueryParameterName"] != nil, h["httpCookie"] != nil]
+            if keys.filter({ $0 }).count > 1 {
+                ctx.error("DR003", hash.node, "\(hash.path): set one of useSourceIp, httpHeaderName, httpCookie, httpQueryParameterName")
+            } else if useSourceIp != true && key == nil {
+                ctx.error("DR003", hash.node, "\(hash.path) needs a hash key: useSourceIp, httpHeaderName, httpCookie or httpQueryParameterName")
             }
             if let mg = h["maglev"]?.mapping() {
                 if let t = mg["tableSize"], let v = t.int(in: 1...5_000_010) {
@@ -425,8 +440,8 @@ enum ResourceDecoder {
                 }
                 mg.finish(kind: "MagLev")
             }
-            h.finish(kind: "ConsistentHashLB", istioFields: ["httpHeaderName", "httpCookie", "httpQueryParameterName", "ringHash", "minimumRingSize"])
-            if useSourceIp == true { result = .maglev(tableSize: size) }
+            h.finish(kind: "ConsistentHashLB", istioFields: ["ringHash", "minimumRingSize"])
+            if useSourceIp == true { result = .maglev(tableSize: size) } else if let key { result = .requestHash(key) }
         }
         l.finish(kind: "LoadBalancerSettings", istioFields: ["localityLbSetting", "warmupDurationSecs", "warmup"])
         return result

@@ -25,7 +25,8 @@ extension Snapshot {
     /// Whether TCP connections to `port` of `service` go through the agent's proxy: when a
     /// VirtualService routes it (http routes on an HTTP port, tcp routes on any TCP port)
     /// or a DestinationRule sets what only a proxy can enforce (connection pools, outlier
-    /// detection). Everything else stays on the kernel's L4 fast path.
+    /// detection, LEAST_REQUEST, hashing on request attributes). Everything else stays on
+    /// the kernel's L4 fast path.
     public func needsProxy(_ service: ServiceEntry, port: ServicePort) -> Bool {
         if port.isUDP { return false }
         if let vs = virtualService(for: service) {
@@ -36,8 +37,8 @@ extension Snapshot {
             let policies = ([dr.trafficPolicy] + dr.subsets.map(\.trafficPolicy)).compactMap { $0 }
             for p in policies {
                 let forPort = p.portLevelSettings[port.number]
-                if p.connectionPool != nil || p.outlierDetection != nil
-                    || forPort?.connectionPool != nil || forPort?.outlierDetection != nil {
+                if p.connectionPool != nil || p.outlierDetection != nil || p.loadBalancer?.needsProxy == true
+                    || forPort?.connectionPool != nil || forPort?.outlierDetection != nil || forPort?.loadBalancer?.needsProxy == true {
                     return true
                 }
             }

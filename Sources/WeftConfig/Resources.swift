@@ -103,6 +103,29 @@ public enum LoadBalancer: Hashable, Sendable, Codable {
     case roundRobin
     /// Maglev consistent hashing on the client address.
     case maglev(tableSize: Int)
+    /// Envoy's LEAST_REQUEST: of two random endpoints, the one with fewer requests in
+    /// flight (weighted). Needs the proxy.
+    case leastRequest
+    /// Consistent hashing on a request attribute (header, cookie, query parameter).
+    /// Needs the proxy.
+    case requestHash(HashKey)
+
+    /// What a request-level consistent hash hashes.
+    public enum HashKey: Hashable, Sendable, Codable {
+        case header(String)
+        /// Cookie name; with a ttl the proxy sets the cookie when the client has none
+        /// (Envoy's behaviour), so the client sticks from its next request on.
+        case cookie(name: String, ttl: IstioDuration?, path: String?)
+        case queryParameter(String)
+    }
+
+    /// Whether only the L7 proxy can apply it (the kernel balances connections, not requests).
+    public var needsProxy: Bool {
+        switch self {
+        case .leastRequest, .requestHash: return true
+        default: return false
+        }
+    }
 
     /// Cilium's default Maglev table size (a prime).
     public static let defaultMaglevTableSize = 16381

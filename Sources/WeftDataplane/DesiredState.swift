@@ -134,7 +134,9 @@ public struct DesiredState: Sendable {
     /// Builds a selection table for an algorithm.
     public static func table(_ lb: LoadBalancer, backends: [BackendAddress], weights: [UInt32]) -> [UInt32] {
         switch lb {
-        case .random, .roundRobin:
+        case .random, .roundRobin, .leastRequest, .requestHash:
+            // The last two are the proxy's (the port is captured); the table is only used
+            // if the agent runs without a proxy (--proxy-port 0).
             return WeightedTable.table(weights: weights)
         case .maglev(let size):
             return Maglev.table(backends: zip(backends, weights).map { ($0.description, $1) }, size: size)
@@ -146,7 +148,7 @@ extension LoadBalancer {
     /// The kernel's algorithm code (enum weft_lb_algo).
     var algo: UInt8 {
         switch self {
-        case .random: return 0
+        case .random, .leastRequest, .requestHash: return 0
         case .roundRobin: return 1
         case .maglev: return 2
         }

@@ -36,8 +36,11 @@ final class LoopState {
 
     func random() -> Double { Double.random(in: 0..<1, using: &rng) }
 
-    func picker(_ c: Cluster, exclude: Set<SocketKey>, sourceHash: UInt64) -> Endpoint? {
-        endpointPicker.pick(c, exclude: exclude, sourceHash: sourceHash, random: random())
+    /// An endpoint of `c`; `hash` keys consistent hashing, `state` gives LEAST_REQUEST
+    /// the requests in flight.
+    func picker(_ c: Cluster, exclude: Set<SocketKey>, hash: UInt64?, state: ClusterState? = nil) -> Endpoint? {
+        endpointPicker.pick(c, exclude: exclude, hash: hash, random: random(), random2: random(),
+                            load: { state?.active($0) ?? 0 })
     }
 
     func observe(_ e: ProxyEvent) { observer(e) }
@@ -289,7 +292,9 @@ public final class OutboundProxy: Sendable {
         let dest = t.tcpDestination(conn.listener, sourceLabels: conn.source?.spec.labels ?? [:], random: conn.loop.random())
         let cluster = dest.flatMap { t.cluster(for: $0, dialedPort: conn.listener.port.number) } ?? t.defaultCluster(conn.listener)
         let state = cluster.map { clusters.state($0) }
-        let endpoint = cluster.flatMap { c in conn.loop.picker(c, exclude: state?.ejected() ?? [], sourceHash: conn.sourceHash) }
+        // A TCP connection has no request attributes to hash: those keys pick at random.
+        let hash: UInt64? = { if case .maglev = cluster?.loadBalancer { return conn.sourceHash } else { return nil } }()
+        let endpoint = cluster.flatMap { c in conn.loop.picker(c, exclude: state?.ejected() ?? [], hash: hash, state: state) }
         let upstream = UpstreamSettings(mark: settings.agentMark)
         let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
         let logger = logger

@@ -4,7 +4,8 @@ itself and echoing what it received, and records each request as a JSON line in 
 
 Behaviour is chosen per request by query parameters, so one backend serves every test:
   status=N          answer with status N
-  delay=MS          wait MS milliseconds before answering
+  delay=MS          wait MS milliseconds before answering (with delay_on=NAME, only
+                    on the backend called NAME)
   fail_first=N      the first N requests carrying the same `key=` get 503 (with
                     fail_on=NAME, only on the backend called NAME)
   drop_first=N      the first N requests with the same `key=` get the connection closed
@@ -56,7 +57,7 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        if "delay" in q:
+        if "delay" in q and q.get("delay_on", NAME) == NAME:
             time.sleep(int(q["delay"]) / 1000.0)
         status = int(q.get("status", 200))
         if "fail_first" in q and q.get("fail_on", NAME) == NAME and count("fail", key) <= int(q["fail_first"]):

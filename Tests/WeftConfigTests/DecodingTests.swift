@@ -173,14 +173,24 @@ spec:
         snap = try load(goodService).get()
         #expect(snap.loadBalancer(for: snap.serviceEntries[0]) == .random)
 
-        let unsupported = errors(dr("      simple: LEAST_REQUEST\n"))
-        #expect(unsupported.count == 1 && unsupported[0].contains("spec.trafficPolicy.loadBalancer.simple LEAST_REQUEST is not supported by weft yet"), "\(unsupported)")
+        snap = try load(dr("      simple: LEAST_REQUEST\n")).get()
+        #expect(snap.loadBalancer(for: snap.serviceEntries[0]) == .leastRequest)
+        let unsupported = errors(dr("      simple: PASSTHROUGH\n"))
+        #expect(unsupported.count == 1 && unsupported[0].contains("PASSTHROUGH is not supported by weft"), "\(unsupported)")
         let bogus = errors(dr("      simple: FASTEST\n"))
         #expect(bogus.count == 1 && bogus[0].contains("\"FASTEST\" is not a load balancer"), "\(bogus)")
         let notPrime = errors(dr("      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 16384}\n"))
         #expect(notPrime.count == 1 && notPrime[0].contains("must be a prime (got 16384)"), "\(notPrime)")
-        let header = errors(dr("      consistentHash:\n        httpHeaderName: x-user\n"))
-        #expect(header.contains { $0.contains("httpHeaderName is not supported by weft yet") }, "\(header)")
+        snap = try load(dr("      consistentHash:\n        httpHeaderName: X-User\n")).get()
+        #expect(snap.loadBalancer(for: snap.serviceEntries[0]) == .requestHash(.header("x-user")))
+        snap = try load(dr("      consistentHash:\n        httpCookie: {name: session, ttl: 60s, path: /}\n")).get()
+        #expect(snap.loadBalancer(for: snap.serviceEntries[0]) == .requestHash(.cookie(name: "session", ttl: IstioDuration("60s"), path: "/")))
+        snap = try load(dr("      consistentHash:\n        httpQueryParameterName: user\n")).get()
+        #expect(snap.loadBalancer(for: snap.serviceEntries[0]) == .requestHash(.queryParameter("user")))
+        let two = errors(dr("      consistentHash:\n        useSourceIp: true\n        httpHeaderName: x-user\n"))
+        #expect(two.count == 1 && two[0].contains("set one of useSourceIp, httpHeaderName"), "\(two)")
+        let ring = errors(dr("      consistentHash:\n        httpHeaderName: x-user\n        ringHash: {minimumRingSize: 1024}\n"))
+        #expect(ring.contains { $0.contains("ringHash is not supported by weft yet") }, "\(ring)")
     }
 
     @Test func laterKindsAreNamedAsNotYetSupported() {

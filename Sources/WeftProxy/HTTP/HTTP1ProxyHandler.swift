@@ -157,6 +157,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var tried: Set<SocketKey> = []
     private var lastEndpoint: SocketKey?
     private var lastWorkload: ResourceID?
+    /// The endpoint counted as having this request in flight (LEAST_REQUEST).
+    private var activeEndpoint: SocketKey?
+    /// Set-Cookie for a consistent-hash cookie the proxy generated.
+    private var setCookie: String?
+    private var hashComputed = false
+    private var hashValue: UInt64?
     private var attempts = 0
 
     // Current attempt.
@@ -354,10 +360,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let ejected = state.ejected()
         var exclude = tried.union(ejected)
         if c.endpoints.allSatisfy({ exclude.contains($0.socket) }) { exclude = ejected }
-        guard let ep = conn.loop.picker(c, exclude: exclude, sourceHash: conn.sourceHash) else {
+        guard let ep = conn.loop.picker(c, exclude: exclude, hash: requestHash(c), state: state) else {
             finish(with: .noHealthyUpstream)
             return
         }
+        endActive()
+        state.attemptStarted(ep.socket)
+        activeEndpoint = ep.socket
         tried.insert(ep.socket)
         lastEndpoint = ep.socket
         lastWorkload = ep.workload
@@ -454,8 +463,46 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         return action
     }
 
+    private func endActive() {
+        if let e = activeEndpoint { clusterState?.attemptEnded(e) }
+        activeEndpoint = nil
+    }
+
+    /// The consistent-hash key of this request for cluster `c`'s load balancer, hashed:
+    /// the client's address (useSourceIp), a header, a cookie or a query parameter; nil
+    /// if the request has none (a random pick, as Envoy does). A missing cookie with a
+    /// ttl is generated and set on the response, so the client sticks from then on.
+    private func requestHash(_ c: Cluster) -> UInt64? {
+        if hashComputed { return hashValue }
+        hashComputed = true
+        switch c.loadBalancer {
+        case .maglev:
+            hashValue = conn.sourceHash
+        case .requestHash(.header(let name)):
+            hashValue = head.headers[name].isEmpty ? nil : EndpointPicker.hash(head.headers[name].joined(separator: ","))
+        case .requestHash(.queryParameter(let name)):
+            let attrs = RequestAttributes(method: head.method.rawValue, path: head.uri, authority: "", port: 0)
+            hashValue = attrs.queryParam(name).map(EndpointPicker.hash)
+        case .requestHash(.cookie(let name, let ttl, let path)):
+            let cookies = head.headers["cookie"].flatMap { $0.split(separator: ";") }.map { $0.trimmingCharacters(in: .whitespaces) }
+            if let v = cookies.first(where: { $0.hasPrefix(name + "=") })?.dropFirst(name.count + 1) {
+                hashValue = EndpointPicker.hash(String(v))
+            } else if let ttl {
+                let value = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+                hashValue = EndpointPicker.hash(value)
+                var c = "\(name)=\"\(value)\"; Max-Age=\(ttl.nanoseconds / 1_000_000_000)"
+                if let path { c += "; Path=\(path)" }
+                setCookie = c + "; HttpOnly"
+            }
+        default:
+            hashValue = nil
+        }
+        return hashValue
+    }
+
     /// Drops the current attempt's connection (its response, if any, is not wanted).
     private func abandonAttempt() {
+        endActive()
         tryTimer?.cancel()
         tryTimer = nil
         if let up = upstream {
@@ -593,6 +640,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             h.add(name: name, value: value)
         }
         for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
+        if let c = setCookie { h.add(name: "set-cookie", value: c) }
         if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
         return HTTPResponseHead(version: head.version, status: rh.status, headers: h)
     }
@@ -644,6 +692,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     private func complete() {
         finished = true
+        endActive()
         routeTimer?.cancel()
         tryTimer?.cancel()
         if requestCounted { clusterState?.endRequest() }

@@ -29,7 +29,7 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         let state = conn.clusters.state(cluster)
         guard state.startRequest() else { return }
         self.state = state
-        guard let ep = conn.loop.picker(cluster, exclude: state.ejected(), sourceHash: conn.sourceHash),
+        guard let ep = conn.loop.picker(cluster, exclude: state.ejected(), hash: nil, state: state),
               let future = conn.loop.pool.acquire(PoolKey(cluster: cluster.key, endpoint: ep.socket), cluster: state, on: loop,
                                                   connectTimeout: cluster.connectionPool?.connectTimeout?.timeAmount) else {
             state.endRequest()

@@ -34,6 +34,8 @@ final class ClusterState: Sendable {
         var idle: [(loop: EventLoop, id: UInt64, reclaim: @Sendable () -> Void)] = []
         var outlier: OutlierDetector?
         var lastTick = Date.distantPast
+        /// Requests in flight per endpoint (LEAST_REQUEST).
+        var active: [SocketKey: Int] = [:]
     }
 
     let limits: Limits
@@ -152,6 +154,17 @@ final class ClusterState: Sendable {
 
     func endRetry() {
         state.withLockedValue { $0.retries -= 1 }
+    }
+
+    // MARK: requests in flight per endpoint
+
+    func active(_ e: SocketKey) -> Int { state.withLockedValue { $0.active[e] ?? 0 } }
+    func attemptStarted(_ e: SocketKey) { state.withLockedValue { $0.active[e, default: 0] += 1 } }
+    func attemptEnded(_ e: SocketKey) {
+        state.withLockedValue { s in
+            s.active[e, default: 1] -= 1
+            if s.active[e]! <= 0 { s.active[e] = nil }
+        }
     }
 
     // MARK: outlier detection

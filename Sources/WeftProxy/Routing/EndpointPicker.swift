@@ -1,3 +1,4 @@
+import Foundation
 import WeftConfig
 
 /// Chooses an endpoint of a cluster per its DestinationRule load balancer. One per event
@@ -6,32 +7,31 @@ struct EndpointPicker {
     /// Smooth weighted round-robin state per cluster: endpoint → current weight.
     private var current: [ClusterKey: [SocketKey: Int]] = [:]
 
-    /// `exclude`: endpoints already tried by this request (Envoy's previous-hosts retry
-    /// predicate, which Istio configures); ignored if it would exclude every endpoint.
-    /// `sourceHash` feeds consistent hashing on the client address.
-    mutating func pick(_ c: Cluster, exclude: Set<SocketKey> = [], sourceHash: UInt64, random: Double) -> Endpoint? {
+    /// `exclude`: endpoints not to use (tried by this request — Envoy's previous-hosts
+    /// retry predicate — or ejected); ignored if it would exclude every endpoint.
+    /// `hash`: the consistent-hash key's hash (client address or request attribute); nil
+    /// when the request has no such attribute (then the pick is random, as Envoy's).
+    /// `random`/`random2` in [0, 1); `load`: requests in flight per endpoint.
+    mutating func pick(_ c: Cluster, exclude: Set<SocketKey> = [], hash: UInt64?, random: Double, random2: Double = 0.5,
+                       load: (SocketKey) -> Int = { _ in 0 }) -> Endpoint? {
         var candidates = c.endpoints.filter { !exclude.contains($0.socket) }
         if candidates.isEmpty { candidates = c.endpoints }
         guard !candidates.isEmpty else { return nil }
-        let total = candidates.reduce(0) { $0 + Int($1.weight) }
         switch c.loadBalancer {
         case .random:
-            var point = random * Double(total)
-            for e in candidates {
-                point -= Double(e.weight)
-                if point < 0 { return e }
-            }
-            return candidates.last
-        case .maglev:
-            // Same client, same endpoint while the endpoint set is unchanged.
-            var point = Int(sourceHash % UInt64(max(total, 1)))
-            for e in candidates {
-                point -= Int(e.weight)
-                if point < 0 { return e }
-            }
-            return candidates.last
+            return Self.weightedRandom(candidates, random)
+        case .maglev, .requestHash:
+            guard let hash else { return Self.weightedRandom(candidates, random) }
+            return Self.rendezvous(candidates, hash)
+        case .leastRequest:
+            // Power of two choices (Envoy's default choice_count 2): fewer requests in
+            // flight per unit of weight wins.
+            let a = Self.weightedRandom(candidates, random)!, b = Self.weightedRandom(candidates, random2)!
+            func score(_ e: Endpoint) -> Double { Double(load(e.socket) + 1) / Double(max(e.weight, 1)) }
+            return score(b) < score(a) ? b : a
         case .roundRobin:
             var state = current[c.key] ?? [:]
+            let total = candidates.reduce(0) { $0 + Int($1.weight) }
             var best: Endpoint?
             for e in candidates {
                 let w = state[e.socket, default: 0] + Int(e.weight)
@@ -42,5 +42,47 @@ struct EndpointPicker {
             current[c.key] = state
             return best
         }
+    }
+
+    static func weightedRandom(_ candidates: [Endpoint], _ random: Double) -> Endpoint? {
+        let total = candidates.reduce(0) { $0 + Int($1.weight) }
+        var point = random * Double(total)
+        for e in candidates {
+            point -= Double(e.weight)
+            if point < 0 { return e }
+        }
+        return candidates.last
+    }
+
+    /// Weighted rendezvous hashing: each endpoint scores weight / -ln(u), u uniform from
+    /// hash(key, endpoint); the best score wins. The same key picks the same endpoint,
+    /// and removing an endpoint moves only the keys it had.
+    static func rendezvous(_ candidates: [Endpoint], _ hash: UInt64) -> Endpoint? {
+        var best: (Endpoint, Double)?
+        for e in candidates {
+            var h = hash ^ 0x9e37_79b9_7f4a_7c15
+            for b in e.socket.address.bytes + [UInt8(e.socket.port >> 8), UInt8(e.socket.port & 0xff)] {
+                h = (h ^ UInt64(b)) &* 0x100_0000_01b3
+            }
+            h = splitmix(h)
+            let u = (Double(h >> 11) + 0.5) / Double(1 << 53)
+            let score = Double(max(e.weight, 1)) / -log(u)
+            if best == nil || score > best!.1 { best = (e, score) }
+        }
+        return best?.0
+    }
+
+    static func splitmix(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9e37_79b9_7f4a_7c15
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+
+    /// FNV-1a of a string (request attribute hash keys).
+    static func hash(_ s: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h
     }
 }
