@@ -109,6 +109,17 @@ static __always_inline void weft_sk_src6(struct bpf_sock_addr *ctx, __u8 src[16]
 	__builtin_memcpy(src, ip, 16);
 }
 
+/* Writes the new destination back as the socket names it: v4, v6, or v4-mapped v6. */
+static __always_inline void weft_ctx_set_dst(struct bpf_sock_addr *ctx, const struct weft_l4addr *dst, int v6, int mapped)
+{
+	if (mapped)
+		weft_ctx_set6_mapped(ctx, dst->addr, dst->port);
+	else if (v6)
+		weft_ctx_set6(ctx, dst->addr, dst->port);
+	else
+		weft_ctx_set4(ctx, dst->addr, dst->port);
+}
+
 /* Only same-family backends can be written into a sock_addr context. */
 static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int is_sendmsg)
 {
@@ -148,12 +159,7 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 			bpf_set_retval(-WEFT_ECONNREFUSED);
 			return 0;
 		}
-		if (mapped)
-			weft_ctx_set6_mapped(ctx, dst.addr, dst.port);
-		else if (v6)
-			weft_ctx_set6(ctx, dst.addr, dst.port);
-		else
-			weft_ctx_set4(ctx, dst.addr, dst.port);
+		weft_ctx_set_dst(ctx, &dst, v6, mapped);
 		weft_count(WEFT_STAT_CONNECT_CAPTURE);
 		return 1;
 	}
@@ -164,12 +170,7 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 		bpf_set_retval(-WEFT_ECONNREFUSED);
 		return 0;
 	}
-	if (mapped)
-		weft_ctx_set6_mapped(ctx, dst.addr, dst.port);
-	else if (v6)
-		weft_ctx_set6(ctx, dst.addr, dst.port);
-	else
-		weft_ctx_set4(ctx, dst.addr, dst.port);
+	weft_ctx_set_dst(ctx, &dst, v6, mapped);
 	weft_count(is_sendmsg ? WEFT_STAT_SENDMSG_XLATE : WEFT_STAT_CONNECT_XLATE);
 	return 1;
 }

@@ -91,14 +91,7 @@ public final class BPFMap: @unchecked Sendable {
 
     /// Looks up raw key bytes; nil if absent.
     public func lookup(keyBytes key: [UInt8]) throws -> [UInt8]? {
-        precondition(key.count == keySize, "\(name): key is \(key.count) bytes, map wants \(keySize)")
-        var value = [UInt8](repeating: 0, count: lookupSize)
-        let rc = key.withUnsafeBytes { k in
-            value.withUnsafeMutableBytes { v in bpf_map_lookup_elem(fd, k.baseAddress, v.baseAddress) }
-        }
-        if rc == 0 { return value }
-        if errno == ENOENT { return nil }
-        throw BPFError.errno("looking up in map \(name)")
+        try read(key, "looking up in map", bpf_map_lookup_elem)
     }
 
     /// Inserts or replaces raw bytes (flags: BPF_ANY, BPF_NOEXIST, BPF_EXIST).
@@ -112,14 +105,20 @@ public final class BPFMap: @unchecked Sendable {
 
     /// Looks up and removes a key in one syscall; nil if absent.
     public func lookupAndDelete(keyBytes key: [UInt8]) throws -> [UInt8]? {
+        try read(key, "taking an entry from map", bpf_map_lookup_and_delete_elem)
+    }
+
+    /// A value-reading syscall (lookup, lookup-and-delete) on raw key bytes.
+    private func read(_ key: [UInt8], _ what: String,
+                      _ call: (Int32, UnsafeRawPointer?, UnsafeMutableRawPointer?) -> Int32) throws -> [UInt8]? {
         precondition(key.count == keySize, "\(name): key is \(key.count) bytes, map wants \(keySize)")
         var value = [UInt8](repeating: 0, count: lookupSize)
         let rc = key.withUnsafeBytes { k in
-            value.withUnsafeMutableBytes { v in bpf_map_lookup_and_delete_elem(fd, k.baseAddress, v.baseAddress) }
+            value.withUnsafeMutableBytes { v in call(fd, k.baseAddress, v.baseAddress) }
         }
         if rc == 0 { return value }
         if errno == ENOENT { return nil }
-        throw BPFError.errno("taking an entry from map \(name)")
+        throw BPFError.errno("\(what) \(name)")
     }
 
     /// Deletes a key; returns false if it was not there.

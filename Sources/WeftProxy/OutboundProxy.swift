@@ -26,7 +26,9 @@ public struct ConnectionOrigin: Sendable {
 final class LoopState {
     private var endpointPicker = EndpointPicker()
     let pool: HTTP1Pool
-    private var rng = SystemRandomNumberGenerator()
+    /// Seeded once from the system; SystemRandomNumberGenerator costs a getrandom(2)
+    /// syscall per draw, and a request draws several times (route, fault, pick, jitter).
+    private var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
     let observer: @Sendable (ProxyEvent) -> Void
 
     init(settings: UpstreamSettings, observer: @escaping @Sendable (ProxyEvent) -> Void) {
@@ -36,6 +38,20 @@ final class LoopState {
 
     func random() -> Double { Double.random(in: 0..<1, using: &rng) }
 
+    /// A random UUID (version 4) for x-request-id.
+    func requestID() -> String {
+        let a = rng.next(), b = rng.next()
+        let hi = (a & 0xffff_ffff_ffff_0fff) | 0x4000, lo = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000
+        func hex(_ v: UInt64, _ digits: Int) -> String {
+            let s = String(v, radix: 16)
+            return String(repeating: "0", count: digits - s.count) + s
+        }
+        return "\(hex(hi >> 32, 8))-\(hex((hi >> 16) & 0xffff, 4))-\(hex(hi & 0xffff, 4))-\(hex(lo >> 48, 4))-\(hex(lo & 0xffff_ffff_ffff, 12))"
+    }
+
+    /// A random 64-bit value (generated consistent-hash cookies).
+    func randomBits() -> UInt64 { rng.next() }
+
     /// An endpoint of `c`; `hash` keys consistent hashing, `state` gives LEAST_REQUEST
     /// the requests in flight.
     func picker(_ c: Cluster, exclude: Set<SocketKey>, hash: UInt64?, state: ClusterState? = nil) -> Endpoint? {
@@ -44,6 +60,19 @@ final class LoopState {
     }
 
     func observe(_ e: ProxyEvent) { observer(e) }
+}
+
+/// SplitMix64: a fast, well-mixed generator for load-balancing draws (not for secrets).
+struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9e37_79b9_7f4a_7c15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
 }
 
 /// One accepted connection: where it was going, who opened it, the tables of the

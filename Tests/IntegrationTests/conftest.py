@@ -171,25 +171,36 @@ class Sandbox:
         self.procs.append(p)
         return p
 
-    def http_backend(self, name, addr, port=8080):
-        """A keep-alive HTTP/1.1 backend (httpbackend.py) that logs every request."""
+    def _server(self, name, addr, argv):
+        """Starts a logging server (argv ends with its log file) and waits for "ready"."""
         self.add_address(addr)
-        log = os.path.join(self.tmp, "backend-%s.log" % name)
-        p = subprocess.Popen(self.in_ns(["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), log]),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert p.stdout.readline().strip() == "ready", "http backend %s did not start" % name
+        p = subprocess.Popen(self.in_ns(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert p.stdout.readline().strip() == "ready", "backend %s did not start" % name
         self.procs.append(p)
         return p
 
+    def _log_of(self, name):
+        return os.path.join(self.tmp, "backend-%s.log" % name)
+
+    def http_backend(self, name, addr, port=8080):
+        """A keep-alive HTTP/1.1 backend (httpbackend.py) that logs every request."""
+        return self._server(name, addr, ["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), self._log_of(name)])
+
     def grpc_backend(self, name, addr, port=8080):
         """A gRPC server (grpcpeer.py, Debian's python3-grpcio) that logs every call."""
-        self.add_address(addr)
-        log = os.path.join(self.tmp, "backend-%s.log" % name)
-        p = subprocess.Popen(self.in_ns(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "server", name, addr, str(port), log]),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert p.stdout.readline().strip() == "ready", "grpc backend %s did not start" % name
-        self.procs.append(p)
-        return p
+        return self._server(name, addr, ["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "server", name, addr, str(port),
+                                         self._log_of(name)])
+
+    def access_log(self, at_least=1):
+        """Lines of the agent's --access-log (tmp/access.log), once it has `at_least`:
+        a line is written just after its response goes out, so a fast client can be
+        back before it is."""
+        path = os.path.join(self.tmp, "access.log")
+        deadline = time.time() + 5
+        while True:
+            lines = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
+            if len(lines) >= at_least or time.time() > deadline:
+                return lines
 
     def grpc(self, target, method, count=1, *args, cgroup="client"):
         r = self.run(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "client", target, method, str(count)] + list(args),
@@ -199,7 +210,7 @@ class Sandbox:
 
     def requests_seen(self, name):
         """Requests backend `name` received, in order."""
-        path = os.path.join(self.tmp, "backend-%s.log" % name)
+        path = self._log_of(name)
         if not os.path.exists(path):
             return []
         return [json.loads(line) for line in open(path) if line.strip()]

@@ -38,15 +38,6 @@ spec:
     sandbox.start_agent("--access-log", os.path.join(sandbox.tmp, "access.log"))
 
 
-def access_log(sandbox, at_least=1):
-    path = os.path.join(sandbox.tmp, "access.log")
-    deadline = time.time() + 5
-    while True:
-        lines = [json.loads(l) for l in open(path)] if os.path.exists(path) else []
-        if len(lines) >= at_least or time.time() > deadline:
-            return lines
-
-
 def test_grpc_unary_streaming_status_and_split(sandbox):
     grpc_service(sandbox, """  - match:
     - headers:
@@ -68,7 +59,7 @@ def test_grpc_unary_streaming_status_and_split(sandbox):
     assert stream["codes"] == {"OK": 3} and stream["messages"] == 600
     status = sandbox.grpc(target, "Status", 5, "--meta", "want-status=NOT_FOUND")
     assert status["codes"] == {"NOT_FOUND": 5}
-    lines = access_log(sandbox, 1058)
+    lines = sandbox.access_log(1058)
     assert {l["protocol"] for l in lines} == {"gRPC"}
     assert sorted(l["grpc_status"] for l in lines if l["path"] == "/weft.Test/Status") == [5] * 5
 

@@ -19,6 +19,8 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
     private var exchange: HTTP1Exchange?
     private var readsPaused = false
     private var pendingRead = false
+    /// A response to the current request has begun (or been sent).
+    private var answered = false
 
     init(conn: ConnectionContext, http2: Bool = false) {
         self.conn = conn
@@ -31,7 +33,16 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
+            answered = false
             if !http2 { context.triggerUserOutboundEvent(RequestProgress.headReceived, promise: nil) }
+            // The parser lets an unknown transfer coding through to the body; weft, like
+            // Envoy, speaks only chunked, and a request framed any other way is refused
+            // before it is routed anywhere (a smuggling vector otherwise).
+            let te = head.headers["transfer-encoding"]
+            if !http2, !te.isEmpty, te.joined(separator: ",").lowercased().trimmingCharacters(in: .whitespaces) != "chunked" {
+                reject(context, .badRequest)
+                return
+            }
             let ex = HTTP1Exchange(handler: self, head: head)
             exchange = ex
             ex.start()
@@ -56,11 +67,17 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
             context.close(promise: nil)
             return
         }
-        let midResponse = exchange?.responseInProgress ?? false
+        reject(context, parse == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest)
+    }
+
+    /// Answers a malformed request (unless it already got an answer) and closes.
+    private func reject(_ context: ChannelHandlerContext, _ status: HTTPResponseStatus) {
+        // Only a request that got no answer yet gets one: a second response for the same
+        // request would be a protocol violation of our own.
         exchange?.clientGone()
         exchange = nil
-        if !midResponse {
-            let status: HTTPResponseStatus = parse == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest
+        if !answered {
+            answered = true
             let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
@@ -106,12 +123,14 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
     private func retire() {
         if let ex = exchange, ex.finished, ex.requestComplete {
             exchange = nil
+            answered = false // the next bytes are the next request's
             if !http2 { context?.triggerUserOutboundEvent(RequestProgress.exchangeDone, promise: nil) }
         }
     }
 
     func write(_ part: HTTPServerResponsePart, flush: Bool = false) {
         guard let context else { return }
+        if case .head = part { answered = true }
         context.write(wrapOutboundOut(part), promise: nil)
         if flush { context.flush() }
     }
@@ -180,8 +199,6 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     // Response side.
     private var responseStarted = false
     private(set) var finished = false
-    /// Part of a response has gone to the client and the rest has not.
-    var responseInProgress: Bool { responseStarted && !finished }
     private var status = 0
     private var flags: [String] = []
     private var responseBytes = 0
@@ -339,7 +356,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         if let id = h.first(name: "x-request-id") {
             requestID = id
         } else {
-            let id = UUID().uuidString.lowercased()
+            let id = conn.loop.requestID()
             requestID = id
             h.add(name: "x-request-id", value: id)
         }
@@ -488,7 +505,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             if let v = cookies.first(where: { $0.hasPrefix(name + "=") })?.dropFirst(name.count + 1) {
                 hashValue = EndpointPicker.hash(String(v))
             } else if let ttl {
-                let value = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+                let value = String(conn.loop.randomBits(), radix: 16)
                 hashValue = EndpointPicker.hash(value)
                 var c = "\(name)=\"\(value)\"; Max-Age=\(ttl.nanoseconds / 1_000_000_000)"
                 if let path { c += "; Path=\(path)" }
