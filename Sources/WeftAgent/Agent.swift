@@ -371,6 +371,12 @@ public final class Agent: Service, @unchecked Sendable {
                 "component": "dataplane", "services": "\(desired.services.count)", "ops": "\(ops.count)", "cause": "\(cause ?? "resync")",
                 "ms": "\(String(format: "%.1f", ms))",
             ])
+            // Without the proxy, what only it enforces must not look active.
+            let needL7 = desired.services.values.filter(\.capture).count
+            if reason != nil, options.proxyPort == 0, needL7 > 0 {
+                logger.warning("L7 capture is off (--proxy-port 0): \(needL7) service frontends whose VirtualService or DestinationRule needs the proxy stay on the kernel's L4 path, and those settings are not enforced",
+                               metadata: ["component": "proxy"])
+            }
             return true
         } catch {
             logger.error("applying \(reason ?? "resync") to the datapath failed: \(error)", metadata: ["component": "dataplane"])
