@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Module graph (DESIGN.md): weft → WeftAgent → {WeftProxy, WeftDataplane → WeftBPF → CLibbpf},
-// and everything → WeftConfig, which depends on nothing of ours.
+// weft → WeftIdentity (CA, certificates; used by the agent with mTLS next), and
+// everything → WeftConfig, which depends on nothing of ours.
 let package = Package(
     name: "weft",
     platforms: [.macOS(.v13)],
@@ -20,6 +21,9 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-http2", from: "1.36.0"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.0.0"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.0.0"),
     ],
     targets: [
         // Debian's libbpf (libbpf-dev) through pkg-config.
@@ -35,6 +39,11 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "WeftIdentity", dependencies: [
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "SwiftASN1", package: "swift-asn1"),
         ]),
         .plugin(name: "BPFObjects", capability: .buildTool()),
         .target(
@@ -53,7 +62,7 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftAgent", "WeftDataplane", "WeftConfig", "Yams",
+                "WeftAgent", "WeftDataplane", "WeftConfig", "WeftIdentity", "Yams",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -69,6 +78,11 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
+        .testTarget(name: "WeftIdentityTests", dependencies: [
+            "WeftIdentity",
+            .product(name: "X509", package: "swift-certificates"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         .testTarget(name: "WeftDataplaneTests", dependencies: ["WeftDataplane", "WeftBPF", "CWeftABI", "CLibbpf", "WeftConfig"]),
     ]
 )

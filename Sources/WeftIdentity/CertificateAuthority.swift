@@ -1,0 +1,127 @@
+import Crypto
+import Foundation
+import SwiftASN1
+import X509
+
+/// An identity or CA problem, one line.
+public struct IdentityError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ d: String) { description = d }
+}
+
+/// A certificate authority: a root (`weft ca init`, or the agent's own on first start) or a
+/// node's intermediate issued by one (`weft ca issue-node`). Keys are ECDSA P-256.
+public struct CertificateAuthority {
+    /// This CA's certificate.
+    public let certificate: Certificate
+    /// Its issuers up to, not including, the root (empty for a root).
+    public let issuers: [Certificate]
+    let key: P256.Signing.PrivateKey
+    /// The node an intermediate is for (nil for a root): it mints only for that node's workloads.
+    public let node: String?
+
+    /// A new self-signed root for `trustDomain`.
+    public static func createRoot(trustDomain: String, validity: TimeInterval = 10 * 365 * 86400, now: Date = Date()) throws -> CertificateAuthority {
+        guard SpiffeID.isValidTrustDomain(trustDomain) else { throw IdentityError("trust domain \"\(trustDomain)\" is not valid (lowercase letters, digits, . - _)") }
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName {
+            OrganizationName("weft")
+            CommonName("weft root CA \(trustDomain)")
+        }
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(validity),
+            issuer: name, subject: name,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 1))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: .init(key.publicKey))
+            },
+            issuerPrivateKey: .init(key))
+        return CertificateAuthority(certificate: cert, issuers: [], key: key, node: nil)
+    }
+
+    /// An intermediate for `node`, signed by this (root) CA.
+    public func issueNode(_ node: String, validity: TimeInterval = 365 * 86400, now: Date = Date()) throws -> CertificateAuthority {
+        guard self.node == nil else { throw IdentityError("a node CA cannot issue another node CA; use the root (weft ca init)") }
+        guard !node.isEmpty, node.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { throw IdentityError("node name \"\(node)\" is not valid") }
+        let key = P256.Signing.PrivateKey()
+        let name = try DistinguishedName {
+            OrganizationName("weft")
+            CommonName("weft node CA \(node)")
+        }
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-300), notValidAfter: min(now.addingTimeInterval(validity), certificate.notValidAfter),
+            issuer: certificate.subject, subject: name,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: .init(key.publicKey))
+                AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+            },
+            issuerPrivateKey: .init(self.key))
+        return CertificateAuthority(certificate: cert, issuers: [certificate] + issuers, key: key, node: node)
+    }
+
+    /// A workload certificate: empty subject, the SPIFFE ID as its only (critical) URI SAN,
+    /// for TLS client and server use, valid `ttl` from `now`.
+    public func issueWorkload(_ id: SpiffeID, publicKey: P256.Signing.PublicKey, ttl: TimeInterval, now: Date = Date()) throws -> Certificate {
+        try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(publicKey),
+            notValidBefore: now.addingTimeInterval(-60), notValidAfter: min(now.addingTimeInterval(ttl), certificate.notValidAfter),
+            issuer: certificate.subject, subject: DistinguishedName(),
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.notCertificateAuthority)
+                Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
+                try ExtendedKeyUsage([.serverAuth, .clientAuth])
+                // RFC 5280 §4.2.1.6: with an empty subject the SAN must be critical.
+                Critical(SubjectAlternativeNames([.uniformResourceIdentifier(id.uri)]))
+                AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+            },
+            issuerPrivateKey: .init(key))
+    }
+
+    // MARK: files
+
+    /// `DIR/ca.pem` (this CA), `DIR/chain.pem` (its issuers), `DIR/ca.key` (mode 0600),
+    /// `DIR/node` for a node CA. Written to temporary names and renamed: never half there.
+    public func save(to dir: String) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        func write(_ name: String, _ text: String, mode: Int) throws {
+            let tmp = "\(dir)/.\(name).tmp"
+            guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else {
+                throw IdentityError("cannot write \(tmp)")
+            }
+            if rename(tmp, "\(dir)/\(name)") != 0 { throw IdentityError("cannot rename \(tmp) into place: errno \(errno)") }
+        }
+        try write("ca.key", key.pemRepresentation, mode: 0o600)
+        try write("ca.pem", try certificate.serializeAsPEM().pemString + "\n", mode: 0o644)
+        try write("chain.pem", try issuers.map { try $0.serializeAsPEM().pemString + "\n" }.joined(), mode: 0o644)
+        if let node { try write("node", node + "\n", mode: 0o644) }
+    }
+
+    /// Loads what `save` wrote; refuses a key readable by others and a key that does not
+    /// belong to the certificate.
+    public static func load(from dir: String) throws -> CertificateAuthority {
+        func read(_ name: String) throws -> String {
+            guard let d = FileManager.default.contents(atPath: "\(dir)/\(name)"), let s = String(data: d, encoding: .utf8) else {
+                throw IdentityError("\(dir)/\(name) is missing or unreadable")
+            }
+            return s
+        }
+        var st = stat()
+        if stat("\(dir)/ca.key", &st) == 0, st.st_mode & 0o077 != 0 {
+            throw IdentityError("\(dir)/ca.key is readable by others (mode \(String(st.st_mode & 0o777, radix: 8))); chmod 600 it")
+        }
+        let key = try P256.Signing.PrivateKey(pemRepresentation: try read("ca.key"))
+        let cert = try Certificate(pemEncoded: try read("ca.pem"))
+        guard cert.publicKey == Certificate.PublicKey(key.publicKey) else {
+            throw IdentityError("\(dir)/ca.key does not belong to \(dir)/ca.pem")
+        }
+        let chainText = (try? read("chain.pem")) ?? ""
+        let issuers = try PEMDocument.parseMultiple(pemString: chainText).map { try Certificate(pemDocument: $0) }
+        let node = (try? read("node"))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return CertificateAuthority(certificate: cert, issuers: issuers, key: key, node: node)
+    }
+}

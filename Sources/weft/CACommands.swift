@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import WeftIdentity
+
+/// `weft ca …`: the mesh's certificate authorities for several nodes.
+struct CACommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ca", abstract: "Create the mesh's root CA and per-node intermediates.",
+        subcommands: [Init.self, IssueNode.self])
+
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Create a root CA (ca.pem, ca.key mode 0600) in --out.")
+
+        @Option(help: "Directory to write the root into (created, mode 0700; must not hold a CA already).")
+        var out: String
+
+        @Option(help: "Trust domain of the identities this root vouches for.")
+        var trustDomain = "cluster.local"
+
+        func run() throws {
+            if FileManager.default.fileExists(atPath: out + "/ca.key") {
+                fail("\(out) already holds a CA (ca.key); refusing to overwrite it")
+            }
+            do {
+                let root = try CertificateAuthority.createRoot(trustDomain: trustDomain)
+                try root.save(to: out)
+                print("root CA for trust domain \(trustDomain) written to \(out) (valid until \(root.certificate.notValidAfter))")
+            } catch {
+                fail("\(error)")
+            }
+        }
+    }
+
+    struct IssueNode: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "issue-node", abstract: "Issue a node's intermediate CA from a root made by `weft ca init`.")
+
+        @Option(help: "Directory of the root CA.")
+        var ca: String
+
+        @Option(help: "The node's name (as in WorkloadEntry weft.io/node); its agent mints only for workloads bound to it.")
+        var node: String
+
+        @Option(help: "Directory to write the node CA into.")
+        var out: String
+
+        func run() throws {
+            if FileManager.default.fileExists(atPath: out + "/ca.key") {
+                fail("\(out) already holds a CA (ca.key); refusing to overwrite it")
+            }
+            do {
+                let root = try CertificateAuthority.load(from: ca)
+                let nodeCA = try root.issueNode(node)
+                try nodeCA.save(to: out)
+                print("node CA for \(node) written to \(out) (valid until \(nodeCA.certificate.notValidAfter))")
+            } catch {
+                fail("\(error)")
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+import Crypto
+import Foundation
+import Testing
+import X509
+@testable import WeftIdentity
+
+@Suite struct SpiffeIDTests {
+    @Test func parsesExactlyIstiosForm() {
+        let id = SpiffeID(uri: "spiffe://cluster.local/ns/shop/sa/frontend")
+        #expect(id?.trustDomain == "cluster.local" && id?.namespace == "shop" && id?.serviceAccount == "frontend")
+        #expect(id?.uri == "spiffe://cluster.local/ns/shop/sa/frontend")
+        for bad in ["spiffe://cluster.local/ns/shop/sa/frontend/", "spiffe://Cluster.local/ns/shop/sa/frontend",
+                    "spiffe://cluster.local/ns/shop/sa/front%00end", "spiffe://cluster.local/ns/../sa/x",
+                    "spiffe://cluster.local/ns/shop/sa/", "SPIFFE://cluster.local/ns/shop/sa/frontend",
+                    "spiffe://cluster.local/ns/shop/sa/frontend\u{0}", "spiffe://cluster.local//ns/shop/sa/frontend",
+                    "spiffe://cluster.local/sa/frontend/ns/shop", "https://cluster.local/ns/shop/sa/frontend"] {
+            #expect(SpiffeID(uri: bad) == nil, "\(bad)")
+        }
+    }
+}
+
+@Suite struct CertificateAuthorityTests {
+    func verify(_ leaf: Certificate, _ intermediates: [Certificate], roots: [Certificate], at now: Date,
+                trustDomain: String = "cluster.local") async -> Bool {
+        var verifier = Verifier(rootCertificates: CertificateStore(roots)) {
+            RFC5280Policy(validationTime: now)
+            SpiffePolicy(trustDomain: trustDomain)
+        }
+        if case .validCertificate = await verifier.validate(leafCertificate: leaf, intermediates: CertificateStore(intermediates)) {
+            return true
+        }
+        return false
+    }
+
+    @Test func rootNodeAndWorkloadChainVerifies() async throws {
+        let now = Date()
+        let root = try CertificateAuthority.createRoot(trustDomain: "cluster.local", now: now)
+        let node = try root.issueNode("node-a", now: now)
+        let id = try #require(SpiffeID(trustDomain: "cluster.local", namespace: "shop", serviceAccount: "frontend"))
+        let key = P256.Signing.PrivateKey()
+        let leaf = try node.issueWorkload(id, publicKey: key.publicKey, ttl: 24 * 3600, now: now)
+        #expect(await verify(leaf, [node.certificate], roots: [root.certificate], at: now))
+        // Empty subject, the identity as the only SAN, 24 h.
+        #expect(leaf.subject == DistinguishedName())
+        let sans = try #require(try leaf.extensions.subjectAlternativeNames)
+        #expect(Array(sans) == [.uniformResourceIdentifier("spiffe://cluster.local/ns/shop/sa/frontend")])
+        #expect(abs(leaf.notValidAfter.timeIntervalSince(now) - 24 * 3600) < 2)
+        // Expired, or from another root: refused.
+        #expect(!(await verify(leaf, [node.certificate], roots: [root.certificate], at: now.addingTimeInterval(25 * 3600))))
+        let other = try CertificateAuthority.createRoot(trustDomain: "cluster.local", now: now)
+        #expect(!(await verify(leaf, [node.certificate], roots: [other.certificate], at: now)))
+        // Another trust domain: refused, whatever the chain.
+        #expect(!(await verify(leaf, [node.certificate], roots: [root.certificate], at: now, trustDomain: "cluster.locall")))
+        #expect(SpiffePolicy.identity(of: leaf) == id)
+        // A node CA cannot mint another node CA.
+        #expect(throws: IdentityError.self) { try node.issueNode("node-b") }
+    }
+
+    @Test func savedCALoadsBackAndItsKeyStaysPrivate() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("weft-ca-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let root = try CertificateAuthority.createRoot(trustDomain: "example.org")
+        let node = try root.issueNode("node-a")
+        try node.save(to: dir)
+        let attrs = try FileManager.default.attributesOfItem(atPath: dir + "/ca.key")
+        #expect((attrs[.posixPermissions] as? NSNumber)?.intValue == 0o600)
+        let back = try CertificateAuthority.load(from: dir)
+        #expect(back.certificate == node.certificate && back.issuers == [root.certificate] && back.node == "node-a")
+        chmod(dir + "/ca.key", 0o644)
+        #expect(throws: IdentityError.self) { try CertificateAuthority.load(from: dir) }
+        chmod(dir + "/ca.key", 0o600)
+        // A key that is not the certificate's is refused.
+        try root.save(to: dir + "-root")
+        defer { try? FileManager.default.removeItem(atPath: dir + "-root") }
+        try FileManager.default.removeItem(atPath: dir + "/ca.key")
+        try FileManager.default.copyItem(atPath: dir + "-root/ca.key", toPath: dir + "/ca.key")
+        #expect(throws: IdentityError.self) { try CertificateAuthority.load(from: dir) }
+    }
+
+    @Test func badTrustDomainIsOneClearError() {
+        #expect(throws: IdentityError.self) { try CertificateAuthority.createRoot(trustDomain: "Not Valid") }
+    }
+}
