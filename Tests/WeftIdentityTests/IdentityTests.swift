@@ -26,7 +26,7 @@ import X509
             RFC5280Policy(validationTime: now)
             SpiffePolicy(trustDomain: trustDomain)
         }
-        if case .validCertificate = await verifier.validate(leafCertificate: leaf, intermediates: CertificateStore(intermediates)) {
+        if case .validCertificate = await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates)) {
             return true
         }
         return false
