@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Module graph (DESIGN.md): weft → WeftAgent → {WeftProxy, WeftDataplane → WeftBPF → CLibbpf},
-// weft → WeftIdentity (CA, certificates; used by the agent with mTLS next), and
+// weft → WeftAgent → WeftIdentity (CA, workload certificates), and
 // everything → WeftConfig, which depends on nothing of ours.
 let package = Package(
     name: "weft",
@@ -54,7 +54,7 @@ let package = Package(
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftDataplane", "WeftConfig", "WeftProxy",
+                "WeftDataplane", "WeftConfig", "WeftProxy", "WeftIdentity",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]

@@ -20,6 +20,14 @@ extension Agent {
         case .rollback:
             guard let n = request.revision else { return .failure("rollback needs a revision") }
             return handleRollback(n)
+        case .certificates:
+            do {
+                var r = AdminResponse(ok: true)
+                r.certificates = try certificates?.info() ?? []
+                return r
+            } catch {
+                return .failure("reading workload certificates: \(error)")
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import WeftConfig
+import WeftIdentity
 
 /// A policy file as the operator's `weft` read it; the agent parses it again itself.
 public struct SourceFile: Codable, Sendable {
@@ -14,7 +15,7 @@ public struct SourceFile: Codable, Sendable {
 
 /// One request on the admin socket: a JSON object on one line.
 public struct AdminRequest: Codable, Sendable {
-    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback }
+    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates }
     public var op: Op
     public var files: [SourceFile]?
     public var ids: [ResourceID]?
@@ -56,6 +57,7 @@ public struct AdminResponse: Codable, Sendable {
     public var resources: [StoredResource]?
     public var history: [RevisionSummary]?
     public var diff: [DiffEntry]?
+    public var certificates: [CertificateInfo]?
 
     public init(ok: Bool, error: String? = nil) {
         self.ok = ok

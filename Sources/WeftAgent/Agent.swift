@@ -4,6 +4,7 @@ import ServiceLifecycle
 import WeftBPF
 import WeftConfig
 import WeftDataplane
+import WeftIdentity
 import WeftProxy
 
 /// Flags of `weft agent`.
@@ -42,6 +43,12 @@ public struct AgentOptions: Sendable {
     public var metricsPort: UInt16
     /// Seconds an HTTP/1 client may take to send a request's headers (slowloris bound).
     public var requestHeaderTimeout: Double = 10
+    /// Trust domain of workload identities.
+    public var trustDomain = "cluster.local"
+    /// Node CA from `weft ca issue-node`; nil: the agent's own root in state-dir/ca.
+    public var caDir: String?
+    /// Lifetime of workload certificates, seconds (renewed at half life).
+    public var certTTL: Double = 24 * 3600
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -116,6 +123,14 @@ public final class Agent: Service, @unchecked Sendable {
         let watcher = try ConfigWatcher(directory: options.configDir)
         defer { watcher.stop() }
         store = try RevisionStore(dir: options.stateDir, keep: options.keepRevisions)
+        let ca: CertificateAuthority
+        do {
+            ca = try WorkloadCertificates.authority(caDir: options.caDir, stateDir: options.stateDir,
+                                                    trustDomain: options.trustDomain, node: options.node)
+        } catch {
+            throw AgentError("certificate authority: \(error)")
+        }
+        certificates = WorkloadCertificates(ca: ca, ttl: options.certTTL)
         let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] request in
             handle(request)
         }
@@ -180,6 +195,30 @@ public final class Agent: Service, @unchecked Sendable {
 
     private var datapath: Datapath?
     private var proxy: OutboundProxy?
+    /// This node's workloads' certificates (minted for each commit, renewed on resync).
+    var certificates: WorkloadCertificates?
+
+    /// Mints or renews certificates for this node's WorkloadEntries: identity
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount or "default">.
+    func refreshCertificates(_ snap: Snapshot) {
+        guard let certificates else { return }
+        var wanted: [String: SpiffeID] = [:]
+        for we in snap.workloadEntries where we.node == options.node {
+            guard let id = SpiffeID(trustDomain: options.trustDomain, namespace: we.metadata.namespace,
+                                    serviceAccount: we.spec.serviceAccount ?? "default") else {
+                logger.warning("WorkloadEntry \(we.metadata.namespace)/\(we.metadata.name): no valid identity (service account \(we.spec.serviceAccount ?? "default"))",
+                               metadata: ["component": "identity"])
+                continue
+            }
+            wanted["\(we.metadata.namespace)/\(we.metadata.name)"] = id
+        }
+        do {
+            let n = try certificates.refresh(wanted)
+            if n > 0 { logger.info("minted \(n) workload certificate(s)", metadata: ["component": "identity"]) }
+        } catch {
+            logger.error("minting workload certificates failed: \(error)", metadata: ["component": "identity"])
+        }
+    }
     /// Revision and source workloads the proxy's tables were built from.
     private var proxyBuilt: (revision: UInt64, workloads: [UInt64: String])?
 
@@ -355,6 +394,7 @@ public final class Agent: Service, @unchecked Sendable {
         }
         // The proxy learns a revision's routes before the kernel sends it connections.
         updateProxy(snap, cgroupIDs: cgroupIDs)
+        refreshCertificates(snap)
         do {
             let actual = try datapath.maps.readActual()
             let ops = try lock.withLock { try reconciler.plan(actual: actual, desired: desired, cgroupIDs: cgroupIDs, now: Date()) }

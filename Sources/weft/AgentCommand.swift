@@ -59,6 +59,15 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds an HTTP/1 client may take to send a request's line and headers before it gets 408 and is closed.")
     var requestHeaderTimeout: Double = 10
 
+    @Option(help: "Trust domain of workload identities (spiffe://TRUST-DOMAIN/ns/…/sa/…).")
+    var trustDomain = "cluster.local"
+
+    @Option(help: "This node's CA from `weft ca issue-node` (several nodes). Default: the agent's own root, created in --state-dir/ca on first start.")
+    var ca: String?
+
+    @Option(help: "Lifetime of workload certificates in seconds (renewed at half life).")
+    var certTtl: Double = 86400
+
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
@@ -84,6 +93,9 @@ struct AgentCommand: AsyncParsableCommand {
             proxyPort: proxyPort, agentMark: mark, accessLog: accessLog, metricsPort: metricsPort)
         var opts = options
         opts.requestHeaderTimeout = requestHeaderTimeout
+        opts.trustDomain = trustDomain
+        opts.caDir = ca
+        opts.certTTL = max(certTtl, 2)
         let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

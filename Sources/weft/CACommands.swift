@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import WeftAgent
 import WeftIdentity
 
 /// `weft ca …`: the mesh's certificate authorities for several nodes.
@@ -56,6 +57,41 @@ struct CACommand: ParsableCommand {
             } catch {
                 fail("\(error)")
             }
+        }
+    }
+}
+
+/// `weft cert show [WORKLOAD]`: the agent's workload certificates (admin socket).
+struct CertCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cert", abstract: "Workload certificates of the running agent.",
+                                                    subcommands: [Show.self])
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Identity, serial, validity and chain of each workload certificate.")
+
+        @OptionGroup var admin: AdminOptions
+
+        @Argument(help: "A workload, NAMESPACE/NAME of its WorkloadEntry (default: all).")
+        var workload: String?
+
+        @Flag(name: [.customShort("j"), .long], help: "Print JSON (with the PEM chain).")
+        var json = false
+
+        @Flag(help: "Print the PEM chain after each certificate.")
+        var pem = false
+
+        func run() throws {
+            let r = admin.send(AdminRequest(op: .certificates))
+            var certs = r.certificates ?? []
+            if let w = workload {
+                certs = certs.filter { $0.workload == w }
+                if certs.isEmpty { fail("no certificate for workload \(w) on this node (is its WorkloadEntry bound here with weft.io/node?)") }
+            }
+            if json { return printJSON(certs) }
+            let f = ISO8601DateFormatter()
+            printTable(["WORKLOAD", "IDENTITY", "SERIAL", "NOT BEFORE", "NOT AFTER"],
+                       certs.map { [$0.workload, $0.identity, $0.serial, f.string(from: $0.notBefore), f.string(from: $0.notAfter)] })
+            if pem { for c in certs { print(c.chainPEM, terminator: "") } }
         }
     }
 }

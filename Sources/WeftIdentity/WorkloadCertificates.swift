@@ -1,0 +1,92 @@
+import Crypto
+import Foundation
+import X509
+
+/// What `weft cert show` reports of one workload's certificate.
+public struct CertificateInfo: Codable, Sendable {
+    /// `namespace/name` of the WorkloadEntry.
+    public var workload: String
+    public var identity: String
+    public var serial: String
+    public var notBefore: Date
+    public var notAfter: Date
+    /// Leaf first, then its issuers up to and including the root, PEM.
+    public var chainPEM: String
+}
+
+/// The certificates of this node's workloads: minted by the node's CA, renewed at half
+/// life (a new key each time), replaced when a workload's identity changes, dropped when
+/// the workload goes. Thread-safe.
+public final class WorkloadCertificates: @unchecked Sendable {
+    struct Entry {
+        var id: SpiffeID
+        var key: P256.Signing.PrivateKey
+        var certificate: Certificate
+    }
+
+    private let ca: CertificateAuthority
+    private let ttl: TimeInterval
+    private let lock = NSLock()
+    private var entries: [String: Entry] = [:]
+
+    /// `ttl`: lifetime of each workload certificate.
+    public init(ca: CertificateAuthority, ttl: TimeInterval) {
+        self.ca = ca
+        self.ttl = ttl
+    }
+
+    /// Brings the set to `wanted` (workload key → identity) at `now`; returns how many
+    /// certificates were minted.
+    @discardableResult
+    public func refresh(_ wanted: [String: SpiffeID], now: Date = Date()) throws -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        var minted = 0
+        for key in Array(entries.keys) where wanted[key] == nil { entries[key] = nil }
+        for (workload, id) in wanted {
+            if let e = entries[workload], e.id == id {
+                let c = e.certificate
+                let half = c.notValidBefore.addingTimeInterval(c.notValidAfter.timeIntervalSince(c.notValidBefore) / 2)
+                if now < half { continue }
+            }
+            let key = P256.Signing.PrivateKey()
+            let cert = try ca.issueWorkload(id, publicKey: key.publicKey, ttl: ttl, now: now)
+            entries[workload] = Entry(id: id, key: key, certificate: cert)
+            minted += 1
+        }
+        return minted
+    }
+
+    /// Every workload's certificate, by workload.
+    public func info() throws -> [CertificateInfo] {
+        lock.lock()
+        defer { lock.unlock() }
+        return try entries.keys.sorted().map { w in
+            let e = entries[w]!
+            let chain = try ([e.certificate, ca.certificate] + ca.issuers).map { try $0.serializeAsPEM().pemString + "\n" }
+            return CertificateInfo(workload: w, identity: e.id.uri, serial: e.certificate.serialNumber.description,
+                                   notBefore: e.certificate.notValidBefore, notAfter: e.certificate.notValidAfter,
+                                   chainPEM: chain.joined())
+        }
+    }
+
+    /// The agent's CA: the node CA in `caDir` (from `weft ca issue-node`, which must be for
+    /// `node`), else the agent's own root in `stateDir/ca`, created on first start.
+    public static func authority(caDir: String?, stateDir: String, trustDomain: String, node: String) throws -> CertificateAuthority {
+        if let dir = caDir {
+            let ca = try CertificateAuthority.load(from: dir)
+            guard let caNode = ca.node else {
+                throw IdentityError("\(dir) is a root CA; give the agent its node's CA (weft ca issue-node --node \(node))")
+            }
+            guard caNode == node else {
+                throw IdentityError("\(dir) is the CA of node \(caNode), not of this node \(node) (--node); issue one for \(node)")
+            }
+            return ca
+        }
+        let own = "\(stateDir)/ca"
+        if FileManager.default.fileExists(atPath: "\(own)/ca.key") { return try CertificateAuthority.load(from: own) }
+        let root = try CertificateAuthority.createRoot(trustDomain: trustDomain)
+        try root.save(to: own)
+        return root
+    }
+}
