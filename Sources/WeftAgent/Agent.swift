@@ -139,17 +139,19 @@ public final class Agent: Service, @unchecked Sendable {
         var proxy: OutboundProxy?
         if options.proxyPort != 0 {
             let log = try options.accessLog.map { try AccessLog(path: $0) }
-            let metrics = IstioMetrics()
+            // Nobody can read metrics that are not served: then they are not counted either
+            // (the per-request label work is not free).
+            let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
             let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark,
                                                   requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000))),
                                   logger: logger,
                                   origin: { [self] client in origin(of: client) },
                                   observer: { event in
-                                      metrics.record(event)
+                                      metrics?.record(event)
                                       if case .request(let r) = event { log?.write(r) }
                                   })
             try p.start()
-            if options.metricsPort != 0 { try p.serveMetrics(port: options.metricsPort, metrics: metrics) }
+            if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) }
             proxy = p
         }
         defer { proxy?.stop() }

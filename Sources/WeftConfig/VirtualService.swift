@@ -86,13 +86,11 @@ public struct HTTPRetry: Hashable, Sendable, Codable {
     public var perTryTimeout: IstioDuration?
     /// Conditions (`5xx`, `reset`, … and numeric status codes).
     public var retryOn: [String] = []
-    public var retryRemoteLocalities: Bool?
 
-    public init(attempts: Int, perTryTimeout: IstioDuration? = nil, retryOn: [String] = [], retryRemoteLocalities: Bool? = nil) {
+    public init(attempts: Int, perTryTimeout: IstioDuration? = nil, retryOn: [String] = []) {
         self.attempts = attempts
         self.perTryTimeout = perTryTimeout
         self.retryOn = retryOn
-        self.retryRemoteLocalities = retryRemoteLocalities
     }
 }
 
@@ -306,9 +304,12 @@ extension ResourceDecoder {
                     }
                 }
             }
-            let remote = rt["retryRemoteLocalities"]?.bool()
+            // Type-checked only: it chooses between localities, and weft balances over all
+            // of a cluster's endpoints with no locality preference — what Istio does too
+            // when locality load balancing is off — so either value means the same here.
+            _ = rt["retryRemoteLocalities"]?.bool()
             rt.finish(kind: "HTTPRetry", istioFields: ["retryIgnorePreviousHosts", "backoff"])
-            if let attempts { r.retries = HTTPRetry(attempts: attempts, perTryTimeout: perTry, retryOn: on, retryRemoteLocalities: remote) }
+            if let attempts { r.retries = HTTPRetry(attempts: attempts, perTryTimeout: perTry, retryOn: on) }
         }
         if let f = m["fault"]?.mapping() {
             var fault = HTTPFault()

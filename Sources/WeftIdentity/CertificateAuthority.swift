@@ -24,44 +24,40 @@ public struct CertificateAuthority {
     public static func createRoot(trustDomain: String, validity: TimeInterval = 10 * 365 * 86400, now: Date = Date()) throws -> CertificateAuthority {
         guard SpiffeID.isValidTrustDomain(trustDomain) else { throw IdentityError("trust domain \"\(trustDomain)\" is not valid (lowercase letters, digits, . - _)") }
         let key = P256.Signing.PrivateKey()
-        let name = try DistinguishedName {
-            OrganizationName("weft")
-            CommonName("weft root CA \(trustDomain)")
-        }
-        let cert = try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-            notValidBefore: now.addingTimeInterval(-300), notValidAfter: now.addingTimeInterval(validity),
-            issuer: name, subject: name,
-            extensions: try Certificate.Extensions {
-                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 1))
-                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
-                SubjectKeyIdentifier(hash: .init(key.publicKey))
-            },
-            issuerPrivateKey: .init(key))
+        let cert = try caCertificate(key: key, name: "weft root CA \(trustDomain)", pathLength: 1, notBefore: now.addingTimeInterval(-300),
+                                     notAfter: now.addingTimeInterval(validity), issuer: nil)
         return CertificateAuthority(certificate: cert, issuers: [], key: key, node: nil)
     }
 
     /// An intermediate for `node`, signed by this (root) CA.
     public func issueNode(_ node: String, validity: TimeInterval = 365 * 86400, now: Date = Date()) throws -> CertificateAuthority {
         guard self.node == nil else { throw IdentityError("a node CA cannot issue another node CA; use the root (weft ca init)") }
-        guard !node.isEmpty, node.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { throw IdentityError("node name \"\(node)\" is not valid") }
+        guard !node.isEmpty, node.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { throw IdentityError("node name \"\(node)\" is not valid: use the agent's --node, printable ASCII without spaces") }
         let key = P256.Signing.PrivateKey()
-        let name = try DistinguishedName {
+        let cert = try Self.caCertificate(key: key, name: "weft node CA \(node)", pathLength: 0, notBefore: now.addingTimeInterval(-300),
+                                          notAfter: min(now.addingTimeInterval(validity), certificate.notValidAfter), issuer: self)
+        return CertificateAuthority(certificate: cert, issuers: [certificate] + issuers, key: key, node: node)
+    }
+
+    /// A CA certificate for `key`: self-signed when `issuer` is nil, else signed by it.
+    static func caCertificate(key: P256.Signing.PrivateKey, name: String, pathLength: Int, notBefore: Date, notAfter: Date,
+                              issuer: CertificateAuthority?) throws -> Certificate {
+        let subject = try DistinguishedName {
             OrganizationName("weft")
-            CommonName("weft node CA \(node)")
+            CommonName(name)
         }
-        let cert = try Certificate(
+        let authorityKeyID = try issuer?.certificate.extensions.subjectKeyIdentifier?.keyIdentifier
+        return try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-            notValidBefore: now.addingTimeInterval(-300), notValidAfter: min(now.addingTimeInterval(validity), certificate.notValidAfter),
-            issuer: certificate.subject, subject: name,
+            notValidBefore: notBefore, notValidAfter: notAfter,
+            issuer: issuer?.certificate.subject ?? subject, subject: subject,
             extensions: try Certificate.Extensions {
-                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: pathLength))
                 Critical(KeyUsage(keyCertSign: true, cRLSign: true))
                 SubjectKeyIdentifier(hash: .init(key.publicKey))
-                AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+                if let authorityKeyID { AuthorityKeyIdentifier(keyIdentifier: authorityKeyID) }
             },
-            issuerPrivateKey: .init(self.key))
-        return CertificateAuthority(certificate: cert, issuers: [certificate] + issuers, key: key, node: node)
+            issuerPrivateKey: .init(issuer?.key ?? key))
     }
 
     /// A workload certificate: empty subject, the SPIFFE ID as its only (critical) URI SAN,

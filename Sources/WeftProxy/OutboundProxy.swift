@@ -62,19 +62,6 @@ final class LoopState {
     func observe(_ e: ProxyEvent) { observer(e) }
 }
 
-/// SplitMix64: a fast, well-mixed generator for load-balancing draws (not for secrets).
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9e37_79b9_7f4a_7c15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-}
-
 /// One accepted connection: where it was going, who opened it, the tables of the
 /// revision it was accepted under (a connection keeps its revision), its loop's state.
 final class ConnectionContext {
@@ -108,11 +95,7 @@ final class ConnectionContext {
 
     /// What consistent hashing on the source address hashes: the workload's address when
     /// the kernel knows the client's workload, else the client's own address.
-    var sourceHash: UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in (source?.spec.address ?? client.address).bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
-    }
+    var sourceHash: UInt64 { Hashing.fnv1a((source?.spec.address ?? client.address).bytes) }
 }
 
 /// The agent's outbound listener (DESIGN.md :15001): accepts the connections the kernel
@@ -147,6 +130,7 @@ public final class OutboundProxy: Sendable {
     static let idleTimeout = TimeAmount.hours(1)
 
     private let settings: Settings
+    private let upstream: UpstreamSettings
     private let group: MultiThreadedEventLoopGroup
     private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
     private let tables = NIOLockedValueBox(ProxyTables())
@@ -163,9 +147,10 @@ public final class OutboundProxy: Sendable {
         self.settings = settings
         self.logger = logger
         self.origin = origin
+        let upstream = UpstreamSettings(mark: settings.agentMark)
+        self.upstream = upstream
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, settings.threads))
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
-        let upstream = UpstreamSettings(mark: settings.agentMark)
         for loop in group.makeIterator() {
             // Built on its own loop, the only thread that ever touches it.
             loops[ObjectIdentifier(loop)] = try! loop.submit {
@@ -270,10 +255,7 @@ public final class OutboundProxy: Sendable {
         limits.maxHeaderFieldSize = Self.maxHeaderBytes
         limits.maxHeaderFieldCount = Self.maxHeaderCount
         let guardHandler = SlowClientGuard(headerTimeout: settings.requestHeaderTimeout, idleTimeout: Self.idleTimeout) {
-            conn.loop.observe(.request(RequestRecord(
-                start: Date(), peers: conn.peers(destinationWorkload: nil), method: "-", path: "-", authority: "-",
-                protocolName: "HTTP/1.1", status: 408, grpcStatus: nil, flags: ["DPE"], durationMillis: 0, requestBytes: 0,
-                responseBytes: 0, upstream: nil, attempts: 0, requestID: nil, route: nil, cluster: nil)))
+            conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: 408)))
         }
         let handlers: [ChannelHandler] = [
             guardHandler,
@@ -324,7 +306,7 @@ public final class OutboundProxy: Sendable {
         // A TCP connection has no request attributes to hash: those keys pick at random.
         let hash: UInt64? = { if case .maglev = cluster?.loadBalancer { return conn.sourceHash } else { return nil } }()
         let endpoint = cluster.flatMap { c in conn.loop.picker(c, exclude: state?.ejected() ?? [], hash: hash, state: state) }
-        let upstream = UpstreamSettings(mark: settings.agentMark)
+        let upstream = upstream
         let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
         let logger = logger
         return TCPProxyHandler(

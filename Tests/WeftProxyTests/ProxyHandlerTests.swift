@@ -112,13 +112,13 @@ spec:
         var p = EndpointPicker()
         let c = cluster(.requestHash(.header("x-user")), weights: [1, 1, 1, 1])
         var before: [UInt64: SocketKey] = [:]
-        for k in 0..<2000 { before[UInt64(k)] = p.pick(c, hash: EndpointPicker.hash("user\(k)"), random: 0.3)!.socket }
-        for k in 0..<2000 { #expect(p.pick(c, hash: EndpointPicker.hash("user\(k)"), random: 0.9)!.socket == before[UInt64(k)]) }
+        for k in 0..<2000 { before[UInt64(k)] = p.pick(c, hash: Hashing.fnv1a("user\(k)"), random: 0.3)!.socket }
+        for k in 0..<2000 { #expect(p.pick(c, hash: Hashing.fnv1a("user\(k)"), random: 0.9)!.socket == before[UInt64(k)]) }
         #expect(Set(before.values).count == 4)
         let gone = c.endpoints[1].socket
         var moved = 0
         for k in 0..<2000 {
-            let now = p.pick(c, exclude: [gone], hash: EndpointPicker.hash("user\(k)"), random: 0.3)!.socket
+            let now = p.pick(c, exclude: [gone], hash: Hashing.fnv1a("user\(k)"), random: 0.3)!.socket
             if before[UInt64(k)] != gone { #expect(now == before[UInt64(k)]) } else { moved += 1 }
         }
         #expect(moved > 350 && moved < 650)   // about a quarter of the keys, and only those

@@ -81,11 +81,8 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
             let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-            conn.loop.observe(.request(RequestRecord(
-                start: Date(), peers: conn.peers(destinationWorkload: nil),
-                method: "-", path: "-", authority: "-", protocolName: http2 ? "HTTP/2" : "HTTP/1.1", status: Int(status.code), grpcStatus: nil, flags: ["DPE"],
-                durationMillis: 0, requestBytes: 0, responseBytes: 0, upstream: nil, attempts: 0, requestID: nil, route: nil,
-                cluster: nil)))
+            conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: http2 ? "HTTP/2" : "HTTP/1.1",
+                                                status: Int(status.code))))
         }
         // Close our side only, so the answer is read before the connection goes: closing
         // outright with the client's bytes unread makes the kernel send RST, which can
@@ -338,19 +335,22 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     // MARK: attempts
 
-    private func makeUpstreamHead(_ d: ForwardDecision) -> HTTPRequestHead {
+    /// The end-to-end headers of a message: hop-by-hop ones and those its Connection header
+    /// names are dropped; `te: trailers` stays (gRPC needs it, and it is legal in HTTP/2).
+    static func endToEnd(_ headers: HTTPHeaders) -> HTTPHeaders {
+        let named = Set(headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
         var h = HTTPHeaders()
-        // Headers named in Connection are hop-by-hop too.
-        let named = Set(head.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
-        for (name, value) in head.headers {
+        for (name, value) in headers {
             let lower = name.lowercased()
-            if lower == "te" && value.lowercased() == "trailers" {
-                h.add(name: name, value: value)
-                continue
-            }
-            if Self.hopByHop.contains(lower) || named.contains(lower) || lower == "host" { continue }
+            let trailers = lower == "te" && value.lowercased() == "trailers"
+            if !trailers && (hopByHop.contains(lower) || named.contains(lower)) { continue }
             h.add(name: name, value: value)
         }
+        return h
+    }
+
+    private func makeUpstreamHead(_ d: ForwardDecision) -> HTTPRequestHead {
+        var h = Self.endToEnd(head.headers)
         h.replaceOrAdd(name: "host", value: d.authority)
         if !h.contains(name: "x-forwarded-proto") { h.add(name: "x-forwarded-proto", value: "http") }
         if let id = h.first(name: "x-request-id") {
@@ -420,7 +420,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             switch result {
             case .success(let up):
                 if self.finished {
-                    pool.release(up, key, cluster: state, idleTimeout: nil, maxRequests: nil)
+                    pool.release(up, key, cluster: state, policy: c.connectionPool)
                     return
                 }
                 self.attach(up)
@@ -496,17 +496,17 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         case .maglev:
             hashValue = conn.sourceHash
         case .requestHash(.header(let name)):
-            hashValue = head.headers[name].isEmpty ? nil : EndpointPicker.hash(head.headers[name].joined(separator: ","))
+            hashValue = head.headers[name].isEmpty ? nil : Hashing.fnv1a(head.headers[name].joined(separator: ","))
         case .requestHash(.queryParameter(let name)):
             let attrs = RequestAttributes(method: head.method.rawValue, path: head.uri, authority: "", port: 0)
-            hashValue = attrs.queryParam(name).map(EndpointPicker.hash)
+            hashValue = attrs.queryParam(name).map(Hashing.fnv1a)
         case .requestHash(.cookie(let name, let ttl, let path)):
             let cookies = head.headers["cookie"].flatMap { $0.split(separator: ";") }.map { $0.trimmingCharacters(in: .whitespaces) }
             if let v = cookies.first(where: { $0.hasPrefix(name + "=") })?.dropFirst(name.count + 1) {
-                hashValue = EndpointPicker.hash(String(v))
+                hashValue = Hashing.fnv1a(String(v))
             } else if let ttl {
                 let value = String(conn.loop.randomBits(), radix: 16)
-                hashValue = EndpointPicker.hash(value)
+                hashValue = Hashing.fnv1a(value)
                 var c = "\(name)=\"\(value)\"; Max-Age=\(ttl.nanoseconds / 1_000_000_000)"
                 if let path { c += "; Path=\(path)" }
                 setCookie = c + "; HttpOnly"
@@ -614,9 +614,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             let reusable = upstreamKeepAlive && sentEnd
             upstream = nil
             if reusable, let c = cluster, let state = clusterState, let ep = lastEndpoint {
-                let pool = c.connectionPool
-                conn.loop.pool.release(up, PoolKey(cluster: c.key, endpoint: ep), cluster: state,
-                                       idleTimeout: pool?.idleTimeout?.timeAmount, maxRequests: pool?.maxRequestsPerConnection)
+                conn.loop.pool.release(up, PoolKey(cluster: c.key, endpoint: ep), cluster: state, policy: c.connectionPool)
             } else {
                 up.delegate = nil
                 up.close()
@@ -649,13 +647,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     private func clientHead(_ rh: HTTPResponseHead) -> HTTPResponseHead {
-        var h = HTTPHeaders()
-        let named = Set(rh.headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
-        for (name, value) in rh.headers {
-            let lower = name.lowercased()
-            if Self.hopByHop.contains(lower) || named.contains(lower) { continue }
-            h.add(name: name, value: value)
-        }
+        var h = Self.endToEnd(rh.headers)
         for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
         if let c = setCookie { h.add(name: "set-cookie", value: c) }
         if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }

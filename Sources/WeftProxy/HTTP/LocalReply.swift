@@ -40,7 +40,7 @@ struct LocalReply {
     }
 
     /// UT: the route timeout expired before a response.
-    static let routeTimeout = LocalReply(status: .gatewayTimeout, body: "upstream request timeout", flags: ["UT"])
+    static let routeTimeout = upstreamFailure(status: 504, flags: ["UT"])
 }
 
 /// gRPC status codes by the names Istio's config uses.

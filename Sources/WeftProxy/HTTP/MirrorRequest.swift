@@ -58,9 +58,7 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         state?.endRequest()
         if let up = upstream, let ep = endpoint, let state {
             if reuse {
-                conn.loop.pool.release(up, PoolKey(cluster: cluster.key, endpoint: ep), cluster: state,
-                                       idleTimeout: cluster.connectionPool?.idleTimeout?.timeAmount,
-                                       maxRequests: cluster.connectionPool?.maxRequestsPerConnection)
+                conn.loop.pool.release(up, PoolKey(cluster: cluster.key, endpoint: ep), cluster: state, policy: cluster.connectionPool)
             } else {
                 up.delegate = nil
                 up.close()

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import NIOHTTP2
+import WeftConfig
 
 /// Receives what an upstream HTTP/1.1 connection delivers.
 protocol UpstreamHTTP1Delegate: AnyObject {
@@ -242,9 +243,11 @@ final class HTTP1Pool {
         }.nonisolated()
     }
 
-    /// Returns a connection whose exchange completed cleanly; it closes after `idleTimeout`.
-    /// (An HTTP/2 stream ends with its exchange; its connection stays in the pool.)
-    func release(_ conn: UpstreamHTTP1Handler, _ key: PoolKey, cluster: ClusterState, idleTimeout: TimeAmount?, maxRequests: Int?) {
+    /// Returns a connection whose exchange completed cleanly; it closes after the policy's
+    /// idleTimeout, or now if it served maxRequestsPerConnection. (An HTTP/2 stream ends with
+    /// its exchange; its connection stays in the pool.)
+    func release(_ conn: UpstreamHTTP1Handler, _ key: PoolKey, cluster: ClusterState, policy: ConnectionPool?) {
+        let idleTimeout = policy?.idleTimeout?.timeAmount, maxRequests = policy?.maxRequestsPerConnection
         conn.delegate = nil
         conn.setPaused(false)
         if conn.isStream { return }
@@ -286,12 +289,6 @@ final class HTTP1Pool {
     private func forget(_ conn: UpstreamHTTP1Handler, _ key: PoolKey) {
         idle[key]?.removeAll { $0 === conn }
         if idle[key]?.isEmpty == true { idle[key] = nil }
-    }
-
-    /// Closes every idle connection (shutdown).
-    func closeAll() {
-        for conns in idle.values { for c in conns { c.close() } }
-        idle.removeAll()
     }
 }
 

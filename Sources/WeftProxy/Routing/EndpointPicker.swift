@@ -45,13 +45,7 @@ struct EndpointPicker {
     }
 
     static func weightedRandom(_ candidates: [Endpoint], _ random: Double) -> Endpoint? {
-        let total = candidates.reduce(0) { $0 + Int($1.weight) }
-        var point = random * Double(total)
-        for e in candidates {
-            point -= Double(e.weight)
-            if point < 0 { return e }
-        }
-        return candidates.last
+        pickWeighted(candidates, weight: { Int($0.weight) }, random: random)
     }
 
     /// Weighted rendezvous hashing: each endpoint scores weight / -ln(u), u uniform from
@@ -60,29 +54,12 @@ struct EndpointPicker {
     static func rendezvous(_ candidates: [Endpoint], _ hash: UInt64) -> Endpoint? {
         var best: (Endpoint, Double)?
         for e in candidates {
-            var h = hash ^ 0x9e37_79b9_7f4a_7c15
-            for b in e.socket.address.bytes + [UInt8(e.socket.port >> 8), UInt8(e.socket.port & 0xff)] {
-                h = (h ^ UInt64(b)) &* 0x100_0000_01b3
-            }
-            h = splitmix(h)
+            let h = Hashing.splitmix(Hashing.fnv1a(e.socket.address.bytes + [UInt8(e.socket.port >> 8), UInt8(e.socket.port & 0xff)],
+                                                   seed: hash ^ 0x9e37_79b9_7f4a_7c15))
             let u = (Double(h >> 11) + 0.5) / Double(1 << 53)
             let score = Double(max(e.weight, 1)) / -log(u)
             if best == nil || score > best!.1 { best = (e, score) }
         }
         return best?.0
-    }
-
-    static func splitmix(_ x: UInt64) -> UInt64 {
-        var z = x &+ 0x9e37_79b9_7f4a_7c15
-        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-        return z ^ (z >> 31)
-    }
-
-    /// FNV-1a of a string (request attribute hash keys).
-    static func hash(_ s: String) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in s.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
     }
 }

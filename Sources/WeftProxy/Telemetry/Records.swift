@@ -39,6 +39,15 @@ public struct RequestRecord: Sendable {
     public var cluster: String?
 }
 
+extension RequestRecord {
+    /// A request the proxy refused before it was parsed or routed (Envoy's flag DPE).
+    static func refused(_ peers: Peers, protocolName: String, status: Int) -> RequestRecord {
+        RequestRecord(start: Date(), peers: peers, method: "-", path: "-", authority: "-", protocolName: protocolName, status: status,
+                      grpcStatus: nil, flags: ["DPE"], durationMillis: 0, requestBytes: 0, responseBytes: 0, upstream: nil,
+                      attempts: 0, requestID: nil, route: nil, cluster: nil)
+    }
+}
+
 /// One opaque TCP connection.
 public struct TCPRecord: Sendable {
     public var peers: Peers
