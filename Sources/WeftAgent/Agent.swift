@@ -49,6 +49,8 @@ public struct AgentOptions: Sendable {
     public var caDir: String?
     /// Lifetime of workload certificates, seconds (renewed at half life).
     public var certTTL: Double = 24 * 3600
+    /// mTLS tunnel port on all of the node's addresses; 0 = no tunnel.
+    public var tunnelPort: UInt16 = 15008
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -130,7 +132,10 @@ public final class Agent: Service, @unchecked Sendable {
         } catch {
             throw AgentError("certificate authority: \(error)")
         }
-        certificates = WorkloadCertificates(ca: ca, ttl: options.certTTL)
+        let certificates = WorkloadCertificates(ca: ca, ttl: options.certTTL)
+        self.certificates = certificates
+        let identities = AgentIdentities(certificates: certificates,
+                                         bundle: TrustBundle(trustDomain: options.trustDomain, roots: [certificates.caRoot]))
         let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] request in
             handle(request)
         }
@@ -143,14 +148,17 @@ public final class Agent: Service, @unchecked Sendable {
             // (the per-request label work is not free).
             let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
             let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark,
-                                                  requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000))),
+                                                  requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000)),
+                                                  tunnelPort: options.tunnelPort),
                                   logger: logger,
                                   origin: { [self] client in origin(of: client) },
+                                  identities: identities,
                                   observer: { event in
                                       metrics?.record(event)
                                       if case .request(let r) = event { log?.write(r) }
                                   })
             try p.start()
+            try p.startTunnel()
             if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) }
             proxy = p
         }
@@ -245,7 +253,7 @@ public final class Agent: Service, @unchecked Sendable {
         }
         let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" })
         if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1 { return }
-        proxy.update(ProxyTables(snapshot: snap, workloads: byID))
+        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain))
         proxyBuilt = key
     }
 

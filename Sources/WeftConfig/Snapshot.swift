@@ -13,6 +13,8 @@ public struct ServiceBackend: Hashable, Sendable, Codable {
     public var workload: ResourceID?
     /// Its labels (what DestinationRule subsets select on).
     public var labels: [String: String] = [:]
+    /// The node whose agent serves the workload (weft.io/node): a meshed endpoint.
+    public var node: String?
 }
 
 /// One immutable, validated, versioned set of resources. Everything downstream reads
@@ -83,7 +85,7 @@ public struct Snapshot: Sendable {
                 .filter { we in selector.allSatisfy { k, v in we.spec.labels[k] == v } }
                 .map { ServiceBackend(address: $0.spec.address, port: target($0.spec), weight: $0.spec.weight,
                                       workload: ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name),
-                                      labels: $0.spec.labels) }
+                                      labels: $0.spec.labels, node: $0.node) }
         }
         return service.endpoints.map { ServiceBackend(address: $0.address, port: target($0), weight: $0.weight, workload: nil, labels: $0.labels) }
     }
@@ -362,13 +364,5 @@ public enum ConfigLoader {
         // Stored and validated, not yet enforced: say so rather than let it look active.
         for r in snap.peerAuthentications { notYetEnforced(sink, r.position, "PeerAuthentication \(r.metadata.namespace)/\(r.metadata.name)", "mTLS") }
         for r in snap.authorizationPolicies { notYetEnforced(sink, r.position, "AuthorizationPolicy \(r.metadata.namespace)/\(r.metadata.name)", "authorization") }
-        for r in snap.destinationRules {
-            let tp = ([r.trafficPolicy] + r.subsets.map(\.trafficPolicy)).compactMap { $0 }
-            var fields: [String] = []
-            if tp.contains(where: { $0.tls != nil || $0.portLevelSettings.values.contains { $0.tls != nil } }) { fields.append("tls") }
-            if !fields.isEmpty {
-                notYetEnforced(sink, r.position, "DestinationRule \(r.metadata.namespace)/\(r.metadata.name)", fields.joined(separator: ", "))
-            }
-        }
     }
 }

@@ -24,10 +24,17 @@ public final class WorkloadCertificates: @unchecked Sendable {
         var certificate: Certificate
     }
 
-    private let ca: CertificateAuthority
+    let ca: CertificateAuthority
     private let ttl: TimeInterval
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
+
+    /// One workload's entry, under the lock.
+    func entry(_ workload: String) -> Entry? {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries[workload]
+    }
 
     /// `ttl`: lifetime of each workload certificate.
     public init(ca: CertificateAuthority, ttl: TimeInterval) {

@@ -31,10 +31,12 @@ final class LoopState {
     private var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
     let observer: @Sendable (ProxyEvent) -> Void
 
-    init(settings: UpstreamSettings, observer: @escaping @Sendable (ProxyEvent) -> Void) {
-        pool = HTTP1Pool(settings: settings)
+    init(dialer: Dialer, observer: @escaping @Sendable (ProxyEvent) -> Void) {
+        pool = HTTP1Pool(dialer: dialer)
         self.observer = observer
     }
+
+    var dialer: Dialer { pool.dialer }
 
     func random() -> Double { Double.random(in: 0..<1, using: &rng) }
 
@@ -73,9 +75,13 @@ final class ConnectionContext {
     let tables: ProxyTables
     let loop: LoopState
     let clusters: ClusterRegistry
+    /// Set on the destination side of the tunnel: who the verified peer is, and the local
+    /// workload port the connection was delivered to.
+    let inbound: InboundPeer?
 
     init(id: UInt64, client: SocketKey, origin: ConnectionOrigin, listener: ServiceListener, source: WorkloadEntry?,
-         tables: ProxyTables, loop: LoopState, clusters: ClusterRegistry) {
+         tables: ProxyTables, loop: LoopState, clusters: ClusterRegistry, inbound: InboundPeer? = nil) {
+        self.inbound = inbound
         self.clusters = clusters
         self.id = id
         self.client = client
@@ -88,9 +94,28 @@ final class ConnectionContext {
 
     /// Telemetry labels of this connection, with the endpoint that served it.
     func peers(destinationWorkload: ResourceID?) -> Peers {
-        Peers(client: client.description,
-              source: source.map { ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name) },
-              destinationHost: listener.host, destinationService: listener.service, destinationWorkload: destinationWorkload)
+        if let inbound {
+            return Peers(client: client.description, source: inbound.sourceWorkload, destinationHost: listener.host,
+                         destinationService: listener.service, destinationWorkload: destinationWorkload, reporter: "destination",
+                         sourcePrincipal: inbound.identity, mutualTLS: true)
+        }
+        return Peers(client: client.description, source: sourceID, destinationHost: listener.host, destinationService: listener.service,
+                     destinationWorkload: destinationWorkload)
+    }
+
+    var sourceID: ResourceID? { source.map { ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name) } }
+
+    /// How this connection reaches `ep`: through the tunnel, presenting the source
+    /// workload's certificate, when the endpoint is meshed and the source has an identity
+    /// (a client outside any workload has none, and goes in plaintext like any outsider).
+    func route(to ep: Endpoint) -> UpstreamRoute {
+        switch ep.transport {
+        case .plain: return .direct
+        case .unreachable: return .refused
+        case .tunnel(let node):
+            guard loop.dialer.tunnels != nil, let s = source, let id = sourceID else { return .direct }
+            return .tunnel(TunnelKey(source: id, sourceAddress: s.spec.address, node: node))
+        }
     }
 
     /// What consistent hashing on the source address hashes: the workload's address when
@@ -112,9 +137,13 @@ public final class OutboundProxy: Sendable {
         public var threads: Int
         /// How long an HTTP/1 client may take to send a request's line and headers.
         public var requestHeaderTimeout: TimeAmount
+        /// The mTLS tunnel port, on every address of the node (0: no tunnel).
+        public var tunnelPort: UInt16
 
         /// Creates settings.
-        public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount, requestHeaderTimeout: TimeAmount = .seconds(10)) {
+        public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount, requestHeaderTimeout: TimeAmount = .seconds(10),
+                    tunnelPort: UInt16 = 0) {
+            self.tunnelPort = tunnelPort
             self.port = port
             self.agentMark = agentMark
             self.threads = threads
@@ -129,32 +158,45 @@ public final class OutboundProxy: Sendable {
     /// A client connection with nothing in flight closes after this (Envoy's idle_timeout).
     static let idleTimeout = TimeAmount.hours(1)
 
-    private let settings: Settings
-    private let upstream: UpstreamSettings
-    private let group: MultiThreadedEventLoopGroup
-    private let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
-    private let tables = NIOLockedValueBox(ProxyTables())
-    private let clusters = ClusterRegistry()
-    private let channels = NIOLockedValueBox<[Channel]>([])
+    let settings: Settings
+    let upstream: UpstreamSettings
+    let group: MultiThreadedEventLoopGroup
+    let loops: [ObjectIdentifier: NIOLoopBound<LoopState>]
+    let tables = NIOLockedValueBox(ProxyTables())
+    let clusters = ClusterRegistry()
+    let channels = NIOLockedValueBox<[Channel]>([])
     private let nextID = NIOLockedValueBox<UInt64>(0)
     private let origin: @Sendable (SocketKey) -> ConnectionOrigin?
-    private let logger: Logger
+    let logger: Logger
+    /// TLS for the tunnel (nil: no identities, no tunnel).
+    let tls: TunnelTLS?
+    /// Tunnel connections refused, by reason (the destination side).
+    let tunnelRefusals = NIOLockedValueBox<[String: Int]>([:])
 
     /// `origin` looks up (and consumes) the kernel's record for a client address.
-    /// `observer` receives every finished request (telemetry, access log).
+    /// `observer` receives every finished request (telemetry, access log). `identities`
+    /// give the tunnel its certificates and peer verification.
     public init(settings: Settings, logger: Logger, origin: @escaping @Sendable (SocketKey) -> ConnectionOrigin?,
-                observer: @escaping @Sendable (ProxyEvent) -> Void = { _ in }) {
+                identities: TunnelIdentities? = nil, observer: @escaping @Sendable (ProxyEvent) -> Void = { _ in }) {
         self.settings = settings
         self.logger = logger
         self.origin = origin
         let upstream = UpstreamSettings(mark: settings.agentMark)
         self.upstream = upstream
+        let tls = identities.map { TunnelTLS(identities: $0) }
+        self.tls = tls
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, settings.threads))
         var loops: [ObjectIdentifier: NIOLoopBound<LoopState>] = [:]
+        let tables = tables
+        let peers: @Sendable (String) -> Set<String> = { node in tables.withLockedValue { $0.nodeIdentities[node] ?? [] } }
         for loop in group.makeIterator() {
             // Built on its own loop, the only thread that ever touches it.
             loops[ObjectIdentifier(loop)] = try! loop.submit {
-                NIOLoopBound(LoopState(settings: upstream, observer: observer), eventLoop: loop)
+                let tunnels = tls.flatMap { tls in
+                    settings.tunnelPort == 0 ? nil
+                        : TunnelPool(settings: upstream, tls: tls, port: settings.tunnelPort, logger: logger, peers: peers)
+                }
+                return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), observer: observer), eventLoop: loop)
             }.wait()
         }
         self.loops = loops
@@ -197,7 +239,9 @@ public final class OutboundProxy: Sendable {
     /// Serves `metrics` on 127.0.0.1:`port` (same threads as the proxy).
     public func serveMetrics(port: UInt16, metrics: IstioMetrics) throws {
         do {
-            let ch = try MetricsServer.start(group: group, port: port) { metrics.render() }
+            let ch = try MetricsServer.start(group: group, port: port) { [self] in
+                metrics.render() + (tls != nil && settings.tunnelPort != 0 ? renderTunnelRefusals() : "")
+            }
             channels.withLockedValue { $0.append(ch) }
             logger.info("metrics on http://127.0.0.1:\(port)/metrics", metadata: ["component": "proxy"])
         } catch {
@@ -215,7 +259,7 @@ public final class OutboundProxy: Sendable {
     /// Sets up an accepted connection (on its event loop).
     private func accepted(_ ch: Channel) throws {
         guard let remote = ch.remoteAddress, let client = SocketKey(remote) else { throw ProxyError("accepted socket without a peer address") }
-        let id = nextID.withLockedValue { $0 += 1; return $0 }
+        let id = nextConnectionID()
         guard let origin = origin(client) else {
             // Not a connection weft captured (someone dialed the listener directly): there
             // is no destination to honour, so there is nothing to proxy.
@@ -231,25 +275,13 @@ public final class OutboundProxy: Sendable {
         guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
         let conn = ConnectionContext(id: id, client: client, origin: origin, listener: listener,
                                      source: t.workloads[origin.cgroupID], tables: t, loop: loop, clusters: clusters)
-        let sync = ch.pipeline.syncOperations
-        if listener.router == nil && !listener.port.isHTTP {
-            try sync.addHandler(makeTCPProxy(conn))
-            return
-        }
-        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: Self.idleTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
-            do {
-                switch proto {
-                case .http1: try self.addHTTP1(conn, ctx)
-                case .http2: try self.addHTTP2(conn, ctx)
-                case .opaque: try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn), position: .after(ctx.handler))
-                }
-            } catch {
-                ctx.close(promise: nil)
-            }
-        })
+        try serve(conn, ch)
     }
 
-    private func addHTTP1(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
+    /// A new connection id (logs).
+    func nextConnectionID() -> UInt64 { nextID.withLockedValue { $0 += 1; return $0 } }
+
+    func addHTTP1(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = Self.maxHeaderBytes
         limits.maxHeaderFieldSize = Self.maxHeaderBytes
@@ -273,7 +305,7 @@ public final class OutboundProxy: Sendable {
     /// concurrent streams, 60 KiB of headers, a 4 KiB HPACK table, a few CONTINUATION
     /// frames, and NIO's reset-rate limit (200 RST_STREAM in 30 s → GOAWAY
     /// ENHANCE_YOUR_CALM, the Rapid Reset defence Envoy also applies).
-    private func addHTTP2(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
+    func addHTTP2(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: Self.maxConcurrentStreams),
@@ -297,23 +329,28 @@ public final class OutboundProxy: Sendable {
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's
     /// maxConnections (over it the client is closed at once: Envoy's UO for TCP) and
-    /// avoiding endpoints outlier detection ejected.
-    private func makeTCPProxy(_ conn: ConnectionContext) -> TCPProxyHandler {
+    /// avoiding endpoints outlier detection ejected. At a tunnel's destination the
+    /// cluster is the local workload port; `answer` learns whether it was reached.
+    func makeTCPProxy(_ conn: ConnectionContext, answer: ((Bool) -> Void)?) -> TCPProxyHandler {
         let t = conn.tables
-        let dest = t.tcpDestination(conn.listener, sourceLabels: conn.source?.spec.labels ?? [:], random: conn.loop.random())
-        let cluster = dest.flatMap { t.cluster(for: $0, dialedPort: conn.listener.port.number) } ?? t.defaultCluster(conn.listener)
+        let cluster: Cluster?
+        if let inbound = conn.inbound {
+            cluster = inbound.target.cluster
+        } else {
+            let dest = t.tcpDestination(conn.listener, sourceLabels: conn.source?.spec.labels ?? [:], random: conn.loop.random())
+            cluster = dest.flatMap { t.cluster(for: $0, dialedPort: conn.listener.port.number) } ?? t.defaultCluster(conn.listener)
+        }
         let state = cluster.map { clusters.state($0) }
         // A TCP connection has no request attributes to hash: those keys pick at random.
         let hash: UInt64? = { if case .maglev = cluster?.loadBalancer { return conn.sourceHash } else { return nil } }()
         let endpoint = cluster.flatMap { c in conn.loop.picker(c, exclude: state?.ejected() ?? [], hash: hash, state: state) }
-        let upstream = upstream
         let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
         let logger = logger
         return TCPProxyHandler(
             connect: { loop in
                 guard let ep = endpoint, let state else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
                 guard state.openConnection() else { return loop.makeFailedFuture(ProxyError("maxConnections reached (UO)")) }
-                return upstream.connect(ep.socket, on: loop, timeout: timeout, halfClose: true).map { ch in
+                return conn.loop.dialer.dial(ep.socket, route: conn.route(to: ep), on: loop, timeout: timeout, halfClose: true).map { ch in
                     ch.closeFuture.whenComplete { _ in state.connectionClosed() }
                     return ch
                 }.flatMapErrorThrowing { error in
@@ -323,6 +360,7 @@ public final class OutboundProxy: Sendable {
                 }
             },
             connected: { ch in
+                answer?(ch != nil)
                 let record = TCPRecord(peers: conn.peers(destinationWorkload: endpoint?.workload), upstream: endpoint?.socket.description,
                                        sentBytes: 0, receivedBytes: 0, flags: ch == nil ? ["UF"] : [])
                 conn.loop.observe(.tcpOpened(record))

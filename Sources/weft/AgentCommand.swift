@@ -68,6 +68,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Lifetime of workload certificates in seconds (renewed at half life).")
     var certTtl: Double = 86400
 
+    @Option(help: "mTLS tunnel port on every address of the node: other nodes' agents reach this node's workloads through it. 0 turns the tunnel off (meshed workloads are then reached in plaintext).")
+    var tunnelPort: UInt16 = 15008
+
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
@@ -96,6 +99,7 @@ struct AgentCommand: AsyncParsableCommand {
         opts.trustDomain = trustDomain
         opts.caDir = ca
         opts.certTTL = max(certTtl, 2)
+        opts.tunnelPort = tunnelPort
         let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -335,3 +335,49 @@ def sandbox():
         assert s.ns not in sh("ip netns list").stdout, "namespace left behind"
         live = {p["id"] for p in json.loads(sh("bpftool prog show -j").stdout or "[]")}
         assert not (live & s.prog_ids), "programs left loaded: %s" % (live & s.prog_ids)
+
+
+class Mesh:
+    """Two nodes (sandboxes) joined by a veth pair created in their namespaces, one root
+    CA and a node CA per node (weft ca). Node a's workloads are 10.250.1.0/24, node b's
+    10.250.2.0/24, on each node's lo; the link is 10.99.0.1 (a) — 10.99.0.2 (b)."""
+
+    def __init__(self):
+        self.a, self.b = Sandbox(), Sandbox()
+        va, vb = self.a.id[-8:] + "va", self.b.id[-8:] + "vb"
+        sh(["ip", "-n", self.a.ns, "link", "add", va, "type", "veth", "peer", "name", vb, "netns", self.b.ns])
+        for node, dev, addr, peer, remote in ((self.a, va, "10.99.0.1/30", "10.99.0.2", "10.250.2.0/24"),
+                                              (self.b, vb, "10.99.0.2/30", "10.99.0.1", "10.250.1.0/24")):
+            sh(["ip", "-n", node.ns, "addr", "add", addr, "dev", dev])
+            sh(["ip", "-n", node.ns, "link", "set", dev, "up"])
+            sh(["ip", "-n", node.ns, "route", "add", remote, "via", peer])
+        self.devs = {"a": va, "b": vb}
+        self.root = os.path.join(self.a.tmp, "root-ca")
+        sh([WEFT, "ca", "init", "--out", self.root])
+        for name, node in (("node-a", self.a), ("node-b", self.b)):
+            sh([WEFT, "ca", "issue-node", "--ca", self.root, "--node", name, "--out", os.path.join(node.tmp, "node-ca")])
+
+    def write(self, name, text):
+        """The same config on both nodes (as a control plane would push it)."""
+        self.a.write(name, text)
+        self.b.write(name, text)
+
+    def start(self, *extra):
+        self.a.start_agent("--ca", os.path.join(self.a.tmp, "node-ca"), *extra, node="node-a")
+        self.b.start_agent("--ca", os.path.join(self.b.tmp, "node-ca"), *extra, node="node-b")
+
+    def close(self):
+        for s in (self.a, self.b):
+            s.close()
+
+
+@pytest.fixture
+def mesh():
+    m = Mesh()
+    try:
+        yield m
+    finally:
+        m.close()
+        for s in (m.a, m.b):
+            assert not os.path.exists(s.cgroup) and not os.path.exists(s.bpffs), "left behind"
+            assert s.ns not in sh("ip netns list").stdout, "namespace left behind"

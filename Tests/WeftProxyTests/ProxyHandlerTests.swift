@@ -234,7 +234,7 @@ final class ReadCounter: ChannelOutboundHandler {
     func channel(_ records: NIOLockedValueBox<[RequestRecord]>) throws -> EmbeddedChannel {
         let t = try tables(routedWeb)
         let listener = try #require(t.listeners[SocketKey(IPAddress("10.96.0.10")!, 80)])
-        let loop = LoopState(settings: UpstreamSettings(mark: 0)) { e in
+        let loop = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil)) { e in
             if case .request(let r) = e { records.withLockedValue { $0.append(r) } }
         }
         let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("127.0.0.1")!, 40000),

@@ -172,6 +172,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var retry: RetryStateMachine?
     private var tried: Set<SocketKey> = []
     private var lastEndpoint: SocketKey?
+    /// The pool the current attempt's connection belongs to.
+    private var poolKey: PoolKey?
     private var lastWorkload: ResourceID?
     /// The endpoint counted as having this request in flight (LEAST_REQUEST).
     private var activeEndpoint: SocketKey?
@@ -256,7 +258,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             finish(with: .faultAbort(abort))
             return
         }
-        guard let c = conn.tables.cluster(for: d.destination, dialedPort: conn.listener.port.number), !c.endpoints.isEmpty else {
+        guard let c = conn.inbound?.target.cluster ?? conn.tables.cluster(for: d.destination, dialedPort: conn.listener.port.number),
+              !c.endpoints.isEmpty else {
             localReply(.noHealthyUpstream)
             return
         }
@@ -352,6 +355,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func makeUpstreamHead(_ d: ForwardDecision) -> HTTPRequestHead {
         var h = Self.endToEnd(head.headers)
         h.replaceOrAdd(name: "host", value: d.authority)
+        // Only the destination's agent may say who the client is: a client's own
+        // x-forwarded-client-cert never passes, on either side of the tunnel.
+        h.remove(name: "x-forwarded-client-cert")
+        if let inbound = conn.inbound {
+            h.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(inbound.identity)")
+        }
         if !h.contains(name: "x-forwarded-proto") { h.add(name: "x-forwarded-proto", value: "http") }
         if let id = h.first(name: "x-request-id") {
             requestID = id
@@ -390,14 +399,16 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         attempts += 1
         sentParts = 0
         sentEnd = false
-        connect(ep.socket)
+        connect(ep)
     }
 
     /// Gets a connection to `endpoint`: idle, new, or — at maxConnections — the next one
     /// freed, unless http1MaxPendingRequests is full too (503 UO).
-    private func connect(_ endpoint: SocketKey) {
+    private func connect(_ ep: Endpoint) {
         guard let c = cluster, let state = clusterState, let loop = handler.context?.eventLoop else { return }
-        let key = PoolKey(cluster: c.key, endpoint: endpoint)
+        let endpoint = ep.socket
+        let key = PoolKey(cluster: c.key, endpoint: endpoint, route: conn.route(to: ep))
+        poolKey = key
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
         let future: EventLoopFuture<UpstreamHTTP1Handler>?
@@ -409,7 +420,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         }
         guard let future else {
             let me = NIOLoopBound(self, eventLoop: loop)
-            guard let id = state.wait(on: loop, wake: { loop.execute { me.value.waitOver(endpoint) } }) else {
+            guard let id = state.wait(on: loop, wake: { loop.execute { me.value.waitOver(ep) } }) else {
                 finish(with: .overflow)
                 return
             }
@@ -430,9 +441,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         }
     }
 
-    private func waitOver(_ endpoint: SocketKey) {
+    private func waitOver(_ ep: Endpoint) {
         waitID = nil
-        if !finished { connect(endpoint) }
+        if !finished { connect(ep) }
     }
 
     private func attach(_ up: UpstreamHTTP1Handler) {
@@ -613,8 +624,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             handler.write(.end(trailers ?? trailersFromHead), flush: true)
             let reusable = upstreamKeepAlive && sentEnd
             upstream = nil
-            if reusable, let c = cluster, let state = clusterState, let ep = lastEndpoint {
-                conn.loop.pool.release(up, PoolKey(cluster: c.key, endpoint: ep), cluster: state, policy: c.connectionPool)
+            if reusable, let c = cluster, let state = clusterState, let key = poolKey {
+                conn.loop.pool.release(up, key, cluster: state, policy: c.connectionPool)
             } else {
                 up.delegate = nil
                 up.close()

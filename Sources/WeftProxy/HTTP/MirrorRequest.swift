@@ -14,7 +14,7 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
     private let body: [ByteBuffer]
     private var state: ClusterState?
     private var upstream: UpstreamHTTP1Handler?
-    private var endpoint: SocketKey?
+    private var poolKey: PoolKey?
     private var timer: Scheduled<Void>?
     private var done = false
 
@@ -30,12 +30,13 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         guard state.startRequest() else { return }
         self.state = state
         guard let ep = conn.loop.picker(cluster, exclude: state.ejected(), hash: nil, state: state),
-              let future = conn.loop.pool.acquire(PoolKey(cluster: cluster.key, endpoint: ep.socket), cluster: state, on: loop,
+              case let key = PoolKey(cluster: cluster.key, endpoint: ep.socket, route: conn.route(to: ep)),
+              let future = conn.loop.pool.acquire(key, cluster: state, on: loop,
                                                   connectTimeout: cluster.connectionPool?.connectTimeout?.timeAmount) else {
             state.endRequest()
             return
         }
-        endpoint = ep.socket
+        poolKey = key
         timer = loop.assumeIsolated().scheduleTask(in: Self.maxDuration) { self.finish(reuse: false) }
         future.assumeIsolated().whenComplete { result in
             guard case .success(let up) = result, !self.done else {
@@ -56,9 +57,9 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         done = true
         timer?.cancel()
         state?.endRequest()
-        if let up = upstream, let ep = endpoint, let state {
+        if let up = upstream, let key = poolKey, let state {
             if reuse {
-                conn.loop.pool.release(up, PoolKey(cluster: cluster.key, endpoint: ep), cluster: state, policy: cluster.connectionPool)
+                conn.loop.pool.release(up, key, cluster: state, policy: cluster.connectionPool)
             } else {
                 up.delegate = nil
                 up.close()

@@ -128,6 +128,9 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler {
 struct PoolKey: Hashable {
     var cluster: ClusterKey
     var endpoint: SocketKey
+    /// Through the tunnel the route includes the source identity: a connection that
+    /// presented one workload's certificate never carries another's requests.
+    var route: UpstreamRoute = .direct
 }
 
 /// Upstream connections of one event loop: idle HTTP/1.1 connections, and one multiplexed
@@ -147,12 +150,12 @@ final class HTTP1Pool {
         http2[key] = nil
         http2States[key] = nil
     }
-    let settings: UpstreamSettings
+    let dialer: Dialer
     /// Envoy's default idle timeout for upstream connections (connectionPool.http.idleTimeout).
     static let defaultIdleTimeout = TimeAmount.hours(1)
 
-    init(settings: UpstreamSettings) {
-        self.settings = settings
+    init(dialer: Dialer) {
+        self.dialer = dialer
     }
 
     /// An idle connection to the endpoint, or a new one; nil when the cluster is at
@@ -173,7 +176,7 @@ final class HTTP1Pool {
             self?.forget(c, key)
             cluster.connectionClosed()
         }
-        return settings.connect(key.endpoint, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
+        return dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
             try ch.pipeline.syncOperations.addHTTPClientHandlers()
             try ch.pipeline.syncOperations.addHandler(handler)
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
@@ -198,7 +201,7 @@ final class HTTP1Pool {
             guard cluster.openConnection() else { return nil }
             connState = HTTP2ConnectionState()
             let watcherState = NIOLoopBound(connState, eventLoop: loop)
-            let made = settings.connect(key.endpoint, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
+            let made = dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
                 let m = try ch.pipeline.syncOperations.configureHTTP2Pipeline(
                     mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
                     pushed.close() // no server push through a proxy

@@ -15,12 +15,35 @@ public struct SocketKey: Hashable, Sendable, CustomStringConvertible {
     public var description: String { address.withPort(port) }
 }
 
+/// How the proxy reaches an endpoint.
+public enum EndpointTransport: Hashable, Sendable {
+    /// Plain TCP: not a meshed workload, or DestinationRule tls DISABLE.
+    case plain
+    /// Through the mTLS tunnel to the agent of this node (a meshed workload).
+    case tunnel(node: String)
+    /// tls ISTIO_MUTUAL to an endpoint no agent serves: cannot be reached securely, and
+    /// is not reached in plaintext either.
+    case unreachable
+}
+
 /// One upstream endpoint of a cluster.
 public struct Endpoint: Hashable, Sendable {
     public var socket: SocketKey
     public var weight: UInt32
     /// The WorkloadEntry behind it, if any (destination_workload in telemetry).
     public var workload: ResourceID?
+    public var transport: EndpointTransport = .plain
+}
+
+/// A port of one of this node's workloads that the tunnel may deliver to.
+public struct InboundTarget: Sendable {
+    public var workload: WorkloadEntry
+    /// SPIFFE URI of the workload (what it is called in policy and XFCC).
+    public var identity: String
+    /// The service port it serves behind (protocol, telemetry).
+    public var listener: ServiceListener
+    /// A cluster of one endpoint: the workload's port.
+    public var cluster: Cluster
 }
 
 /// A concrete destination: service host, subset, service port.
@@ -28,9 +51,12 @@ public struct ClusterKey: Hashable, Sendable, CustomStringConvertible {
     public var host: String
     public var subset: String?
     public var port: UInt16
+    /// A local workload port the tunnel delivers to (Envoy's inbound clusters).
+    public var inbound = false
 
-    /// Envoy's cluster naming: `outbound|9080|v1|reviews.default.svc.cluster.local`.
-    public var description: String { "outbound|\(port)|\(subset ?? "")|\(host)" }
+    /// Envoy's cluster naming: `outbound|9080|v1|reviews.default.svc.cluster.local`,
+    /// `inbound|9080||`.
+    public var description: String { inbound ? "inbound|\(port)||" : "outbound|\(port)|\(subset ?? "")|\(host)" }
 }
 
 /// Endpoints of a cluster and the traffic policy that applies to them (DestinationRule
@@ -69,14 +95,31 @@ public struct ProxyTables: Sendable {
     public var workloads: [UInt64: WorkloadEntry] = [:]
     /// host → its service's port numbers (to default a destination's port).
     private var ports: [String: [UInt16]] = [:]
+    /// node → the identities of its workloads: what its agent may present in a tunnel.
+    public private(set) var nodeIdentities: [String: Set<String>] = [:]
+    /// This node's workloads by address (the tunnel presents the dialed one's certificate).
+    public private(set) var localWorkloads: [IPAddress: WorkloadEntry] = [:]
+    /// Every node's workloads by address (who a tunnel's Forwarded client is).
+    public private(set) var workloadsByAddress: [IPAddress: WorkloadEntry] = [:]
+    /// The mesh's trust domain.
+    public private(set) var trustDomain = "cluster.local"
+    /// This node's workload ports the tunnel may deliver to.
+    public private(set) var inboundTargets: [SocketKey: InboundTarget] = [:]
 
     /// No services.
     public init() {}
 
     /// Builds the tables of `snapshot`; `workloads` maps cgroup ids of this node's
-    /// workloads to their WorkloadEntry.
-    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:]) {
+    /// workloads to their WorkloadEntry; `node` is this node, `trustDomain` the mesh's.
+    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:], node: String = "", trustDomain: String = "cluster.local") {
         self.workloads = workloads
+        self.trustDomain = trustDomain
+        for we in snapshot.workloadEntries {
+            guard let n = we.node else { continue }
+            workloadsByAddress[we.spec.address] = we
+            nodeIdentities[n, default: []].insert(Self.identity(we, trustDomain: trustDomain))
+            if n == node { localWorkloads[we.spec.address] = we }
+        }
         for se in snapshot.serviceEntries {
             let dr = snapshot.destinationRule(for: se)
             let vs = snapshot.virtualService(for: se)
@@ -92,12 +135,31 @@ public struct ProxyTables: Sendable {
                             Self.cluster(host: host, subset: subset, port: port.number, backends: backends, dr: dr, service: id)
                     }
                 }
+                let listener = ServiceListener(service: id, host: se.hosts[0], port: port, router: nil, tcpRoutes: [])
+                for b in backends {
+                    guard let w = b.workload, node != "", b.node == node, let we = localWorkloads[b.address] else { continue }
+                    let target = SocketKey(b.address, b.port)
+                    // The first service that names a workload port decides its protocol.
+                    if inboundTargets[target] != nil { continue }
+                    let key = ClusterKey(host: "\(we.metadata.name).\(we.metadata.namespace)", subset: nil, port: b.port, inbound: true)
+                    let cluster = Cluster(key: key, endpoints: [Endpoint(socket: target, weight: 1, workload: w)], loadBalancer: .random,
+                                          connectionPool: nil, outlierDetection: nil, service: id)
+                    inboundTargets[target] = InboundTarget(workload: we, identity: Self.identity(we, trustDomain: trustDomain),
+                                                           listener: listener, cluster: cluster)
+                    clusters[key] = cluster
+                }
                 guard snapshot.needsProxy(se, port: port) else { continue }
-                let router = port.isHTTP && vs.map { !$0.http.isEmpty } == true ? HTTPRouter(routes: vs!.http) : nil
-                let listener = ServiceListener(service: id, host: se.hosts[0], port: port, router: router, tcpRoutes: vs?.tcp ?? [])
-                for vip in se.addresses { listeners[SocketKey(vip, port.number)] = listener }
+                var routed = listener
+                routed.router = port.isHTTP && vs.map { !$0.http.isEmpty } == true ? HTTPRouter(routes: vs!.http) : nil
+                routed.tcpRoutes = vs?.tcp ?? []
+                for vip in se.addresses { listeners[SocketKey(vip, port.number)] = routed }
             }
         }
+    }
+
+    /// A workload's SPIFFE URI (service account `default` when unset, as Kubernetes).
+    static func identity(_ we: WorkloadEntry, trustDomain: String) -> String {
+        "spiffe://\(trustDomain)/ns/\(we.metadata.namespace)/sa/\(we.spec.serviceAccount ?? "default")"
     }
 
     static func cluster(host: String, subset: Subset?, port: UInt16, backends: [ServiceBackend], dr: DestinationRule?,
@@ -113,8 +175,17 @@ public struct ProxyTables: Sendable {
             }
             return value
         }
+        // Automatic mTLS: a meshed workload (bound to a node) is reached through its node's
+        // agent unless the policy says DISABLE; ISTIO_MUTUAL insists on it.
+        let tls = pick(\.tls)
+        func transport(_ b: ServiceBackend) -> EndpointTransport {
+            if tls == .disable { return .plain }
+            if let node = b.node { return .tunnel(node: node) }
+            return tls == .istioMutual ? .unreachable : .plain
+        }
         return Cluster(key: ClusterKey(host: host, subset: subset?.name, port: port),
-                       endpoints: selected.map { Endpoint(socket: SocketKey($0.address, $0.port), weight: $0.weight, workload: $0.workload) },
+                       endpoints: selected.map { Endpoint(socket: SocketKey($0.address, $0.port), weight: $0.weight, workload: $0.workload,
+                                                          transport: transport($0)) },
                        loadBalancer: pick(\.loadBalancer) ?? .random,
                        connectionPool: pick(\.connectionPool), outlierDetection: pick(\.outlierDetection), service: service)
     }

@@ -58,12 +58,14 @@ public final class IstioMetrics: Sendable {
 
     /// Istio's values for the peer labels; "unknown" where nothing is known.
     static func peerValues(_ p: Peers) -> [String] {
-        // Until mTLS (the next issue) there is no verified identity: principals are
-        // unknown, and the source side cannot vouch for the connection's security.
+        // The principal is known where it was verified: at the tunnel's destination end.
+        // Like Istio, only the destination reports the connection's security policy.
         [
-            "source", p.source?.name ?? "unknown", p.source?.namespace ?? "unknown", "unknown", p.source?.name ?? "unknown",
+            p.reporter, p.source?.name ?? "unknown", p.source?.namespace ?? "unknown",
+            p.sourcePrincipal.map { String($0.dropFirst("spiffe://".count)) } ?? "unknown", p.source?.name ?? "unknown",
             p.destinationWorkload?.name ?? "unknown", p.destinationWorkload?.namespace ?? "unknown", p.destinationHost,
-            p.destinationService.name, p.destinationService.namespace, "unknown",
+            p.destinationService.name, p.destinationService.namespace,
+            p.reporter == "destination" ? (p.mutualTLS ? "mutual_tls" : "none") : "unknown",
         ]
     }
 

@@ -14,6 +14,12 @@ public struct Peers: Sendable {
     public var destinationService: ResourceID
     /// The WorkloadEntry behind the endpoint that served it, if any.
     public var destinationWorkload: ResourceID?
+    /// "source" (the calling side's agent) or "destination" (the tunnel's far end).
+    public var reporter = "source"
+    /// The client's verified SPIFFE identity (destination side of the tunnel).
+    public var sourcePrincipal: String?
+    /// The connection arrived over mTLS (destination side).
+    public var mutualTLS = false
 }
 
 /// What happened to one HTTP request.

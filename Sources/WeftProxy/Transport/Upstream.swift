@@ -38,6 +38,41 @@ struct UpstreamSettings: Sendable {
     }
 }
 
+/// How one upstream connection is made.
+enum UpstreamRoute: Hashable {
+    /// Plain TCP to the endpoint.
+    case direct
+    /// A CONNECT stream through the mTLS tunnel to the endpoint's node.
+    case tunnel(TunnelKey)
+    /// Not at all: tls ISTIO_MUTUAL to an endpoint no agent serves.
+    case refused
+}
+
+/// Opens the upstream connections of one event loop.
+final class Dialer {
+    let settings: UpstreamSettings
+    let tunnels: TunnelPool?
+
+    init(settings: UpstreamSettings, tunnels: TunnelPool?) {
+        self.settings = settings
+        self.tunnels = tunnels
+    }
+
+    /// A connection to `endpoint` by `route`, not reading until the caller turns autoRead on.
+    func dial(_ endpoint: SocketKey, route: UpstreamRoute, on loop: EventLoop, timeout: TimeAmount?, halfClose: Bool)
+        -> EventLoopFuture<Channel> {
+        switch route {
+        case .direct:
+            return settings.connect(endpoint, on: loop, timeout: timeout, halfClose: halfClose)
+        case .tunnel(let key):
+            guard let tunnels else { return loop.makeFailedFuture(ProxyError("no mTLS tunnel in this agent")) }
+            return tunnels.open(key, via: endpoint.address, target: endpoint, on: loop, timeout: timeout)
+        case .refused:
+            return loop.makeFailedFuture(ProxyError("tls ISTIO_MUTUAL: \(endpoint) is not a meshed workload"))
+        }
+    }
+}
+
 extension SocketKey {
     /// The key of a NIO socket address (nil for Unix sockets).
     init?(_ address: SocketAddress) {

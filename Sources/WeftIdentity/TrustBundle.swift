@@ -1,0 +1,83 @@
+import Foundation
+import SwiftASN1
+import X509
+
+/// The roots a peer's certificate may chain to, and the trust domain its identity must be
+/// in. Several roots may be trusted at once: that is what lets a CA be rotated in three
+/// steps (trust the new root everywhere, switch signers, stop trusting the old root).
+public struct TrustBundle: Sendable {
+    public let trustDomain: String
+    public let roots: [Certificate]
+
+    public init(trustDomain: String, roots: [Certificate]) {
+        self.trustDomain = trustDomain
+        self.roots = roots
+    }
+
+    /// Verifies a chain as presented in a TLS handshake (DER, leaf first) at `now`: it
+    /// must build to one of the roots (signatures, validity, CA constraints: RFC 5280) and
+    /// the leaf must name exactly one SPIFFE identity in the trust domain. Returns that
+    /// identity, or throws the reason in one line.
+    public func verify(chainDER: [[UInt8]], now: Date = Date()) async throws -> SpiffeID {
+        guard let first = chainDER.first else { throw IdentityError("the peer presented no certificate") }
+        let leaf: Certificate
+        let intermediates: [Certificate]
+        do {
+            leaf = try Certificate(derEncoded: first)
+            intermediates = try chainDER.dropFirst().map { try Certificate(derEncoded: $0) }
+        } catch {
+            throw IdentityError("the peer's certificate does not parse: \(error)")
+        }
+        let domain = trustDomain
+        var verifier = Verifier(rootCertificates: CertificateStore(roots)) {
+            RFC5280Policy(validationTime: now)
+            SpiffePolicy(trustDomain: domain)
+        }
+        switch await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates)) {
+        case .validCertificate:
+            // SpiffePolicy accepted it, so it names exactly one identity.
+            guard let id = SpiffePolicy.identity(of: leaf) else { throw IdentityError("the leaf names no SPIFFE identity") }
+            return id
+        case .couldNotValidate(let failures):
+            let reason = failures.first.map { "\($0.policyFailureReason)" } ?? "no chain to a trusted root"
+            throw IdentityError("certificate refused: \(reason)")
+        }
+    }
+}
+
+/// What a TLS endpoint presents for one workload: its certificate chain and key.
+public struct WorkloadCredentials: Sendable {
+    public var identity: SpiffeID
+    /// DER, leaf first, then the issuers up to (not including) the root.
+    public var chainDER: [[UInt8]]
+    /// PKCS#8 PEM.
+    public var privateKeyPEM: String
+    /// Changes whenever the certificate does (renewal).
+    public var serial: String
+}
+
+extension WorkloadCertificates {
+    /// The credentials of one workload (`namespace/name`), if it has a certificate.
+    public func credentials(for workload: String) -> WorkloadCredentials? {
+        guard let e = entry(workload) else { return nil }
+        do {
+            var der: [[UInt8]] = []
+            for c in [e.certificate, ca.certificate] + ca.issuers.filter({ !$0.isSelfSigned }) {
+                var s = DER.Serializer()
+                try s.serialize(c)
+                der.append(s.serializedBytes)
+            }
+            return WorkloadCredentials(identity: e.id, chainDER: der, privateKeyPEM: e.key.pemRepresentation,
+                                       serial: e.certificate.serialNumber.description)
+        } catch {
+            return nil
+        }
+    }
+
+    /// The roots this node's CA chains to (its own certificate, for a root CA).
+    public var caRoot: Certificate { ca.issuers.last ?? ca.certificate }
+}
+
+extension Certificate {
+    var isSelfSigned: Bool { issuer == subject }
+}

@@ -1,0 +1,261 @@
+import Logging
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
+import NIOSSL
+import WeftConfig
+
+/// The destination end of a tunnel stream, as the proxy sees it.
+struct InboundPeer {
+    /// The peer's SPIFFE URI, verified in the TLS handshake.
+    let identity: String
+    /// The client's WorkloadEntry: the one at the Forwarded address, if its identity is
+    /// the verified one (an agent cannot claim a workload of another identity).
+    let sourceWorkload: ResourceID?
+    /// The local workload port the stream is delivered to.
+    let target: InboundTarget
+}
+
+extension OutboundProxy {
+    /// Listens for tunnels on every address of the node (the port of Settings.tunnelPort):
+    /// TLS 1.3, ALPN h2, a client certificate required and verified to the trust bundle.
+    public func startTunnel() throws {
+        guard let tls, settings.tunnelPort != 0 else { return }
+        var bound: [Channel] = []
+        for host in ["0.0.0.0", "::"] {
+            var bootstrap = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { [self] ch in
+                    ch.eventLoop.makeCompletedFuture { try self.tunnelAccepted(ch, tls: tls) }
+                }
+            if host == "::" {
+                // IPv6 only: IPv4 has its own socket (a dual-stack one would see v4-mapped addresses).
+                bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
+            }
+            do {
+                bound.append(try bootstrap.bind(to: try SocketAddress(ipAddress: host, port: Int(settings.tunnelPort))).wait())
+            } catch where host == "::" {
+                logger.warning("no tunnel listener on [::]:\(settings.tunnelPort) (\(error)): IPv6 workloads cannot be reached over mTLS",
+                               metadata: ["component": "tunnel"])
+            } catch {
+                for c in bound { try? c.close().wait() }
+                throw ProxyError("cannot listen on \(host):\(settings.tunnelPort) (--tunnel-port): \(error)")
+            }
+        }
+        channels.withLockedValue { $0 += bound }
+        logger.info("mTLS tunnel listening on port \(settings.tunnelPort)", metadata: ["component": "tunnel"])
+    }
+
+    /// Counts (by kind) and logs (with the detail) a refused tunnel connection or stream.
+    func refuseTunnel(_ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
+        tunnelRefusals.withLockedValue { $0[kind.rawValue, default: 0] += 1 }
+        logger.info("tunnel from \(peer) refused (\(kind.rawValue)): \(detail)", metadata: ["component": "tunnel"])
+    }
+
+    /// Tunnel connections and streams refused so far, by kind.
+    public var tunnelRefusalCounts: [String: Int] { tunnelRefusals.withLockedValue { $0 } }
+
+    /// The refusal counters in Prometheus text format.
+    func renderTunnelRefusals() -> String {
+        let counts = tunnelRefusalCounts
+        var out = "# HELP weft_tunnel_refused_total Tunnel connections and CONNECT streams the destination agent refused, by reason.\n"
+        out += "# TYPE weft_tunnel_refused_total counter\n"
+        for kind in TunnelRefusal.allCases {
+            out += "weft_tunnel_refused_total{reason=\"\(kind.rawValue)\"} \(counts[kind.rawValue] ?? 0)\n"
+        }
+        return out
+    }
+
+    private func tunnelAccepted(_ ch: Channel, tls: TunnelTLS) throws {
+        guard let local = ch.localAddress.flatMap(SocketKey.init), let remote = ch.remoteAddress.flatMap(SocketKey.init) else {
+            throw ProxyError("tunnel socket without addresses")
+        }
+        // The dialed address names the workload whose certificate this end presents.
+        guard let we = tables.withLockedValue({ $0.localWorkloads[local.address] }) else {
+            refuseTunnel(.notLocalWorkload, "dialed \(local.address), which is not a workload of this node", peer: remote)
+            throw ProxyError("not a local workload address")
+        }
+        let id = ResourceID(kind: "WorkloadEntry", namespace: we.metadata.namespace, name: we.metadata.name)
+        let context: NIOSSLContext
+        do {
+            context = try tls.context(for: id, server: true).0
+        } catch {
+            refuseTunnel(.noCertificate, "\(error)", peer: remote)
+            throw error
+        }
+        let peer = PeerIdentity()
+        let verify = tls.verifier(peer: peer, refused: { [self] reason in refuseTunnel(.certificate, reason, peer: remote) })
+        let sync = ch.pipeline.syncOperations
+        try sync.addHandler(NIOSSLServerHandler(context: context, customVerificationCallback: verify))
+        var connection = NIOHTTP2Handler.ConnectionConfiguration()
+        // Each stream is one proxied connection: allow many at once.
+        connection.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: 16 * 1024),
+        ]
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: .init()) { [self] stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.pipeline.syncOperations.addHandler(TunnelTargetHandler(proxy: self, peer: peer, remote: remote))
+            }
+        }
+        try sync.addHandler(TunnelErrorHandler { [self] error in
+            // A peer whose certificate the callback refused was counted there.
+            if !peer.checked { refuseTunnel(.handshake, "\(error)", peer: remote) }
+        })
+    }
+
+    /// Serves one accepted connection's bytes (a captured client, or a tunnel stream):
+    /// opaque TCP, or HTTP/1.1 / HTTP/2 after sniffing. `answer` is told whether the
+    /// upstream of a TCP connection was reached (the tunnel's CONNECT response).
+    func serve(_ conn: ConnectionContext, _ ch: Channel, answer: ((Bool) -> Void)? = nil) throws {
+        let sync = ch.pipeline.syncOperations
+        if conn.listener.router == nil && !conn.listener.port.isHTTP {
+            try sync.addHandler(makeTCPProxy(conn, answer: answer))
+            return
+        }
+        answer?(true)
+        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: Self.idleTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
+            do {
+                switch proto {
+                case .http1: try self.addHTTP1(conn, ctx)
+                case .http2: try self.addHTTP2(conn, ctx)
+                case .opaque: try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn, answer: nil), position: .after(ctx.handler))
+                }
+            } catch {
+                ctx.close(promise: nil)
+            }
+        })
+    }
+}
+
+/// One CONNECT stream at the destination: checks the request (RFC 9113 §8.5) and that its
+/// target is a workload port of this node, then hands the stream's bytes to the proxy
+/// toward that workload. Refusals are answered (400 malformed, 403 not a local workload
+/// port) and counted.
+final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private let proxy: OutboundProxy
+    private let peer: PeerIdentity
+    private let remote: SocketKey
+    private var decided = false
+
+    init(proxy: OutboundProxy, peer: PeerIdentity, remote: SocketKey) {
+        self.proxy = proxy
+        self.peer = peer
+        self.remote = remote
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !decided else { return }
+        decided = true
+        guard case .headers(let h) = unwrapInboundIn(data) else {
+            refuse(context, 400, .badRequest, "stream did not start with CONNECT headers")
+            return
+        }
+        let headers = h.headers
+        guard headers.first(name: ":method") == "CONNECT", !headers.contains(name: ":scheme"), !headers.contains(name: ":path"),
+              let authority = headers.first(name: ":authority"), let (address, port) = IPAddress.parseEndpoint(authority) else {
+            refuse(context, 400, .badRequest, "malformed CONNECT request")
+            return
+        }
+        guard let identity = peer.value else {
+            refuse(context, 403, .certificate, "no verified peer identity")
+            return
+        }
+        let tables = proxy.tables.withLockedValue { $0 }
+        let targetKey = SocketKey(address, port)
+        guard let target = tables.inboundTargets[targetKey] else {
+            refuse(context, 403, .notLocalWorkload, "CONNECT to \(authority), which is not a workload port of this node")
+            return
+        }
+        guard let loop = proxy.loops[ObjectIdentifier(context.eventLoop)]?.value else {
+            refuse(context, 503, .unavailable, "unknown event loop")
+            return
+        }
+        let forwarded = Self.forwardedFor(headers.first(name: "forwarded"))
+        let source = forwarded.flatMap { tables.workloadsByAddress[$0] }.flatMap { we in
+            ProxyTables.identity(we, trustDomain: tables.trustDomain) == identity
+                ? ResourceID(kind: "WorkloadEntry", namespace: we.metadata.namespace, name: we.metadata.name) : nil
+        }
+        let conn = ConnectionContext(id: proxy.nextConnectionID(), client: SocketKey(forwarded ?? remote.address, 0),
+                                     origin: ConnectionOrigin(destination: targetKey, cgroupID: 0), listener: target.listener, source: nil,
+                                     tables: tables, loop: loop, clusters: proxy.clusters,
+                                     inbound: InboundPeer(identity: identity, sourceWorkload: source, target: target))
+        let channel = context.channel
+        do {
+            let sync = context.pipeline.syncOperations
+            try sync.addHandler(TunnelStreamHandler(), position: .after(self))
+            try proxy.serve(conn, channel) { ok in TunnelStreamHandler.respond(channel, status: ok ? "200" : "503", end: !ok) }
+            sync.removeHandler(context: context, promise: nil)
+        } catch {
+            refuse(context, 503, .unavailable, "\(error)")
+        }
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ status: Int, _ kind: TunnelRefusal, _ reason: String) {
+        proxy.refuseTunnel(kind, reason, peer: remote)
+        let payload = HTTP2Frame.FramePayload.headers(.init(headers: HPACKHeaders([(":status", String(status))]), endStream: true))
+        context.writeAndFlush(wrapOutboundOut(payload), promise: nil)
+    }
+
+    /// The address in `Forwarded: for="addr"` (or `for="addr:port"`), if well formed.
+    static func forwardedFor(_ value: String?) -> IPAddress? {
+        guard let v = value, let r = v.range(of: "for=") else { return nil }
+        var s = v[r.upperBound...].prefix { $0 != ";" && $0 != "," }.trimmingCharacters(in: .whitespaces)
+        if s.hasPrefix("\""), s.hasSuffix("\""), s.count >= 2 { s = String(s.dropFirst().dropLast()) }
+        if s.hasPrefix("["), s.hasSuffix("]") { s = String(s.dropFirst().dropLast()) }
+        if let a = IPAddress(s) { return a }
+        return IPAddress.parseEndpoint(s)?.0
+    }
+}
+
+extension TunnelStreamHandler {
+    /// Writes the CONNECT response on a tunnel stream, below the byte adapter.
+    static func respond(_ ch: Channel, status: String, end: Bool) {
+        let payload = HTTP2Frame.FramePayload.headers(.init(headers: HPACKHeaders([(":status", status)]), endStream: end))
+        if let ctx = try? ch.pipeline.syncOperations.context(handlerType: TunnelStreamHandler.self) {
+            ctx.writeAndFlush(NIOAny(payload), promise: nil)
+        }
+    }
+}
+
+/// Why the destination agent refused a tunnel connection or stream.
+enum TunnelRefusal: String, CaseIterable {
+    /// The TLS handshake failed (no client certificate, wrong protocol version, garbage).
+    case handshake
+    /// The client certificate did not verify (chain, validity, trust domain, SAN).
+    case certificate
+    /// This node has no certificate for the dialed workload yet.
+    case noCertificate = "no_certificate"
+    /// A stream that was not a well-formed CONNECT (400).
+    case badRequest = "bad_request"
+    /// Dialed address or CONNECT target not a workload port of this node (403).
+    case notLocalWorkload = "not_local_workload"
+    /// The stream could not be served (503).
+    case unavailable
+}
+
+/// Last in a tunnel connection's pipeline: sees what failed it (a TLS handshake error
+/// reaches here) and closes it.
+final class TunnelErrorHandler: ChannelInboundHandler {
+    typealias InboundIn = Any
+    private let failed: (Error) -> Void
+    private var reported = false
+
+    init(_ failed: @escaping (Error) -> Void) {
+        self.failed = failed
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if !reported {
+            reported = true
+            failed(error)
+        }
+        context.close(promise: nil)
+    }
+}

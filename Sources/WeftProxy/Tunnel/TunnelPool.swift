@@ -1,0 +1,113 @@
+import Logging
+import NIOCore
+import NIOHTTP2
+import NIOSSL
+import WeftConfig
+
+/// Which tunnel a proxied connection rides: whose certificate is presented, to which node.
+/// Connections to the same node from the same workload share one TLS connection.
+struct TunnelKey: Hashable, Sendable {
+    /// The source workload (one of this node's; its certificate is presented).
+    var source: ResourceID
+    /// Its address, sent as the original client (Forwarded: for=…).
+    var sourceAddress: IPAddress
+    /// The destination workload's node.
+    var node: String
+}
+
+/// The TLS 1.3 + HTTP/2 connections of one event loop to other nodes' agents, one per
+/// TunnelKey; each proxied connection is one CONNECT stream on it. Only touched on its
+/// loop.
+final class TunnelPool {
+    private var connections: [TunnelKey: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>] = [:]
+    private var channels: [TunnelKey: Channel] = [:]
+    private let settings: UpstreamSettings
+    private let tls: TunnelTLS
+    private let port: Int
+    private let logger: Logger
+    /// The identities a node's agent may present (from the current tables).
+    private let peers: @Sendable (String) -> Set<String>
+
+    init(settings: UpstreamSettings, tls: TunnelTLS, port: UInt16, logger: Logger, peers: @escaping @Sendable (String) -> Set<String>) {
+        self.peers = peers
+        self.settings = settings
+        self.tls = tls
+        self.port = Int(port)
+        self.logger = logger
+    }
+
+    /// A CONNECT stream to `target` through the tunnel `key`, dialing `via` (any address
+    /// of the destination node: its agent listens on all of them) when there is no
+    /// connection yet. The peer agent must present an identity of a workload of that
+    /// node. The stream is returned open (2xx received), not reading until the caller
+    /// turns autoRead on.
+    func open(_ key: TunnelKey, via: IPAddress, target: SocketKey, on loop: EventLoop, timeout: TimeAmount?) -> EventLoopFuture<Channel> {
+        let mux = connections[key] ?? connect(key, via: via, on: loop, timeout: timeout)
+        let forwardedFor = key.sourceAddress
+        return mux.flatMap { m in
+            let opened = loop.makePromise(of: Void.self)
+            let stream = loop.makePromise(of: Channel.self)
+            m.createStreamChannel(promise: stream) { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandler(TunnelStreamHandler(opened: opened))
+                    try ch.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+                }
+            }
+            return stream.futureResult.flatMap { ch in
+                let request = HTTP2Frame.FramePayload.headers(.init(headers: connectRequest(target: target, forwardedFor: forwardedFor)))
+                // Written below the byte adapter, straight to the stream.
+                if let ctx = try? ch.pipeline.syncOperations.context(handlerType: TunnelStreamHandler.self) {
+                    ctx.writeAndFlush(NIOAny(request), promise: nil)
+                }
+                ch.read() // the response
+                return opened.futureResult.map { ch }.flatMapErrorThrowing { error in
+                    ch.close(promise: nil)
+                    throw error
+                }
+            }
+        }
+    }
+
+    private func connect(_ key: TunnelKey, via: IPAddress, on loop: EventLoop,
+                         timeout: TimeAmount?) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+        let context: NIOSSLContext
+        do {
+            context = try tls.context(for: key.source, server: false).0
+        } catch {
+            return loop.makeFailedFuture(error)
+        }
+        let logger = logger
+        let address = SocketKey(via, UInt16(port))
+        let peer = PeerIdentity()
+        let peers = peers(key.node)
+        let verify = tls.verifier(peer: peer, accept: { id in
+            peers.contains(id) ? nil : "\(id) is not a workload identity of node \(key.node)"
+        }, refused: { reason in
+            logger.warning("tunnel to \(address) (node \(key.node)) refused the peer: \(reason)", metadata: ["component": "tunnel"])
+        })
+        let made = settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
+            let sync = ch.pipeline.syncOperations
+            try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil, customVerificationCallback: verify))
+            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+                pushed.close()
+            }
+            // After a GOAWAY the connection finishes its streams; new ones get a new one.
+            try sync.addHandler(GoAwayWatcher { [weak self] _ in self?.forget(key, ch) })
+            ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in self?.forget(key, ch) }
+            ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
+            self.channels[key] = ch
+            return m
+        }
+        made.assumeIsolated().whenFailure { [weak self] _ in
+            if self?.channels[key] == nil { self?.connections[key] = nil }
+        }
+        connections[key] = made
+        return made
+    }
+
+    private func forget(_ key: TunnelKey, _ channel: Channel) {
+        guard let current = channels[key], current === channel else { return }
+        channels[key] = nil
+        connections[key] = nil
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOSSL
+import WeftConfig
+
+/// One workload's certificate chain and key, as the tunnel presents them.
+public struct TunnelCredentials: Sendable {
+    /// Its SPIFFE URI.
+    public var identity: String
+    /// DER, leaf first.
+    public var chainDER: [[UInt8]]
+    public var privateKeyPEM: String
+    /// Changes when the certificate is renewed.
+    public var serial: String
+
+    public init(identity: String, chainDER: [[UInt8]], privateKeyPEM: String, serial: String) {
+        self.identity = identity
+        self.chainDER = chainDER
+        self.privateKeyPEM = privateKeyPEM
+        self.serial = serial
+    }
+}
+
+/// What the tunnel needs from the node's identity system (WeftIdentity, through the agent).
+public protocol TunnelIdentities: Sendable {
+    /// The credentials of one of this node's workloads (nil until it has a certificate).
+    func credentials(for workload: ResourceID) -> TunnelCredentials?
+    /// Verifies a peer's chain (DER, leaf first) against the trust bundle; returns the
+    /// peer's SPIFFE URI or throws the reason.
+    func verify(chainDER: [[UInt8]]) async throws -> String
+}
+
+/// The verified identity of a TLS peer, set by the verification callback during the
+/// handshake (before any application data can arrive).
+final class PeerIdentity: Sendable {
+    private let box = NIOLockedValueBox<(id: String?, checked: Bool)>((nil, false))
+    var value: String? { box.withLockedValue { $0.id } }
+    /// The peer presented a certificate and weft's verification ran (pass or fail).
+    var checked: Bool { box.withLockedValue { $0.checked } }
+    func set(_ id: String) { box.withLockedValue { $0.id = id } }
+    func markChecked() { box.withLockedValue { $0.checked = true } }
+}
+
+/// TLS 1.3 contexts with ALPN h2, one per (role, workload certificate): built once per
+/// certificate, replaced when it is renewed. Peer verification is weft's own (SPIFFE over
+/// the trust bundle), through NIOSSL's custom verification callback.
+final class TunnelTLS: Sendable {
+    let identities: TunnelIdentities
+    private let contexts = NIOLockedValueBox<[String: (serial: String, context: NIOSSLContext)]>([:])
+
+    init(identities: TunnelIdentities) {
+        self.identities = identities
+    }
+
+    /// The context to present `workload`'s certificate with, as client or server.
+    func context(for workload: ResourceID, server: Bool) throws -> (NIOSSLContext, TunnelCredentials) {
+        guard let creds = identities.credentials(for: workload) else {
+            throw ProxyError("workload \(workload.namespace)/\(workload.name) has no certificate yet")
+        }
+        let key = "\(server ? "server" : "client")|\(workload.namespace)/\(workload.name)"
+        if let c = contexts.withLockedValue({ $0[key] }), c.serial == creds.serial { return (c.context, creds) }
+        let chain = try creds.chainDER.map { NIOSSLCertificateSource.certificate(try NIOSSLCertificate(bytes: $0, format: .der)) }
+        let privateKey = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(bytes: Array(creds.privateKeyPEM.utf8), format: .pem))
+        var config = server ? TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: privateKey)
+            : TLSConfiguration.makeClientConfiguration()
+        config.certificateChain = chain
+        config.privateKey = privateKey
+        config.minimumTLSVersion = .tlsv13
+        // Both sides must present a certificate; checking it is the callback's job.
+        config.certificateVerification = .noHostnameVerification
+        config.applicationProtocols = ["h2"]
+        let context = try NIOSSLContext(configuration: config)
+        contexts.withLockedValue { $0[key] = (creds.serial, context) }
+        return (context, creds)
+    }
+
+    /// NIOSSL's verification replaced by weft's: the chain must verify to the trust bundle
+    /// and name an identity; `accept` may narrow which identities (the client expects its
+    /// destination node's). The verified identity lands in `peer`.
+    func verifier(peer: PeerIdentity, accept: @escaping @Sendable (String) -> String? = { _ in nil },
+                  refused: @escaping @Sendable (String) -> Void) -> NIOSSLCustomVerificationCallback {
+        let identities = identities
+        return { certificates, promise in
+            peer.markChecked()
+            let der: [[UInt8]]
+            do {
+                der = try certificates.map { try $0.toDERBytes() }
+            } catch {
+                refused("unreadable peer certificate")
+                promise.succeed(.failed)
+                return
+            }
+            // Building and checking the chain is async (swift-certificates); the promise
+            // may be completed from any thread.
+            Task {
+                do {
+                    let id = try await identities.verify(chainDER: der)
+                    if let reason = accept(id) {
+                        refused(reason)
+                        promise.succeed(.failed)
+                        return
+                    }
+                    peer.set(id)
+                    promise.succeed(.certificateVerified)
+                } catch {
+                    refused("\(error)")
+                    promise.succeed(.failed)
+                }
+            }
+        }
+    }
+}

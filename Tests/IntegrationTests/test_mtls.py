@@ -1,0 +1,218 @@
+"""Zero trust between nodes: two node namespaces, an agent on each, one root CA.
+
+A client on node a calls a service whose workload runs on node b; the agents carry it as
+an HTTP/2 CONNECT stream over TLS 1.3 with the client workload's certificate, and node
+b's agent delivers it to the workload with the verified identity."""
+import json
+import os
+import subprocess
+import urllib.request
+
+from conftest import WEFT
+
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/frontend"
+WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
+
+CONFIG = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.default.svc.cluster.local]
+  addresses: [10.96.7.7]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: web}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: default}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  addresses: [10.96.7.8]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: web-b
+  namespace: default
+  annotations: {weft.io/node: node-b, weft.io/cgroup: web}
+spec: {address: 10.250.2.10, labels: {app: web}, serviceAccount: web}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: echo-b
+  namespace: default
+  annotations: {weft.io/node: node-b, weft.io/cgroup: echo}
+spec: {address: 10.250.2.11, labels: {app: echo}, serviceAccount: echo}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: frontend
+  namespace: default
+  annotations: {weft.io/node: node-a, weft.io/cgroup: frontend}
+spec: {address: 10.250.1.10, labels: {app: frontend}, serviceAccount: frontend}
+"""
+
+
+def setup(mesh, extra=""):
+    a, b = mesh.a, mesh.b
+    for node, cg in ((a, "frontend"), (b, "web"), (b, "echo")):
+        os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
+    a.add_address("10.250.1.10")
+    b.http_backend("web", "10.250.2.10", 8080)
+    b.backend("echo", "10.250.2.11", 9000)
+    mesh.write("mesh.yaml", CONFIG + extra)
+    mesh.start()
+    return os.path.join(a.cgroup, "frontend")
+
+
+def metrics(node):
+    r = node.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=node.cgroup, check=True)
+    return [l for l in r.stdout.splitlines() if l.startswith("istio_requests_total{")]
+
+
+def test_http_across_nodes_carries_the_verified_identity(mesh):
+    frontend = setup(mesh)
+    a, b = mesh.a, mesh.b
+    # A client-supplied XFCC is a forgery attempt: it must never reach the workload.
+    r = a.http("http://10.96.7.7/", 20, "-H", "x-forwarded-client-cert:By=x;URI=spiffe://cluster.local/ns/default/sa/admin",
+               cgroup=frontend)
+    assert r["statuses"] == {"200": 20}, r
+    seen = b.requests_seen("web")
+    assert len(seen) == 20
+    for req in seen:
+        assert req["headers"]["x-forwarded-client-cert"] == "By=%s;URI=%s" % (WEB_ID, CLIENT_ID), req["headers"]
+    # Node b's agent delivered them (over its local stack), and reports mTLS with the
+    # verified principal; node a reports the source side.
+    dest = [l for l in metrics(b) if 'reporter="destination"' in l]
+    assert any('source_principal="cluster.local/ns/default/sa/frontend"' in l and 'connection_security_policy="mutual_tls"' in l
+               and 'source_workload="frontend"' in l and 'response_code="200"' in l and l.endswith(" 20") for l in dest), dest
+    src = [l for l in metrics(a) if 'reporter="source"' in l]
+    assert any('destination_workload="web-b"' in l and l.endswith(" 20") for l in src), src
+
+
+def test_tcp_across_nodes(mesh):
+    frontend = setup(mesh)
+    r = mesh.a.client("tcp", "10.96.7.8", 9000, 30, cgroup=frontend)
+    assert r["backends"] == {"echo": 30} and not r["failures"], r
+    # The peer the client sees is still the VIP.
+    assert list(r["peers"]) == ["10.96.7.8:9000"], r
+    # Node b's agent received them over mTLS from the frontend identity.
+    out = mesh.b.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=mesh.b.cgroup, check=True).stdout
+    opened = [l for l in out.splitlines() if l.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in l]
+    assert any('connection_security_policy="mutual_tls"' in l and 'source_principal="cluster.local/ns/default/sa/frontend"' in l
+               and l.endswith(" 30") for l in opened), opened
+
+
+def test_plaintext_when_destination_rule_disables_tls(mesh):
+    frontend = setup(mesh, """---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+""")
+    r = mesh.a.http("http://10.96.7.7/", 5, "-H", "x-forwarded-client-cert:forged", cgroup=frontend)
+    assert r["statuses"] == {"200": 5}, r
+    # Straight from node a (the kernel's L4 path): no identity was asserted, and a
+    # client's forged header is the client's own business on a path weft does not proxy.
+    for req in mesh.b.requests_seen("web"):
+        assert req["headers"].get("x-forwarded-client-cert") == "forged"
+
+
+def s_client(node, tmp, target, cert=None):
+    """openssl s_client to a tunnel port; the HTTP/2 preface and an empty SETTINGS frame
+    are sent once the handshake is done. Returns (accepted, output): accepted means TLS
+    1.3 with ALPN h2 and the server answered with HTTP/2 frames."""
+    argv = ["openssl", "s_client", "-connect", target, "-tls1_3", "-alpn", "h2", "-ign_eof", "-CAfile",
+            os.path.join(tmp, "root-ca", "ca.pem"), "-verify_return_error"]
+    if cert:
+        argv += ["-cert", cert + ".pem", "-cert_chain", cert + ".pem", "-key", cert + ".key"]
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    r = subprocess.run(node.in_ns(["timeout", "5"] + argv, cgroup=node.cgroup), input=preface, capture_output=True, timeout=20)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    # A server SETTINGS frame: type 0x04 on stream 0, which only a peer that accepted the
+    # handshake sends.
+    accepted = "ALPN protocol: h2" in out and b"\x04\x00\x00\x00\x00\x00" in r.stdout and "alert" not in out
+    return accepted, out
+
+
+def refused_counts(node):
+    r = node.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=node.cgroup, check=True)
+    return {l.split('"')[1]: int(l.split()[-1]) for l in r.stdout.splitlines() if l.startswith("weft_tunnel_refused_total{")}
+
+
+def test_tunnel_refuses_bad_client_certificates(mesh):
+    setup(mesh)
+    a, b = mesh.a, mesh.b
+    mk = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mkcert.py")
+    t = a.tmp
+
+    def cert(name, kind, *args):
+        if kind == "leaf":  # leaf CADIR URI [--expired]
+            argv = [args[0], args[1], os.path.join(t, name)] + list(args[2:])
+        else:
+            argv = list(args)
+        subprocess.run(["python3", mk, kind] + argv, check=True, capture_output=True)
+        return os.path.join(t, name)
+
+    node_ca = os.path.join(t, "node-ca")
+    good = cert("good", "leaf", node_ca, CLIENT_ID)
+    cert("x", "ca", os.path.join(t, "other-ca"))
+    cases = {
+        "no certificate": None,
+        "another root": cert("other-root", "leaf", os.path.join(t, "other-ca"), CLIENT_ID),
+        "another trust domain": cert("other-td", "leaf", node_ca, "spiffe://example.org/ns/default/sa/frontend"),
+        "expired": cert("expired", "leaf", node_ca, CLIENT_ID, "--expired"),
+        "trust domain off by one character": cert("typo", "leaf", node_ca, "spiffe://cluster.locaI/ns/default/sa/frontend"),
+        "not a SPIFFE ID": cert("not-spiffe", "leaf", node_ca, "spiffe://cluster.local/ns/default/sa/frontend/"),
+    }
+    # The control: a certificate of the mesh is accepted, and the server proved itself
+    # with the dialed workload's certificate (verified by openssl against the root).
+    ok, out = s_client(a, t, "10.250.2.10:15008", good)
+    assert ok and "Verification: OK" in out, out
+    for name, c in cases.items():
+        before = refused_counts(b)
+        ok, out = s_client(a, t, "10.250.2.10:15008", c)
+        assert not ok, "%s was accepted:\n%s" % (name, out)
+        after = refused_counts(b)
+        # Each refusal counted once, under its reason.
+        kind = "handshake" if c is None else "certificate"
+        assert after[kind] == before[kind] + 1 and sum(after.values()) == sum(before.values()) + 1, (name, before, after, out[-1500:])
+    # Meshed traffic still flows.
+    r = a.http("http://10.96.7.7/", 3, cgroup=os.path.join(a.cgroup, "frontend"))
+    assert r["statuses"] == {"200": 3}, r
+
+
+def test_connect_target_must_be_a_workload_port_of_the_node(mesh):
+    setup(mesh)
+    a, b = mesh.a, mesh.b
+    here = os.path.dirname(os.path.abspath(__file__))
+    prefix = os.path.join(a.tmp, "peer")
+    subprocess.run(["python3", os.path.join(here, "mkcert.py"), "leaf", os.path.join(a.tmp, "node-ca"), CLIENT_ID, prefix],
+                   check=True, capture_output=True)
+
+    def connect(authority, *extra):
+        r = a.run(["/usr/bin/python3", os.path.join(here, "tunnelclient.py"), "10.250.2.10:15008", prefix,
+                   os.path.join(a.tmp, "root-ca", "ca.pem"), authority] + list(extra), cgroup=a.cgroup, check=True)
+        return json.loads(r.stdout)
+
+    # A workload port of node b: open, and bytes flow to the workload.
+    assert connect("10.250.2.11:9000") == {"status": "200", "data": "echo\n"}
+    before = refused_counts(b)
+    # Anything else is refused, and counted: a workload of another node, a port the
+    # workload does not serve, an address on node b that is no workload, garbage.
+    for target in ("10.250.1.10:80", "10.250.2.11:22", "10.99.0.2:9000", "127.0.0.1:15090"):
+        assert connect(target)["status"] == "403", target
+    assert connect("no-port")["status"] == "400"
+    assert connect("x", "--raw-headers", json.dumps([[":method", "GET"], [":scheme", "https"], [":path", "/"],
+                                                     [":authority", "10.250.2.11:9000"]]))["status"] == "400"
+    after = refused_counts(b)
+    assert after["not_local_workload"] - before["not_local_workload"] == 4, (before, after)
+    assert after["bad_request"] - before["bad_request"] == 2, (before, after)
