@@ -51,6 +51,9 @@ public struct AgentOptions: Sendable {
     public var certTTL: Double = 24 * 3600
     /// mTLS tunnel port on all of the node's addresses; 0 = no tunnel.
     public var tunnelPort: UInt16 = 15008
+    /// PEM file of roots trusted besides this node's CA's root (CA rotation); re-read
+    /// at every resync, as is --ca.
+    public var trustBundle: String?
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -134,8 +137,8 @@ public final class Agent: Service, @unchecked Sendable {
         }
         let certificates = WorkloadCertificates(ca: ca, ttl: options.certTTL)
         self.certificates = certificates
-        let identities = AgentIdentities(certificates: certificates,
-                                         bundle: TrustBundle(trustDomain: options.trustDomain, roots: [certificates.caRoot]))
+        let identities = AgentIdentities(certificates: certificates, bundle: try trustBundle(certificates))
+        self.identities = identities
         let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] request in
             handle(request)
         }
@@ -205,6 +208,49 @@ public final class Agent: Service, @unchecked Sendable {
 
     private var datapath: Datapath?
     private var proxy: OutboundProxy?
+    private var identities: AgentIdentities?
+    /// The last trust problem logged (each is logged once, not at every resync).
+    private var trustProblem: String?
+
+    /// This node's CA's root plus the roots of --trust-bundle.
+    func trustBundle(_ certificates: WorkloadCertificates) throws -> TrustBundle {
+        do {
+            return try certificates.trustBundle(trustDomain: options.trustDomain, extraRootsFile: options.trustBundle)
+        } catch {
+            throw AgentError("--trust-bundle: \(error)")
+        }
+    }
+
+    /// CA rotation, read at every resync: a new node CA in --ca switches the signer (all
+    /// certificates are re-minted by it), and --trust-bundle adds or drops roots. A file
+    /// that does not load (half-written, wrong node, not PEM) changes nothing.
+    func reloadTrust() {
+        guard let identities else { return }
+        let certificates = identities.certificates
+        var problem: String?
+        if let dir = options.caDir {
+            do {
+                let ca = try WorkloadCertificates.authority(caDir: dir, stateDir: options.stateDir, trustDomain: options.trustDomain,
+                                                            node: options.node)
+                if certificates.replaceAuthority(ca) {
+                    logger.info("signer switched: workload certificates are re-minted by the CA now in \(dir)", metadata: ["component": "identity"])
+                }
+            } catch {
+                problem = "--ca \(dir): \(error); keeping the current signer"
+            }
+        }
+        do {
+            let bundle = try trustBundle(certificates)
+            if !bundle.sameTrust(as: identities.trustBundle) {
+                identities.trustBundle = bundle
+                logger.info("trust bundle now holds \(bundle.roots.count) root(s)", metadata: ["component": "identity"])
+            }
+        } catch {
+            problem = "\(error); keeping the current trust bundle"
+        }
+        if let problem, problem != trustProblem { logger.warning("\(problem)", metadata: ["component": "identity"]) }
+        trustProblem = problem
+    }
     /// This node's workloads' certificates (minted for each commit, renewed on resync).
     var certificates: WorkloadCertificates?
 
@@ -404,6 +450,7 @@ public final class Agent: Service, @unchecked Sendable {
         }
         // The proxy learns a revision's routes before the kernel sends it connections.
         updateProxy(snap, cgroupIDs: cgroupIDs)
+        reloadTrust()
         refreshCertificates(snap)
         do {
             let actual = try datapath.maps.readActual()

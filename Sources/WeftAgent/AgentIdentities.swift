@@ -1,12 +1,24 @@
+import Foundation
 import WeftConfig
 import WeftIdentity
 import WeftProxy
 
 /// The tunnel's view of this node's identities: the workloads' certificates, and the
-/// trust bundle peers are verified against.
-struct AgentIdentities: TunnelIdentities {
+/// trust bundle peers are verified against (replaced as the operator rotates roots).
+final class AgentIdentities: TunnelIdentities, @unchecked Sendable {
     let certificates: WorkloadCertificates
-    let bundle: TrustBundle
+    private let lock = NSLock()
+    private var bundle: TrustBundle
+
+    init(certificates: WorkloadCertificates, bundle: TrustBundle) {
+        self.certificates = certificates
+        self.bundle = bundle
+    }
+
+    var trustBundle: TrustBundle {
+        get { lock.withLock { bundle } }
+        set { lock.withLock { bundle = newValue } }
+    }
 
     func credentials(for workload: ResourceID) -> TunnelCredentials? {
         certificates.credentials(for: "\(workload.namespace)/\(workload.name)").map {
@@ -14,7 +26,11 @@ struct AgentIdentities: TunnelIdentities {
         }
     }
 
+    func serial(for workload: ResourceID) -> String? {
+        certificates.serial(for: "\(workload.namespace)/\(workload.name)")
+    }
+
     func verify(chainDER: [[UInt8]]) async throws -> String {
-        try await bundle.verify(chainDER: chainDER).uri
+        try await trustBundle.verify(chainDER: chainDER).uri
     }
 }

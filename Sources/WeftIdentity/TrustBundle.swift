@@ -14,6 +14,11 @@ public struct TrustBundle: Sendable {
         self.roots = roots
     }
 
+    /// Same trust domain and the same roots.
+    public func sameTrust(as other: TrustBundle) -> Bool {
+        trustDomain == other.trustDomain && Set(roots) == Set(other.roots)
+    }
+
     /// Verifies a chain as presented in a TLS handshake (DER, leaf first) at `now`: it
     /// must build to one of the roots (signatures, validity, CA constraints: RFC 5280) and
     /// the leaf must name exactly one SPIFFE identity in the trust domain. Returns that
@@ -59,7 +64,7 @@ public struct WorkloadCredentials: Sendable {
 extension WorkloadCertificates {
     /// The credentials of one workload (`namespace/name`), if it has a certificate.
     public func credentials(for workload: String) -> WorkloadCredentials? {
-        guard let e = entry(workload) else { return nil }
+        guard let (e, ca) = entry(workload) else { return nil }
         do {
             var der: [[UInt8]] = []
             for c in [e.certificate, ca.certificate] + ca.issuers.filter({ !$0.isSelfSigned }) {
@@ -74,8 +79,43 @@ extension WorkloadCertificates {
         }
     }
 
-    /// The roots this node's CA chains to (its own certificate, for a root CA).
-    public var caRoot: Certificate { ca.issuers.last ?? ca.certificate }
+    /// The root this node's CA chains to (its own certificate, for a root CA).
+    public var caRoot: Certificate { ca.root }
+
+    /// What this node trusts: its CA's root, plus the roots in `extraRootsFile`.
+    public func trustBundle(trustDomain: String, extraRootsFile: String?) throws -> TrustBundle {
+        let own = caRoot
+        let extra = try extraRootsFile.map { try TrustBundle.roots(pemFile: $0) } ?? []
+        return TrustBundle(trustDomain: trustDomain, roots: [own] + extra.filter { $0 != own })
+    }
+}
+
+extension CertificateAuthority {
+    /// The root it chains to (itself, for a root CA).
+    public var root: Certificate { issuers.last ?? certificate }
+}
+
+extension TrustBundle {
+    /// Roots from a PEM file (the operator's extra trusted roots, e.g. a CA being rotated
+    /// in or out). Every certificate in it must be a CA.
+    public static func roots(pemFile path: String) throws -> [Certificate] {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw IdentityError("trust bundle \(path) is missing or unreadable")
+        }
+        let docs: [PEMDocument]
+        do {
+            docs = try PEMDocument.parseMultiple(pemString: text)
+        } catch {
+            throw IdentityError("trust bundle \(path) is not PEM: \(error)")
+        }
+        return try docs.enumerated().map { i, doc in
+            guard let c = try? Certificate(pemDocument: doc) else { throw IdentityError("trust bundle \(path): entry \(i + 1) is not a certificate") }
+            guard case .isCertificateAuthority? = try? c.extensions.basicConstraints else {
+                throw IdentityError("trust bundle \(path): entry \(i + 1) is not a CA certificate")
+            }
+            return c
+        }
+    }
 }
 
 extension Certificate {

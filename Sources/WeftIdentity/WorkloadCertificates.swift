@@ -22,23 +22,51 @@ public final class WorkloadCertificates: @unchecked Sendable {
         var id: SpiffeID
         var key: P256.Signing.PrivateKey
         var certificate: Certificate
+        /// When it was minted (its notBefore is backdated for clock skew, so the half
+        /// life is measured from here).
+        var issued: Date
     }
 
-    let ca: CertificateAuthority
+    private var authority: CertificateAuthority
     private let ttl: TimeInterval
     private let lock = NSLock()
     private var entries: [String: Entry] = [:]
 
-    /// One workload's entry, under the lock.
-    func entry(_ workload: String) -> Entry? {
+    /// One workload's entry and the CA that signed it, under the lock.
+    func entry(_ workload: String) -> (Entry, CertificateAuthority)? {
         lock.lock()
         defer { lock.unlock() }
-        return entries[workload]
+        return entries[workload].map { ($0, authority) }
+    }
+
+    /// The CA that signs (switched during a CA rotation).
+    public var ca: CertificateAuthority {
+        lock.lock()
+        defer { lock.unlock() }
+        return authority
+    }
+
+    /// Switches signer (step two of a CA rotation): every certificate is re-minted by
+    /// `ca` at the next refresh. Returns false when `ca` is the one already in use.
+    public func replaceAuthority(_ ca: CertificateAuthority) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        guard ca.certificate != authority.certificate else { return false }
+        authority = ca
+        entries = [:]
+        return true
+    }
+
+    /// The serial of a workload's current certificate (cheap: no encoding).
+    public func serial(for workload: String) -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries[workload]?.certificate.serialNumber.description
     }
 
     /// `ttl`: lifetime of each workload certificate.
     public init(ca: CertificateAuthority, ttl: TimeInterval) {
-        self.ca = ca
+        self.authority = ca
         self.ttl = ttl
     }
 
@@ -52,13 +80,12 @@ public final class WorkloadCertificates: @unchecked Sendable {
         for key in Array(entries.keys) where wanted[key] == nil { entries[key] = nil }
         for (workload, id) in wanted {
             if let e = entries[workload], e.id == id {
-                let c = e.certificate
-                let half = c.notValidBefore.addingTimeInterval(c.notValidAfter.timeIntervalSince(c.notValidBefore) / 2)
+                let half = e.issued.addingTimeInterval(e.certificate.notValidAfter.timeIntervalSince(e.issued) / 2)
                 if now < half { continue }
             }
             let key = P256.Signing.PrivateKey()
-            let cert = try ca.issueWorkload(id, publicKey: key.publicKey, ttl: ttl, now: now)
-            entries[workload] = Entry(id: id, key: key, certificate: cert)
+            let cert = try authority.issueWorkload(id, publicKey: key.publicKey, ttl: ttl, now: now)
+            entries[workload] = Entry(id: id, key: key, certificate: cert, issued: now)
             minted += 1
         }
         return minted
@@ -70,7 +97,7 @@ public final class WorkloadCertificates: @unchecked Sendable {
         defer { lock.unlock() }
         return try entries.keys.sorted().map { w in
             let e = entries[w]!
-            let chain = try ([e.certificate, ca.certificate] + ca.issuers).map { try $0.serializeAsPEM().pemString + "\n" }
+            let chain = try ([e.certificate, authority.certificate] + authority.issuers).map { try $0.serializeAsPEM().pemString + "\n" }
             return CertificateInfo(workload: w, identity: e.id.uri, serial: e.certificate.serialNumber.description,
                                    notBefore: e.certificate.notValidBefore, notAfter: e.certificate.notValidAfter,
                                    chainPEM: chain.joined())

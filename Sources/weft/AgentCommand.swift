@@ -71,6 +71,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "mTLS tunnel port on every address of the node: other nodes' agents reach this node's workloads through it. 0 turns the tunnel off (meshed workloads are then reached in plaintext).")
     var tunnelPort: UInt16 = 15008
 
+    @Option(help: "PEM file of roots to trust besides this node's CA's root (CA rotation: add the new root, switch --ca, drop the old root). Re-read at every resync, like --ca.")
+    var trustBundle: String?
+
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
@@ -100,6 +103,7 @@ struct AgentCommand: AsyncParsableCommand {
         opts.caDir = ca
         opts.certTTL = max(certTtl, 2)
         opts.tunnelPort = tunnelPort
+        opts.trustBundle = trustBundle
         let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -4,6 +4,8 @@ A client on node a calls a service whose workload runs on node b; the agents car
 an HTTP/2 CONNECT stream over TLS 1.3 with the client workload's certificate, and node
 b's agent delivers it to the workload with the verified identity."""
 import json
+import re
+import time
 import os
 import subprocess
 import urllib.request
@@ -126,12 +128,12 @@ spec:
         assert req["headers"].get("x-forwarded-client-cert") == "forged"
 
 
-def s_client(node, tmp, target, cert=None):
+def s_client(node, tmp, target, cert=None, cafile=None):
     """openssl s_client to a tunnel port; the HTTP/2 preface and an empty SETTINGS frame
     are sent once the handshake is done. Returns (accepted, output): accepted means TLS
     1.3 with ALPN h2 and the server answered with HTTP/2 frames."""
     argv = ["openssl", "s_client", "-connect", target, "-tls1_3", "-alpn", "h2", "-ign_eof", "-CAfile",
-            os.path.join(tmp, "root-ca", "ca.pem"), "-verify_return_error"]
+            cafile or os.path.join(tmp, "root-ca", "ca.pem"), "-verify_return_error"]
     if cert:
         argv += ["-cert", cert + ".pem", "-cert_chain", cert + ".pem", "-key", cert + ".key"]
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -216,3 +218,78 @@ def test_connect_target_must_be_a_workload_port_of_the_node(mesh):
     after = refused_counts(b)
     assert after["not_local_workload"] - before["not_local_workload"] == 4, (before, after)
     assert after["bad_request"] - before["bad_request"] == 2, (before, after)
+
+
+def test_renewal_and_ca_rotation_under_load(mesh):
+    """Certificates renewed every 2 s and the root CA rotated in three steps (trust the
+    new root, switch signers, drop the old root) while a client keeps calling across the
+    nodes, each call on a new connection: not one fails."""
+    a, b = mesh.a, mesh.b
+    bundles = {n: os.path.join(n.tmp, "bundle.pem") for n in (a, b)}
+    links = {n: os.path.join(n.tmp, "ca-link") for n in (a, b)}
+    old_root = open(os.path.join(mesh.root, "ca.pem")).read()
+    for n in (a, b):
+        open(bundles[n], "w").write(old_root)
+        os.symlink(os.path.join(n.tmp, "node-ca"), links[n])
+    for node, cg in ((a, "frontend"), (b, "web"), (b, "echo")):
+        os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
+    a.add_address("10.250.1.10")
+    b.http_backend("web", "10.250.2.10", 8080)
+    b.backend("echo", "10.250.2.11", 9000)
+    mesh.write("mesh.yaml", CONFIG)
+    for n, name in ((a, "node-a"), (b, "node-b")):
+        n.start_agent("--ca", links[n], "--trust-bundle", bundles[n], "--cert-ttl", "4", node=name)
+    stop = os.path.join(a.tmp, "stop")
+    # Every TCP connection is a new CONNECT stream, so new certificates and roots are
+    # used (and checked) as soon as they exist; HTTP keeps its pooled upstreams.
+    load = subprocess.Popen(a.in_ns(["python3", os.path.join(os.path.dirname(os.path.abspath(__file__)), "client.py"),
+                                     "loop", "10.96.7.8", "9000", stop],
+                                    cgroup=os.path.join(a.cgroup, "frontend")), stdout=subprocess.PIPE, text=True)
+    time.sleep(4)  # at least one renewal on each side
+    # Step 1: every node trusts the new root too.
+    new_root_dir = os.path.join(a.tmp, "root-ca-2")
+    subprocess.run([WEFT, "ca", "init", "--out", new_root_dir], check=True, capture_output=True)
+    new_root = open(os.path.join(new_root_dir, "ca.pem")).read()
+    for n in (a, b):
+        write_atomic(bundles[n], old_root + new_root)
+    for n in (a, b):
+        n.wait_log(r"trust bundle now holds 2 root")
+    # Step 2: each node's signer switches to a node CA of the new root, one after another.
+    for n, name in ((b, "node-b"), (a, "node-a")):
+        d = os.path.join(n.tmp, "node-ca-2")
+        subprocess.run([WEFT, "ca", "issue-node", "--ca", new_root_dir, "--node", name, "--out", d], check=True, capture_output=True)
+        tmp_link = links[n] + ".new"
+        os.symlink(d, tmp_link)
+        os.rename(tmp_link, links[n])
+        n.wait_log(r"signer switched")
+        time.sleep(1.5)
+    # Step 3: the old root is dropped everywhere.
+    for n in (a, b):
+        write_atomic(bundles[n], new_root)
+    for n in (a, b):
+        n.wait_log(r"trust bundle now holds 1 root")
+    time.sleep(3)
+    open(stop, "w").close()
+    out, _ = load.communicate(timeout=60)
+    r = json.loads(out)
+    assert not r["failures"] and set(r["backends"]) == {"echo"}, (r["failures"][:5], r["backends"])
+    assert r["backends"]["echo"] > 100, r["backends"]
+    # Both nodes now present chains of the new root only, and a certificate of the old
+    # root is refused in a new handshake.
+    for n in (a, b):
+        chain = json.loads(n.weft("cert", "show", "-j", "--admin-socket", n.sock).stdout)[0]["chainPEM"]
+        assert new_root.strip() in chain and old_root.strip() not in chain
+    prefix = os.path.join(a.tmp, "old")
+    subprocess.run(["python3", os.path.join(os.path.dirname(os.path.abspath(__file__)), "mkcert.py"), "leaf",
+                    os.path.join(a.tmp, "node-ca"), CLIENT_ID, prefix], check=True, capture_output=True)
+    before = refused_counts(b)
+    assert not s_client(a, a.tmp, "10.250.2.10:15008", prefix, cafile=os.path.join(new_root_dir, "ca.pem"))[0]
+    assert refused_counts(b)["certificate"] == before["certificate"] + 1
+    # The calls did ride new handshakes: one per renewal and per signer switch.
+    assert len(re.findall(r"tunnel to node node-b via", a.log())) >= 4, a.log()
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)

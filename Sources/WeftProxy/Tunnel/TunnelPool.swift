@@ -21,6 +21,8 @@ struct TunnelKey: Hashable, Sendable {
 final class TunnelPool {
     private var connections: [TunnelKey: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>] = [:]
     private var channels: [TunnelKey: Channel] = [:]
+    /// The serial of the certificate each connection presented.
+    private var serials: [TunnelKey: String] = [:]
     private let settings: UpstreamSettings
     private let tls: TunnelTLS
     private let port: Int
@@ -42,6 +44,9 @@ final class TunnelPool {
     /// node. The stream is returned open (2xx received), not reading until the caller
     /// turns autoRead on.
     func open(_ key: TunnelKey, via: IPAddress, target: SocketKey, on loop: EventLoop, timeout: TimeAmount?) -> EventLoopFuture<Channel> {
+        // A renewed certificate (or a new signer) is presented from the next stream on:
+        // the old connection keeps its streams until they end, and takes no new ones.
+        if connections[key] != nil, serials[key] != tls.identities.serial(for: key.source) { forget(key) }
         let mux = connections[key] ?? connect(key, via: via, on: loop, timeout: timeout)
         let forwardedFor = key.sourceAddress
         return mux.flatMap { m in
@@ -72,7 +77,11 @@ final class TunnelPool {
                          timeout: TimeAmount?) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
         let context: NIOSSLContext
         do {
-            context = try tls.context(for: key.source, server: false).0
+            let (ctx, creds) = try tls.context(for: key.source, server: false)
+            context = ctx
+            serials[key] = creds.serial
+            logger.info("tunnel to node \(key.node) via \(via) as \(creds.identity) (certificate \(creds.serial))",
+                        metadata: ["component": "tunnel"])
         } catch {
             return loop.makeFailedFuture(error)
         }
@@ -93,6 +102,7 @@ final class TunnelPool {
             }
             // After a GOAWAY the connection finishes its streams; new ones get a new one.
             try sync.addHandler(GoAwayWatcher { [weak self] _ in self?.forget(key, ch) })
+            try sync.addHandler(StreamCounter())
             ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in self?.forget(key, ch) }
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             self.channels[key] = ch
@@ -107,7 +117,40 @@ final class TunnelPool {
 
     private func forget(_ key: TunnelKey, _ channel: Channel) {
         guard let current = channels[key], current === channel else { return }
+        forget(key)
+    }
+
+    /// New streams of `key` go to a new connection; the old one closes when its last
+    /// stream does (NIO closes an HTTP/2 connection only when asked, so ask once idle).
+    private func forget(_ key: TunnelKey) {
+        if let ch = channels[key] { retire(ch) }
         channels[key] = nil
         connections[key] = nil
+        serials[key] = nil
+    }
+
+    private func retire(_ channel: Channel) {
+        // GOAWAY tells the peer no more streams come; the connection goes when the
+        // streams it carries are done, checked here at a slow pace.
+        channel.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { task in
+            if !channel.isActive { task.cancel(); return }
+            if (try? channel.pipeline.syncOperations.handler(type: StreamCounter.self))?.open == 0 {
+                task.cancel()
+                channel.close(promise: nil)
+            }
+        }
+    }
+}
+
+/// Counts the open streams of an HTTP/2 connection (from NIO's stream events), so a
+/// retired tunnel connection can close once its last stream is done.
+final class StreamCounter: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    private(set) var open = 0
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is NIOHTTP2StreamCreatedEvent { open += 1 }
+        if event is StreamClosedEvent { open -= 1 }
+        context.fireUserInboundEventTriggered(event)
     }
 }

@@ -26,6 +26,8 @@ public struct TunnelCredentials: Sendable {
 public protocol TunnelIdentities: Sendable {
     /// The credentials of one of this node's workloads (nil until it has a certificate).
     func credentials(for workload: ResourceID) -> TunnelCredentials?
+    /// The serial of its current certificate (cheap; changes on renewal or a new signer).
+    func serial(for workload: ResourceID) -> String?
     /// Verifies a peer's chain (DER, leaf first) against the trust bundle; returns the
     /// peer's SPIFFE URI or throws the reason.
     func verify(chainDER: [[UInt8]]) async throws -> String
