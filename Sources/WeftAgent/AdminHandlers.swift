@@ -28,7 +28,40 @@ extension Agent {
             } catch {
                 return .failure("reading workload certificates: \(error)")
             }
+        case .authz:
+            guard let q = request.authz else { return .failure("authz needs a query") }
+            return handleAuthz(q)
         }
+    }
+
+    /// Evaluates a hypothetical request against the running config's AuthorizationPolicies.
+    func handleAuthz(_ q: AuthzQuery) -> AdminResponse {
+        let snap = lock.withLock { snapshot }
+        guard let we = snap.workloadEntries.first(where: { "\($0.metadata.namespace)/\($0.metadata.name)" == q.to }) else {
+            return .failure("no WorkloadEntry \(q.to) in the running config (give NAMESPACE/NAME)")
+        }
+        var http: AuthzRequest.HTTP?
+        var normalized: String?
+        if q.method != nil || q.path != nil {
+            guard let (path, _) = PathNormalizer.normalize(q.path ?? "/") else {
+                return .failure("path \(q.path ?? "") is refused before authorization (400): an encoded NUL, a control character, or not absolute")
+            }
+            normalized = path
+            http = .init(host: q.host ?? "", method: q.method ?? "GET", path: path, headers: [])
+        }
+        var source: IPAddress?
+        if let ip = q.sourceIP {
+            guard let parsed = IPAddress(ip) else { return .failure("--source-ip \(ip) is not an IP address") }
+            source = parsed
+        }
+        let engine = AuthorizationEngine(snapshot: snap, workload: we, rootNamespace: options.rootNamespace)
+        let d = engine.evaluate(AuthzRequest(identity: q.from, sourceIP: source, destinationIP: we.spec.address, destinationPort: q.port,
+                                             http: http))
+        var r = AdminResponse(ok: true)
+        r.authz = AuthzAnswer(allowed: d.allowed, reason: d.reason, policy: d.policy.map { "\($0.namespace)/\($0.name)" }, rule: d.rule,
+                              audited: d.audited.map { "\($0.namespace)/\($0.name)" }, normalizedPath: normalized,
+                              policies: engine.policies.map { "\($0.metadata.namespace)/\($0.metadata.name) (\($0.action.rawValue))" })
+        return r
     }
 
     /// Parses pushed files; their resources get origin `apply`.

@@ -15,7 +15,7 @@ public struct SourceFile: Codable, Sendable {
 
 /// One request on the admin socket: a JSON object on one line.
 public struct AdminRequest: Codable, Sendable {
-    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates }
+    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates, authz }
     public var op: Op
     public var files: [SourceFile]?
     public var ids: [ResourceID]?
@@ -23,8 +23,42 @@ public struct AdminRequest: Codable, Sendable {
     public var name: String?
     public var namespace: String?
     public var revision: UInt64?
+    public var authz: AuthzQuery?
 
     public init(op: Op) { self.op = op }
+}
+
+/// `weft authz check`: a hypothetical request to one workload.
+public struct AuthzQuery: Codable, Sendable {
+    /// The caller's SPIFFE URI (nil: plaintext).
+    public var from: String?
+    /// NAMESPACE/NAME of the destination WorkloadEntry.
+    public var to: String
+    public var port: UInt16
+    public var sourceIP: String?
+    /// Both nil: a plain TCP connection.
+    public var method: String?
+    public var path: String?
+    public var host: String?
+
+    public init(from: String?, to: String, port: UInt16) {
+        self.from = from
+        self.to = to
+        self.port = port
+    }
+}
+
+/// The decision and what made it.
+public struct AuthzAnswer: Codable, Sendable {
+    public var allowed: Bool
+    public var reason: String
+    public var policy: String?
+    public var rule: Int?
+    public var audited: [String]
+    /// The path as normalized before matching (HTTP).
+    public var normalizedPath: String?
+    /// How many policies apply to the workload.
+    public var policies: [String]
 }
 
 /// A resource as `weft get` shows it.
@@ -58,6 +92,7 @@ public struct AdminResponse: Codable, Sendable {
     public var history: [RevisionSummary]?
     public var diff: [DiffEntry]?
     public var certificates: [CertificateInfo]?
+    public var authz: AuthzAnswer?
 
     public init(ok: Bool, error: String? = nil) {
         self.ok = ok

@@ -156,9 +156,13 @@ public final class Agent: Service, @unchecked Sendable {
                                   logger: logger,
                                   origin: { [self] client in origin(of: client) },
                                   identities: identities,
-                                  observer: { event in
+                                  observer: { [logger] event in
                                       metrics?.record(event)
                                       if case .request(let r) = event { log?.write(r) }
+                                      if case .audit(let d, let request, let peer) = event {
+                                          logger.info("AUDIT \(d.audited.map { "\($0.namespace)/\($0.name)" }.joined(separator: ",")): \(peer ?? "plaintext") \(request) → \(d)",
+                                                      metadata: ["component": "authz"])
+                                      }
                                   })
             try p.start()
             try p.startTunnel()
@@ -299,7 +303,8 @@ public final class Agent: Service, @unchecked Sendable {
         }
         let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" })
         if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1 { return }
-        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain))
+        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain,
+                                 rootNamespace: options.rootNamespace))
         proxyBuilt = key
     }
 

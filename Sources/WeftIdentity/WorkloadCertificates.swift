@@ -25,6 +25,9 @@ public final class WorkloadCertificates: @unchecked Sendable {
         /// When it was minted (its notBefore is backdated for clock skew, so the half
         /// life is measured from here).
         var issued: Date
+        /// The CA that signed it: the chain it is presented with, even after the signer
+        /// switched and until it is re-minted.
+        var signer: CertificateAuthority
     }
 
     private var authority: CertificateAuthority
@@ -36,7 +39,7 @@ public final class WorkloadCertificates: @unchecked Sendable {
     func entry(_ workload: String) -> (Entry, CertificateAuthority)? {
         lock.lock()
         defer { lock.unlock() }
-        return entries[workload].map { ($0, authority) }
+        return entries[workload].map { ($0, $0.signer) }
     }
 
     /// The CA that signs (switched during a CA rotation).
@@ -47,13 +50,13 @@ public final class WorkloadCertificates: @unchecked Sendable {
     }
 
     /// Switches signer (step two of a CA rotation): every certificate is re-minted by
-    /// `ca` at the next refresh. Returns false when `ca` is the one already in use.
+    /// `ca` at the next refresh; until then the old ones stay in use (a workload is never
+    /// without a certificate). Returns false when `ca` is the one already in use.
     public func replaceAuthority(_ ca: CertificateAuthority) -> Bool {
         lock.lock()
         defer { lock.unlock() }
         guard ca.certificate != authority.certificate else { return false }
         authority = ca
-        entries = [:]
         return true
     }
 
@@ -79,13 +82,13 @@ public final class WorkloadCertificates: @unchecked Sendable {
         var minted = 0
         for key in Array(entries.keys) where wanted[key] == nil { entries[key] = nil }
         for (workload, id) in wanted {
-            if let e = entries[workload], e.id == id {
+            if let e = entries[workload], e.id == id, e.signer.certificate == authority.certificate {
                 let half = e.issued.addingTimeInterval(e.certificate.notValidAfter.timeIntervalSince(e.issued) / 2)
                 if now < half { continue }
             }
             let key = P256.Signing.PrivateKey()
             let cert = try authority.issueWorkload(id, publicKey: key.publicKey, ttl: ttl, now: now)
-            entries[workload] = Entry(id: id, key: key, certificate: cert, issued: now)
+            entries[workload] = Entry(id: id, key: key, certificate: cert, issued: now, signer: authority)
             minted += 1
         }
         return minted
@@ -97,7 +100,7 @@ public final class WorkloadCertificates: @unchecked Sendable {
         defer { lock.unlock() }
         return try entries.keys.sorted().map { w in
             let e = entries[w]!
-            let chain = try ([e.certificate, authority.certificate] + authority.issuers).map { try $0.serializeAsPEM().pemString + "\n" }
+            let chain = try ([e.certificate, e.signer.certificate] + e.signer.issuers).map { try $0.serializeAsPEM().pemString + "\n" }
             return CertificateInfo(workload: w, identity: e.id.uri, serial: e.certificate.serialNumber.description,
                                    notBefore: e.certificate.notValidBefore, notAfter: e.certificate.notValidAfter,
                                    chainPEM: chain.joined())

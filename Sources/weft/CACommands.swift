@@ -95,3 +95,43 @@ struct CertCommand: ParsableCommand {
         }
     }
 }
+
+/// `weft authz check`: what the running agent's AuthorizationPolicies decide for a request.
+struct AuthzCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "authz", abstract: "Authorization policy tools.",
+                                                    subcommands: [Check.self])
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Explain whether a request would be allowed, and which policy and rule decided.",
+            discussion: "Without --method and --path the request is a plain TCP connection.")
+
+        @OptionGroup var admin: AdminOptions
+        @Option(help: "Caller identity, spiffe://TRUST-DOMAIN/ns/NS/sa/SA (omit for a plaintext caller).") var from: String?
+        @Option(help: "Destination workload, NAMESPACE/NAME of its WorkloadEntry.") var to: String
+        @Option(help: "Destination (workload) port.") var port: UInt16
+        @Option(help: "HTTP method.") var method: String?
+        @Option(help: "HTTP path (normalized as the agent does before matching).") var path: String?
+        @Option(help: "HTTP host (authority).") var host: String?
+        @Option(help: "Caller address (for ipBlocks and source.ip).") var sourceIp: String?
+        @Flag(name: [.customShort("j"), .long], help: "JSON.") var json = false
+
+        func run() throws {
+            var q = AuthzQuery(from: from, to: to, port: port)
+            q.method = method
+            q.path = path
+            q.host = host
+            q.sourceIP = sourceIp
+            var req = AdminRequest(op: .authz)
+            req.authz = q
+            guard let a = admin.send(req).authz else { fail("the agent gave no decision") }
+            if json { return printJSON(a) }
+            print(a.allowed ? "ALLOW" : "DENY")
+            print("  because: \(a.reason)")
+            if let p = a.normalizedPath, p != path { print("  path as matched: \(p)") }
+            if !a.audited.isEmpty { print("  audited by: \(a.audited.joined(separator: ", "))") }
+            print("  policies on \(to): \(a.policies.isEmpty ? "none" : a.policies.joined(separator: ", "))")
+            if !a.allowed { throw ExitCode(1) }
+        }
+    }
+}

@@ -218,16 +218,36 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func start() {
         let listener = conn.listener
         let authority = head.headers.first(name: "host") ?? ""
+        var uri = head.uri
+        if let inbound = conn.inbound {
+            // The destination's checks: the path normalized the way policy reads it, the
+            // request authorized, and the workload given the path that was authorized.
+            guard let (path, query) = PathNormalizer.normalize(head.uri) else {
+                localReply(.badPath)
+                return
+            }
+            let request = AuthzRequest(identity: inbound.identity, sourceIP: conn.client.address, destinationIP: inbound.target.cluster.endpoints[0].socket.address,
+                                       destinationPort: conn.origin.destination.port,
+                                       http: .init(host: authority, method: head.method.rawValue, path: path,
+                                                   headers: head.headers.map { ($0.name, $0.value) }))
+            let decision = inbound.target.authorization.evaluate(request)
+            if !decision.audited.isEmpty { conn.loop.observe(.audit(decision, request: "\(head.method.rawValue) \(path)", peer: inbound.identity)) }
+            guard decision.allowed else {
+                localReply(.accessDenied)
+                return
+            }
+            uri = path + (query.map { "?" + $0 } ?? "")
+        }
         let routed: RouteDecision
         if let router = listener.router {
-            let attrs = RequestAttributes(method: head.method.rawValue, path: head.uri, authority: authority,
+            let attrs = RequestAttributes(method: head.method.rawValue, path: uri, authority: authority,
                                           headers: head.headers.map { ($0.name, $0.value) }, port: listener.port.number,
                                           sourceLabels: conn.source?.spec.labels ?? [:])
             routed = router.decide(attrs, random: conn.loop.random())
         } else {
             // Captured for its DestinationRule only: straight to the service.
             routed = .forward(ForwardDecision(destination: Destination(host: listener.host, port: listener.port.number),
-                                              routeIndex: 0, routeName: nil, path: head.uri, authority: authority, timeout: nil,
+                                              routeIndex: 0, routeName: nil, path: uri, authority: authority, timeout: nil,
                                               retries: nil, fault: nil, mirror: nil, mirrorPercentage: nil, requestHeaders: [],
                                               responseHeaders: []))
         }

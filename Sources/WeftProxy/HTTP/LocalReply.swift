@@ -24,6 +24,11 @@ struct LocalReply {
                           body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure", flags: flags)
     }
 
+    /// An AuthorizationPolicy denied the request (Envoy's RBAC filter reply).
+    static let accessDenied = LocalReply(status: .forbidden, body: "RBAC: access denied", flags: [])
+    /// A path that cannot be normalized safely (an encoded NUL, control characters).
+    static let badPath = LocalReply(status: .badRequest, body: "Bad Request", flags: ["DPE"])
+
     /// UO: a connectionPool limit (circuit breaker) is full.
     static let overflow = LocalReply(status: .serviceUnavailable,
                                      body: "upstream connect error or disconnect/reset before headers. reset reason: overflow", flags: ["UO"])

@@ -44,6 +44,8 @@ public struct InboundTarget: Sendable {
     public var listener: ServiceListener
     /// A cluster of one endpoint: the workload's port.
     public var cluster: Cluster
+    /// The AuthorizationPolicies that apply to the workload.
+    public var authorization: AuthorizationEngine
 }
 
 /// A concrete destination: service host, subset, service port.
@@ -111,7 +113,8 @@ public struct ProxyTables: Sendable {
 
     /// Builds the tables of `snapshot`; `workloads` maps cgroup ids of this node's
     /// workloads to their WorkloadEntry; `node` is this node, `trustDomain` the mesh's.
-    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:], node: String = "", trustDomain: String = "cluster.local") {
+    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:], node: String = "", trustDomain: String = "cluster.local",
+                rootNamespace: String = "weft-system") {
         self.workloads = workloads
         self.trustDomain = trustDomain
         for we in snapshot.workloadEntries {
@@ -145,7 +148,9 @@ public struct ProxyTables: Sendable {
                     let cluster = Cluster(key: key, endpoints: [Endpoint(socket: target, weight: 1, workload: w)], loadBalancer: .random,
                                           connectionPool: nil, outlierDetection: nil, service: id)
                     inboundTargets[target] = InboundTarget(workload: we, identity: Self.identity(we, trustDomain: trustDomain),
-                                                           listener: listener, cluster: cluster)
+                                                           listener: listener, cluster: cluster,
+                                                           authorization: AuthorizationEngine(snapshot: snapshot, workload: we,
+                                                                                              rootNamespace: rootNamespace))
                     clusters[key] = cluster
                 }
                 guard snapshot.needsProxy(se, port: port) else { continue }

@@ -97,6 +97,8 @@ public final class IstioMetrics: Sendable {
                 series.received += UInt64(t.receivedBytes)
                 s.tcp[key] = series
             }
+        case .audit:
+            break
         }
     }
 

@@ -69,4 +69,6 @@ public enum ProxyEvent: Sendable {
     case request(RequestRecord)
     case tcpOpened(TCPRecord)
     case tcpClosed(TCPRecord)
+    /// An AUDIT AuthorizationPolicy matched (logged by the agent; it decides nothing).
+    case audit(AuthzDecision, request: String, peer: String?)
 }

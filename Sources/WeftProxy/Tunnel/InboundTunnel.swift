@@ -182,6 +182,17 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
             ProxyTables.identity(we, trustDomain: tables.trustDomain) == identity
                 ? ResourceID(kind: "WorkloadEntry", namespace: we.metadata.namespace, name: we.metadata.name) : nil
         }
+        // A plain TCP port is authorized once, here; an HTTP port per request.
+        if !target.listener.port.isHTTP {
+            let request = AuthzRequest(identity: identity, sourceIP: forwarded ?? remote.address, destinationIP: address,
+                                       destinationPort: port, http: nil)
+            let decision = target.authorization.evaluate(request)
+            if !decision.audited.isEmpty { loop.observe(.audit(decision, request: "TCP \(authority)", peer: identity)) }
+            guard decision.allowed else {
+                refuse(context, 403, .denied, "\(identity) to \(authority): \(decision)")
+                return
+            }
+        }
         let conn = ConnectionContext(id: proxy.nextConnectionID(), client: SocketKey(forwarded ?? remote.address, 0),
                                      origin: ConnectionOrigin(destination: targetKey, cgroupID: 0), listener: target.listener, source: nil,
                                      tables: tables, loop: loop, clusters: proxy.clusters,
@@ -238,6 +249,9 @@ enum TunnelRefusal: String, CaseIterable {
     case notLocalWorkload = "not_local_workload"
     /// The stream could not be served (503).
     case unavailable
+    /// An AuthorizationPolicy denied the connection (plain TCP ports; HTTP requests are
+    /// answered 403 one by one and counted in istio_requests_total).
+    case denied
 }
 
 /// Last in a tunnel connection's pipeline: sees what failed it (a TLS handshake error
