@@ -99,9 +99,13 @@ final class ConnectionContext {
                          destinationService: listener.service, destinationWorkload: destinationWorkload, reporter: "destination",
                          sourcePrincipal: inbound.identity, mutualTLS: true)
         }
+        // The caller's own identity: a workload of this node has a certificate.
         return Peers(client: client.description, source: sourceID, destinationHost: listener.host, destinationService: listener.service,
-                     destinationWorkload: destinationWorkload)
+                     destinationWorkload: destinationWorkload, sourcePrincipal: sourcePrincipal)
     }
+
+    /// The source workload's SPIFFE URI (computed once per connection).
+    lazy var sourcePrincipal: String? = source.map { ProxyTables.identity($0, trustDomain: tables.trustDomain) }
 
     var sourceID: ResourceID? { source.map { ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name) } }
 
@@ -205,29 +209,38 @@ public final class OutboundProxy: Sendable {
     /// Binds 127.0.0.1 and ::1 (the addresses the kernel redirects to). IPv4 must work;
     /// without IPv6 on loopback there can be no IPv6 client to capture, so that only warns.
     public func start() throws {
-        var bound: [Channel] = []
-        for host in ["127.0.0.1", "::1"] {
-            let bootstrap = ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { [self] ch in
-                    ch.eventLoop.makeCompletedFuture { try self.accepted(ch) }
-                }
-            do {
-                let address = try SocketAddress(ipAddress: host, port: Int(settings.port))
-                bound.append(try bootstrap.bind(to: address).wait())
-            } catch where host == "::1" {
-                logger.warning("no outbound listener on [::1]:\(settings.port) (\(error)): IPv6 services that need L7 will refuse connections",
-                               metadata: ["component": "proxy"])
-            } catch {
-                for c in bound { try? c.close().wait() }
-                throw ProxyError("cannot listen on \(host):\(settings.port) (--proxy-port): \(error)")
-            }
-        }
+        let bound = try listen(hosts: ("127.0.0.1", "::1"), port: settings.port, flag: "--proxy-port", halfClose: true,
+                               v6Missing: "IPv6 services that need L7 will refuse connections") { [self] ch in try accepted(ch) }
         channels.withLockedValue { $0 = bound }
         logger.info("outbound proxy listening on port \(settings.port)", metadata: ["component": "proxy", "listeners": "\(bound.count)"])
+    }
+
+    /// Binds an IPv4 and an IPv6 listener on `port` (the IPv6 one IPv6-only). IPv4 must
+    /// work; without IPv6 only a warning says what is lost (`v6Missing`).
+    func listen(hosts: (v4: String, v6: String), port: UInt16, flag: String, halfClose: Bool, v6Missing: String,
+                accept: @escaping @Sendable (Channel) throws -> Void) throws -> [Channel] {
+        var bound: [Channel] = []
+        for host in [hosts.v4, hosts.v6] {
+            var bootstrap = ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: halfClose)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { ch in ch.eventLoop.makeCompletedFuture { try accept(ch) } }
+            if host == hosts.v6 {
+                // IPv4 has its own socket; a dual-stack one would see v4-mapped addresses.
+                bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
+            }
+            do {
+                bound.append(try bootstrap.bind(to: try SocketAddress(ipAddress: host, port: Int(port))).wait())
+            } catch where host == hosts.v6 {
+                logger.warning("no listener on [\(host)]:\(port) (\(error)): \(v6Missing)", metadata: ["component": "proxy"])
+            } catch {
+                for c in bound { try? c.close().wait() }
+                throw ProxyError("cannot listen on \(host):\(port) (\(flag)): \(error)")
+            }
+        }
+        return bound
     }
 
     /// Switches to a new revision's tables; connections already accepted keep theirs.

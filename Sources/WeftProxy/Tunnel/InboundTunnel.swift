@@ -22,29 +22,8 @@ extension OutboundProxy {
     /// TLS 1.3, ALPN h2, a client certificate required and verified to the trust bundle.
     public func startTunnel() throws {
         guard let tls, settings.tunnelPort != 0 else { return }
-        var bound: [Channel] = []
-        for host in ["0.0.0.0", "::"] {
-            var bootstrap = ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { [self] ch in
-                    ch.eventLoop.makeCompletedFuture { try self.tunnelAccepted(ch, tls: tls) }
-                }
-            if host == "::" {
-                // IPv6 only: IPv4 has its own socket (a dual-stack one would see v4-mapped addresses).
-                bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
-            }
-            do {
-                bound.append(try bootstrap.bind(to: try SocketAddress(ipAddress: host, port: Int(settings.tunnelPort))).wait())
-            } catch where host == "::" {
-                logger.warning("no tunnel listener on [::]:\(settings.tunnelPort) (\(error)): IPv6 workloads cannot be reached over mTLS",
-                               metadata: ["component": "tunnel"])
-            } catch {
-                for c in bound { try? c.close().wait() }
-                throw ProxyError("cannot listen on \(host):\(settings.tunnelPort) (--tunnel-port): \(error)")
-            }
-        }
+        let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.tunnelPort, flag: "--tunnel-port", halfClose: false,
+                               v6Missing: "IPv6 workloads cannot be reached over mTLS") { [self] ch in try tunnelAccepted(ch, tls: tls) }
         channels.withLockedValue { $0 += bound }
         logger.info("mTLS tunnel listening on port \(settings.tunnelPort)", metadata: ["component": "tunnel"])
     }
