@@ -19,11 +19,11 @@ public struct TrustBundle: Sendable {
         trustDomain == other.trustDomain && Set(roots) == Set(other.roots)
     }
 
-    /// Verifies a chain as presented in a TLS handshake (DER, leaf first) at `now`: it
+    /// Verifies a chain as presented in a TLS handshake (DER, leaf first), now: it
     /// must build to one of the roots (signatures, validity, CA constraints: RFC 5280) and
     /// the leaf must name exactly one SPIFFE identity in the trust domain. Returns that
     /// identity, or throws the reason in one line.
-    public func verify(chainDER: [[UInt8]], now: Date = Date()) async throws -> SpiffeID {
+    public func verify(chainDER: [[UInt8]]) async throws -> SpiffeID {
         guard let first = chainDER.first else { throw IdentityError("the peer presented no certificate") }
         let leaf: Certificate
         let intermediates: [Certificate]
@@ -35,7 +35,7 @@ public struct TrustBundle: Sendable {
         }
         let domain = trustDomain
         var verifier = Verifier(rootCertificates: CertificateStore(roots)) {
-            RFC5280Policy(validationTime: now)
+            RFC5280Policy()
             SpiffePolicy(trustDomain: domain)
         }
         switch await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates)) {

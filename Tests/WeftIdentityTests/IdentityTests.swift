@@ -80,4 +80,33 @@ import X509
     @Test func badTrustDomainIsOneClearError() {
         #expect(throws: IdentityError.self) { try CertificateAuthority.createRoot(trustDomain: "Not Valid") }
     }
+
+    /// What the tunnel does with a handshake's chain: the credentials a node presents
+    /// verify against a bundle holding its root (alone or with another), and not against
+    /// a bundle without it; a renewal after a signer switch chains to the new root.
+    @Test func credentialsVerifyAgainstTheTrustBundle() async throws {
+        let root = try CertificateAuthority.createRoot(trustDomain: "cluster.local")
+        let node = try root.issueNode("node-a")
+        let certs = WorkloadCertificates(ca: node, ttl: 3600)
+        let id = try #require(SpiffeID(trustDomain: "cluster.local", namespace: "shop", serviceAccount: "cart"))
+        try certs.refresh(["shop/cart": id])
+        let creds = try #require(certs.credentials(for: "shop/cart"))
+        let other = try CertificateAuthority.createRoot(trustDomain: "cluster.local")
+        let verified = try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate, root.certificate]).verify(chainDER: creds.chainDER)
+        #expect(verified == id)
+        await #expect(throws: IdentityError.self) {
+            try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate]).verify(chainDER: creds.chainDER)
+        }
+        await #expect(throws: IdentityError.self) {
+            try await TrustBundle(trustDomain: "example.org", roots: [root.certificate]).verify(chainDER: creds.chainDER)
+        }
+        // Switching signer keeps the old certificate until the refresh re-mints it.
+        let node2 = try other.issueNode("node-a")
+        #expect(certs.replaceAuthority(node2))
+        #expect(certs.credentials(for: "shop/cart")?.serial == creds.serial)
+        try certs.refresh(["shop/cart": id])
+        let renewed = try #require(certs.credentials(for: "shop/cart"))
+        #expect(renewed.serial != creds.serial)
+        #expect(try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate]).verify(chainDER: renewed.chainDER) == id)
+    }
 }
