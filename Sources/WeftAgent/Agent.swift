@@ -136,7 +136,6 @@ public final class Agent: Service, @unchecked Sendable {
             throw AgentError("certificate authority: \(error)")
         }
         let certificates = WorkloadCertificates(ca: ca, ttl: options.certTTL)
-        self.certificates = certificates
         let identities = AgentIdentities(certificates: certificates, bundle: try trustBundle(certificates))
         self.identities = identities
         let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] request in
@@ -256,7 +255,7 @@ public final class Agent: Service, @unchecked Sendable {
         trustProblem = problem
     }
     /// This node's workloads' certificates (minted for each commit, renewed on resync).
-    var certificates: WorkloadCertificates?
+    var certificates: WorkloadCertificates? { identities?.certificates }
 
     /// Mints or renews certificates for this node's WorkloadEntries: identity
     /// spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount or "default">.
@@ -264,9 +263,9 @@ public final class Agent: Service, @unchecked Sendable {
         guard let certificates else { return }
         var wanted: [String: SpiffeID] = [:]
         for we in snap.workloadEntries where we.node == options.node {
-            guard let id = SpiffeID(trustDomain: options.trustDomain, namespace: we.metadata.namespace,
-                                    serviceAccount: we.spec.serviceAccount ?? "default") else {
-                logger.warning("WorkloadEntry \(we.metadata.namespace)/\(we.metadata.name): no valid identity (service account \(we.spec.serviceAccount ?? "default"))",
+            let uri = we.identity(trustDomain: options.trustDomain)
+            guard let id = SpiffeID(uri: uri) else {
+                logger.warning("WorkloadEntry \(we.metadata.namespace)/\(we.metadata.name) (\(we.position)): \(uri) is not a valid SPIFFE identity; fix its serviceAccount",
                                metadata: ["component": "identity"])
                 continue
             }

@@ -22,7 +22,7 @@ final class AgentIdentities: TunnelIdentities, @unchecked Sendable {
 
     func credentials(for workload: ResourceID) -> TunnelCredentials? {
         certificates.credentials(for: "\(workload.namespace)/\(workload.name)").map {
-            TunnelCredentials(identity: $0.identity.uri, chainDER: $0.chainDER, privateKeyPEM: $0.privateKeyPEM, serial: $0.serial)
+            TunnelCredentials(chainDER: $0.chainDER, privateKeyPEM: $0.privateKeyPEM, serial: $0.serial)
         }
     }
 

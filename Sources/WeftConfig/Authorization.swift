@@ -84,9 +84,7 @@ public struct AuthorizationEngine: Sendable {
     }
 
     public func evaluate(_ r: AuthzRequest) -> AuthzDecision {
-        func id(_ p: AuthorizationPolicy) -> ResourceID {
-            ResourceID(kind: "AuthorizationPolicy", namespace: p.metadata.namespace, name: p.metadata.name)
-        }
+        func id(_ p: AuthorizationPolicy) -> ResourceID { Resource.authorizationPolicy(p).id }
         var audited: [ResourceID] = []
         for p in policies where p.action == .audit {
             if matchingRule(p, r) != nil { audited.append(id(p)) }
@@ -113,7 +111,7 @@ public struct AuthorizationEngine: Sendable {
 
     /// The index of the first rule of `p` that matches (no `rules` field: none ever does).
     func matchingRule(_ p: AuthorizationPolicy, _ r: AuthzRequest) -> Int? {
-        (p.rules ?? []).indices.first { matches(p.rules![$0], r, deny: p.action == .deny) }
+        p.rules?.firstIndex { matches($0, r, deny: p.action == .deny) }
     }
 
     /// On a plain TCP port a rule with HTTP-only fields never matches for ALLOW (it cannot

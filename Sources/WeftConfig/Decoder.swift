@@ -33,6 +33,15 @@ public enum Resource: Hashable, Sendable, Codable {
     public var position: SourcePosition { parts.position }
 }
 
+extension WorkloadEntry {
+    /// Kind, namespace and name.
+    public var id: ResourceID { Resource.workloadEntry(self).id }
+    /// Its SPIFFE URI: service account `default` when the entry names none (as Kubernetes).
+    public func identity(trustDomain: String) -> String {
+        "spiffe://\(trustDomain)/ns/\(metadata.namespace)/sa/\(spec.serviceAccount ?? "default")"
+    }
+}
+
 /// A decoded resource with its YAML document and where it came from.
 public struct Document: Hashable, Sendable, Codable {
     /// The resource.

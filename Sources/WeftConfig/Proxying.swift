@@ -34,7 +34,7 @@ extension Snapshot {
             if !vs.tcp.isEmpty { return true }
         }
         if let dr = destinationRule(for: service) {
-            let policies = ([dr.trafficPolicy] + dr.subsets.map(\.trafficPolicy)).compactMap { $0 }
+            let policies = dr.allPolicies
             for p in policies {
                 let forPort = p.portLevelSettings[port.number]
                 if p.connectionPool != nil || p.outlierDetection != nil || p.loadBalancer?.needsProxy == true
@@ -52,10 +52,15 @@ extension Snapshot {
     public func needsTunnel(_ service: ServiceEntry, port: ServicePort) -> Bool {
         if port.isUDP { return false }
         let dr = destinationRule(for: service)
-        let policies = ([dr?.trafficPolicy] + (dr?.subsets.map(\.trafficPolicy) ?? [])).compactMap { $0 }
+        let policies = dr?.allPolicies ?? []
         if policies.contains(where: { ($0.portLevelSettings[port.number]?.tls ?? $0.tls) == .istioMutual }) { return true }
         let top = dr?.trafficPolicy.flatMap { $0.portLevelSettings[port.number]?.tls ?? $0.tls }
         if top == .disable { return false }
         return backends(of: service, port: port).contains { $0.node != nil }
     }
+}
+
+extension DestinationRule {
+    /// The rule's traffic policy and its subsets' (each may carry port-level overrides).
+    var allPolicies: [TrafficPolicy] { ([trafficPolicy] + subsets.map(\.trafficPolicy)).compactMap { $0 } }
 }

@@ -84,7 +84,7 @@ public struct Snapshot: Sendable {
             return (workloadsByNamespace[service.metadata.namespace] ?? [])
                 .filter { we in selector.allSatisfy { k, v in we.spec.labels[k] == v } }
                 .map { ServiceBackend(address: $0.spec.address, port: target($0.spec), weight: $0.spec.weight,
-                                      workload: ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name),
+                                      workload: $0.id,
                                       labels: $0.spec.labels, node: $0.node) }
         }
         return service.endpoints.map { ServiceBackend(address: $0.address, port: target($0), weight: $0.weight, workload: nil, labels: $0.labels) }

@@ -105,9 +105,9 @@ final class ConnectionContext {
     }
 
     /// The source workload's SPIFFE URI (computed once per connection).
-    lazy var sourcePrincipal: String? = source.map { ProxyTables.identity($0, trustDomain: tables.trustDomain) }
+    lazy var sourcePrincipal: String? = source?.identity(trustDomain: tables.trustDomain)
 
-    var sourceID: ResourceID? { source.map { ResourceID(kind: "WorkloadEntry", namespace: $0.metadata.namespace, name: $0.metadata.name) } }
+    var sourceID: ResourceID? { source?.id }
 
     /// How this connection reaches `ep`: through the tunnel, presenting the source
     /// workload's certificate, when the endpoint is meshed and the source has an identity
@@ -253,7 +253,7 @@ public final class OutboundProxy: Sendable {
     public func serveMetrics(port: UInt16, metrics: IstioMetrics) throws {
         do {
             let ch = try MetricsServer.start(group: group, port: port) { [self] in
-                metrics.render() + (tls != nil && settings.tunnelPort != 0 ? renderTunnelRefusals() : "")
+                metrics.render() + (tunnelEnabled ? renderTunnelRefusals() : "")
             }
             channels.withLockedValue { $0.append(ch) }
             logger.info("metrics on http://127.0.0.1:\(port)/metrics", metadata: ["component": "proxy"])

@@ -61,7 +61,9 @@ spec: {address: 10.250.1.10, labels: {app: frontend}, serviceAccount: frontend}
 """
 
 
-def setup(mesh, extra="", clients=()):
+def setup(mesh, extra="", clients=(), start=True):
+    """Cgroups, addresses and backends of CONFIG (+ `extra`), then both agents unless
+    `start` is False (a test that starts them with its own flags)."""
     a, b = mesh.a, mesh.b
     for node, cg in ((a, "frontend"), (b, "web"), (b, "echo")) + tuple((a, c) for c in clients):
         os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
@@ -69,13 +71,19 @@ def setup(mesh, extra="", clients=()):
     b.http_backend("web", "10.250.2.10", 8080)
     b.backend("echo", "10.250.2.11", 9000)
     mesh.write("mesh.yaml", CONFIG + extra)
-    mesh.start()
+    if start:
+        mesh.start()
     return os.path.join(a.cgroup, "frontend")
 
 
-def metrics(node):
+def scrape(node, name):
+    """The agent's metric lines of one family."""
     r = node.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=node.cgroup, check=True)
-    return [l for l in r.stdout.splitlines() if l.startswith("istio_requests_total{")]
+    return [l for l in r.stdout.splitlines() if l.startswith(name + "{")]
+
+
+def metrics(node):
+    return scrape(node, "istio_requests_total")
 
 
 def test_http_across_nodes_carries_the_verified_identity(mesh):
@@ -105,8 +113,7 @@ def test_tcp_across_nodes(mesh):
     # The peer the client sees is still the VIP.
     assert list(r["peers"]) == ["10.96.7.8:9000"], r
     # Node b's agent received them over mTLS from the frontend identity.
-    out = mesh.b.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=mesh.b.cgroup, check=True).stdout
-    opened = [l for l in out.splitlines() if l.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in l]
+    opened = [l for l in scrape(mesh.b, "istio_tcp_connections_opened_total") if 'reporter="destination"' in l]
     assert any('connection_security_policy="mutual_tls"' in l and 'source_principal="cluster.local/ns/default/sa/frontend"' in l
                and l.endswith(" 30") for l in opened), opened
 
@@ -146,8 +153,7 @@ def s_client(node, tmp, target, cert=None, cafile=None):
 
 
 def refused_counts(node):
-    r = node.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=node.cgroup, check=True)
-    return {l.split('"')[1]: int(l.split()[-1]) for l in r.stdout.splitlines() if l.startswith("weft_tunnel_refused_total{")}
+    return {l.split('"')[1]: int(l.split()[-1]) for l in scrape(node, "weft_tunnel_refused_total")}
 
 
 def test_tunnel_refuses_bad_client_certificates(mesh):
@@ -231,12 +237,7 @@ def test_renewal_and_ca_rotation_under_load(mesh):
     for n in (a, b):
         open(bundles[n], "w").write(old_root)
         os.symlink(os.path.join(n.tmp, "node-ca"), links[n])
-    for node, cg in ((a, "frontend"), (b, "web"), (b, "echo")):
-        os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
-    a.add_address("10.250.1.10")
-    b.http_backend("web", "10.250.2.10", 8080)
-    b.backend("echo", "10.250.2.11", 9000)
-    mesh.write("mesh.yaml", CONFIG)
+    setup(mesh, start=False)
     for n, name in ((a, "node-a"), (b, "node-b")):
         n.start_agent("--ca", links[n], "--trust-bundle", bundles[n], "--cert-ttl", "4", node=name)
     stop = os.path.join(a.tmp, "stop")

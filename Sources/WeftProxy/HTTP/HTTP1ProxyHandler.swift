@@ -226,7 +226,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 localReply(.badPath)
                 return
             }
-            let request = AuthzRequest(identity: inbound.identity, sourceIP: conn.client.address, destinationIP: inbound.target.cluster.endpoints[0].socket.address,
+            let request = AuthzRequest(identity: inbound.identity, sourceIP: conn.client.address, destinationIP: conn.origin.destination.address,
                                        destinationPort: conn.origin.destination.port,
                                        http: .init(host: authority, method: head.method.rawValue, path: path,
                                                    headers: head.headers.map { ($0.name, $0.value) }))

@@ -120,7 +120,7 @@ public struct ProxyTables: Sendable {
         for we in snapshot.workloadEntries {
             guard let n = we.node else { continue }
             workloadsByAddress[we.spec.address] = we
-            nodeIdentities[n, default: []].insert(Self.identity(we, trustDomain: trustDomain))
+            nodeIdentities[n, default: []].insert(we.identity(trustDomain: trustDomain))
             if n == node { localWorkloads[we.spec.address] = we }
         }
         for se in snapshot.serviceEntries {
@@ -147,7 +147,7 @@ public struct ProxyTables: Sendable {
                     let key = ClusterKey(host: "\(we.metadata.name).\(we.metadata.namespace)", subset: nil, port: b.port, inbound: true)
                     let cluster = Cluster(key: key, endpoints: [Endpoint(socket: target, weight: 1, workload: w)], loadBalancer: .random,
                                           connectionPool: nil, outlierDetection: nil, service: id)
-                    inboundTargets[target] = InboundTarget(workload: we, identity: Self.identity(we, trustDomain: trustDomain),
+                    inboundTargets[target] = InboundTarget(workload: we, identity: we.identity(trustDomain: trustDomain),
                                                            listener: listener, cluster: cluster,
                                                            authorization: AuthorizationEngine(snapshot: snapshot, workload: we,
                                                                                               rootNamespace: rootNamespace))
@@ -160,11 +160,6 @@ public struct ProxyTables: Sendable {
                 for vip in se.addresses { listeners[SocketKey(vip, port.number)] = routed }
             }
         }
-    }
-
-    /// A workload's SPIFFE URI (service account `default` when unset, as Kubernetes).
-    static func identity(_ we: WorkloadEntry, trustDomain: String) -> String {
-        "spiffe://\(trustDomain)/ns/\(we.metadata.namespace)/sa/\(we.spec.serviceAccount ?? "default")"
     }
 
     static func cluster(host: String, subset: Subset?, port: UInt16, backends: [ServiceBackend], dr: DestinationRule?,

@@ -21,12 +21,15 @@ extension OutboundProxy {
     /// Listens for tunnels on every address of the node (the port of Settings.tunnelPort):
     /// TLS 1.3, ALPN h2, a client certificate required and verified to the trust bundle.
     public func startTunnel() throws {
-        guard let tls, settings.tunnelPort != 0 else { return }
+        guard let tls, tunnelEnabled else { return }
         let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.tunnelPort, flag: "--tunnel-port", halfClose: false,
                                v6Missing: "IPv6 workloads cannot be reached over mTLS") { [self] ch in try tunnelAccepted(ch, tls: tls) }
         channels.withLockedValue { $0 += bound }
         logger.info("mTLS tunnel listening on port \(settings.tunnelPort)", metadata: ["component": "tunnel"])
     }
+
+    /// The agent has identities and a tunnel port.
+    var tunnelEnabled: Bool { tls != nil && settings.tunnelPort != 0 }
 
     /// Counts (by kind) and logs (with the detail) a refused tunnel connection or stream.
     func refuseTunnel(_ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
@@ -57,10 +60,9 @@ extension OutboundProxy {
             refuseTunnel(.notLocalWorkload, "dialed \(local.address), which is not a workload of this node", peer: remote)
             throw ProxyError("not a local workload address")
         }
-        let id = ResourceID(kind: "WorkloadEntry", namespace: we.metadata.namespace, name: we.metadata.name)
         let context: NIOSSLContext
         do {
-            context = try tls.context(for: id, server: true).0
+            context = try tls.context(for: we.id, server: true).0
         } catch {
             refuseTunnel(.noCertificate, "\(error)", peer: remote)
             throw error
@@ -158,8 +160,7 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
         }
         let forwarded = Self.forwardedFor(headers.first(name: "forwarded"))
         let source = forwarded.flatMap { tables.workloadsByAddress[$0] }.flatMap { we in
-            ProxyTables.identity(we, trustDomain: tables.trustDomain) == identity
-                ? ResourceID(kind: "WorkloadEntry", namespace: we.metadata.namespace, name: we.metadata.name) : nil
+            we.identity(trustDomain: tables.trustDomain) == identity ? we.id : nil
         }
         // A plain TCP port is authorized once, here; an HTTP port per request.
         if !target.listener.port.isHTTP {
@@ -207,10 +208,7 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
 extension TunnelStreamHandler {
     /// Writes the CONNECT response on a tunnel stream, below the byte adapter.
     static func respond(_ ch: Channel, status: String, end: Bool) {
-        let payload = HTTP2Frame.FramePayload.headers(.init(headers: HPACKHeaders([(":status", status)]), endStream: end))
-        if let ctx = try? ch.pipeline.syncOperations.context(handlerType: TunnelStreamHandler.self) {
-            ctx.writeAndFlush(NIOAny(payload), promise: nil)
-        }
+        send(ch, .headers(.init(headers: HPACKHeaders([(":status", status)]), endStream: end)))
     }
 }
 

@@ -59,11 +59,7 @@ final class TunnelPool {
                 }
             }
             return stream.futureResult.flatMap { ch in
-                let request = HTTP2Frame.FramePayload.headers(.init(headers: connectRequest(target: target, forwardedFor: forwardedFor)))
-                // Written below the byte adapter, straight to the stream.
-                if let ctx = try? ch.pipeline.syncOperations.context(handlerType: TunnelStreamHandler.self) {
-                    ctx.writeAndFlush(NIOAny(request), promise: nil)
-                }
+                TunnelStreamHandler.send(ch, .headers(.init(headers: connectRequest(target: target, forwardedFor: forwardedFor))))
                 ch.read() // the response
                 return opened.futureResult.map { ch }.flatMapErrorThrowing { error in
                     ch.close(promise: nil)
@@ -77,10 +73,10 @@ final class TunnelPool {
                          timeout: TimeAmount?) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
         let context: NIOSSLContext
         do {
-            let (ctx, creds) = try tls.context(for: key.source, server: false)
+            let (ctx, serial) = try tls.context(for: key.source, server: false)
             context = ctx
-            serials[key] = creds.serial
-            logger.info("tunnel to node \(key.node) via \(via) as \(creds.identity) (certificate \(creds.serial))",
+            serials[key] = serial
+            logger.info("tunnel to node \(key.node) via \(via) as \(key.source.namespace)/\(key.source.name) (certificate \(serial))",
                         metadata: ["component": "tunnel"])
         } catch {
             return loop.makeFailedFuture(error)

@@ -92,6 +92,16 @@ final class TunnelStreamHandler: ChannelDuplexHandler {
     }
 }
 
+extension TunnelStreamHandler {
+    /// Writes a frame on a tunnel stream below the byte adapter (which carries only DATA):
+    /// the CONNECT request and its response.
+    static func send(_ ch: Channel, _ payload: HTTP2Frame.FramePayload) {
+        if let ctx = try? ch.pipeline.syncOperations.context(handlerType: TunnelStreamHandler.self) {
+            ctx.writeAndFlush(NIOAny(payload), promise: nil)
+        }
+    }
+}
+
 /// The CONNECT request of a tunnel stream (RFC 9113 §8.5: :method and :authority only).
 /// `forwardedFor` is the original client's address, for the destination's policy and
 /// telemetry (RFC 7239 Forwarded); the destination believes it only from an

@@ -6,16 +6,13 @@ import WeftConfig
 
 /// One workload's certificate chain and key, as the tunnel presents them.
 public struct TunnelCredentials: Sendable {
-    /// Its SPIFFE URI.
-    public var identity: String
     /// DER, leaf first.
     public var chainDER: [[UInt8]]
     public var privateKeyPEM: String
     /// Changes when the certificate is renewed.
     public var serial: String
 
-    public init(identity: String, chainDER: [[UInt8]], privateKeyPEM: String, serial: String) {
-        self.identity = identity
+    public init(chainDER: [[UInt8]], privateKeyPEM: String, serial: String) {
         self.chainDER = chainDER
         self.privateKeyPEM = privateKeyPEM
         self.serial = serial
@@ -56,12 +53,16 @@ final class TunnelTLS: Sendable {
     }
 
     /// The context to present `workload`'s certificate with, as client or server.
-    func context(for workload: ResourceID, server: Bool) throws -> (NIOSSLContext, TunnelCredentials) {
+    func context(for workload: ResourceID, server: Bool) throws -> (NIOSSLContext, serial: String) {
+        let key = "\(server ? "server" : "client")|\(workload.namespace)/\(workload.name)"
+        // Once per tunnel connection: the cached context while the certificate is the
+        // same (a serial lookup), a new one only after renewal.
+        if let serial = identities.serial(for: workload), let c = contexts.withLockedValue({ $0[key] }), c.serial == serial {
+            return (c.context, serial)
+        }
         guard let creds = identities.credentials(for: workload) else {
             throw ProxyError("workload \(workload.namespace)/\(workload.name) has no certificate yet")
         }
-        let key = "\(server ? "server" : "client")|\(workload.namespace)/\(workload.name)"
-        if let c = contexts.withLockedValue({ $0[key] }), c.serial == creds.serial { return (c.context, creds) }
         let chain = try creds.chainDER.map { NIOSSLCertificateSource.certificate(try NIOSSLCertificate(bytes: $0, format: .der)) }
         let privateKey = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(bytes: Array(creds.privateKeyPEM.utf8), format: .pem))
         var config = server ? TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: privateKey)
@@ -74,7 +75,7 @@ final class TunnelTLS: Sendable {
         config.applicationProtocols = ["h2"]
         let context = try NIOSSLContext(configuration: config)
         contexts.withLockedValue { $0[key] = (creds.serial, context) }
-        return (context, creds)
+        return (context, creds.serial)
     }
 
     /// NIOSSL's verification replaced by weft's: the chain must verify to the trust bundle
