@@ -6,6 +6,7 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "capture.h"
+#include "inbound.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -229,4 +230,47 @@ int weft_sockops(struct bpf_sock_ops *skops)
 	if (skops->op == BPF_SOCK_OPS_TCP_CONNECT_CB)
 		weft_capture_rekey(skops);
 	return 1;
+}
+
+/* The last word on plaintext connections to a workload, at the workload's own listening
+ * socket: whatever path the SYN took (loopback from this node, an interface without the
+ * TC program), a STRICT port accepts only the agent (its sockets carry agent_mark; the
+ * mark survives loopback, and crossing a network namespace clears it, so the network
+ * cannot forge it). A port under AuthorizationPolicy that was not steered to the agent
+ * is refused rather than let past the policy. */
+SEC("cgroup_skb/ingress")
+int weft_in_guard(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	struct weft_inpol_val *v;
+	struct weft_pkt p = {};
+	int r;
+
+	if (!sk || sk->state != BPF_TCP_LISTEN)
+		return 1; /* established traffic: the common case, decided in two loads */
+	if (weft_settings.agent_mark && skb->mark == weft_settings.agent_mark)
+		return 1;
+	r = weft_parse(skb, 0, &p);
+	if (r == WEFT_PKT_OTHER)
+		return 1;
+	if (r == WEFT_PKT_OPAQUE) {
+		if (!weft_inpol_lookup(&p, 0))
+			return 1;
+		weft_in_count(&p, WEFT_IN_STRICT_LOCAL);
+		return 0;
+	}
+	if (!weft_is_connect(&p) || weft_is_agent_port(p.dport))
+		return 1;
+	v = weft_inpol_lookup(&p, 1);
+	if (!v || v->action == WEFT_INPOL_PASS)
+		return 1;
+	if (v->action == WEFT_INPOL_DROP) {
+		weft_in_count(&p, WEFT_IN_STRICT_LOCAL);
+		return 0;
+	}
+	if (v->flags & WEFT_INPOL_F_AUTHZ) {
+		weft_in_count(&p, WEFT_IN_UNSTEERABLE);
+		return 0;
+	}
+	return 1; /* steered for telemetry only: losing that is no reason to refuse */
 }

@@ -54,6 +54,11 @@ public struct AgentOptions: Sendable {
     /// PEM file of roots trusted besides this node's CA's root (CA rotation); re-read
     /// at every resync, as is --ca.
     public var trustBundle: String?
+    /// Plaintext inbound listener (every address) that TC steers to; 0 = none.
+    public var inboundPort: UInt16 = 15006
+    /// The node's interfaces that get the TC ingress program (early STRICT drop,
+    /// steering of plaintext into the inbound listener).
+    public var interfaces: [String] = []
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -151,7 +156,7 @@ public final class Agent: Service, @unchecked Sendable {
             let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
             let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark,
                                                   requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000)),
-                                                  tunnelPort: options.tunnelPort),
+                                                  tunnelPort: options.tunnelPort, inboundPort: options.inboundPort),
                                   logger: logger,
                                   origin: { [self] client in origin(of: client) },
                                   identities: identities,
@@ -165,13 +170,16 @@ public final class Agent: Service, @unchecked Sendable {
                                   })
             try p.start()
             try p.startTunnel()
-            if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) }
+            try p.startInbound()
+            if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) { [self] in renderInboundCounters() } }
             proxy = p
         }
         defer { proxy?.stop() }
         lock.withLock { self.proxy = proxy }
         let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots,
-                                    settings: .init(proxyPort: options.proxyPort, agentMark: options.agentMark), logger: logger)
+                                    settings: .init(proxyPort: options.proxyPort, agentMark: options.agentMark,
+                                                    inboundPort: steering ? options.inboundPort : 0, tunnelPort: options.tunnelPort),
+                                    interfaces: options.interfaces, logger: logger)
         defer {
             if options.keepDatapath {
                 logger.info("leaving the datapath attached and pinned (--keep-datapath)", metadata: ["bpffs": "\(options.bpffs)"])
@@ -181,6 +189,9 @@ public final class Agent: Service, @unchecked Sendable {
             }
         }
         status.adopted = datapath.adopted
+        for f in datapath.filters {
+            logger.info("TC ingress on \(f.interface): STRICT drops and plaintext steering", metadata: ["component": "dataplane"])
+        }
         logger.info("datapath \(datapath.adopted ? "adopted" : "attached")", metadata: [
             "component": "dataplane", "bpffs": "\(options.bpffs)", "cgroup": "\(options.cgroup)", "programs": "\(datapath.programs.count)",
         ])
@@ -307,6 +318,29 @@ public final class Agent: Service, @unchecked Sendable {
         proxyBuilt = key
     }
 
+    /// Plaintext can be steered to the agent: it has an inbound listener.
+    var steering: Bool { options.proxyPort != 0 && options.inboundPort != 0 }
+
+    /// What the kernel should hold for `snap` on this node.
+    func desiredState(_ snap: Snapshot) -> DesiredState {
+        DesiredState(snapshot: snap, node: options.node, steering: steering)
+    }
+
+    /// The kernel's counts of plaintext connection attempts dropped or steered, by
+    /// workload and reason, in Prometheus text format (read at scrape time).
+    func renderInboundCounters() -> String {
+        guard let (maps, snap) = lock.withLock({ datapath.map { ($0.maps, snapshot) } }),
+              let counts = try? maps.inboundCounts() else { return "" }
+        var names: [IPAddress: String] = [:]
+        for we in snap.workloadEntries where we.node == options.node { names[we.spec.address] = "\(we.metadata.namespace)/\(we.metadata.name)" }
+        var out = "# HELP weft_inbound_plaintext_total Plaintext TCP connection attempts to this node's workloads that the kernel dropped or steered to the agent, by reason.\n"
+        out += "# TYPE weft_inbound_plaintext_total counter\n"
+        for c in counts {
+            out += "weft_inbound_plaintext_total{workload=\"\(names[c.address] ?? "unknown")\",address=\"\(c.address)\",reason=\"\(c.reason)\"} \(c.count)\n"
+        }
+        return out
+    }
+
     var validation: ValidationOptions { ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node]) }
 
     /// At start: the last committed revision goes back into force (the kernel may already
@@ -317,7 +351,7 @@ public final class Agent: Service, @unchecked Sendable {
             guard let record = try store.current() else { return }
             let parsed = ConfigLoader.parse(record.documents.map { ($0.yaml, "revision \(record.revision) (\($0.origin))", $0.origin) })
             let snap = try ConfigLoader.snapshot(parsed, revision: record.revision, options: validation)
-            let desired = DesiredState(snapshot: snap, node: options.node)
+            let desired = desiredState(snap)
             if apply(snap, desired, reason: "config revision \(record.revision)", cause: "restored from \(options.stateDir)") {
                 lock.withLock {
                     snapshot = snap
@@ -396,7 +430,7 @@ public final class Agent: Service, @unchecked Sendable {
             return .rejected(error.diagnostics)
         }
         if next.resources == current.resources && current.revision > 0 { return .unchanged(current) }
-        let desired = DesiredState(snapshot: next, node: options.node)
+        let desired = desiredState(next)
         let tooBig = desired.capacityProblems()
         if !tooBig.isEmpty { return .failed("config does not fit the datapath: " + tooBig.joined(separator: "; "), []) }
         let start = ContinuousClock.now

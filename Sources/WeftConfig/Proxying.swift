@@ -46,9 +46,10 @@ extension Snapshot {
         return needsTunnel(service, port: port)
     }
 
-    /// Automatic mTLS: the port has a meshed endpoint (a workload bound to a node), and
-    /// its DestinationRule does not say tls DISABLE for it; or some policy of the service
-    /// says ISTIO_MUTUAL (then a plaintext endpoint must not be reached in the kernel).
+    /// Automatic mTLS: the port has a meshed endpoint (a workload bound to a node) whose
+    /// PeerAuthentication does not say DISABLE, and its DestinationRule does not say tls
+    /// DISABLE for it; or some policy of the service says ISTIO_MUTUAL (then a plaintext
+    /// endpoint must not be reached in the kernel).
     public func needsTunnel(_ service: ServiceEntry, port: ServicePort) -> Bool {
         if port.isUDP { return false }
         let dr = destinationRule(for: service)
@@ -56,7 +57,7 @@ extension Snapshot {
         if policies.contains(where: { ($0.portLevelSettings[port.number]?.tls ?? $0.tls) == .istioMutual }) { return true }
         let top = dr?.trafficPolicy.flatMap { $0.portLevelSettings[port.number]?.tls ?? $0.tls }
         if top == .disable { return false }
-        return backends(of: service, port: port).contains { $0.node != nil }
+        return backends(of: service, port: port).contains(where: acceptsMutualTLS)
     }
 }
 

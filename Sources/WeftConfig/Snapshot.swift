@@ -31,6 +31,8 @@ public struct Snapshot: Sendable {
     public let warnings: [Diagnostic]
     /// Every resource's YAML document and origin.
     public internal(set) var documents: [ResourceID: Document] = [:]
+    /// The mesh root namespace it was validated with (mesh-wide policies live there).
+    public internal(set) var rootNamespace = ValidationOptions().rootNamespace
 
     /// ServiceEntries, sorted by id.
     public let serviceEntries: [ServiceEntry]
@@ -139,9 +141,6 @@ public struct ValidationOptions: Sendable {
     }
 }
 
-func notYetEnforced(_ sink: DiagnosticSink, _ pos: SourcePosition, _ res: String, _ what: String) {
-    sink.warning("ENF001", pos, res, "validated and stored; this weft build does not enforce \(what) yet")
-}
 
 /// Reads config files and builds validated snapshots.
 public enum ConfigLoader {
@@ -235,6 +234,7 @@ public enum ConfigLoader {
         }
         var snap = Snapshot(revision: revision, resources: byID, warnings: [])
         snap.documents = documents
+        snap.rootNamespace = options.rootNamespace
         // Document order (not id order) for the checks that blame the later of two
         // resources: what an apply pushes comes last, so a conflict points at it.
         crossValidate(snap, order: parsed.documents.map(\.resource.id), options: options, sink: sink)
@@ -245,6 +245,7 @@ public enum ConfigLoader {
         if sink.hasErrors { throw ConfigError(ordered) }
         var result = Snapshot(revision: revision, resources: byID, warnings: ordered.filter { $0.severity == .warning })
         result.documents = documents
+        result.rootNamespace = options.rootNamespace
         return result
     }
 
@@ -361,11 +362,14 @@ public enum ConfigLoader {
             wide[pa.metadata.namespace] = pa
         }
 
-        // Stored and validated, not yet enforced: say so rather than let it look active.
-        for r in snap.peerAuthentications { notYetEnforced(sink, r.position, "PeerAuthentication \(r.metadata.namespace)/\(r.metadata.name)", "mTLS") }
-        for r in snap.authorizationPolicies {
-            sink.warning("ENF001", r.position, "AuthorizationPolicy \(r.metadata.namespace)/\(r.metadata.name)",
-                         "enforced on connections that arrive through the mTLS tunnel; this weft build does not yet check plaintext connections that reach a workload directly")
+        // Two workload-scope PeerAuthentications selecting one workload: Istio takes the
+        // older, which a file has no notion of; weft takes the first by name and says so.
+        for we in snap.workloadEntries {
+            let pas = snap.workloadPeerAuthentications(for: we)
+            guard pas.count > 1 else { continue }
+            let names = pas.map(\.metadata.name)
+            sink.warning("PA004", pas[1].position, "PeerAuthentication \(pas[1].metadata.namespace)/\(pas[1].metadata.name)",
+                         "selects WorkloadEntry \(we.metadata.namespace)/\(we.metadata.name) as \(names.dropLast().joined(separator: ", ")) does too; weft applies \(names[0]) (first by name), Istio the oldest: keep one")
         }
     }
 }

@@ -22,6 +22,15 @@ public final class Datapath: @unchecked Sendable {
     let object: BPFObject
     private var links: [String: BPFLink] = [:]
     private let bpffs: String
+    /// tc.bpf.o, loaded when there are interfaces to attach it to.
+    private var tcObject: BPFObject?
+    /// The TC ingress filters on the node's interfaces (--interfaces).
+    public private(set) var filters: [BPFTCFilter] = []
+
+    /// Where weft's TC filter sits on an interface's ingress: its own handle ("we"), and
+    /// priority 1 so it judges before filters that would end classification with OK.
+    static let tcHandle: UInt32 = 0x7765
+    static let tcPriority: UInt32 = 1
 
     /// `DIR/maps/NAME`.
     public static func mapPin(_ bpffs: String, _ name: String) -> String { "\(bpffs)/maps/\(name)" }
@@ -38,7 +47,7 @@ public final class Datapath: @unchecked Sendable {
 
     /// Checks kernel features, loads the programs, and attaches them to `cgroup` — or
     /// adopts what a previous agent left pinned under `bpffs`.
-    public init(bpffs: String, cgroup: String, slots: UInt32, settings: Settings = Settings(), logger: Logger) throws {
+    public init(bpffs: String, cgroup: String, slots: UInt32, settings: Settings = Settings(), interfaces: [String] = [], logger: Logger) throws {
         try KernelFeatures.requireBTF()
         try KernelFeatures.requireCgroup2(cgroup)
         try KernelFeatures.ensureBPFFS(bpffs)
@@ -58,8 +67,7 @@ public final class Datapath: @unchecked Sendable {
             slotCount = pinned.maxEntries
         }
         try object.setMaxEntries(map: "weft_slot_v1", slotCount)
-        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(
-            proxy_port: settings.proxyPort.bigEndian, pad: (0, 0), agent_mark: settings.agentMark)))
+        try object.setGlobal("weft_settings", bytes: settings.bytes)
         try object.load()
         maps = try DatapathMaps(lookup: object.map)
         programs = object.programNames
@@ -95,12 +103,44 @@ public final class Datapath: @unchecked Sendable {
             throw error
         }
         self.links = links
+        self.adopted = adopted
+        try attachTC(interfaces: interfaces, settings: settings, created: created, logger: logger)
         // Links of programs this build no longer has (an older agent's) must not linger.
         let pinned = (try? FileManager.default.contentsOfDirectory(atPath: "\(bpffs)/links")) ?? []
         for name in pinned where !programs.contains(name) {
             unlink(Self.linkPin(bpffs, name))
         }
-        self.adopted = adopted
+    }
+
+    /// Loads tc.bpf.o (sharing the inbound policy maps pinned by sock.bpf.o) and puts it
+    /// on the ingress of each interface; removes weft's filter from interfaces no longer
+    /// listed (an earlier agent's). A failure undoes this start's cgroup links.
+    private func attachTC(interfaces: [String], settings: Settings, created: [BPFLink], logger: Logger) throws {
+        do {
+            if !interfaces.isEmpty {
+                let tc = try Self.embeddedObject("tc.bpf.o")
+                for m in ["weft_inpol_v1", "weft_inctr_v1"] { try tc.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
+                try tc.setGlobal("weft_settings", bytes: settings.bytes)
+                try tc.load()
+                tcObject = tc
+                for name in interfaces {
+                    let program = try BPFTCFilter.isEthernet(name) ? "weft_tc_eth" : "weft_tc_l3"
+                    filters.append(try BPFTCFilter.attachIngress(object: tc, program: program, interface: name,
+                                                                 handle: Self.tcHandle, priority: Self.tcPriority))
+                }
+            }
+        } catch {
+            for f in filters { try? f.detach() }
+            filters = []
+            for link in created { try? link.unpin() }
+            throw BPFError("\(error) (--interfaces)")
+        }
+        for name in BPFTCFilter.interfaces() where !interfaces.contains(name) {
+            guard let stale = try? BPFTCFilter(interface: name, ifindex: BPFTCFilter.ifindex(name), handle: Self.tcHandle, priority: Self.tcPriority),
+                  let id = stale.programID(), BPFTCFilter.programName(id: id).hasPrefix("weft_tc_") else { continue }
+            try? stale.detach()
+            logger.info("removed weft's TC filter from \(name), which --interfaces no longer lists", metadata: ["component": "dataplane"])
+        }
     }
 
     /// What the programs are told at load time.
@@ -109,11 +149,23 @@ public final class Datapath: @unchecked Sendable {
         public var proxyPort: UInt16
         /// SO_MARK on the agent's own sockets, which are never captured.
         public var agentMark: UInt32
+        /// Plaintext inbound listener that TC steers to; 0 = none (policy ports refuse).
+        public var inboundPort: UInt16
+        /// mTLS tunnel port: never subject to inbound policy.
+        public var tunnelPort: UInt16
 
         /// Creates settings (defaults: capture off).
-        public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0) {
+        public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0, inboundPort: UInt16 = 0, tunnelPort: UInt16 = 0) {
             self.proxyPort = proxyPort
             self.agentMark = agentMark
+            self.inboundPort = inboundPort
+            self.tunnelPort = tunnelPort
+        }
+
+        /// weft_settings as the programs read it.
+        var bytes: [UInt8] {
+            BPFMap.bytes(of: weft_settings(proxy_port: proxyPort.bigEndian, inbound_port: inboundPort.bigEndian, agent_mark: agentMark,
+                                           tunnel_port: tunnelPort.bigEndian, pad: (0, 0)))
         }
     }
 
@@ -126,6 +178,8 @@ public final class Datapath: @unchecked Sendable {
 
     /// Detaches every program and removes every pin: the datapath is gone.
     public func remove() {
+        for f in filters { try? f.detach() }
+        filters = []
         for (_, link) in links { try? link.unpin() }
         links.removeAll() // closing the last fd of an unpinned link detaches it
         for m in DatapathMaps.names { unlink(Self.mapPin(bpffs, m)) }

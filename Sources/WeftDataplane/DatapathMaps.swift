@@ -10,7 +10,7 @@ import WeftConfig
 public final class DatapathMaps: @unchecked Sendable {
     /// Map names as in bpf/lib/maps.h, in display order.
     public static let names = ["weft_svc_v1", "weft_backend_v1", "weft_slot_v1", "weft_rr_v1", "weft_revnat_v1", "weft_wl_v1", "weft_stats_v1",
-                               "weft_pending_v1", "weft_capture_v1"]
+                               "weft_pending_v1", "weft_capture_v1", "weft_inpol_v1", "weft_inctr_v1"]
 
     public let svc: BPFMap
     public let backend: BPFMap
@@ -21,6 +21,8 @@ public final class DatapathMaps: @unchecked Sendable {
     public let stats: BPFMap
     public let pending: BPFMap
     public let capture: BPFMap
+    public let inpol: BPFMap
+    public let inctr: BPFMap
 
     init(lookup: (String) throws -> BPFMap) throws {
         svc = try lookup("weft_svc_v1")
@@ -32,6 +34,8 @@ public final class DatapathMaps: @unchecked Sendable {
         stats = try lookup("weft_stats_v1")
         pending = try lookup("weft_pending_v1")
         capture = try lookup("weft_capture_v1")
+        inpol = try lookup("weft_inpol_v1")
+        inctr = try lookup("weft_inctr_v1")
     }
 
     /// Opens the maps pinned under `bpffs` (DIR/maps/NAME).
@@ -46,7 +50,7 @@ public final class DatapathMaps: @unchecked Sendable {
     }
 
     /// All maps by name.
-    public var all: [BPFMap] { [svc, backend, slot, rr, revnat, wl, stats, pending, capture] }
+    public var all: [BPFMap] { [svc, backend, slot, rr, revnat, wl, stats, pending, capture, inpol, inctr] }
 
     /// Takes the origin the kernel recorded for a captured connection from `client` (the
     /// accepted socket's peer); nil if this connection was not captured by weft.
@@ -67,6 +71,7 @@ public final class DatapathMaps: @unchecked Sendable {
         s.rrOffsets = Set(try rr.keys().map { BPFMap.value(UInt32.self, from: $0) })
         s.slotCapacity = slot.maxEntries
         for (k, v) in try wl.entries(UInt64.self, weft_wl_val.self) { s.workloads[k] = v.address }
+        for (k, v) in try inpol.entries(weft_inpol_key.self, weft_inpol_val.self) { s.inbound[k.key] = v.rule }
         return s
     }
 
@@ -80,6 +85,16 @@ public final class DatapathMaps: @unchecked Sendable {
         try statNames.enumerated().map { i, name in
             (name, try stats.lookupPerCPU(UInt32(i), as: UInt64.self).reduce(0, +))
         }
+    }
+
+    /// Plaintext connection attempts dropped or steered, by workload address and reason.
+    public func inboundCounts() throws -> [InboundCount] {
+        try inctr.keys().compactMap { raw -> InboundCount? in
+            let k = BPFMap.value(weft_inctr_key.self, from: raw)
+            guard Int(k.reason) < inboundReasonNames.count else { return nil }
+            let total = try inctr.lookupPerCPU(k, as: UInt64.self).reduce(0, +)
+            return InboundCount(address: IPAddress(family: k.family, bytes: addrBytes(k.addr)), reason: inboundReasonNames[Int(k.reason)], count: total)
+        }.sorted { ($0.address, $0.reason) < ($1.address, $1.reason) }
     }
 
     // MARK: writing
@@ -110,6 +125,10 @@ public final class DatapathMaps: @unchecked Sendable {
             if roundRobin { try rr.update(offset, UInt32(0)) }
         case .deleteCounter(let offset):
             try rr.delete(offset)
+        case .putInbound(let k, let r):
+            try inpol.update(weft_inpol_key(k), weft_inpol_val(r))
+        case .deleteInbound(let k):
+            try inpol.delete(weft_inpol_key(k))
         }
     }
 }

@@ -99,9 +99,12 @@ public struct DesiredState: Sendable {
     public var services: [Frontend: DesiredService]
     /// Workloads on this node: cgroup path relative to the agent's --cgroup → address.
     public var workloads: [String: IPAddress]
+    /// Plaintext inbound rules of this node's workload ports (weft_inpol_v1).
+    public var inbound: [InboundKey: InboundRule]
 
-    /// Computes the desired state (selection tables included) from a snapshot.
-    public init(snapshot: Snapshot, node: String) {
+    /// Computes the desired state (selection tables included) from a snapshot;
+    /// `steering`: the agent has an inbound listener that plaintext can be steered to.
+    public init(snapshot: Snapshot, node: String, steering: Bool = false) {
         var services: [Frontend: DesiredService] = [:]
         for se in snapshot.serviceEntries {
             for port in se.ports {
@@ -129,6 +132,7 @@ public struct DesiredState: Sendable {
         }
         self.services = services
         self.workloads = workloads
+        inbound = Self.inboundRules(snapshot: snapshot, node: node, steering: steering)
     }
 
     /// Builds a selection table for an algorithm.
@@ -170,6 +174,9 @@ extension DesiredState {
         }
         if workloads.count > Int(WEFT_MAX_WORKLOADS) {
             out.append("\(workloads.count) workloads on this node exceed the capacity of \(WEFT_MAX_WORKLOADS) (weft_wl_v1)")
+        }
+        if inbound.count > Int(WEFT_MAX_INBOUND) {
+            out.append("\(inbound.count) inbound rules (workload ports under PeerAuthentication or policy) exceed the capacity of \(WEFT_MAX_INBOUND) (weft_inpol_v1)")
         }
         return out
     }

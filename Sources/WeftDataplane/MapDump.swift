@@ -40,6 +40,11 @@ public enum MapDump {
             return try maps.capture.entries(weft_capture_key.self, weft_capture_val.self).map {
                 ("client \($0.key.client)", "\($0.value.origin)")
             }.sorted { $0.0 < $1.0 }
+        case "weft_inpol_v1":
+            return try maps.inpol.entries(weft_inpol_key.self, weft_inpol_val.self).map { ($0.key.key, $0.value.rule) }
+                .sorted { $0.0 < $1.0 }.map { ($0.0.description, $0.1.description) }
+        case "weft_inctr_v1":
+            return try maps.inboundCounts().map { ("\($0.address) \($0.reason)", "\($0.count)") }
         case "weft_stats_v1":
             return try maps.counters().map { ($0.name, "\($0.value)") }
         default:

@@ -33,6 +33,8 @@ public struct ActualState: Sendable, Equatable {
     public var slotCapacity: UInt32 = 0
     /// weft_wl_v1: cgroup id → address.
     public var workloads: [UInt64: IPAddress] = [:]
+    /// weft_inpol_v1.
+    public var inbound: [InboundKey: InboundRule] = [:]
 
     public init() {}
 }
@@ -52,6 +54,8 @@ public enum DatapathOp: Sendable, Equatable {
     case deleteBackend(id: UInt32)
     case putWorkload(cgroupID: UInt64, address: IPAddress)
     case deleteWorkload(cgroupID: UInt64)
+    case putInbound(InboundKey, InboundRule)
+    case deleteInbound(InboundKey)
 }
 
 /// Diffs desired against actual state into an ordered list of map operations.
@@ -184,6 +188,17 @@ public struct Reconciler: Sendable {
         }
         for id in actual.workloads.keys.sorted() where wantWL[id] == nil {
             ops.append(.deleteWorkload(cgroupID: id))
+        }
+
+        // 5. Inbound rules. A workload's port entries go in before its default and come
+        // out after it, so a port never falls back to a default meant for other ports.
+        let changed = desired.inbound.keys.filter { actual.inbound[$0] != desired.inbound[$0] }
+        for k in changed.sorted(by: { ($0.port == 0 ? 1 : 0, $0) < ($1.port == 0 ? 1 : 0, $1) }) {
+            ops.append(.putInbound(k, desired.inbound[k]!))
+        }
+        let gone = actual.inbound.keys.filter { desired.inbound[$0] == nil }
+        for k in gone.sorted(by: { ($0.port == 0 ? 0 : 1, $0) < ($1.port == 0 ? 0 : 1, $1) }) {
+            ops.append(.deleteInbound(k))
         }
         self.drainingSince = drainingSince
         self.retired = retired

@@ -97,7 +97,7 @@ final class ConnectionContext {
         if let inbound {
             return Peers(client: client.description, source: inbound.sourceWorkload, destinationHost: listener.host,
                          destinationService: listener.service, destinationWorkload: destinationWorkload, reporter: "destination",
-                         sourcePrincipal: inbound.identity, mutualTLS: true)
+                         sourcePrincipal: inbound.identity, mutualTLS: inbound.identity != nil)
         }
         // The caller's own identity: a workload of this node has a certificate.
         return Peers(client: client.description, source: sourceID, destinationHost: listener.host, destinationService: listener.service,
@@ -143,11 +143,14 @@ public final class OutboundProxy: Sendable {
         public var requestHeaderTimeout: TimeAmount
         /// The mTLS tunnel port, on every address of the node (0: no tunnel).
         public var tunnelPort: UInt16
+        /// The plaintext inbound listener the kernel steers to, on every address (0: none).
+        public var inboundPort: UInt16
 
         /// Creates settings.
         public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount, requestHeaderTimeout: TimeAmount = .seconds(10),
-                    tunnelPort: UInt16 = 0) {
+                    tunnelPort: UInt16 = 0, inboundPort: UInt16 = 0) {
             self.tunnelPort = tunnelPort
+            self.inboundPort = inboundPort
             self.port = port
             self.agentMark = agentMark
             self.threads = threads
@@ -176,6 +179,7 @@ public final class OutboundProxy: Sendable {
     let tls: TunnelTLS?
     /// Tunnel connections refused, by reason (the destination side).
     let tunnelRefusals = NIOLockedValueBox<[String: Int]>([:])
+    let plaintextRefusals = NIOLockedValueBox<[String: Int]>([:])
 
     /// `origin` looks up (and consumes) the kernel's record for a client address.
     /// `observer` receives every finished request (telemetry, access log). `identities`
@@ -250,10 +254,10 @@ public final class OutboundProxy: Sendable {
     }
 
     /// Serves `metrics` on 127.0.0.1:`port` (same threads as the proxy).
-    public func serveMetrics(port: UInt16, metrics: IstioMetrics) throws {
+    public func serveMetrics(port: UInt16, metrics: IstioMetrics, extra: @escaping @Sendable () -> String = { "" }) throws {
         do {
             let ch = try MetricsServer.start(group: group, port: port) { [self] in
-                metrics.render() + (tunnelEnabled ? renderTunnelRefusals() : "")
+                metrics.render() + renderRefusals() + extra()
             }
             channels.withLockedValue { $0.append(ch) }
             logger.info("metrics on http://127.0.0.1:\(port)/metrics", metadata: ["component": "proxy"])

@@ -74,6 +74,12 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "PEM file of roots to trust besides this node's CA's root (CA rotation: add the new root, switch --ca, drop the old root). Re-read at every resync, like --ca.")
     var trustBundle: String?
 
+    @Option(help: "Plaintext inbound listener on every address: the TC program steers plaintext for a workload port under AuthorizationPolicy, or an HTTP port (telemetry), into it. 0: none (plaintext to a port under AuthorizationPolicy is then refused).")
+    var inboundPort: UInt16 = 15006
+
+    @Option(help: "Comma-separated network interfaces of the node that get the TC ingress program: STRICT ports drop plaintext there, before the stack, and plaintext is steered to --inbound-port. Without it STRICT still holds at the workloads' sockets, but nothing is steered.")
+    var interfaces = ""
+
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
@@ -104,6 +110,8 @@ struct AgentCommand: AsyncParsableCommand {
         opts.certTTL = max(certTtl, 2)
         opts.tunnelPort = tunnelPort
         opts.trustBundle = trustBundle
+        opts.inboundPort = inboundPort
+        opts.interfaces = interfaces.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -171,10 +171,11 @@ class Sandbox:
         self.procs.append(p)
         return p
 
-    def _server(self, name, addr, argv):
-        """Starts a logging server (argv ends with its log file) and waits for "ready"."""
+    def _server(self, name, addr, argv, cgroup=None):
+        """Starts a logging server (argv ends with its log file) and waits for "ready";
+        `cgroup`: the workload cgroup it runs in (where inbound policy guards it)."""
         self.add_address(addr)
-        p = subprocess.Popen(self.in_ns(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(self.in_ns(argv, cgroup=cgroup), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert p.stdout.readline().strip() == "ready", "backend %s did not start" % name
         self.procs.append(p)
         return p
@@ -182,9 +183,10 @@ class Sandbox:
     def _log_of(self, name):
         return os.path.join(self.tmp, "backend-%s.log" % name)
 
-    def http_backend(self, name, addr, port=8080):
+    def http_backend(self, name, addr, port=8080, cgroup=None):
         """A keep-alive HTTP/1.1 backend (httpbackend.py) that logs every request."""
-        return self._server(name, addr, ["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), self._log_of(name)])
+        return self._server(name, addr, ["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), self._log_of(name)],
+                            cgroup=cgroup)
 
     def grpc_backend(self, name, addr, port=8080):
         """A gRPC server (grpcpeer.py, Debian's python3-grpcio) that logs every call."""

@@ -18,7 +18,10 @@ import WeftBPF
         "weft_wl_val": (MemoryLayout<weft_wl_val>.size, ["addr": off(\weft_wl_val.addr), "family": off(\weft_wl_val.family), "pad": off(\weft_wl_val.pad)]),
         "weft_capture_key": (MemoryLayout<weft_capture_key>.size, ["addr": off(\weft_capture_key.addr), "port": off(\weft_capture_key.port), "family": off(\weft_capture_key.family), "pad": off(\weft_capture_key.pad)]),
         "weft_capture_val": (MemoryLayout<weft_capture_val>.size, ["addr": off(\weft_capture_val.addr), "port": off(\weft_capture_val.port), "family": off(\weft_capture_val.family), "pad": off(\weft_capture_val.pad), "cgroup_id": off(\weft_capture_val.cgroup_id)]),
-        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "pad": off(\weft_settings.pad), "agent_mark": off(\weft_settings.agent_mark)]),
+        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "inbound_port": off(\weft_settings.inbound_port), "agent_mark": off(\weft_settings.agent_mark), "tunnel_port": off(\weft_settings.tunnel_port), "pad": off(\weft_settings.pad)]),
+        "weft_inpol_key": (MemoryLayout<weft_inpol_key>.size, ["addr": off(\weft_inpol_key.addr), "port": off(\weft_inpol_key.port), "family": off(\weft_inpol_key.family), "pad": off(\weft_inpol_key.pad)]),
+        "weft_inpol_val": (MemoryLayout<weft_inpol_val>.size, ["action": off(\weft_inpol_val.action), "flags": off(\weft_inpol_val.flags), "pad": off(\weft_inpol_val.pad)]),
+        "weft_inctr_key": (MemoryLayout<weft_inctr_key>.size, ["addr": off(\weft_inctr_key.addr), "family": off(\weft_inctr_key.family), "reason": off(\weft_inctr_key.reason), "pad": off(\weft_inctr_key.pad)]),
     ]
 
     @Test func swiftAndBPFAgreeOnEveryStruct() throws {
@@ -47,20 +50,24 @@ import WeftBPF
         for m in DatapathMaps.names { #expect(object.mapNames.contains(m), "map \(m) missing") }
         let progs = Set(object.programNames)
         #expect(progs == ["weft_connect4", "weft_connect6", "weft_sendmsg4", "weft_sendmsg6", "weft_recvmsg4", "weft_recvmsg6", "weft_peername4", "weft_peername6",
-                          "weft_sockops"])
+                          "weft_sockops", "weft_in_guard"])
+        let tc = try Datapath.embeddedObject("tc.bpf.o")
+        #expect(Set(tc.programNames) == ["weft_tc_eth", "weft_tc_l3"])
+        for m in ["weft_inpol_v1", "weft_inctr_v1"] { #expect(tc.mapNames.contains(m), "tc.bpf.o lacks map \(m)") }
         #expect(progs.allSatisfy { $0.count <= 15 }, "program names must fit bpftool's 15 characters")
     }
 
     @Test func everyCounterHasANameAndFits() {
         #expect(statNames.count == Int(WEFT_STAT_MAX.rawValue))
         #expect(Int(WEFT_STAT_MAX.rawValue) <= Int(WEFT_STAT_SLOTS))
+        #expect(inboundReasonNames.count == Int(WEFT_IN_REASONS.rawValue))
     }
 
     /// The agent sets the programs' load-time settings through BTF; the variable must be
     /// where BPFObject.setGlobal looks.
     @Test func settingsGlobalIsSettable() throws {
         let object = try Datapath.embeddedObject("sock.bpf.o")
-        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, pad: (0, 0), agent_mark: 7)))
+        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, inbound_port: 15006, agent_mark: 7, tunnel_port: 15008, pad: (0, 0))))
         #expect(throws: BPFError.self) { try object.setGlobal("no_such_global", bytes: [0]) }
         #expect(throws: BPFError.self) { try object.setGlobal("weft_settings", bytes: [0, 1]) }
     }

@@ -17,6 +17,8 @@ func simulate(_ s: inout ActualState, _ ops: [DatapathOp], tables: inout [UInt32
         case .deleteBackend(let id): s.backends[id] = nil
         case .putWorkload(let cg, let a): s.workloads[cg] = a
         case .deleteWorkload(let cg): s.workloads[cg] = nil
+        case .putInbound(let k, let r): s.inbound[k] = r
+        case .deleteInbound(let k): s.inbound[k] = nil
         }
     }
 }

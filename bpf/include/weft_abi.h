@@ -118,16 +118,66 @@ struct weft_capture_val {
 	__u64 cgroup_id;    /* cgroup of the process that called connect(): the source workload */
 };
 
-/* Load-time settings (sock.bpf.c's const volatile weft_settings, written before load). */
+/* Load-time settings (each object's const volatile weft_settings, written before load). */
 struct weft_settings {
-	__be16 proxy_port;  /* outbound listener on 127.0.0.1 / ::1; 0 = capture off */
+	__be16 proxy_port;   /* outbound listener on 127.0.0.1 / ::1; 0 = capture off */
+	__be16 inbound_port; /* plaintext inbound listener (0.0.0.0 / ::) steered to; 0 = none */
+	__u32 agent_mark;    /* SO_MARK of the agent's own sockets; 0 = none */
+	__be16 tunnel_port;  /* mTLS tunnel listener: never subject to inbound policy */
 	__u8 pad[2];
-	__u32 agent_mark;   /* SO_MARK of the agent's own sockets; 0 = none */
+};
+
+/* What happens to a plaintext TCP connection opened to a workload of this node
+ * (weft_inpol_val.action), from its PeerAuthentication mode and the policy on the port. */
+enum weft_inpol_action {
+	WEFT_INPOL_PASS = 0,  /* PERMISSIVE / DISABLE with nothing for the agent to do */
+	WEFT_INPOL_DROP = 1,  /* STRICT: only the agent (mTLS tunnel) may connect */
+	WEFT_INPOL_STEER = 2, /* into the agent's inbound listener (policy or L7 telemetry) */
+};
+
+/* weft_inpol_val.flags */
+#define WEFT_INPOL_F_AUTHZ 0x01 /* an AuthorizationPolicy applies: if the connection cannot
+				 * be steered to the agent it is refused, not let through */
+
+/* A workload port (port 0: the workload's other ports). */
+struct weft_inpol_key {
+	__u8 addr[16];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+struct weft_inpol_val {
+	__u8 action; /* enum weft_inpol_action */
+	__u8 flags;  /* WEFT_INPOL_F_* */
+	__u8 pad[2];
+};
+
+/* Why a plaintext connection attempt to a workload was handled (weft_inctr_key.reason). */
+enum weft_in_reason {
+	WEFT_IN_STRICT_NETWORK = 0, /* STRICT, arrived on an interface: dropped at TC ingress */
+	WEFT_IN_STRICT_LOCAL = 1,   /* STRICT, reached the workload's socket: dropped there */
+	WEFT_IN_STEERED = 2,        /* steered into the agent's inbound listener */
+	WEFT_IN_NO_LISTENER = 3,    /* to be steered, but the agent is not listening: dropped */
+	WEFT_IN_UNSTEERABLE = 4,    /* policy applies but it did not come through TC (same node,
+				     * or an interface without the program): refused */
+	WEFT_IN_REASONS,
+};
+
+/* Counter of plaintext connection attempts by workload address and reason. */
+struct weft_inctr_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 reason; /* enum weft_in_reason */
+	__u8 pad[2];
 };
 
 _Static_assert(sizeof(struct weft_capture_key) == 20, "weft_capture_key layout");
 _Static_assert(sizeof(struct weft_capture_val) == 32, "weft_capture_val layout");
-_Static_assert(sizeof(struct weft_settings) == 8, "weft_settings layout");
+_Static_assert(sizeof(struct weft_settings) == 12, "weft_settings layout");
+_Static_assert(sizeof(struct weft_inpol_key) == 20, "weft_inpol_key layout");
+_Static_assert(sizeof(struct weft_inpol_val) == 4, "weft_inpol_val layout");
+_Static_assert(sizeof(struct weft_inctr_key) == 20, "weft_inctr_key layout");
 _Static_assert(sizeof(struct weft_svc_key) == 20, "weft_svc_key layout");
 _Static_assert(sizeof(struct weft_svc_val) == 24, "weft_svc_val layout");
 _Static_assert(sizeof(struct weft_backend_val) == 24, "weft_backend_val layout");
@@ -142,6 +192,8 @@ _Static_assert(sizeof(struct weft_wl_val) == 20, "weft_wl_val layout");
 #define WEFT_MAX_REVNAT 262144
 #define WEFT_MAX_WORKLOADS 16384
 #define WEFT_MAX_CAPTURED 65536
+/* Workload ports with an inbound rule (a workload's default is one more). */
+#define WEFT_MAX_INBOUND 65536
 /* Default size of weft_slot_v1 (all selection tables together; 16 MiB of kernel memory).
  * The agent's --lb-slots sets it before load. */
 #define WEFT_DEFAULT_SLOTS 4194304

@@ -5,12 +5,10 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_endian.h>
 #include "lb.h"
+#include "settings.h"
 
 #define WEFT_AF_INET 2
 #define WEFT_AF_INET6 10
-
-/* Set by the agent before load (DESIGN.md: load-time settings are const volatile). */
-const volatile struct weft_settings weft_settings = {};
 
 /* The agent marks its own sockets (SO_MARK); their connects are load-balanced like any
  * other but never captured, so the proxy cannot loop into itself whatever cgroup it

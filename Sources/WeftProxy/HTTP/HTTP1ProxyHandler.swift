@@ -378,8 +378,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         // Only the destination's agent may say who the client is: a client's own
         // x-forwarded-client-cert never passes, on either side of the tunnel.
         h.remove(name: "x-forwarded-client-cert")
-        if let inbound = conn.inbound {
-            h.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(inbound.identity)")
+        if let inbound = conn.inbound, let peer = inbound.identity {
+            h.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(peer)")
         }
         if !h.contains(name: "x-forwarded-proto") { h.add(name: "x-forwarded-proto", value: "http") }
         if let id = h.first(name: "x-request-id") {

@@ -132,10 +132,10 @@ public struct ProxyTables: Sendable {
                 for host in se.hosts {
                     ports[host, default: []].append(port.number)
                     clusters[ClusterKey(host: host, subset: nil, port: port.number)] =
-                        Self.cluster(host: host, subset: nil, port: port.number, backends: backends, dr: dr, service: id)
+                        Self.cluster(host: host, subset: nil, port: port.number, backends: backends, dr: dr, service: id, snapshot: snapshot)
                     for subset in dr?.subsets ?? [] {
                         clusters[ClusterKey(host: host, subset: subset.name, port: port.number)] =
-                            Self.cluster(host: host, subset: subset, port: port.number, backends: backends, dr: dr, service: id)
+                            Self.cluster(host: host, subset: subset, port: port.number, backends: backends, dr: dr, service: id, snapshot: snapshot)
                     }
                 }
                 let listener = ServiceListener(service: id, host: se.hosts[0], port: port, router: nil, tcpRoutes: [])
@@ -163,7 +163,7 @@ public struct ProxyTables: Sendable {
     }
 
     static func cluster(host: String, subset: Subset?, port: UInt16, backends: [ServiceBackend], dr: DestinationRule?,
-                        service: ResourceID) -> Cluster {
+                        service: ResourceID, snapshot: Snapshot) -> Cluster {
         let selected = backends.filter { b in subset?.labels.allSatisfy { b.labels[$0.key] == $0.value } ?? true }
         let policies = [dr?.trafficPolicy, subset?.trafficPolicy].compactMap { $0 }
         // Later (more specific) wins, and a port-level setting beats its policy's own.
@@ -176,11 +176,12 @@ public struct ProxyTables: Sendable {
             return value
         }
         // Automatic mTLS: a meshed workload (bound to a node) is reached through its node's
-        // agent unless the policy says DISABLE; ISTIO_MUTUAL insists on it.
+        // agent unless the DestinationRule or the workload's PeerAuthentication says
+        // DISABLE; ISTIO_MUTUAL in the DestinationRule insists on it.
         let tls = pick(\.tls)
         func transport(_ b: ServiceBackend) -> EndpointTransport {
             if tls == .disable { return .plain }
-            if let node = b.node { return .tunnel(node: node) }
+            if let node = b.node, tls == .istioMutual || snapshot.acceptsMutualTLS(b) { return .tunnel(node: node) }
             return tls == .istioMutual ? .unreachable : .plain
         }
         return Cluster(key: ClusterKey(host: host, subset: subset?.name, port: port),

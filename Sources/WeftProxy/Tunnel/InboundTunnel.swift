@@ -6,10 +6,11 @@ import NIOPosix
 import NIOSSL
 import WeftConfig
 
-/// The destination end of a tunnel stream, as the proxy sees it.
+/// The destination end of a connection delivered to a local workload (a tunnel stream,
+/// or plaintext steered to the inbound listener), as the proxy sees it.
 struct InboundPeer {
-    /// The peer's SPIFFE URI, verified in the TLS handshake.
-    let identity: String
+    /// The peer's SPIFFE URI, verified in the TLS handshake; nil for plaintext.
+    let identity: String?
     /// The client's WorkloadEntry: the one at the Forwarded address, if its identity is
     /// the verified one (an agent cannot claim a workload of another identity).
     let sourceWorkload: ResourceID?
@@ -41,13 +42,22 @@ extension OutboundProxy {
     public var tunnelRefusalCounts: [String: Int] { tunnelRefusals.withLockedValue { $0 } }
 
     /// The refusal counters in Prometheus text format.
-    func renderTunnelRefusals() -> String {
-        let counts = tunnelRefusalCounts
-        var out = "# HELP weft_tunnel_refused_total Tunnel connections and CONNECT streams the destination agent refused, by reason.\n"
-        out += "# TYPE weft_tunnel_refused_total counter\n"
-        for kind in TunnelRefusal.allCases {
-            out += "weft_tunnel_refused_total{reason=\"\(kind.rawValue)\"} \(counts[kind.rawValue] ?? 0)\n"
+    func renderRefusals() -> String {
+        var out = ""
+        if tunnelEnabled {
+            out += Self.renderCounts("weft_tunnel_refused_total", "Tunnel connections and CONNECT streams the destination agent refused, by reason.",
+                                     tunnelRefusalCounts, kinds: TunnelRefusal.allCases)
         }
+        if settings.inboundPort != 0 {
+            out += Self.renderCounts("weft_plaintext_refused_total", "Plaintext connections steered to the inbound listener that the agent refused, by reason.",
+                                     plaintextRefusals.withLockedValue { $0 }, kinds: [.notLocalWorkload, .denied])
+        }
+        return out
+    }
+
+    static func renderCounts(_ name: String, _ help: String, _ counts: [String: Int], kinds: [TunnelRefusal]) -> String {
+        var out = "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
+        for kind in kinds { out += "\(name){reason=\"\(kind.rawValue)\"} \(counts[kind.rawValue] ?? 0)\n" }
         return out
     }
 
@@ -112,6 +122,62 @@ extension OutboundProxy {
     }
 }
 
+extension OutboundProxy {
+    /// Authorizes a connection to a plain TCP port once, when it arrives (an HTTP port is
+    /// authorized request by request); nil if allowed, else the deciding decision.
+    func authorizeTCP(_ peer: InboundPeer, client: IPAddress, destination: SocketKey, loop: LoopState) -> AuthzDecision? {
+        guard !peer.target.listener.port.isHTTP else { return nil }
+        let request = AuthzRequest(identity: peer.identity, sourceIP: client, destinationIP: destination.address,
+                                   destinationPort: destination.port, http: nil)
+        let decision = peer.target.authorization.evaluate(request)
+        if !decision.audited.isEmpty { loop.observe(.audit(decision, request: "TCP \(destination)", peer: peer.identity)) }
+        return decision.allowed ? nil : decision
+    }
+
+    /// A connection delivered to a local workload port, from `client`.
+    func inboundContext(_ peer: InboundPeer, client: IPAddress, destination: SocketKey, tables: ProxyTables, loop: LoopState) -> ConnectionContext {
+        ConnectionContext(id: nextConnectionID(), client: SocketKey(client, 0), origin: ConnectionOrigin(destination: destination, cgroupID: 0),
+                          listener: peer.target.listener, source: nil, tables: tables, loop: loop, clusters: clusters, inbound: peer)
+    }
+
+    /// Listens for plaintext that the kernel steered here (bpf_sk_assign from TC ingress,
+    /// Settings.inboundPort on every address): the accepted socket's local address is the
+    /// workload port the client dialed.
+    public func startInbound() throws {
+        guard settings.inboundPort != 0 else { return }
+        let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.inboundPort, flag: "--inbound-port", halfClose: true,
+                               v6Missing: "plaintext to IPv6 workloads under policy is refused") { [self] ch in try plaintextAccepted(ch) }
+        channels.withLockedValue { $0 += bound }
+        logger.info("plaintext inbound listening on port \(settings.inboundPort)", metadata: ["component": "inbound"])
+    }
+
+    /// Plaintext for a local workload port: authorized like the tunnel's streams, with no
+    /// peer identity (principals never match), then delivered.
+    private func plaintextAccepted(_ ch: Channel) throws {
+        guard let local = ch.localAddress.flatMap(SocketKey.init), let remote = ch.remoteAddress.flatMap(SocketKey.init) else {
+            throw ProxyError("inbound socket without addresses")
+        }
+        let tables = tables.withLockedValue { $0 }
+        guard let target = tables.inboundTargets[local] else {
+            refusePlaintext(.notLocalWorkload, "\(local) is not a workload port of this node that a service names", peer: remote)
+            throw ProxyError("not a local workload port")
+        }
+        guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
+        let peer = InboundPeer(identity: nil, sourceWorkload: nil, target: target)
+        if let denied = authorizeTCP(peer, client: remote.address, destination: local, loop: loop) {
+            refusePlaintext(.denied, "plaintext to \(local): \(denied)", peer: remote)
+            throw ProxyError("denied")
+        }
+        try serve(inboundContext(peer, client: remote.address, destination: local, tables: tables, loop: loop), ch)
+    }
+
+    /// Counts (by kind) and logs a refused plaintext inbound connection.
+    func refusePlaintext(_ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
+        plaintextRefusals.withLockedValue { $0[kind.rawValue, default: 0] += 1 }
+        logger.info("plaintext from \(peer) refused (\(kind.rawValue)): \(detail)", metadata: ["component": "inbound"])
+    }
+}
+
 /// One CONNECT stream at the destination: checks the request (RFC 9113 §8.5) and that its
 /// target is a workload port of this node, then hands the stream's bytes to the proxy
 /// toward that workload. Refusals are answered (400 malformed, 403 not a local workload
@@ -162,21 +228,12 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
         let source = forwarded.flatMap { tables.workloadsByAddress[$0] }.flatMap { we in
             we.identity(trustDomain: tables.trustDomain) == identity ? we.id : nil
         }
-        // A plain TCP port is authorized once, here; an HTTP port per request.
-        if !target.listener.port.isHTTP {
-            let request = AuthzRequest(identity: identity, sourceIP: forwarded ?? remote.address, destinationIP: address,
-                                       destinationPort: port, http: nil)
-            let decision = target.authorization.evaluate(request)
-            if !decision.audited.isEmpty { loop.observe(.audit(decision, request: "TCP \(authority)", peer: identity)) }
-            guard decision.allowed else {
-                refuse(context, 403, .denied, "\(identity) to \(authority): \(decision)")
-                return
-            }
+        let peerInfo = InboundPeer(identity: identity, sourceWorkload: source, target: target)
+        if let denied = proxy.authorizeTCP(peerInfo, client: forwarded ?? remote.address, destination: targetKey, loop: loop) {
+            refuse(context, 403, .denied, "\(identity) to \(authority): \(denied)")
+            return
         }
-        let conn = ConnectionContext(id: proxy.nextConnectionID(), client: SocketKey(forwarded ?? remote.address, 0),
-                                     origin: ConnectionOrigin(destination: targetKey, cgroupID: 0), listener: target.listener, source: nil,
-                                     tables: tables, loop: loop, clusters: proxy.clusters,
-                                     inbound: InboundPeer(identity: identity, sourceWorkload: source, target: target))
+        let conn = proxy.inboundContext(peerInfo, client: forwarded ?? remote.address, destination: targetKey, tables: tables, loop: loop)
         let channel = context.channel
         do {
             let sync = context.pipeline.syncOperations
