@@ -51,13 +51,6 @@ public struct BPFTCFilter: Sendable {
         return filter
     }
 
-    /// The id of the program attached at this filter's place, nil if none.
-    public func programID() -> UInt32? {
-        var hook = self.hook
-        var opts = self.opts
-        return bpf_tc_query(&hook, &opts) == 0 ? opts.prog_id : nil
-    }
-
     /// Removes the filter (the clsact qdisc stays: other filters may live on it).
     public func detach() throws {
         var hook = self.hook
@@ -82,29 +75,5 @@ public struct BPFTCFilter: Sendable {
         o.handle = handle
         o.priority = priority
         return o
-    }
-
-    /// The interfaces of this network namespace (to find filters an earlier agent left).
-    public static func interfaces() -> [String] {
-        guard let list = if_nameindex() else { return [] }
-        defer { if_freenameindex(list) }
-        var out: [String] = []
-        var p = list
-        while p.pointee.if_index != 0, let n = p.pointee.if_name {
-            out.append(String(cString: n))
-            p += 1
-        }
-        return out
-    }
-
-    /// The name of a loaded program by id ("" if it cannot be read).
-    public static func programName(id: UInt32) -> String {
-        let fd = bpf_prog_get_fd_by_id(id)
-        if fd < 0 { return "" }
-        defer { close(fd) }
-        var info = bpf_prog_info()
-        var len = UInt32(MemoryLayout<bpf_prog_info>.size)
-        guard bpf_obj_get_info_by_fd(fd, &info, &len) == 0 else { return "" }
-        return withUnsafeBytes(of: info.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
 }

@@ -104,7 +104,7 @@ public final class Datapath: @unchecked Sendable {
         }
         self.links = links
         self.adopted = adopted
-        try attachTC(interfaces: interfaces, settings: settings, created: created, logger: logger)
+        try attachTC(interfaces: interfaces, settings: settings, created: created)
         // Links of programs this build no longer has (an older agent's) must not linger.
         let pinned = (try? FileManager.default.contentsOfDirectory(atPath: "\(bpffs)/links")) ?? []
         for name in pinned where !programs.contains(name) {
@@ -113,9 +113,11 @@ public final class Datapath: @unchecked Sendable {
     }
 
     /// Loads tc.bpf.o (sharing the inbound policy maps pinned by sock.bpf.o) and puts it
-    /// on the ingress of each interface; removes weft's filter from interfaces no longer
-    /// listed (an earlier agent's). A failure undoes this start's cgroup links.
-    private func attachTC(interfaces: [String], settings: Settings, created: [BPFLink], logger: Logger) throws {
+    /// on the ingress of each interface, replacing an earlier agent's filter in place. A
+    /// failure undoes this start's cgroup links. (A filter on an interface that an earlier
+    /// agent kept with --keep-datapath and this one does not list stays: finding it would
+    /// mean querying every interface of the node. Stop without --keep-datapath first.)
+    private func attachTC(interfaces: [String], settings: Settings, created: [BPFLink]) throws {
         do {
             if !interfaces.isEmpty {
                 let tc = try Self.embeddedObject("tc.bpf.o")
@@ -134,12 +136,6 @@ public final class Datapath: @unchecked Sendable {
             filters = []
             for link in created { try? link.unpin() }
             throw BPFError("\(error) (--interfaces)")
-        }
-        for name in BPFTCFilter.interfaces() where !interfaces.contains(name) {
-            guard let stale = try? BPFTCFilter(interface: name, ifindex: BPFTCFilter.ifindex(name), handle: Self.tcHandle, priority: Self.tcPriority),
-                  let id = stale.programID(), BPFTCFilter.programName(id: id).hasPrefix("weft_tc_") else { continue }
-            try? stale.detach()
-            logger.info("removed weft's TC filter from \(name), which --interfaces no longer lists", metadata: ["component": "dataplane"])
         }
     }
 
