@@ -54,7 +54,7 @@ extension Agent {
             guard let parsed = IPAddress(ip) else { return .failure("--source-ip \(ip) is not an IP address") }
             source = parsed
         }
-        let engine = AuthorizationEngine(snapshot: snap, workload: we, rootNamespace: options.rootNamespace)
+        let engine = AuthorizationEngine(snapshot: snap, workload: we)
         let d = engine.evaluate(AuthzRequest(identity: q.from, sourceIP: source, destinationIP: we.spec.address, destinationPort: q.port,
                                              http: http))
         var r = AdminResponse(ok: true)

@@ -313,8 +313,7 @@ public final class Agent: Service, @unchecked Sendable {
         }
         let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" })
         if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1 { return }
-        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain,
-                                 rootNamespace: options.rootNamespace))
+        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain))
         proxyBuilt = key
     }
 

@@ -70,11 +70,11 @@ public struct AuthorizationEngine: Sendable {
     public let policies: [AuthorizationPolicy]
 
     /// The policies of `snapshot` that apply to `workload`: those of its namespace without
-    /// selector or with a matching one, and those of the root namespace likewise
+    /// selector or with a matching one, and those of the snapshot's root namespace likewise
     /// (mesh-wide).
-    public init(snapshot: Snapshot, workload: WorkloadEntry, rootNamespace: String) {
+    public init(snapshot: Snapshot, workload: WorkloadEntry) {
         policies = snapshot.authorizationPolicies.filter { p in
-            guard p.metadata.namespace == workload.metadata.namespace || p.metadata.namespace == rootNamespace else { return false }
+            guard p.metadata.namespace == workload.metadata.namespace || p.metadata.namespace == snapshot.rootNamespace else { return false }
             return p.selector?.allSatisfy { workload.spec.labels[$0.key] == $0.value } ?? true
         }
     }

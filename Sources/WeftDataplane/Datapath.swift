@@ -22,8 +22,6 @@ public final class Datapath: @unchecked Sendable {
     let object: BPFObject
     private var links: [String: BPFLink] = [:]
     private let bpffs: String
-    /// tc.bpf.o, loaded when there are interfaces to attach it to.
-    private var tcObject: BPFObject?
     /// The TC ingress filters on the node's interfaces (--interfaces).
     public private(set) var filters: [BPFTCFilter] = []
 
@@ -124,7 +122,6 @@ public final class Datapath: @unchecked Sendable {
                 for m in ["weft_inpol_v1", "weft_inctr_v1"] { try tc.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
                 try tc.setGlobal("weft_settings", bytes: settings.bytes)
                 try tc.load()
-                tcObject = tc
                 for name in interfaces {
                     let program = try BPFTCFilter.isEthernet(name) ? "weft_tc_eth" : "weft_tc_l3"
                     filters.append(try BPFTCFilter.attachIngress(object: tc, program: program, interface: name,

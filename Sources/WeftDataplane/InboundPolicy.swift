@@ -20,13 +20,30 @@ public struct InboundKey: Hashable, Comparable, Sendable, CustomStringConvertibl
 /// What the kernel does with a plaintext TCP connection attempt to a workload port
 /// (enum weft_inpol_action plus its flags).
 public struct InboundRule: Hashable, Sendable, CustomStringConvertible {
-    public enum Action: UInt8, Sendable {
+    public enum Action: Sendable {
         /// Let it through to the workload.
-        case pass = 0
+        case pass
         /// STRICT: drop (only the agent's tunnel delivers to the port).
-        case drop = 1
+        case drop
         /// Into the agent's inbound listener (authorization, telemetry).
-        case steer = 2
+        case steer
+
+        /// enum weft_inpol_action.
+        var kernel: UInt8 {
+            switch self {
+            case .pass: return UInt8(WEFT_INPOL_PASS.rawValue)
+            case .drop: return UInt8(WEFT_INPOL_DROP.rawValue)
+            case .steer: return UInt8(WEFT_INPOL_STEER.rawValue)
+            }
+        }
+
+        init(kernel: UInt8) {
+            switch UInt32(kernel) {
+            case WEFT_INPOL_DROP.rawValue: self = .drop
+            case WEFT_INPOL_STEER.rawValue: self = .steer
+            default: self = .pass
+            }
+        }
     }
 
     public var action: Action
@@ -61,12 +78,13 @@ extension DesiredState {
         for se in snapshot.serviceEntries {
             for port in se.ports where !port.isUDP {
                 for b in snapshot.backends(of: se, port: port) where b.node == node {
-                    if let w = b.workload { servicePorts[w, default: [:]][b.port, default: false] = servicePorts[w]?[b.port] == true || port.isHTTP }
+                    guard let w = b.workload else { continue }
+                    if port.isHTTP || servicePorts[w]?[b.port] == nil { servicePorts[w, default: [:]][b.port] = port.isHTTP }
                 }
             }
         }
         for we in snapshot.workloadEntries where we.node == node {
-            let authz = !AuthorizationEngine(snapshot: snapshot, workload: we, rootNamespace: snapshot.rootNamespace).policies.isEmpty
+            let authz = !AuthorizationEngine(snapshot: snapshot, workload: we).policies.isEmpty
             func rule(_ port: UInt16?, http: Bool) -> InboundRule {
                 if snapshot.mtls(for: we, port: port).mode == .strict { return InboundRule(action: .drop, authz: authz) }
                 if authz || (steering && http) { return InboundRule(action: .steer, authz: authz) }
@@ -101,10 +119,10 @@ extension weft_inpol_key {
 
 extension weft_inpol_val {
     init(_ r: InboundRule) {
-        self.init(action: r.action.rawValue, flags: r.authz ? UInt8(WEFT_INPOL_F_AUTHZ) : 0, pad: (0, 0))
+        self.init(action: r.action.kernel, flags: r.authz ? UInt8(WEFT_INPOL_F_AUTHZ) : 0, pad: (0, 0))
     }
 
-    var rule: InboundRule { InboundRule(action: .init(rawValue: action) ?? .pass, authz: flags & UInt8(WEFT_INPOL_F_AUTHZ) != 0) }
+    var rule: InboundRule { InboundRule(action: .init(kernel: action), authz: flags & UInt8(WEFT_INPOL_F_AUTHZ) != 0) }
 }
 
 /// Why the kernel handled a plaintext connection attempt (enum weft_in_reason), as

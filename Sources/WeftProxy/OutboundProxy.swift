@@ -178,8 +178,7 @@ public final class OutboundProxy: Sendable {
     /// TLS for the tunnel (nil: no identities, no tunnel).
     let tls: TunnelTLS?
     /// Tunnel connections refused, by reason (the destination side).
-    let tunnelRefusals = NIOLockedValueBox<[String: Int]>([:])
-    let plaintextRefusals = NIOLockedValueBox<[String: Int]>([:])
+    let refusals = NIOLockedValueBox<[InboundPath: [String: Int]]>([:])
 
     /// `origin` looks up (and consumes) the kernel's record for a client address.
     /// `observer` receives every finished request (telemetry, access log). `identities`

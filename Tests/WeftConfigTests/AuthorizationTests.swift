@@ -12,7 +12,7 @@ private func engine(_ yaml: String, workloadLabels: [String: String] = ["app": "
 
     """
     let snap = try load(we + yaml).get()
-    return AuthorizationEngine(snapshot: snap, workload: snap.workloadEntries[0], rootNamespace: "weft-system")
+    return AuthorizationEngine(snapshot: snap, workload: snap.workloadEntries[0])
 }
 
 private let examplesDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

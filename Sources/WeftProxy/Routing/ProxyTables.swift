@@ -113,8 +113,7 @@ public struct ProxyTables: Sendable {
 
     /// Builds the tables of `snapshot`; `workloads` maps cgroup ids of this node's
     /// workloads to their WorkloadEntry; `node` is this node, `trustDomain` the mesh's.
-    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:], node: String = "", trustDomain: String = "cluster.local",
-                rootNamespace: String = "weft-system") {
+    public init(snapshot: Snapshot, workloads: [UInt64: WorkloadEntry] = [:], node: String = "", trustDomain: String = "cluster.local") {
         self.workloads = workloads
         self.trustDomain = trustDomain
         for we in snapshot.workloadEntries {
@@ -149,8 +148,7 @@ public struct ProxyTables: Sendable {
                                           connectionPool: nil, outlierDetection: nil, service: id)
                     inboundTargets[target] = InboundTarget(workload: we, identity: we.identity(trustDomain: trustDomain),
                                                            listener: listener, cluster: cluster,
-                                                           authorization: AuthorizationEngine(snapshot: snapshot, workload: we,
-                                                                                              rootNamespace: rootNamespace))
+                                                           authorization: AuthorizationEngine(snapshot: snapshot, workload: we))
                     clusters[key] = cluster
                 }
                 guard snapshot.needsProxy(se, port: port) else { continue }

@@ -32,25 +32,24 @@ extension OutboundProxy {
     /// The agent has identities and a tunnel port.
     var tunnelEnabled: Bool { tls != nil && settings.tunnelPort != 0 }
 
-    /// Counts (by kind) and logs (with the detail) a refused tunnel connection or stream.
-    func refuseTunnel(_ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
-        tunnelRefusals.withLockedValue { $0[kind.rawValue, default: 0] += 1 }
-        logger.info("tunnel from \(peer) refused (\(kind.rawValue)): \(detail)", metadata: ["component": "tunnel"])
+    /// Counts (by path and kind) and logs (with the detail) a refused inbound connection
+    /// or tunnel stream.
+    func refuse(_ path: InboundPath, _ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
+        refusals.withLockedValue { $0[path, default: [:]][kind.rawValue, default: 0] += 1 }
+        logger.info("\(path.rawValue) from \(peer) refused (\(kind.rawValue)): \(detail)", metadata: ["component": path == .tunnel ? "tunnel" : "inbound"])
     }
-
-    /// Tunnel connections and streams refused so far, by kind.
-    public var tunnelRefusalCounts: [String: Int] { tunnelRefusals.withLockedValue { $0 } }
 
     /// The refusal counters in Prometheus text format.
     func renderRefusals() -> String {
+        let counts = refusals.withLockedValue { $0 }
         var out = ""
         if tunnelEnabled {
             out += Self.renderCounts("weft_tunnel_refused_total", "Tunnel connections and CONNECT streams the destination agent refused, by reason.",
-                                     tunnelRefusalCounts, kinds: TunnelRefusal.allCases)
+                                     counts[.tunnel] ?? [:], kinds: TunnelRefusal.allCases)
         }
         if settings.inboundPort != 0 {
             out += Self.renderCounts("weft_plaintext_refused_total", "Plaintext connections steered to the inbound listener that the agent refused, by reason.",
-                                     plaintextRefusals.withLockedValue { $0 }, kinds: [.notLocalWorkload, .denied])
+                                     counts[.plaintext] ?? [:], kinds: [.notLocalWorkload, .denied])
         }
         return out
     }
@@ -67,18 +66,18 @@ extension OutboundProxy {
         }
         // The dialed address names the workload whose certificate this end presents.
         guard let we = tables.withLockedValue({ $0.localWorkloads[local.address] }) else {
-            refuseTunnel(.notLocalWorkload, "dialed \(local.address), which is not a workload of this node", peer: remote)
+            refuse(.tunnel, .notLocalWorkload, "dialed \(local.address), which is not a workload of this node", peer: remote)
             throw ProxyError("not a local workload address")
         }
         let context: NIOSSLContext
         do {
             context = try tls.context(for: we.id, server: true).0
         } catch {
-            refuseTunnel(.noCertificate, "\(error)", peer: remote)
+            refuse(.tunnel, .noCertificate, "\(error)", peer: remote)
             throw error
         }
         let peer = PeerIdentity()
-        let verify = tls.verifier(peer: peer, refused: { [self] reason in refuseTunnel(.certificate, reason, peer: remote) })
+        let verify = tls.verifier(peer: peer, refused: { [self] reason in refuse(.tunnel, .certificate, reason, peer: remote) })
         let sync = ch.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: context, customVerificationCallback: verify))
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
@@ -94,7 +93,7 @@ extension OutboundProxy {
         }
         try sync.addHandler(TunnelErrorHandler { [self] error in
             // A peer whose certificate the callback refused was counted there.
-            if !peer.checked { refuseTunnel(.handshake, "\(error)", peer: remote) }
+            if !peer.checked { refuse(.tunnel, .handshake, "\(error)", peer: remote) }
         })
     }
 
@@ -159,22 +158,16 @@ extension OutboundProxy {
         }
         let tables = tables.withLockedValue { $0 }
         guard let target = tables.inboundTargets[local] else {
-            refusePlaintext(.notLocalWorkload, "\(local) is not a workload port of this node that a service names", peer: remote)
+            refuse(.plaintext, .notLocalWorkload, "\(local) is not a workload port of this node that a service names", peer: remote)
             throw ProxyError("not a local workload port")
         }
         guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
         let peer = InboundPeer(identity: nil, sourceWorkload: nil, target: target)
         if let denied = authorizeTCP(peer, client: remote.address, destination: local, loop: loop) {
-            refusePlaintext(.denied, "plaintext to \(local): \(denied)", peer: remote)
+            refuse(.plaintext, .denied, "plaintext to \(local): \(denied)", peer: remote)
             throw ProxyError("denied")
         }
         try serve(inboundContext(peer, client: remote.address, destination: local, tables: tables, loop: loop), ch)
-    }
-
-    /// Counts (by kind) and logs a refused plaintext inbound connection.
-    func refusePlaintext(_ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
-        plaintextRefusals.withLockedValue { $0[kind.rawValue, default: 0] += 1 }
-        logger.info("plaintext from \(peer) refused (\(kind.rawValue)): \(detail)", metadata: ["component": "inbound"])
     }
 }
 
@@ -246,7 +239,7 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ status: Int, _ kind: TunnelRefusal, _ reason: String) {
-        proxy.refuseTunnel(kind, reason, peer: remote)
+        proxy.refuse(.tunnel, kind, reason, peer: remote)
         let payload = HTTP2Frame.FramePayload.headers(.init(headers: HPACKHeaders([(":status", String(status))]), endStream: true))
         context.writeAndFlush(wrapOutboundOut(payload), promise: nil)
     }
@@ -267,6 +260,14 @@ extension TunnelStreamHandler {
     static func respond(_ ch: Channel, status: String, end: Bool) {
         send(ch, .headers(.init(headers: HPACKHeaders([(":status", status)]), endStream: end)))
     }
+}
+
+/// How a connection reached a workload port of this node.
+enum InboundPath: String {
+    /// An mTLS tunnel connection or CONNECT stream.
+    case tunnel
+    /// Plaintext steered to the inbound listener.
+    case plaintext
 }
 
 /// Why the destination agent refused a tunnel connection or stream.
