@@ -130,6 +130,23 @@ def service_yaml(name, vips, backends, port=80, target=8080, proto="TCP"):
     return SERVICE.format(name=name, vips=", ".join('"%s"' % v for v in vips), port=port, target=target, proto=proto, endpoints=eps)
 
 
+NGINX_H2 = """daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx-{name}.pid;
+error_log {tmp}/nginx-{name}.err;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/nginx-body;
+  server {{
+    listen {addr}:{port} http2;
+    location / {{ add_header X-Backend {name}; return 200 "{name} $request_uri $http_x_team\\n"; }}
+  }}
+}}
+"""
+
+
 class Sandbox:
     """One node: a namespace with backend addresses on lo, a cgroup the agent attaches
     to (with a `client` child), a config dir, and at most one running agent."""
@@ -187,6 +204,21 @@ class Sandbox:
         """A keep-alive HTTP/1.1 backend (httpbackend.py) that logs every request."""
         return self._server(name, addr, ["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), self._log_of(name)],
                             cgroup=cgroup)
+
+    def h2_backend(self, name, addr, port=8080, cgroup=None):
+        """nginx speaking h2c (prior knowledge) on addr:port; replies "NAME URI X-TEAM"
+        with an X-Backend header. It runs in `cgroup` (default: a `servers` cgroup of the
+        sandbox's tree, so teardown kills whatever nginx forks)."""
+        self.add_address(addr)
+        conf = os.path.join(self.tmp, "nginx-%s.conf" % name)
+        open(conf, "w").write(NGINX_H2.format(tmp=self.tmp, name=name, addr=addr, port=port))
+        cg = cgroup or os.path.join(self.cgroup, "servers")
+        os.makedirs(cg, exist_ok=True)
+        self.procs.append(subprocess.Popen(self.in_ns(["nginx", "-c", conf], cgroup=cg), stderr=subprocess.DEVNULL))
+        deadline = time.time() + 5
+        while ":%d " % port not in sh(["nsenter", "--net=/run/netns/" + self.ns, "ss", "-Hltn", "src", addr]).stdout:
+            assert time.time() < deadline, "nginx %s did not start" % name
+            time.sleep(0.05)
 
     def grpc_backend(self, name, addr, port=8080):
         """A gRPC server (grpcpeer.py, Debian's python3-grpcio) that logs every call."""

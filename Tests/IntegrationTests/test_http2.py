@@ -94,37 +94,9 @@ def test_grpc_deadline_retry_on_unavailable_and_fault(sandbox):
     assert f["codes"] == {"UNAVAILABLE": 5} and len(sandbox.requests_seen("g1")) == before
 
 
-NGINX = """daemon off;
-master_process off;
-worker_processes 1;
-pid {tmp}/nginx-{name}.pid;
-error_log {tmp}/nginx-{name}.err;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/nginx-body;
-  server {{
-    listen {addr}:8080 http2;
-    location / {{ add_header X-Backend {name}; return 200 "{name} $request_uri $http_x_team\\n"; }}
-  }}
-}}
-"""
-
-
-def h2_backends(sandbox, names):
-    for name, addr in names:
-        sandbox.add_address(addr)
-        conf = os.path.join(sandbox.tmp, "nginx-%s.conf" % name)
-        open(conf, "w").write(NGINX.format(tmp=sandbox.tmp, name=name, addr=addr))
-        # In the sandbox's cgroup tree, so its teardown kills it whatever nginx forks.
-        servers = os.path.join(sandbox.cgroup, "servers")
-        os.makedirs(servers, exist_ok=True)
-        sandbox.procs.append(subprocess.Popen(sandbox.in_ns(["nginx", "-c", conf], cgroup=servers), stderr=subprocess.DEVNULL))
-    time.sleep(0.5)
-
-
 def test_http2_curl_and_h2load_split(sandbox):
-    h2_backends(sandbox, [("n1", "10.1.8.21"), ("n2", "10.1.8.22")])
+    sandbox.h2_backend("n1", "10.1.8.21")
+    sandbox.h2_backend("n2", "10.1.8.22")
     sandbox.write("h2.yaml", http_service_yaml("h2", VIP, [("10.1.8.21", {"v": "1"}), ("10.1.8.22", {"v": "2"})], proto="HTTP2") + """
 ---
 apiVersion: networking.istio.io/v1
@@ -169,7 +141,7 @@ spec:
 def test_http2_abuse_is_contained(sandbox):
     """Rapid Reset closes the connection with GOAWAY; a header with a NUL or CR is refused
     with a stream reset; too many concurrent streams are refused; the agent serves on."""
-    h2_backends(sandbox, [("n1", "10.1.8.21")])
+    sandbox.h2_backend("n1", "10.1.8.21")
     sandbox.write("h2.yaml", http_service_yaml("h2", VIP, [("10.1.8.21", {})], proto="HTTP2") + """
 ---
 apiVersion: networking.istio.io/v1

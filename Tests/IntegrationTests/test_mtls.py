@@ -118,6 +118,76 @@ def test_tcp_across_nodes(mesh):
                and l.endswith(" 30") for l in opened), opened
 
 
+H2_AND_GRPC = """---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: h2, namespace: default}
+spec:
+  hosts: [h2.default.svc.cluster.local]
+  addresses: [10.96.7.9]
+  ports: [{number: 80, name: http2, protocol: HTTP2, targetPort: 8080}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: h2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: greeter, namespace: default}
+spec:
+  hosts: [greeter.default.svc.cluster.local]
+  addresses: [10.96.7.10]
+  ports: [{number: 80, name: grpc, protocol: GRPC, targetPort: 8080}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: greeter}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: h2-b
+  namespace: default
+  annotations: {weft.io/node: node-b, weft.io/cgroup: h2}
+spec: {address: 10.250.2.12, labels: {app: h2}, serviceAccount: web}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: greeter-b
+  namespace: default
+  annotations: {weft.io/node: node-b, weft.io/cgroup: greeter}
+spec: {address: 10.250.2.13, labels: {app: greeter}, serviceAccount: web}
+"""
+
+
+def test_http2_and_grpc_across_nodes(mesh):
+    """Many HTTP/2 exchanges on one client connection, and gRPC calls, through the tunnel:
+    each rides an inner HTTP/2 connection inside one CONNECT stream, which must stay
+    healthy however many requests it carries (it once died after the second response,
+    when each empty DATA frame of the inner connection became one on the tunnel)."""
+    frontend = setup(mesh, H2_AND_GRPC)
+    a, b = mesh.a, mesh.b
+    b.h2_backend("h2", "10.250.2.12")
+    b.grpc_backend("greeter", "10.250.2.13")
+    # One connection, one stream at a time: every response must come back.
+    r = a.run(["h2load", "-n", "500", "-c", "1", "-m", "1", "http://10.96.7.9/one"], cgroup=frontend, timeout=120)
+    assert "500 succeeded, 0 failed" in r.stdout, r.stdout
+    r = a.run(["h2load", "-n", "2000", "-c", "4", "-m", "10", "http://10.96.7.9/many"], cgroup=frontend, timeout=120)
+    assert "2000 succeeded, 0 failed" in r.stdout, r.stdout
+    unary = a.grpc("10.96.7.10:80", "Unary", 300, cgroup=frontend)
+    assert unary["codes"] == {"OK": 300} and unary["replies"] == {"greeter": 300}, unary
+    stream = a.grpc("10.96.7.10:80", "Stream", 3, "--body", "200", cgroup=frontend)
+    assert stream["codes"] == {"OK": 3} and stream["messages"] == 600, stream
+    status = a.grpc("10.96.7.10:80", "Status", 5, "--meta", "want-status=NOT_FOUND", cgroup=frontend)
+    assert status["codes"] == {"NOT_FOUND": 5}, status
+    # Node b received all of it over mTLS from the frontend's identity.
+    dest = [l for l in metrics(b) if 'reporter="destination"' in l and 'source_principal="cluster.local/ns/default/sa/frontend"' in l
+            and 'connection_security_policy="mutual_tls"' in l]
+    count = lambda workload, code: sum(int(l.rsplit(" ", 1)[1]) for l in dest
+                                       if 'destination_workload="%s"' % workload in l and 'response_code="%s"' % code in l)
+    assert count("h2-b", 200) == 2500, dest
+    assert count("greeter-b", 200) == 308, dest
+    # Not one tunnel connection failed on the way.
+    assert "failed:" not in a.log()
+
+
 def test_plaintext_when_destination_rule_disables_tls(mesh):
     frontend = setup(mesh, """---
 apiVersion: networking.istio.io/v1

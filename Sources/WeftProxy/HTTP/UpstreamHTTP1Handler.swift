@@ -194,6 +194,8 @@ final class HTTP1Pool {
         -> EventLoopFuture<UpstreamHTTP1Handler>? {
         let mux: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>
         let connState: HTTP2ConnectionState
+        // A connection that died since its close callbacks were queued takes no streams.
+        if let ch = http2Channels[key], !ch.isActive { forgetHTTP2(key, ch) }
         if let existing = http2[key], let st = http2States[key] {
             mux = existing
             connState = st
@@ -212,6 +214,8 @@ final class HTTP1Pool {
                     watcherState.value.goAwayLastStreamID = last
                     self?.forgetHTTP2(key, ch)
                 })
+                // A connection error fails its streams (502) instead of leaving them waiting.
+                try ch.pipeline.syncOperations.addHandler(CloseOnError { _ in })
                 ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
                 ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in
                     self?.forgetHTTP2(key, ch)
@@ -240,6 +244,13 @@ final class HTTP1Pool {
             }
             return promise.futureResult
         }.nonisolated().assumeIsolated().flatMapThrowing { stream in
+            // NIO hands out a stream of a connection that is already closed, and that
+            // stream never activates: its request would wait forever. Fail it (a connect
+            // failure, retried) instead.
+            guard stream.isActive else {
+                stream.close(promise: nil)
+                throw ProxyError("the HTTP/2 connection to \(endpoint) closed")
+            }
             let h = try stream.pipeline.syncOperations.handler(type: UpstreamHTTP1Handler.self)
             h.connection = connState
             return h

@@ -91,7 +91,7 @@ extension OutboundProxy {
                 try stream.pipeline.syncOperations.addHandler(TunnelTargetHandler(proxy: self, peer: peer, remote: remote))
             }
         }
-        try sync.addHandler(TunnelErrorHandler { [self] error in
+        try sync.addHandler(CloseOnError { [self] error in
             // A peer whose certificate the callback refused was counted there.
             if !peer.checked { refuse(.tunnel, .handshake, "\(error)", peer: remote) }
         })
@@ -287,24 +287,4 @@ enum TunnelRefusal: String, CaseIterable {
     /// An AuthorizationPolicy denied the connection (plain TCP ports; HTTP requests are
     /// answered 403 one by one and counted in istio_requests_total).
     case denied
-}
-
-/// Last in a tunnel connection's pipeline: sees what failed it (a TLS handshake error
-/// reaches here) and closes it.
-final class TunnelErrorHandler: ChannelInboundHandler {
-    typealias InboundIn = Any
-    private let failed: (Error) -> Void
-    private var reported = false
-
-    init(_ failed: @escaping (Error) -> Void) {
-        self.failed = failed
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if !reported {
-            reported = true
-            failed(error)
-        }
-        context.close(promise: nil)
-    }
 }

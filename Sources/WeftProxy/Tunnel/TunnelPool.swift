@@ -47,6 +47,7 @@ final class TunnelPool {
         // A renewed certificate (or a new signer) is presented from the next stream on:
         // the old connection keeps its streams until they end, and takes no new ones.
         if connections[key] != nil, serials[key] != tls.identities.serial(for: key.source) { forget(key) }
+        if let ch = channels[key], !ch.isActive { forget(key, ch) }
         let mux = connections[key] ?? connect(key, via: via, on: loop, timeout: timeout)
         let forwardedFor = key.sourceAddress
         return mux.flatMap { m in
@@ -59,6 +60,11 @@ final class TunnelPool {
                 }
             }
             return stream.futureResult.flatMap { ch in
+                // A stream of a connection that already closed never activates.
+                guard ch.isActive else {
+                    ch.close(promise: nil)
+                    return loop.makeFailedFuture(ProxyError("the tunnel connection to node \(key.node) closed"))
+                }
                 TunnelStreamHandler.send(ch, .headers(.init(headers: connectRequest(target: target, forwardedFor: forwardedFor))))
                 ch.read() // the response
                 return opened.futureResult.map { ch }.flatMapErrorThrowing { error in
@@ -99,6 +105,9 @@ final class TunnelPool {
             // After a GOAWAY the connection finishes its streams; new ones get a new one.
             try sync.addHandler(GoAwayWatcher { [weak self] _ in self?.forget(key, ch) })
             try sync.addHandler(StreamCounter())
+            try sync.addHandler(CloseOnError { error in
+                logger.warning("tunnel to \(address) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
+            })
             ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in self?.forget(key, ch) }
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             self.channels[key] = ch

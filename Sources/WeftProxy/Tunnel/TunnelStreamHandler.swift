@@ -73,7 +73,17 @@ final class TunnelStreamHandler: ChannelDuplexHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let payload = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(unwrapOutboundIn(data))))
+        let bytes = unwrapOutboundIn(data)
+        // An empty write carries nothing, and as a DATA frame it would cost the tunnel:
+        // NIO's HTTP/2 flood guard (CVE-2019-9518) fails a connection after two empty DATA
+        // frames with no HEADERS or END_STREAM between them, counted across all its
+        // streams — and an inner HTTP/2 connection writes an empty payload for every
+        // zero-length frame it sends (e.g. END_STREAM after a body).
+        guard bytes.readableBytes > 0 else {
+            promise?.succeed(())
+            return
+        }
+        let payload = HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(bytes)))
         context.write(wrapOutboundOut(payload), promise: promise)
     }
 
