@@ -181,9 +181,12 @@ def test_http2_and_grpc_across_nodes(mesh):
     dest = [l for l in metrics(b) if 'reporter="destination"' in l and 'source_principal="cluster.local/ns/default/sa/frontend"' in l
             and 'connection_security_policy="mutual_tls"' in l]
     count = lambda workload, code: sum(int(l.rsplit(" ", 1)[1]) for l in dest
-                                       if 'destination_workload="%s"' % workload in l and 'response_code="%s"' % code in l)
-    assert count("h2-b", 200) == 2500, dest
-    assert count("greeter-b", 200) == 308, dest
+                                       if 'destination_workload="%s"' % workload in l and 'response_code="%s' % code in l)
+    # Every request answered 200 the first time: no stream was reset and no connection
+    # on the way was closed under it (a reset per request once tripped the peer's
+    # rapid-reset guard, and the inner connection died every few hundred requests).
+    assert count("h2-b", 200) == count("h2-b", "") == 2500, dest
+    assert count("greeter-b", 200) == count("greeter-b", "") == 308, dest
     # Not one tunnel connection failed on the way.
     assert "failed:" not in a.log()
 

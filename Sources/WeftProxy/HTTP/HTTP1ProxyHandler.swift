@@ -641,8 +641,14 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         case .end(let trailers):
             guard responseStarted else { return }
             if let g = trailers?.first(name: "grpc-status").flatMap({ Int($0) }) { grpcStatus = g }
-            handler.write(.end(trailers ?? trailersFromHead), flush: true)
-            let reusable = upstreamKeepAlive && sentEnd
+            // Done with the upstream before the client hears the end: on HTTP/2 that
+            // write closes the client's stream at once, and a client gone while an
+            // upstream is attached would reset the upstream stream (RST_STREAM CANCEL,
+            // one per request, which a peer's rapid-reset guard answers by closing the
+            // whole connection). An HTTP/2 upstream stream whose request went out whole
+            // ends by itself; its response head says HTTP/2, so it never reads as
+            // keep-alive.
+            let reusable = (up.isStream || upstreamKeepAlive) && sentEnd
             upstream = nil
             if reusable, let c = cluster, let state = clusterState, let key = poolKey {
                 conn.loop.pool.release(up, key, cluster: state, policy: c.connectionPool)
@@ -650,6 +656,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 up.delegate = nil
                 up.close()
             }
+            handler.write(.end(trailers ?? trailersFromHead), flush: true)
             complete()
             if !keepAlive { handler.closeClient() }
         }
