@@ -341,7 +341,15 @@ enum ResourceDecoder {
                 pool.maxRequestsPerConnection = h["maxRequestsPerConnection"]?.int(in: 0...Int(Int32.max))
                 pool.maxRetries = h["maxRetries"]?.int(in: 0...Int(Int32.max))
                 pool.idleTimeout = h["idleTimeout"]?.duration(code: "DR009")
-                h.finish(kind: "HTTPSettings", istioFields: ["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"])
+                if let u = h["h2UpgradePolicy"], let v = u.string() {
+                    switch v {
+                    case "DEFAULT", "DO_NOT_UPGRADE": pool.h2Upgrade = false
+                    case "UPGRADE": pool.h2Upgrade = true
+                    default: ctx.error("DR015", u.node, "\(u.path) \"\(v)\" is not an upgrade policy (DEFAULT, DO_NOT_UPGRADE, UPGRADE)")
+                    }
+                }
+                pool.useClientProtocol = h["useClientProtocol"]?.bool()
+                h.finish(kind: "HTTPSettings", istioFields: ["maxConcurrentStreams"])
             }
             cp.finish(kind: "ConnectionPoolSettings")
             p.connectionPool = pool

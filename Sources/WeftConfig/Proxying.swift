@@ -8,6 +8,14 @@ extension ServicePort {
         default: return false
         }
     }
+
+    /// Istio protocols whose endpoints are spoken to in HTTP/2 whatever the client spoke.
+    public var speaksHTTP2: Bool {
+        switch protocolName.uppercased() {
+        case "HTTP2", "GRPC", "GRPC-WEB": return true
+        default: return false
+        }
+    }
 }
 
 extension Snapshot {

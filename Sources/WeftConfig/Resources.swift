@@ -143,6 +143,10 @@ public struct ConnectionPool: Hashable, Sendable, Codable {
     public var maxRequestsPerConnection: Int?
     public var maxRetries: Int?
     public var idleTimeout: IstioDuration?
+    /// http.h2UpgradePolicy: UPGRADE speaks HTTP/2 to the endpoints of an HTTP port.
+    public var h2Upgrade: Bool?
+    /// http.useClientProtocol: speak to the endpoints what the client spoke.
+    public var useClientProtocol: Bool?
 }
 
 /// outlierDetection settings (enforced by the L7 proxy).

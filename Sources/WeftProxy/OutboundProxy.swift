@@ -336,8 +336,10 @@ public final class OutboundProxy: Sendable {
                                  streamConfiguration: stream) { ch in
             ch.eventLoop.makeCompletedFuture {
                 let sync = ch.pipeline.syncOperations
+                let proxy = HTTP1ProxyHandler(conn: bound.value, http2: true)
+                try sync.addHandler(RequestBodyObserver(proxy))
                 try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try sync.addHandler(HTTP1ProxyHandler(conn: bound.value, http2: true))
+                try sync.addHandler(proxy)
             }
         }
         try ctx.pipeline.syncOperations.addHandler(h2, position: .after(ctx.handler))

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Test HTTP/1.1 backend (keep-alive, threaded). Answers every request with JSON naming
-itself and echoing what it received, and records each request as a JSON line in LOGFILE.
+itself and echoing what it received (a body by Content-Length or chunked), and records
+each request as a JSON line in LOGFILE.
 
 Behaviour is chosen per request by query parameters, so one backend serves every test:
   status=N          answer with status N
@@ -46,11 +47,14 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def handle_any(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = self.read_chunked()
+        else:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
         q = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
         rec = {"name": NAME, "method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-               "body_len": len(body), "time": time.time()}
+               "body_len": len(body), "body": body[:64].decode("latin-1"), "time": time.time()}
         LOG.write(json.dumps(rec) + "\n")
         key = q.get("key", "")
         if "drop_first" in q and count("drop", key) <= int(q["drop_first"]):
@@ -70,6 +74,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(out)
+
+    def read_chunked(self):
+        body = b""
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return body
+            body += self.rfile.read(size)
+            self.rfile.readline()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = handle_any
 

@@ -162,3 +162,90 @@ spec:
     assert res["max_streams"] == 100, res
     ok = sandbox.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "http://%s/" % VIP])
     assert ok.stdout == "200"
+
+
+# Sends hex-encoded stdin bytes (several requests, the last with Connection: close) on one
+# connection and prints every byte that comes back.
+PIPELINED = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(bytes.fromhex(sys.stdin.read()))
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode("latin-1"))
+"""
+
+
+def test_upstream_protocol_follows_the_port_as_istio(sandbox):
+    """Istio speaks HTTP/2 to HTTP2 and gRPC ports and HTTP/1.1 to HTTP ports, whatever
+    the client spoke, unless a DestinationRule sets useClientProtocol or h2UpgradePolicy
+    UPGRADE; a body goes out framed for the protocol it goes out in."""
+    sandbox.http_backend("h1", "10.1.8.31")   # HTTP/1.1 only
+    sandbox.h2_backend("h2", "10.1.8.32")      # h2c only
+    services = [("plain", "10.96.8.31", "10.1.8.31", "HTTP"), ("h2svc", "10.96.8.32", "10.1.8.32", "HTTP2"),
+                ("upgraded", "10.96.8.33", "10.1.8.32", "HTTP"), ("asclient", "10.96.8.34", "10.1.8.32", "HTTP")]
+    # Each with an http route, so the agent proxies it (unrouted, the kernel balances it).
+    routed = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: %s}
+spec:
+  hosts: [%s]
+  http:
+  - route:
+    - destination: {host: %s}"""
+    sandbox.write("proto.yaml", "\n---\n".join(http_service_yaml(n, vip, [(ep, {})], proto=p) + routed % (n, n, n)
+                                              for n, vip, ep, p in services) + """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: upgraded}
+spec:
+  host: upgraded
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: asclient}
+spec:
+  host: asclient
+  trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}
+""")
+    sandbox.start_agent()
+
+    def curl(*args):
+        r = sandbox.run(["curl", "-s", "-w", "|%{http_code}|%{http_version}"] + list(args), check=True)
+        body, code, version = r.stdout.rsplit("|", 2)
+        return body, code, version
+
+    # HTTP/1.1 client, HTTP/2 server: an HTTP2 port, and an HTTP port told to UPGRADE.
+    for vip in ("10.96.8.32", "10.96.8.33"):
+        body, code, version = curl("http://%s/a" % vip)
+        assert (code, version) == ("200", "1.1") and body.startswith("h2 /a"), (vip, body, code)
+    # HTTP/2 client, HTTP/1.1 server on an HTTP port: a GET without a body, a POST with
+    # a length, an upload without one (chunked on the HTTP/1.1 side).
+    body, code, version = curl("--http2-prior-knowledge", "http://10.96.8.31/get")
+    assert (code, version) == ("200", "2"), body
+    body, code, _ = curl("--http2-prior-knowledge", "--data-binary", "hello", "http://10.96.8.31/post")
+    assert code == "200", body
+    r = sandbox.run(["curl", "-s", "--http2-prior-knowledge", "-T", "-", "http://10.96.8.31/upload"], input="streamed body", check=True)
+    seen = {req["path"]: req for req in sandbox.requests_seen("h1")}
+    assert "transfer-encoding" not in seen["/get"]["headers"] and seen["/get"]["body_len"] == 0, seen["/get"]
+    assert seen["/post"]["body"] == "hello" and seen["/post"]["headers"]["content-length"] == "5", seen["/post"]
+    assert seen["/upload"]["body"] == "streamed body" and seen["/upload"]["headers"]["transfer-encoding"] == "chunked", seen["/upload"]
+    # useClientProtocol: the HTTP/2 client's protocol reaches the h2c-only server.
+    body, code, version = curl("--http2-prior-knowledge", "http://10.96.8.34/c")
+    assert (code, version) == ("200", "2") and body.startswith("h2 /c"), body
+    # A GET with a chunked body, then another request on the same connection: the body
+    # reaches the server framed, never as the start of a request of its own.
+    raw = ("GET /one HTTP/1.1\r\nHost: plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+           "GET /two HTTP/1.1\r\nHost: plain\r\nConnection: close\r\n\r\n")
+    out = sandbox.run(["python3", "-c", PIPELINED, "10.96.8.31", "80"], input=raw.encode().hex(), check=True).stdout
+    assert out.count("HTTP/1.1 200") == 2, out
+    seen = [(req["path"], req["body"]) for req in sandbox.requests_seen("h1") if req["path"] in ("/one", "/two")]
+    assert seen == [("/one", "hello"), ("/two", "")], sandbox.requests_seen("h1")

@@ -198,3 +198,22 @@ spec:
         #expect(e == ["t.yaml:2:7: error [KIND002] kind Gateway is not supported by weft yet"])
     }
 }
+
+@Suite struct HTTPSettingsDecodingTests {
+    @Test func upgradePolicyMustBeOneOfIstios() {
+        let dr = { (policy: String) in errors(goodService + "\n" + """
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web}
+            spec:
+              host: web
+              trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: \(policy), useClientProtocol: false}}}
+            """) }
+        #expect(dr("UPGRADE") == [])
+        #expect(dr("DEFAULT") == [])
+        let bad = dr("ALWAYS")
+        #expect(bad.count == 1 && bad[0].contains("DR015") && bad[0].contains("h2UpgradePolicy") && bad[0].contains("ALWAYS"), "\(bad)")
+    }
+}
+

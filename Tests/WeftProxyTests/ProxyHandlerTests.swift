@@ -75,6 +75,48 @@ spec:
         #expect(t.defaultCluster(l)?.endpoints.count == 2)
     }
 
+    @Test func upstreamProtocolIsIstios() throws {
+        let web = ClusterKey(host: "web.default.svc.cluster.local", subset: nil, port: 80)
+        // An HTTP port: HTTP/1.1 whatever the client speaks.
+        #expect(try tables().clusters[web]?.upstreamHTTP2 == false)
+        func withPool(_ http: String) throws -> Bool? {
+            try tables("\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\n"
+                       + "spec:\n  host: web\n  trafficPolicy: {connectionPool: {http: \(http)}}\n").clusters[web]?.upstreamHTTP2
+        }
+        #expect(try withPool("{h2UpgradePolicy: UPGRADE}") == true)
+        #expect(try withPool("{h2UpgradePolicy: DO_NOT_UPGRADE}") == false)
+        #expect(try withPool("{useClientProtocol: true}") == nil)
+        // useClientProtocol makes the upgrade policy ineffective (Istio's API says so).
+        #expect(try withPool("{useClientProtocol: true, h2UpgradePolicy: UPGRADE}") == nil)
+        // HTTP2 and gRPC ports: HTTP/2, even under useClientProtocol.
+        let g = try tables("""
+
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: g}
+            spec:
+              hosts: [g.default.svc.cluster.local]
+              addresses: [10.96.0.11]
+              ports:
+              - {number: 81, name: h2, protocol: HTTP2}
+              - {number: 82, name: grpc, protocol: GRPC}
+              - {number: 83, name: grpc-web, protocol: GRPC-Web}
+              resolution: STATIC
+              endpoints: [{address: 10.1.0.3}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: g}
+            spec:
+              host: g
+              trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}
+            """)
+        for port: UInt16 in [81, 82, 83] {
+            #expect(g.clusters[ClusterKey(host: "g.default.svc.cluster.local", subset: nil, port: port)]?.upstreamHTTP2 == true)
+        }
+    }
+
     @Test func servicesWithoutL7NeedsAreNotListenersAtAll() throws {
         let t = try tables()
         #expect(t.listeners.isEmpty)        // plain HTTP service: the kernel balances it

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import WeftConfig
 
 /// The client side of one proxied request stream: an HTTP/1.1 connection (one exchange
@@ -13,7 +14,8 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     let conn: ConnectionContext
-    /// The client speaks HTTP/2 (this handler serves one stream); upstream does too.
+    /// The client speaks HTTP/2 (this handler serves one stream). What the upstream is
+    /// spoken to is the cluster's choice (Cluster.upstreamHTTP2).
     let http2: Bool
     private(set) var context: ChannelHandlerContext?
     private var exchange: HTTP1Exchange?
@@ -21,6 +23,9 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
     private var pendingRead = false
     /// A response to the current request has begun (or been sent).
     private var answered = false
+    /// HTTP/2: whether the request's HEADERS left the stream open for a body (told by
+    /// RequestBodyObserver, which sees the frame before the codec turns it into a head).
+    var streamHasBody = false
 
     init(conn: ConnectionContext, http2: Bool = false) {
         self.conn = conn
@@ -29,6 +34,11 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    /// An HTTP/1.1 request has a body when its head announces one (RFC 9112 §6.3).
+    static func declaresBody(_ head: HTTPRequestHead) -> Bool {
+        !head.headers["transfer-encoding"].isEmpty || head.headers["content-length"].contains { $0 != "0" }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -43,7 +53,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler {
                 reject(context, .badRequest)
                 return
             }
-            let ex = HTTP1Exchange(handler: self, head: head)
+            let ex = HTTP1Exchange(handler: self, head: head, hasBody: http2 ? streamHasBody : Self.declaresBody(head))
             exchange = ex
             ex.start()
         case .body(let b):
@@ -154,6 +164,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     unowned let handler: HTTP1ProxyHandler
     let head: HTTPRequestHead
+    /// The request carries a body (known from its head, or its HTTP/2 HEADERS frame).
+    let hasBody: Bool
     let started = NIODeadline.now()
     let startTime = Date()
     private var conn: ConnectionContext { handler.conn }
@@ -168,6 +180,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     // Routing.
     private var decision: ForwardDecision?
     private var cluster: Cluster?
+    /// Speak HTTP/2 to the cluster's endpoints (Cluster.upstreamHTTP2, else as the client).
+    private var upstreamHTTP2 = false
     private var upstreamHead: HTTPRequestHead?
     private var retry: RetryStateMachine?
     private var tried: Set<SocketKey> = []
@@ -208,9 +222,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var trailersFromHead: HTTPHeaders?
     private var requestID: String?
 
-    init(handler: HTTP1ProxyHandler, head: HTTPRequestHead) {
+    init(handler: HTTP1ProxyHandler, head: HTTPRequestHead, hasBody: Bool) {
         self.handler = handler
         self.head = head
+        self.hasBody = hasBody
     }
 
     // MARK: request events
@@ -292,6 +307,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         decision = d
         cluster = c
         clusterState = state
+        upstreamHTTP2 = c.upstreamHTTP2 ?? handler.http2
         upstreamHead = makeUpstreamHead(d)
         if let t = d.timeout, t.nanoseconds > 0 {
             routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
@@ -310,6 +326,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         mirrorTo = nil
         var shadow = h
         shadow.headers.replaceOrAdd(name: "host", value: (h.headers.first(name: "host") ?? "") + "-shadow")
+        // The shadow goes over HTTP/1.1 with its whole body in hand.
+        shadow.version = .http1_1
+        shadow.headers.remove(name: "transfer-encoding")
+        if hasBody { shadow.headers.replaceOrAdd(name: "content-length", value: String(heldBytes)) }
         MirrorRequest(conn: conn, cluster: m, head: shadow, body: held).start(on: loop)
     }
 
@@ -390,7 +410,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             h.add(name: "x-request-id", value: id)
         }
         for ops in d.requestHeaders { apply(ops, to: &h) }
-        return HTTPRequestHead(version: handler.http2 ? .http2 : .http1_1, method: head.method, uri: d.path, headers: h)
+        if upstreamHTTP2 { return HTTPRequestHead(version: .http2, method: head.method, uri: d.path, headers: h) }
+        // HTTP/1.1 frames a body itself: by its Content-Length, else chunked — also for a
+        // GET, which NIO would otherwise send unframed (the upstream would read the body
+        // as the next request).
+        if hasBody && !h.contains(name: "content-length") { h.replaceOrAdd(name: "transfer-encoding", value: "chunked") }
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: d.path, headers: h)
     }
 
     private func apply(_ ops: HeaderOperations, to h: inout HTTPHeaders) {
@@ -432,7 +457,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
         let future: EventLoopFuture<UpstreamHTTP1Handler>?
-        if handler.http2 {
+        if upstreamHTTP2 {
             future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout)
         } else {
             future = pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
@@ -756,5 +781,27 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             responseBytes: responseBytes, upstream: lastEndpoint?.description, attempts: attempts,
             requestID: requestID, route: decision?.routeName, cluster: cluster?.key.description)))
         handler.exchangeFinished(self)
+    }
+}
+
+/// On an HTTP/2 stream, ahead of NIO's HTTP/2-to-HTTP/1 codec: tells the proxy handler
+/// whether the request's HEADERS frame left the stream open for a body. The codec's
+/// request head does not say, and an HTTP/1.1 upstream must frame a body it is sent.
+final class RequestBodyObserver: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = HTTP2Frame.FramePayload
+    private let proxy: HTTP1ProxyHandler
+    private var sawHead = false
+
+    init(_ proxy: HTTP1ProxyHandler) {
+        self.proxy = proxy
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !sawHead, case .headers(let h) = unwrapInboundIn(data) {
+            sawHead = true
+            proxy.streamHasBody = !h.endStream
+        }
+        context.fireChannelRead(data)
     }
 }

@@ -71,6 +71,9 @@ public struct Cluster: Sendable {
     public var outlierDetection: OutlierDetection?
     /// The service it belongs to (destination_service_name / namespace in telemetry).
     public var service: ResourceID
+    /// What the proxy speaks to the endpoints: HTTP/2 (true), HTTP/1.1 (false), or
+    /// what the client spoke (nil). See `upstreamHTTP2(_:pool:)`.
+    public var upstreamHTTP2: Bool? = nil
 }
 
 /// What a captured connection to one VIP:port is: which service, which protocol, which
@@ -131,10 +134,10 @@ public struct ProxyTables: Sendable {
                 for host in se.hosts {
                     ports[host, default: []].append(port.number)
                     clusters[ClusterKey(host: host, subset: nil, port: port.number)] =
-                        Self.cluster(host: host, subset: nil, port: port.number, backends: backends, dr: dr, service: id, snapshot: snapshot)
+                        Self.cluster(host: host, subset: nil, port: port, backends: backends, dr: dr, service: id, snapshot: snapshot)
                     for subset in dr?.subsets ?? [] {
                         clusters[ClusterKey(host: host, subset: subset.name, port: port.number)] =
-                            Self.cluster(host: host, subset: subset, port: port.number, backends: backends, dr: dr, service: id, snapshot: snapshot)
+                            Self.cluster(host: host, subset: subset, port: port, backends: backends, dr: dr, service: id, snapshot: snapshot)
                     }
                 }
                 let listener = ServiceListener(service: id, host: se.hosts[0], port: port, router: nil, tcpRoutes: [])
@@ -144,8 +147,11 @@ public struct ProxyTables: Sendable {
                     // The first service that names a workload port decides its protocol.
                     if inboundTargets[target] != nil { continue }
                     let key = ClusterKey(host: "\(we.metadata.name).\(we.metadata.namespace)", subset: nil, port: b.port, inbound: true)
+                    // Toward its own workload the agent speaks what its client spoke,
+                    // except where the port says HTTP/2 (Istio's inbound clusters).
                     let cluster = Cluster(key: key, endpoints: [Endpoint(socket: target, weight: 1, workload: w)], loadBalancer: .random,
-                                          connectionPool: nil, outlierDetection: nil, service: id)
+                                          connectionPool: nil, outlierDetection: nil, service: id,
+                                          upstreamHTTP2: port.speaksHTTP2 ? true : nil)
                     inboundTargets[target] = InboundTarget(workload: we, identity: we.identity(trustDomain: trustDomain),
                                                            listener: listener, cluster: cluster,
                                                            authorization: AuthorizationEngine(snapshot: snapshot, workload: we))
@@ -160,8 +166,9 @@ public struct ProxyTables: Sendable {
         }
     }
 
-    static func cluster(host: String, subset: Subset?, port: UInt16, backends: [ServiceBackend], dr: DestinationRule?,
+    static func cluster(host: String, subset: Subset?, port servicePort: ServicePort, backends: [ServiceBackend], dr: DestinationRule?,
                         service: ResourceID, snapshot: Snapshot) -> Cluster {
+        let port = servicePort.number
         let selected = backends.filter { b in subset?.labels.allSatisfy { b.labels[$0.key] == $0.value } ?? true }
         let policies = [dr?.trafficPolicy, subset?.trafficPolicy].compactMap { $0 }
         // Later (more specific) wins, and a port-level setting beats its policy's own.
@@ -186,7 +193,17 @@ public struct ProxyTables: Sendable {
                        endpoints: selected.map { Endpoint(socket: SocketKey($0.address, $0.port), weight: $0.weight, workload: $0.workload,
                                                           transport: transport($0)) },
                        loadBalancer: pick(\.loadBalancer) ?? .random,
-                       connectionPool: pick(\.connectionPool), outlierDetection: pick(\.outlierDetection), service: service)
+                       connectionPool: pick(\.connectionPool), outlierDetection: pick(\.outlierDetection), service: service,
+                       upstreamHTTP2: upstreamHTTP2(servicePort, pool: pick(\.connectionPool)))
+    }
+
+    /// Istio's upstream protocol for a service port: HTTP/2 on HTTP2 and gRPC ports;
+    /// HTTP/1.1 on an HTTP port, unless the DestinationRule sets useClientProtocol (the
+    /// client's protocol; it overrides the upgrade policy) or h2UpgradePolicy UPGRADE.
+    static func upstreamHTTP2(_ port: ServicePort, pool: ConnectionPool?) -> Bool? {
+        if port.speaksHTTP2 { return true }
+        if pool?.useClientProtocol == true { return nil }
+        return pool?.h2Upgrade ?? false
     }
 
     /// The cluster a route destination means; the port defaults to the service's only
