@@ -43,6 +43,8 @@ public struct AgentOptions: Sendable {
     public var metricsPort: UInt16
     /// Seconds an HTTP/1 client may take to send a request's headers (slowloris bound).
     public var requestHeaderTimeout: Double = 10
+    /// Seconds a connection with nothing in flight stays open (proxy clients, tunnels).
+    public var idleTimeout: Double = 3600
     /// Trust domain of workload identities.
     public var trustDomain = "cluster.local"
     /// Node CA from `weft ca issue-node`; nil: the agent's own root in state-dir/ca.
@@ -156,6 +158,7 @@ public final class Agent: Service, @unchecked Sendable {
             let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
             let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark,
                                                   requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000)),
+                                                  idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)),
                                                   tunnelPort: options.tunnelPort, inboundPort: options.inboundPort),
                                   logger: logger,
                                   origin: { [self] client in origin(of: client) },

@@ -141,6 +141,9 @@ public final class OutboundProxy: Sendable {
         public var threads: Int
         /// How long an HTTP/1 client may take to send a request's line and headers.
         public var requestHeaderTimeout: TimeAmount
+        /// A connection with nothing in flight closes after this (Envoy's idle_timeout):
+        /// the proxy's clients, and tunnel connections at both ends.
+        public var idleTimeout: TimeAmount
         /// The mTLS tunnel port, on every address of the node (0: no tunnel).
         public var tunnelPort: UInt16
         /// The plaintext inbound listener the kernel steers to, on every address (0: none).
@@ -148,7 +151,8 @@ public final class OutboundProxy: Sendable {
 
         /// Creates settings.
         public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount, requestHeaderTimeout: TimeAmount = .seconds(10),
-                    tunnelPort: UInt16 = 0, inboundPort: UInt16 = 0) {
+                    idleTimeout: TimeAmount = .hours(1), tunnelPort: UInt16 = 0, inboundPort: UInt16 = 0) {
+            self.idleTimeout = idleTimeout
             self.tunnelPort = tunnelPort
             self.inboundPort = inboundPort
             self.port = port
@@ -162,8 +166,6 @@ public final class OutboundProxy: Sendable {
     static let maxHeaderBytes = 60 * 1024
     static let maxHeaderCount = 100
     static let maxConcurrentStreams = 100
-    /// A client connection with nothing in flight closes after this (Envoy's idle_timeout).
-    static let idleTimeout = TimeAmount.hours(1)
 
     let settings: Settings
     let upstream: UpstreamSettings
@@ -201,7 +203,7 @@ public final class OutboundProxy: Sendable {
             loops[ObjectIdentifier(loop)] = try! loop.submit {
                 let tunnels = tls.flatMap { tls in
                     settings.tunnelPort == 0 ? nil
-                        : TunnelPool(settings: upstream, tls: tls, port: settings.tunnelPort, logger: logger, peers: peers)
+                        : TunnelPool(settings: upstream, tls: tls, port: settings.tunnelPort, idleTimeout: settings.idleTimeout, logger: logger, peers: peers)
                 }
                 return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), observer: observer), eventLoop: loop)
             }.wait()
@@ -302,7 +304,7 @@ public final class OutboundProxy: Sendable {
         limits.maxHeaderListSize = Self.maxHeaderBytes
         limits.maxHeaderFieldSize = Self.maxHeaderBytes
         limits.maxHeaderFieldCount = Self.maxHeaderCount
-        let guardHandler = SlowClientGuard(headerTimeout: settings.requestHeaderTimeout, idleTimeout: Self.idleTimeout) {
+        let guardHandler = SlowClientGuard(headerTimeout: settings.requestHeaderTimeout, idleTimeout: settings.idleTimeout) {
             conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: 408)))
         }
         let handlers: [ChannelHandler] = [
@@ -332,8 +334,9 @@ public final class OutboundProxy: Sendable {
         let stream = NIOHTTP2Handler.StreamConfiguration()
         // Streams live on their connection's loop, where `conn` belongs.
         let bound = NIOLoopBound(conn, eventLoop: ctx.eventLoop)
+        let counter = StreamCounter(eventLoop: ctx.eventLoop, idleTimeout: settings.idleTimeout, server: true)
         let h2 = NIOHTTP2Handler(mode: .server, eventLoop: ctx.eventLoop, connectionConfiguration: connection,
-                                 streamConfiguration: stream) { ch in
+                                 streamConfiguration: stream, streamDelegate: counter.delegate) { ch in
             ch.eventLoop.makeCompletedFuture {
                 let sync = ch.pipeline.syncOperations
                 let proxy = HTTP1ProxyHandler(conn: bound.value, http2: true)
@@ -342,7 +345,7 @@ public final class OutboundProxy: Sendable {
                 try sync.addHandler(proxy)
             }
         }
-        try ctx.pipeline.syncOperations.addHandler(h2, position: .after(ctx.handler))
+        try ctx.pipeline.syncOperations.addHandlers([h2, counter], position: .after(ctx.handler))
     }
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's

@@ -59,6 +59,9 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds an HTTP/1 client may take to send a request's line and headers before it gets 408 and is closed.")
     var requestHeaderTimeout: Double = 10
 
+    @Option(help: "Seconds a connection with nothing in flight stays open: the proxy's clients (HTTP/1 keep-alive, HTTP/2) and the mTLS tunnel's connections, both ways (Envoy's idle_timeout).")
+    var idleTimeout: Double = 3600
+
     @Option(help: "Trust domain of workload identities (spiffe://TRUST-DOMAIN/ns/…/sa/…).")
     var trustDomain = "cluster.local"
 
@@ -105,6 +108,8 @@ struct AgentCommand: AsyncParsableCommand {
             proxyPort: proxyPort, agentMark: mark, accessLog: accessLog, metricsPort: metricsPort)
         var opts = options
         opts.requestHeaderTimeout = requestHeaderTimeout
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout must be more than 0 seconds") }
+        opts.idleTimeout = idleTimeout
         opts.trustDomain = trustDomain
         opts.caDir = ca
         opts.certTTL = max(certTtl, 2)

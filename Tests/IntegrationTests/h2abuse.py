@@ -3,10 +3,13 @@
   rapid_reset  open and immediately reset streams in a loop: how the server ended it
   bad_header   a request whose header value holds a NUL: what the server did
   max_streams  the server's advertised SETTINGS_MAX_CONCURRENT_STREAMS
+With a third argument `idle`, instead: one request, then silence; reports how the
+server ended the connection and after how many seconds.
 """
 import json
 import socket
 import sys
+import time
 
 import h2.config
 import h2.connection
@@ -94,4 +97,24 @@ def max_streams():
     return pump(s, c, until)
 
 
-print(json.dumps({"rapid_reset": rapid_reset(), "bad_header": bad_header(), "max_streams": max_streams()}))
+def idle():
+    s, c = connect()
+    c.send_headers(1, HEADERS, end_stream=True)
+    s.sendall(c.data_to_send())
+    first = pump(s, c, goaway_or_reset)
+    start = time.time()
+    s.settimeout(30)
+    seen = []
+
+    def until(e):
+        if isinstance(e, h2.events.ConnectionTerminated):
+            seen.append("goaway:%s:%d" % (e.error_code.name, e.last_stream_id))
+        return None
+    end = pump(s, c, until, limit=100)
+    return {"first": first, "ended": end, "events": seen, "after": round(time.time() - start, 1)}
+
+
+if sys.argv[3:] == ["idle"]:
+    print(json.dumps(idle()))
+else:
+    print(json.dumps({"rapid_reset": rapid_reset(), "bad_header": bad_header(), "max_streams": max_streams()}))

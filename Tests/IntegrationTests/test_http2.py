@@ -249,3 +249,51 @@ spec:
     assert out.count("HTTP/1.1 200") == 2, out
     seen = [(req["path"], req["body"]) for req in sandbox.requests_seen("h1") if req["path"] in ("/one", "/two")]
     assert seen == [("/one", "hello"), ("/two", "")], sandbox.requests_seen("h1")
+
+
+def established(sandbox, peer):
+    """ESTABLISHED TCP connections in the sandbox's namespace to `peer` (addr:port)."""
+    r = sandbox.run(["ss", "-Htn", "state", "established", "dst", peer], check=True)
+    return len([l for l in r.stdout.splitlines() if l.strip()])
+
+
+def test_idle_http2_connections_close(sandbox):
+    """An HTTP/2 client connection with nothing in flight is closed after --idle-timeout,
+    with a GOAWAY naming its last stream; an upstream HTTP/2 connection after its
+    DestinationRule's idleTimeout. Requests after that work (new connections)."""
+    sandbox.h2_backend("n1", "10.1.8.21")
+    sandbox.write("h2.yaml", http_service_yaml("h2", VIP, [("10.1.8.21", {})], proto="HTTP2") + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: h2}
+spec:
+  hosts: [h2]
+  http:
+  - route:
+    - destination: {host: h2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: h2}
+spec:
+  host: h2
+  trafficPolicy: {connectionPool: {http: {idleTimeout: 1s}}}
+""")
+    sandbox.start_agent("--idle-timeout", "2")
+    r = sandbox.run(["/usr/bin/python3", os.path.join(HERE, "h2abuse.py"), VIP, "80", "idle"], timeout=60, check=True)
+    res = json.loads(r.stdout)
+    assert res["first"] == "response:200" and res["events"] == ["goaway:NO_ERROR:1"] and res["ended"] == "closed", res
+    assert 1.5 <= res["after"] <= 6, res
+    # The agent's pooled connection to nginx went after 1 s of no stream; the next
+    # request opens another.
+    assert established(sandbox, "10.1.8.21:8080") == 0
+    sandbox.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "http://%s/" % VIP], check=True)
+    assert established(sandbox, "10.1.8.21:8080") == 1
+    deadline = time.time() + 10
+    while established(sandbox, "10.1.8.21:8080") and time.time() < deadline:
+        time.sleep(0.2)
+    assert established(sandbox, "10.1.8.21:8080") == 0
+    ok = sandbox.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "http://%s/" % VIP])
+    assert ok.stdout == "200"
+

@@ -191,6 +191,24 @@ def test_http2_and_grpc_across_nodes(mesh):
     assert "failed:" not in a.log()
 
 
+def test_idle_tunnel_connections_close(mesh):
+    """A tunnel connection that carries no stream for --idle-timeout closes (GOAWAY, then
+    close); the next connection across nodes opens a new one."""
+    frontend = setup(mesh, start=False)
+    mesh.start("--idle-timeout", "2")
+    tunnels = lambda: len([l for l in mesh.a.run(["ss", "-Htn", "state", "established", "dport", "= :15008"], check=True).stdout.splitlines()
+                           if l.strip()])
+    r = mesh.a.client("tcp", "10.96.7.8", 9000, 3, cgroup=frontend)
+    assert r["backends"] == {"echo": 3} and not r["failures"], r
+    assert tunnels() >= 1
+    deadline = time.time() + 10
+    while tunnels() and time.time() < deadline:
+        time.sleep(0.2)
+    assert tunnels() == 0, mesh.a.log()
+    r = mesh.a.client("tcp", "10.96.7.8", 9000, 3, cgroup=frontend)
+    assert r["backends"] == {"echo": 3} and not r["failures"], r
+
+
 def test_plaintext_when_destination_rule_disables_tls(mesh):
     frontend = setup(mesh, """---
 apiVersion: networking.istio.io/v1

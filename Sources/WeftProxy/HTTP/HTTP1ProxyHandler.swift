@@ -458,7 +458,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let pool = conn.loop.pool
         let future: EventLoopFuture<UpstreamHTTP1Handler>?
         if upstreamHTTP2 {
-            future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout)
+            future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout, idleTimeout: c.connectionPool?.idleTimeout?.timeAmount)
         } else {
             future = pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
                 ?? (pool.closeIdle(cluster: c.key, except: endpoint) ? pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout) : nil)

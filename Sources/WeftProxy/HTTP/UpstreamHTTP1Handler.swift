@@ -190,7 +190,7 @@ final class HTTP1Pool {
 
     /// A new HTTP/2 stream to the endpoint, on its pooled connection (opened on first use;
     /// nil when that needs a connection the cluster has no slot for).
-    func acquireStream(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
+    func acquireStream(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?, idleTimeout: TimeAmount?)
         -> EventLoopFuture<UpstreamHTTP1Handler>? {
         let mux: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>
         let connState: HTTP2ConnectionState
@@ -204,8 +204,11 @@ final class HTTP1Pool {
             connState = HTTP2ConnectionState()
             let watcherState = NIOLoopBound(connState, eventLoop: loop)
             let made = dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
+                // Idle (no stream) for the policy's idleTimeout, it closes, as an idle
+                // HTTP/1.1 connection does.
+                let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false)
                 let m = try ch.pipeline.syncOperations.configureHTTP2Pipeline(
-                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(), streamDelegate: counter.delegate) { pushed in
                     pushed.close() // no server push through a proxy
                 }
                 // After a GOAWAY the connection finishes its streams but takes no new ones:
@@ -214,6 +217,7 @@ final class HTTP1Pool {
                     watcherState.value.goAwayLastStreamID = last
                     self?.forgetHTTP2(key, ch)
                 })
+                try ch.pipeline.syncOperations.addHandler(counter)
                 // A connection error fails its streams (502) instead of leaving them waiting.
                 try ch.pipeline.syncOperations.addHandler(CloseOnError { _ in })
                 ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }

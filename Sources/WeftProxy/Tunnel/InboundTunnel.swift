@@ -86,11 +86,14 @@ extension OutboundProxy {
             HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
             HTTP2Setting(parameter: .maxHeaderListSize, value: 16 * 1024),
         ]
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: .init()) { [self] stream in
+        let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: settings.idleTimeout, server: true)
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: .init(),
+                                            streamDelegate: counter.delegate) { [self] stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(TunnelTargetHandler(proxy: self, peer: peer, remote: remote))
             }
         }
+        try sync.addHandler(counter)
         try sync.addHandler(CloseOnError { [self] error in
             // A peer whose certificate the callback refused was counted there.
             if !peer.checked { refuse(.tunnel, .handshake, "\(error)", peer: remote) }
@@ -107,7 +110,7 @@ extension OutboundProxy {
             return
         }
         answer?(true)
-        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: Self.idleTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
+        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: settings.idleTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
             do {
                 switch proto {
                 case .http1: try self.addHTTP1(conn, ctx)

@@ -30,8 +30,13 @@ final class TunnelPool {
     /// The identities a node's agent may present (from the current tables).
     private let peers: @Sendable (String) -> Set<String>
 
-    init(settings: UpstreamSettings, tls: TunnelTLS, port: UInt16, logger: Logger, peers: @escaping @Sendable (String) -> Set<String>) {
+    /// A connection with no stream for this long closes.
+    private let idleTimeout: TimeAmount
+
+    init(settings: UpstreamSettings, tls: TunnelTLS, port: UInt16, idleTimeout: TimeAmount, logger: Logger,
+         peers: @escaping @Sendable (String) -> Set<String>) {
         self.peers = peers
+        self.idleTimeout = idleTimeout
         self.settings = settings
         self.tls = tls
         self.port = Int(port)
@@ -87,7 +92,7 @@ final class TunnelPool {
         } catch {
             return loop.makeFailedFuture(error)
         }
-        let logger = logger
+        let logger = logger, idleTimeout = idleTimeout
         let address = SocketKey(via, UInt16(port))
         let peer = PeerIdentity()
         let peers = peers(key.node)
@@ -99,12 +104,14 @@ final class TunnelPool {
         let made = settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
             let sync = ch.pipeline.syncOperations
             try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil, customVerificationCallback: verify))
-            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init()) { pushed in
+            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false)
+            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(),
+                                                    streamDelegate: counter.delegate) { pushed in
                 pushed.close()
             }
             // After a GOAWAY the connection finishes its streams; new ones get a new one.
             try sync.addHandler(GoAwayWatcher { [weak self] _ in self?.forget(key, ch) })
-            try sync.addHandler(StreamCounter())
+            try sync.addHandler(counter)
             try sync.addHandler(CloseOnError { error in
                 logger.warning("tunnel to \(address) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
             })
@@ -144,18 +151,5 @@ final class TunnelPool {
                 channel.close(promise: nil)
             }
         }
-    }
-}
-
-/// Counts the open streams of an HTTP/2 connection (from NIO's stream events), so a
-/// retired tunnel connection can close once its last stream is done.
-final class StreamCounter: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame
-    private(set) var open = 0
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is NIOHTTP2StreamCreatedEvent { open += 1 }
-        if event is StreamClosedEvent { open -= 1 }
-        context.fireUserInboundEventTriggered(event)
     }
 }

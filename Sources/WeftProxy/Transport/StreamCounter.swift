@@ -1,0 +1,82 @@
+import NIOCore
+import NIOHTTP2
+
+/// Counts the open streams of an HTTP/2 connection, so a retired tunnel connection can
+/// close once its last stream is done; and closes the connection once it has had no
+/// stream for `idleTimeout` (Envoy's idle_timeout). The close is announced with GOAWAY
+/// naming the last stream the peer opened, so the peer knows that a stream it opens
+/// meanwhile was not processed and may be retried (RFC 9113 §6.8).
+///
+/// Sits after the connection's NIOHTTP2Handler, which must be given `delegate`: with the
+/// inline stream multiplexer NIO reports stream creation and closure to that delegate
+/// only, not down the pipeline.
+final class StreamCounter: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    private(set) var open = 0
+    private let idleTimeout: TimeAmount?
+    /// Serving: the peer opens the streams (a client of the proxy, a tunnel's source).
+    private let server: Bool
+    private let eventLoop: EventLoop
+    private var lastPeerStream = HTTP2StreamID.rootStream
+    private var timer: Scheduled<Void>?
+    private var context: ChannelHandlerContext?
+
+    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool) {
+        self.eventLoop = eventLoop
+        self.idleTimeout = idleTimeout
+        self.server = server
+    }
+
+    /// For the NIOHTTP2Handler of the same connection (called on its event loop).
+    var delegate: Delegate { Delegate(counter: NIOLoopBound(self, eventLoop: eventLoop)) }
+
+    struct Delegate: NIOHTTP2StreamDelegate {
+        let counter: NIOLoopBound<StreamCounter>
+        func streamCreated(_ id: HTTP2StreamID, channel: Channel) { counter.value.created(id) }
+        func streamClosed(_ id: HTTP2StreamID, channel: Channel) { counter.value.closed() }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { armIdle() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        self.context = nil
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        armIdle()
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        timer?.cancel()
+        timer = nil
+        context.fireChannelInactive()
+    }
+
+    private func created(_ id: HTTP2StreamID) {
+        open += 1
+        timer?.cancel()
+        timer = nil
+        if server { lastPeerStream = max(lastPeerStream, id) }
+    }
+
+    private func closed() {
+        open -= 1
+        if open == 0 { armIdle() }
+    }
+
+    private func armIdle() {
+        guard let idleTimeout, open == 0, let context else { return }
+        timer?.cancel()
+        timer = context.eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [self] in
+            guard open == 0, let context = self.context, context.channel.isActive else { return }
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastPeerStream, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(NIOAny(goAway), promise: nil)
+            context.close(promise: nil)
+        }
+    }
+}
