@@ -138,9 +138,9 @@ spec:
     assert abs(counts.get("n2", 0) / 1000.0 - 0.10) <= 0.03, counts
 
 
-def test_http2_abuse_is_contained(sandbox):
-    """Rapid Reset closes the connection with GOAWAY; a header with a NUL or CR is refused
-    with a stream reset; too many concurrent streams are refused; the agent serves on."""
+def routed_h2(sandbox, extra=""):
+    """nginx n1 (h2c) behind an HTTP2 service at VIP:80 with a route, so the agent
+    proxies it; `extra` YAML is added."""
     sandbox.h2_backend("n1", "10.1.8.21")
     sandbox.write("h2.yaml", http_service_yaml("h2", VIP, [("10.1.8.21", {})], proto="HTTP2") + """
 ---
@@ -152,7 +152,13 @@ spec:
   http:
   - route:
     - destination: {host: h2}
-""")
+""" + extra)
+
+
+def test_http2_abuse_is_contained(sandbox):
+    """Rapid Reset closes the connection with GOAWAY; a header with a NUL or CR is refused
+    with a stream reset; too many concurrent streams are refused; the agent serves on."""
+    routed_h2(sandbox)
     sandbox.start_agent()
     r = sandbox.run(["/usr/bin/python3", os.path.join(HERE, "h2abuse.py"), VIP, "80"], timeout=120)
     assert r.returncode == 0, r.stderr
@@ -261,18 +267,7 @@ def test_idle_http2_connections_close(sandbox):
     """An HTTP/2 client connection with nothing in flight is closed after --idle-timeout,
     with a GOAWAY naming its last stream; an upstream HTTP/2 connection after its
     DestinationRule's idleTimeout. Requests after that work (new connections)."""
-    sandbox.h2_backend("n1", "10.1.8.21")
-    sandbox.write("h2.yaml", http_service_yaml("h2", VIP, [("10.1.8.21", {})], proto="HTTP2") + """
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: h2}
-spec:
-  hosts: [h2]
-  http:
-  - route:
-    - destination: {host: h2}
----
+    routed_h2(sandbox, """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: h2}
