@@ -231,6 +231,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     // MARK: request events
 
     func start() {
+        if head.method == .TRACE && hasBody {
+            localReply(.badRequest)
+            return
+        }
         let listener = conn.listener
         let authority = head.headers.first(name: "host") ?? ""
         var uri = head.uri
@@ -411,6 +415,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         }
         for ops in d.requestHeaders { apply(ops, to: &h) }
         if upstreamHTTP2 { return HTTPRequestHead(version: .http2, method: head.method, uri: d.path, headers: h) }
+        // HTTP/2 clients may split cookies into several fields; HTTP/1.1 gets one
+        // (RFC 9113 §8.2.3).
+        let cookies = h["cookie"]
+        if cookies.count > 1 { h.replaceOrAdd(name: "cookie", value: cookies.joined(separator: "; ")) }
         // HTTP/1.1 frames a body itself: by its Content-Length, else chunked — also for a
         // GET, which NIO would otherwise send unframed (the upstream would read the body
         // as the next request).

@@ -28,6 +28,9 @@ struct LocalReply {
     static let accessDenied = LocalReply(status: .forbidden, body: "RBAC: access denied", flags: [])
     /// A path that cannot be normalized safely (an encoded NUL, control characters).
     static let badPath = LocalReply(status: .badRequest, body: "Bad Request", flags: ["DPE"])
+    /// A request weft cannot pass on safely (a TRACE with a body: NIO's encoder would send
+    /// that body unframed, the next request as far as the upstream is concerned).
+    static let badRequest = LocalReply(status: .badRequest, body: "Bad Request", flags: ["DPE"])
 
     /// UO: a connectionPool limit (circuit breaker) is full.
     static let overflow = LocalReply(status: .serviceUnavailable,

@@ -206,7 +206,9 @@ final class HTTP1Pool {
             let made = dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
                 // Idle (no stream) for the policy's idleTimeout, it closes, as an idle
                 // HTTP/1.1 connection does.
-                let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false)
+                let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false) {
+                    [weak self] in self?.forgetHTTP2(key, ch)
+                }
                 let m = try ch.pipeline.syncOperations.configureHTTP2Pipeline(
                     mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(), streamDelegate: counter.delegate) { pushed in
                     pushed.close() // no server push through a proxy
@@ -268,7 +270,13 @@ final class HTTP1Pool {
         let idleTimeout = policy?.idleTimeout?.timeAmount, maxRequests = policy?.maxRequestsPerConnection
         conn.delegate = nil
         conn.setPaused(false)
-        if conn.isStream { return }
+        if conn.isStream {
+            // It ends by itself once both END_STREAMs are through, normally before the
+            // next tick; one still open then (a server that answered early and reads no
+            // more of a body held back by flow control) would hold a stream slot for good.
+            conn.context?.eventLoop.assumeIsolated().execute { if conn.isActive { conn.close() } }
+            return
+        }
         guard conn.isActive, let loop = conn.context?.eventLoop else { return }
         if let max = maxRequests, max > 0, conn.requests >= max {
             conn.close()

@@ -147,11 +147,12 @@ public struct ProxyTables: Sendable {
                     // The first service that names a workload port decides its protocol.
                     if inboundTargets[target] != nil { continue }
                     let key = ClusterKey(host: "\(we.metadata.name).\(we.metadata.namespace)", subset: nil, port: b.port, inbound: true)
-                    // Toward its own workload the agent speaks what its client spoke,
-                    // except where the port says HTTP/2 (Istio's inbound clusters).
+                    // Toward its own workload the agent speaks what the port says, as
+                    // Istio's inbound clusters: HTTP/2 on HTTP2 and gRPC ports, else
+                    // HTTP/1.1 (whatever the source agent sent through the tunnel).
                     let cluster = Cluster(key: key, endpoints: [Endpoint(socket: target, weight: 1, workload: w)], loadBalancer: .random,
                                           connectionPool: nil, outlierDetection: nil, service: id,
-                                          upstreamHTTP2: port.speaksHTTP2 ? true : nil)
+                                          upstreamHTTP2: port.speaksHTTP2)
                     inboundTargets[target] = InboundTarget(workload: we, identity: we.identity(trustDomain: trustDomain),
                                                            listener: listener, cluster: cluster,
                                                            authorization: AuthorizationEngine(snapshot: snapshot, workload: we))

@@ -20,11 +20,15 @@ final class StreamCounter: ChannelInboundHandler {
     private var lastPeerStream = HTTP2StreamID.rootStream
     private var timer: Scheduled<Void>?
     private var context: ChannelHandlerContext?
+    /// Told when the idle close begins (a pool stops handing the connection out: a TLS
+    /// close waits for the peer's close_notify, and the channel is active until then).
+    private let onIdleClose: (() -> Void)?
 
-    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool) {
+    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, onIdleClose: (() -> Void)? = nil) {
         self.eventLoop = eventLoop
         self.idleTimeout = idleTimeout
         self.server = server
+        self.onIdleClose = onIdleClose
     }
 
     /// For the NIOHTTP2Handler of the same connection (called on its event loop).
@@ -74,6 +78,7 @@ final class StreamCounter: ChannelInboundHandler {
         timer?.cancel()
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [self] in
             guard open == 0, let context = self.context, context.channel.isActive else { return }
+            onIdleClose?()
             let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastPeerStream, errorCode: .noError, opaqueData: nil))
             context.writeAndFlush(NIOAny(goAway), promise: nil)
             context.close(promise: nil)

@@ -104,7 +104,7 @@ final class TunnelPool {
         let made = settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
             let sync = ch.pipeline.syncOperations
             try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil, customVerificationCallback: verify))
-            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false)
+            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak self] in self?.forget(key, ch) }
             let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(),
                                                     streamDelegate: counter.delegate) { pushed in
                 pushed.close()
