@@ -209,31 +209,29 @@ def test_idle_tunnel_connections_close(mesh):
     assert r["backends"] == {"echo": 3} and not r["failures"], r
 
 
-def test_upgraded_http_port_reaches_an_http1_workload(mesh):
-    """h2UpgradePolicy UPGRADE makes agent a speak HTTP/2 through the tunnel; agent b
-    still speaks HTTP/1.1 to the workload of an HTTP port (Istio's inbound cluster)."""
-    frontend = setup(mesh, """---
+def web_rule(traffic_policy):
+    """A DestinationRule for the web service with this trafficPolicy (flow YAML)."""
+    return """---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: web, namespace: default}
 spec:
   host: web.default.svc.cluster.local
-  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
-""")
+  trafficPolicy: %s
+""" % traffic_policy
+
+
+def test_upgraded_http_port_reaches_an_http1_workload(mesh):
+    """h2UpgradePolicy UPGRADE makes agent a speak HTTP/2 through the tunnel; agent b
+    still speaks HTTP/1.1 to the workload of an HTTP port (Istio's inbound cluster)."""
+    frontend = setup(mesh, web_rule("{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}"))
     r = mesh.a.http("http://10.96.7.7/up", 5, cgroup=frontend)
     assert r["statuses"] == {"200": 5}, r
     assert len(mesh.b.requests_seen("web")) == 5
 
 
 def test_plaintext_when_destination_rule_disables_tls(mesh):
-    frontend = setup(mesh, """---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: default}
-spec:
-  host: web.default.svc.cluster.local
-  trafficPolicy: {tls: {mode: DISABLE}}
-""")
+    frontend = setup(mesh, web_rule("{tls: {mode: DISABLE}}"))
     r = mesh.a.http("http://10.96.7.7/", 5, "-H", "x-forwarded-client-cert:forged", cgroup=frontend)
     assert r["statuses"] == {"200": 5}, r
     # Straight from node a (the kernel's L4 path): no identity was asserted, and a
