@@ -264,6 +264,15 @@ spec:
     assert out.startswith("HTTP/1.1 400") and out.count("HTTP/1.1 200") == 1, out
     paths = [req["path"] for req in sandbox.requests_seen("h1")]
     assert "/admin" not in paths and "/t" not in paths and "/three" in paths, paths
+    # A request asking to upgrade (curl --http2 over http:// asks for h2c) is answered in
+    # HTTP/1.1 with the Upgrade dropped, and the connection closes after it: the parser
+    # reads nothing more after such a request, so a second one would wait for 408.
+    raw = ("GET /u1 HTTP/1.1\r\nHost: plain\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+           "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\nGET /u2 HTTP/1.1\r\nHost: plain\r\n\r\n")
+    out = sandbox.run(["python3", "-c", PIPELINED, "10.96.8.31", "80"], input=raw.encode().hex(), check=True).stdout
+    assert out.startswith("HTTP/1.1 200") and "connection: close" in out.lower() and out.count("HTTP/1.1") == 1, out
+    seen = {req["path"]: req for req in sandbox.requests_seen("h1")}
+    assert "upgrade" not in seen["/u1"]["headers"] and "/u2" not in seen, seen["/u1"]
     # Cookies an HTTP/2 client split into fields reach an HTTP/1.1 server as one.
     curl("--http2-prior-knowledge", "-H", "cookie: a=1", "-H", "cookie: b=2", "http://10.96.8.31/cookies")
     seen = {req["path"]: req for req in sandbox.requests_seen("h1")}

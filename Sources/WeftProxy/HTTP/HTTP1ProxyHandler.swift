@@ -157,8 +157,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                                         "trailer", "proxy-authenticate", "proxy-authorization"]
 
     /// Whether the client keeps its connection after this response: always on HTTP/2
-    /// (streams end, connections stay), per the request on HTTP/1.
-    private var keepAlive: Bool { handler.http2 || head.isKeepAlive }
+    /// (streams end, connections stay), per the request on HTTP/1 — except after a request
+    /// asking to switch protocols (`Upgrade`, e.g. curl's h2c, or CONNECT): NIO's parser
+    /// reads nothing more on that connection, which weft does not switch, so the next
+    /// request would wait for the header timeout. It closes instead, as RFC 9110 allows.
+    private var keepAlive: Bool {
+        handler.http2 || (head.isKeepAlive && !head.headers.contains(name: "upgrade") && head.method != .CONNECT)
+    }
     /// gRPC: HTTP/2 with content-type application/grpc*.
     private var isGRPC: Bool { handler.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
 
