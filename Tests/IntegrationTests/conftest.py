@@ -220,6 +220,11 @@ class Sandbox:
             assert time.time() < deadline, "nginx %s did not start" % name
             time.sleep(0.05)
 
+    def ws_backend(self, name, addr, port=8080, cgroup=None):
+        """A WebSocket server (wspeer.py): 101, a greeting, then an upper-casing echo."""
+        return self._server(name, addr, ["python3", os.path.join(HERE, "wspeer.py"), "server", name, addr, str(port), self._log_of(name)],
+                            cgroup=cgroup)
+
     def grpc_backend(self, name, addr, port=8080):
         """A gRPC server (grpcpeer.py, Debian's python3-grpcio) that logs every call."""
         return self._server(name, addr, ["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "server", name, addr, str(port),

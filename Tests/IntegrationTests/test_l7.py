@@ -627,3 +627,34 @@ def test_consistent_hash_on_header_cookie_and_query(sandbox):
     value = cookie[0].split(":", 1)[1].split(";")[0].strip()
     out = sandbox.http("http://%s/c" % VIP, 20, "-H", "cookie: " + value)
     assert len(out["backends"]) == 1
+
+
+def test_websocket_upgrade_through_a_routed_http_port(sandbox):
+    """A WebSocket handshake passes the L7 proxy (Istio allows the upgrade on HTTP ports):
+    the route applies to it, the 101 reaches the client, and from then on the bytes flow
+    both ways untouched — the server's first bytes, sent with its 101, included."""
+    sandbox.ws_backend("ws", "10.1.7.21")
+    sandbox.write("ws.yaml", http_service_yaml("ws", VIP, [("10.1.7.21", {})]) + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ws}
+spec:
+  hosts: [ws]
+  http:
+  - route:
+    - destination: {host: ws}
+    headers: {request: {set: {x-route: ws}}}
+""")
+    sandbox.start_agent("--access-log", os.path.join(sandbox.tmp, "access.log"))
+    for i in range(3):
+        r = sandbox.run(["python3", os.path.join(HERE, "wspeer.py"), "client", VIP, "80", "/chat%d" % i], check=True)
+        out = json.loads(r.stdout)
+        assert out == {"status": "HTTP/1.1 101 Switching Protocols", "accept_ok": True, "upgrade": "websocket",
+                       "connection": "Upgrade", "greeting": "hello from ws", "echo": "PING-1"}, out
+    seen = sandbox.requests_seen("ws")
+    assert [s["line"] for s in seen] == ["GET /chat%d HTTP/1.1" % i for i in range(3)]
+    assert all(s["headers"]["upgrade"] == "websocket" and s["headers"]["x-route"] == "ws" for s in seen), seen
+    lines = sandbox.access_log(3)
+    assert [l["response_code"] for l in lines] == [101] * 3, lines
+

@@ -10,7 +10,7 @@ import os
 import subprocess
 import urllib.request
 
-from conftest import WEFT
+from conftest import HERE, WEFT
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/frontend"
 WEB_ID = "spiffe://cluster.local/ns/default/sa/web"
@@ -118,43 +118,31 @@ def test_tcp_across_nodes(mesh):
                and l.endswith(" 30") for l in opened), opened
 
 
-H2_AND_GRPC = """---
+def node_b_service(name, vip, address, protocol):
+    """A service on port 80 whose one workload (`<name>-b`, cgroup `<name>`, service
+    account web) runs on node b at `address`:8080."""
+    return """---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {name: h2, namespace: default}
+metadata: {name: %(n)s, namespace: default}
 spec:
-  hosts: [h2.default.svc.cluster.local]
-  addresses: [10.96.7.9]
-  ports: [{number: 80, name: http2, protocol: HTTP2, targetPort: 8080}]
+  hosts: [%(n)s.default.svc.cluster.local]
+  addresses: [%(vip)s]
+  ports: [{number: 80, name: p, protocol: %(p)s, targetPort: 8080}]
   resolution: STATIC
-  workloadSelector: {labels: {app: h2}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: greeter, namespace: default}
-spec:
-  hosts: [greeter.default.svc.cluster.local]
-  addresses: [10.96.7.10]
-  ports: [{number: 80, name: grpc, protocol: GRPC, targetPort: 8080}]
-  resolution: STATIC
-  workloadSelector: {labels: {app: greeter}}
+  workloadSelector: {labels: {app: %(n)s}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata:
-  name: h2-b
+  name: %(n)s-b
   namespace: default
-  annotations: {weft.io/node: node-b, weft.io/cgroup: h2}
-spec: {address: 10.250.2.12, labels: {app: h2}, serviceAccount: web}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata:
-  name: greeter-b
-  namespace: default
-  annotations: {weft.io/node: node-b, weft.io/cgroup: greeter}
-spec: {address: 10.250.2.13, labels: {app: greeter}, serviceAccount: web}
-"""
+  annotations: {weft.io/node: node-b, weft.io/cgroup: %(n)s}
+spec: {address: %(a)s, labels: {app: %(n)s}, serviceAccount: web}
+""" % {"n": name, "vip": vip, "a": address, "p": protocol}
+
+
+H2_AND_GRPC = node_b_service("h2", "10.96.7.9", "10.250.2.12", "HTTP2") + node_b_service("greeter", "10.96.7.10", "10.250.2.13", "GRPC")
 
 
 def test_http2_and_grpc_across_nodes(mesh):
@@ -228,6 +216,29 @@ def test_upgraded_http_port_reaches_an_http1_workload(mesh):
     r = mesh.a.http("http://10.96.7.7/up", 5, cgroup=frontend)
     assert r["statuses"] == {"200": 5}, r
     assert len(mesh.b.requests_seen("web")) == 5
+
+
+def test_websocket_across_nodes(mesh):
+    """A WebSocket session through the tunnel: both agents switch to bytes on the 101 (on
+    node a the upstream is a CONNECT stream, on node b the client is one). With
+    maxConnections 1 each closed session gives its connection slot back."""
+    frontend = setup(mesh, node_b_service("ws", "10.96.7.11", "10.250.2.14", "HTTP") + """---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: ws, namespace: default}
+spec:
+  host: ws.default.svc.cluster.local
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}
+""", start=False)
+    mesh.b.ws_backend("ws", "10.250.2.14")
+    mesh.start()
+    for i in range(3):
+        r = mesh.a.run(["python3", os.path.join(HERE, "wspeer.py"), "client", "10.96.7.11", "80", "/s%d" % i], cgroup=frontend, check=True)
+        out = json.loads(r.stdout)
+        assert out["status"].startswith("HTTP/1.1 101") and out["accept_ok"] and out["greeting"] == "hello from ws" \
+            and out["echo"] == "PING-1", out
+    seen = mesh.b.requests_seen("ws")
+    assert len(seen) == 3 and all(s["headers"]["x-forwarded-client-cert"].endswith("URI=" + CLIENT_ID) for s in seen), seen
 
 
 def test_plaintext_when_destination_rule_disables_tls(mesh):

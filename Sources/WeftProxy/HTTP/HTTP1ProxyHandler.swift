@@ -8,7 +8,7 @@ import WeftConfig
 /// per request; the NIO pipelining handler in front serialises pipelined requests) or one
 /// HTTP/2 stream (seen through NIO's HTTP/2-to-HTTP/1 codec, so both share this code).
 /// Reads are withheld while an exchange cannot take more of the request body.
-final class HTTP1ProxyHandler: ChannelDuplexHandler {
+final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
@@ -171,6 +171,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     let head: HTTPRequestHead
     /// The request carries a body (known from its head, or its HTTP/2 HEADERS frame).
     let hasBody: Bool
+    /// A WebSocket handshake (an HTTP/1.1 GET asking to upgrade to websocket), which Istio
+    /// lets through on HTTP ports: on a 101 both connections become opaque byte streams.
+    let webSocket: Bool
+    /// The upstream said 101: its end switches both connections to bytes.
+    private var switching = false
     let started = NIODeadline.now()
     let startTime = Date()
     private var conn: ConnectionContext { handler.conn }
@@ -231,6 +236,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         self.handler = handler
         self.head = head
         self.hasBody = hasBody
+        webSocket = !handler.http2 && head.method == .GET && head.headers["upgrade"].contains { value in
+            value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "websocket" }
+        }
     }
 
     // MARK: request events
@@ -316,7 +324,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         decision = d
         cluster = c
         clusterState = state
-        upstreamHTTP2 = c.upstreamHTTP2 ?? handler.http2
+        // A WebSocket handshake goes over HTTP/1.1 (weft speaks no RFC 8441 upstream).
+        upstreamHTTP2 = webSocket ? false : (c.upstreamHTTP2 ?? handler.http2)
         upstreamHead = makeUpstreamHead(d)
         if let t = d.timeout, t.nanoseconds > 0 {
             routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
@@ -428,6 +437,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         // GET, which NIO would otherwise send unframed (the upstream would read the body
         // as the next request).
         if hasBody && !h.contains(name: "content-length") { h.replaceOrAdd(name: "transfer-encoding", value: "chunked") }
+        if webSocket {
+            // Hop-by-hop, so dropped above; a WebSocket handshake asks the next hop again.
+            h.replaceOrAdd(name: "connection", value: "Upgrade")
+            h.replaceOrAdd(name: "upgrade", value: head.headers["upgrade"].joined(separator: ", "))
+        }
         return HTTPRequestHead(version: .http1_1, method: head.method, uri: d.path, headers: h)
     }
 
@@ -642,6 +656,19 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func upstreamRead(_ part: HTTPClientResponsePart, from up: UpstreamHTTP1Handler) {
         guard up === upstream, !finished else { return }
         switch part {
+        case .head(let rh) where webSocket && rh.status == .switchingProtocols:
+            // The handshake succeeded: the client hears it now, and the connections are
+            // switched to bytes at the response's end (NIO's decoder is still running).
+            status = 101
+            responseStarted = true
+            switching = true
+            if let ep = lastEndpoint { clusterState?.record(ep, .success) }
+            var h = Self.endToEnd(rh.headers)
+            for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
+            h.replaceOrAdd(name: "connection", value: "Upgrade")
+            h.replaceOrAdd(name: "upgrade", value: rh.headers["upgrade"].joined(separator: ", "))
+            handler.write(.head(HTTPResponseHead(version: head.version, status: .switchingProtocols, headers: h)))
+            handler.write(.end(nil), flush: true)
         case .head(let rh):
             let code = Int(rh.status.code)
             grpcStatus = rh.headers.first(name: "grpc-status").flatMap { Int($0) }
@@ -676,6 +703,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         case .body(let b):
             responseBytes += b.readableBytes
             handler.write(.body(.byteBuffer(b)))
+        case .end where switching:
+            upstream = nil
+            up.delegate = nil
+            complete()
+            WebSocketSplice.switchToBytes(client: handler, upstream: up)
         case .end(let trailers):
             guard responseStarted else { return }
             if let g = trailers?.first(name: "grpc-status").flatMap({ Int($0) }) { grpcStatus = g }
@@ -818,3 +850,54 @@ final class RequestBodyObserver: ChannelInboundHandler {
         context.fireChannelRead(data)
     }
 }
+
+/// Turns a client connection and its upstream connection whose WebSocket handshake just
+/// succeeded into one opaque byte stream: splice handlers go in, the HTTP handlers come
+/// out (the decoders last). The upstream's decoder hands on the bytes it read past the
+/// 101 (a server may send its first frames with it); a client must wait for the 101
+/// before sending any (RFC 6455 §4.1), so what its decoder held is dropped.
+enum WebSocketSplice {
+    static func switchToBytes(client: HTTP1ProxyHandler, upstream: UpstreamHTTP1Handler) {
+        guard let clientChannel = client.context?.channel, let upChannel = upstream.context?.channel else {
+            client.closeClient()
+            upstream.close()
+            return
+        }
+        // The connection leaves the pool for good: its slot is given back when it closes.
+        if let onClose = upstream.onClose {
+            upstream.onClose = nil
+            upChannel.closeFuture.assumeIsolated().whenComplete { _ in onClose(upstream) }
+        }
+        let (toClient, toUpstream) = SpliceHandler.pair()
+        do {
+            let up = upChannel.pipeline.syncOperations, cl = clientChannel.pipeline.syncOperations
+            try up.addHandler(toUpstream)
+            try cl.addHandler(toClient)
+            try remove(from: up, [UpstreamHTTP1Handler.self, NIOHTTPRequestHeadersValidator.self, HTTPRequestEncoder.self,
+                                  ByteToMessageHandler<HTTPResponseDecoder>.self])
+            try remove(from: cl, [HTTP1ProxyHandler.self, HTTPServerPipelineHandler.self, SlowClientGuard.self, HTTPResponseEncoder.self,
+                                  ByteToMessageHandler<HTTPRequestDecoder>.self])
+        } catch {
+            clientChannel.close(promise: nil)
+            upChannel.close(promise: nil)
+            return
+        }
+        // A read either side's HTTP handlers held back would never come otherwise.
+        clientChannel.read()
+        upChannel.read()
+        // The upstream decoder leaves once its decode loop is over, handing on the bytes it
+        // held with no read-complete after them, so nothing would flush them: flush then.
+        clientChannel.eventLoop.assumeIsolated().execute {
+            clientChannel.flush()
+            upChannel.flush()
+        }
+    }
+
+    private static func remove(from pipeline: ChannelPipeline.SynchronousOperations, _ types: [ChannelHandler.Type]) throws {
+        for type in types {
+            guard let ctx = try? pipeline.context(handlerType: type) else { continue }
+            pipeline.removeHandler(context: ctx, promise: nil)
+        }
+    }
+}
+

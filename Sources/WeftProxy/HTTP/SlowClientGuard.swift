@@ -10,7 +10,7 @@ enum RequestProgress {
 /// Bounds how long an HTTP/1 client may take: the request line and headers must be in
 /// within `headerTimeout` of their first byte (slowloris: 408 and close), and a
 /// keep-alive connection with nothing in flight closes after `idleTimeout`.
-final class SlowClientGuard: ChannelDuplexHandler {
+final class SlowClientGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer

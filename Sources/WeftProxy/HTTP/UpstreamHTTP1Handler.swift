@@ -14,7 +14,7 @@ protocol UpstreamHTTP1Delegate: AnyObject {
 /// The proxy's end of one upstream HTTP/1.1 connection: hands response parts to the
 /// exchange that currently owns it, and lets that exchange pause its reads while the
 /// client cannot take more (backpressure). Pooled between requests.
-final class UpstreamHTTP1Handler: ChannelDuplexHandler {
+final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPClientResponsePart
     typealias OutboundIn = HTTPClientRequestPart
     typealias OutboundOut = HTTPClientRequestPart
@@ -177,7 +177,9 @@ final class HTTP1Pool {
             cluster.connectionClosed()
         }
         return dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
-            try ch.pipeline.syncOperations.addHTTPClientHandlers()
+            // Bytes past a 101 (a WebSocket's first frames) go on to what replaces the
+            // decoder, never dropped.
+            try ch.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
             try ch.pipeline.syncOperations.addHandler(handler)
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             return handler
