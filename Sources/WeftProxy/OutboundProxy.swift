@@ -30,9 +30,12 @@ final class LoopState {
     /// syscall per draw, and a request draws several times (route, fault, pick, jitter).
     private var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
     let observer: @Sendable (ProxyEvent) -> Void
+    /// Settings.idleTimeout, for what this loop splices (opaque TCP, WebSocket sessions).
+    let idleTimeout: TimeAmount
 
-    init(dialer: Dialer, observer: @escaping @Sendable (ProxyEvent) -> Void) {
+    init(dialer: Dialer, idleTimeout: TimeAmount, observer: @escaping @Sendable (ProxyEvent) -> Void) {
         pool = HTTP1Pool(dialer: dialer)
+        self.idleTimeout = idleTimeout
         self.observer = observer
     }
 
@@ -205,7 +208,7 @@ public final class OutboundProxy: Sendable {
                     settings.tunnelPort == 0 ? nil
                         : TunnelPool(settings: upstream, tls: tls, port: settings.tunnelPort, idleTimeout: settings.idleTimeout, logger: logger, peers: peers)
                 }
-                return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), observer: observer), eventLoop: loop)
+                return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), idleTimeout: settings.idleTimeout, observer: observer), eventLoop: loop)
             }.wait()
         }
         self.loops = loops
@@ -368,6 +371,7 @@ public final class OutboundProxy: Sendable {
         let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
         let logger = logger
         return TCPProxyHandler(
+            idleTimeout: conn.loop.idleTimeout,
             connect: { loop in
                 guard let ep = endpoint, let state else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
                 guard state.openConnection() else { return loop.makeFailedFuture(ProxyError("maxConnections reached (UO)")) }

@@ -59,7 +59,7 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Seconds an HTTP/1 client may take to send a request's line and headers before it gets 408 and is closed.")
     var requestHeaderTimeout: Double = 10
 
-    @Option(help: "Seconds a connection with nothing in flight stays open: the proxy's clients (HTTP/1 keep-alive, HTTP/2) and the mTLS tunnel's connections, both ways (Envoy's idle_timeout).")
+    @Option(help: "Seconds a connection with nothing in flight stays open: the proxy's clients (HTTP/1 keep-alive, HTTP/2), the mTLS tunnel's connections both ways, and spliced TCP and WebSocket sessions (Envoy's idle_timeout).")
     var idleTimeout: Double = 3600
 
     @Option(help: "Trust domain of workload identities (spiffe://TRUST-DOMAIN/ns/…/sa/…).")

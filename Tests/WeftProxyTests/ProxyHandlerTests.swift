@@ -259,6 +259,22 @@ spec:
         b.pipeline.fireChannelWritabilityChanged()
         #expect(reads.reads == before + 1)
     }
+
+    @Test func aPairWithNoTrafficForTheIdleTimeoutCloses() throws {
+        let loop = EmbeddedEventLoop()
+        let a = EmbeddedChannel(loop: loop), b = EmbeddedChannel(loop: loop)
+        try a.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
+        try b.connect(to: .init(ipAddress: "10.0.0.2", port: 1)).wait()
+        let (ha, hb) = SpliceHandler.pair(idleTimeout: .seconds(2))
+        try a.pipeline.syncOperations.addHandler(ha)
+        try b.pipeline.syncOperations.addHandler(hb)
+        loop.advanceTime(by: .milliseconds(1500))
+        try b.writeInbound(ByteBuffer(string: "still here")) // traffic on the other side counts
+        loop.advanceTime(by: .milliseconds(1500))
+        #expect(a.isActive && b.isActive)
+        loop.advanceTime(by: .milliseconds(600))
+        #expect(!a.isActive && !b.isActive)
+    }
 }
 
 /// Counts the reads that get through to the channel.
@@ -276,7 +292,7 @@ final class ReadCounter: ChannelOutboundHandler {
     func channel(_ records: NIOLockedValueBox<[RequestRecord]>) throws -> EmbeddedChannel {
         let t = try tables(routedWeb)
         let listener = try #require(t.listeners[SocketKey(IPAddress("10.96.0.10")!, 80)])
-        let loop = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil)) { e in
+        let loop = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1)) { e in
             if case .request(let r) = e { records.withLockedValue { $0.append(r) } }
         }
         let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("127.0.0.1")!, 40000),

@@ -707,7 +707,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             upstream = nil
             up.delegate = nil
             complete()
-            WebSocketSplice.switchToBytes(client: handler, upstream: up)
+            WebSocketSplice.switchToBytes(client: handler, upstream: up, idleTimeout: conn.loop.idleTimeout)
         case .end(let trailers):
             guard responseStarted else { return }
             if let g = trailers?.first(name: "grpc-status").flatMap({ Int($0) }) { grpcStatus = g }
@@ -857,7 +857,7 @@ final class RequestBodyObserver: ChannelInboundHandler {
 /// 101 (a server may send its first frames with it); a client must wait for the 101
 /// before sending any (RFC 6455 §4.1), so what its decoder held is dropped.
 enum WebSocketSplice {
-    static func switchToBytes(client: HTTP1ProxyHandler, upstream: UpstreamHTTP1Handler) {
+    static func switchToBytes(client: HTTP1ProxyHandler, upstream: UpstreamHTTP1Handler, idleTimeout: TimeAmount) {
         guard let clientChannel = client.context?.channel, let upChannel = upstream.context?.channel else {
             client.closeClient()
             upstream.close()
@@ -868,7 +868,7 @@ enum WebSocketSplice {
             upstream.onClose = nil
             upChannel.closeFuture.assumeIsolated().whenComplete { _ in onClose(upstream) }
         }
-        let (toClient, toUpstream) = SpliceHandler.pair()
+        let (toClient, toUpstream) = SpliceHandler.pair(idleTimeout: idleTimeout)
         do {
             let up = upChannel.pipeline.syncOperations, cl = clientChannel.pipeline.syncOperations
             try up.addHandler(toUpstream)

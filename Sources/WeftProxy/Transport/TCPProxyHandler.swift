@@ -7,6 +7,7 @@ final class TCPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
 
+    private let idleTimeout: TimeAmount
     private let connect: (EventLoop) -> EventLoopFuture<Channel>
     private let connected: (Channel?) -> Void
     private let spliced: (SpliceHandler, SpliceHandler) -> Void
@@ -16,8 +17,9 @@ final class TCPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// `connect` opens the upstream connection; `connected` is told the outcome (nil:
     /// failed, the client is closed); `spliced` gets the handler pair (client, upstream).
-    init(connect: @escaping (EventLoop) -> EventLoopFuture<Channel>, connected: @escaping (Channel?) -> Void,
+    init(idleTimeout: TimeAmount, connect: @escaping (EventLoop) -> EventLoopFuture<Channel>, connected: @escaping (Channel?) -> Void,
          spliced: @escaping (SpliceHandler, SpliceHandler) -> Void) {
+        self.idleTimeout = idleTimeout
         self.connect = connect
         self.connected = connected
         self.spliced = spliced
@@ -72,7 +74,7 @@ final class TCPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         upstream = up
         connected(up)
-        let (client, server) = SpliceHandler.pair()
+        let (client, server) = SpliceHandler.pair(idleTimeout: idleTimeout)
         do {
             try up.pipeline.syncOperations.addHandler(server)
             try context.pipeline.syncOperations.addHandler(client, position: .after(self))
