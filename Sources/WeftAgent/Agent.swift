@@ -43,7 +43,8 @@ public struct AgentOptions: Sendable {
     public var metricsPort: UInt16
     /// Seconds an HTTP/1 client may take to send a request's headers (slowloris bound).
     public var requestHeaderTimeout: Double = 10
-    /// Seconds a connection with nothing in flight stays open (proxy clients, tunnels).
+    /// Seconds a connection with nothing in flight stays open (proxy clients, tunnels,
+    /// spliced sessions).
     public var idleTimeout: Double = 3600
     /// Trust domain of workload identities.
     public var trustDomain = "cluster.local"

@@ -145,7 +145,7 @@ public final class OutboundProxy: Sendable {
         /// How long an HTTP/1 client may take to send a request's line and headers.
         public var requestHeaderTimeout: TimeAmount
         /// A connection with nothing in flight closes after this (Envoy's idle_timeout):
-        /// the proxy's clients, and tunnel connections at both ends.
+        /// the proxy's clients, tunnel connections at both ends, and spliced sessions.
         public var idleTimeout: TimeAmount
         /// The mTLS tunnel port, on every address of the node (0: no tunnel).
         public var tunnelPort: UInt16

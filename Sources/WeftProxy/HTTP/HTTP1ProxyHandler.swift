@@ -161,9 +161,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// asking to switch protocols (`Upgrade`, e.g. curl's h2c, or CONNECT): NIO's parser
     /// reads nothing more on that connection, which weft does not switch, so the next
     /// request would wait for the header timeout. It closes instead, as RFC 9110 allows.
-    private var keepAlive: Bool {
-        handler.http2 || (head.isKeepAlive && !head.headers.contains(name: "upgrade") && head.method != .CONNECT)
-    }
+    private let keepAlive: Bool
     /// gRPC: HTTP/2 with content-type application/grpc*.
     private var isGRPC: Bool { handler.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
 
@@ -236,6 +234,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         self.handler = handler
         self.head = head
         self.hasBody = hasBody
+        keepAlive = handler.http2 || (head.isKeepAlive && !head.headers.contains(name: "upgrade") && head.method != .CONNECT)
         webSocket = !handler.http2 && head.method == .GET && head.headers["upgrade"].contains { value in
             value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "websocket" }
         }
@@ -663,11 +662,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             responseStarted = true
             switching = true
             if let ep = lastEndpoint { clusterState?.record(ep, .success) }
-            var h = Self.endToEnd(rh.headers)
-            for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
-            h.replaceOrAdd(name: "connection", value: "Upgrade")
-            h.replaceOrAdd(name: "upgrade", value: rh.headers["upgrade"].joined(separator: ", "))
-            handler.write(.head(HTTPResponseHead(version: head.version, status: .switchingProtocols, headers: h)))
+            var out = clientHead(rh)
+            out.headers.replaceOrAdd(name: "connection", value: "Upgrade")
+            out.headers.replaceOrAdd(name: "upgrade", value: rh.headers["upgrade"].joined(separator: ", "))
+            handler.write(.head(out))
             handler.write(.end(nil), flush: true)
         case .head(let rh):
             let code = Int(rh.status.code)

@@ -184,7 +184,7 @@ public struct ProxyTables: Sendable {
         // Automatic mTLS: a meshed workload (bound to a node) is reached through its node's
         // agent unless the DestinationRule or the workload's PeerAuthentication says
         // DISABLE; ISTIO_MUTUAL in the DestinationRule insists on it.
-        let tls = pick(\.tls)
+        let tls = pick(\.tls), pool = pick(\.connectionPool)
         func transport(_ b: ServiceBackend) -> EndpointTransport {
             if tls == .disable { return .plain }
             if let node = b.node, tls == .istioMutual || snapshot.acceptsMutualTLS(b) { return .tunnel(node: node) }
@@ -194,8 +194,8 @@ public struct ProxyTables: Sendable {
                        endpoints: selected.map { Endpoint(socket: SocketKey($0.address, $0.port), weight: $0.weight, workload: $0.workload,
                                                           transport: transport($0)) },
                        loadBalancer: pick(\.loadBalancer) ?? .random,
-                       connectionPool: pick(\.connectionPool), outlierDetection: pick(\.outlierDetection), service: service,
-                       upstreamHTTP2: upstreamHTTP2(servicePort, pool: pick(\.connectionPool)))
+                       connectionPool: pool, outlierDetection: pick(\.outlierDetection), service: service,
+                       upstreamHTTP2: upstreamHTTP2(servicePort, pool: pool))
     }
 
     /// Istio's upstream protocol for a service port: HTTP/2 on HTTP2 and gRPC ports;
