@@ -46,6 +46,17 @@ class Handler(BaseHTTPRequestHandler):
         # delayed ACK add 40 ms to every keep-alive request.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def parse_request(self):
+        # Lenient, as many servers are: empty lines before the request line are skipped
+        # (RFC 9112 §2.2) and the method's case is ignored. The mesh must not count on
+        # the workload refusing what its own parser refused.
+        while self.raw_requestline in (b"\r\n", b"\n"):
+            self.raw_requestline = self.rfile.readline(65537)
+        ok = super().parse_request()
+        if ok:
+            self.command = self.command.upper()
+        return ok
+
     def handle_any(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = self.read_chunked()

@@ -219,8 +219,18 @@ spec:
         #expect(ProtocolSniffHandler.classify(view("PROPFIND / HTTP/1.1")) == .http1)
         #expect(ProtocolSniffHandler.classify(view("GE")) == nil)
         #expect(ProtocolSniffHandler.classify(view("\u{16}\u{03}\u{01}")) == .opaque)   // a TLS ClientHello
-        #expect(ProtocolSniffHandler.classify(view("SSH-2.0-OpenSSH")) == .opaque)
         #expect(ProtocolSniffHandler.classify(view(" GET")) == .opaque)
+        // What servers read as a request is read as one (the strict parser then decides):
+        // empty lines first (RFC 9112 §2.2), any tchar method, upper case or not.
+        #expect(ProtocolSniffHandler.classify(view("\r\nGET / HTTP/1.1")) == .http1)
+        #expect(ProtocolSniffHandler.classify(view("\n\r\n\r\nGET / HTTP/1.1")) == .http1)
+        #expect(ProtocolSniffHandler.classify(view("get / HTTP/1.1")) == .http1)
+        #expect(ProtocolSniffHandler.classify(view("SSH-2.0-OpenSSH_9.2p1 Debian")) == .opaque) // longer than any method
+        #expect(ProtocolSniffHandler.classify(view("\r\n\r\n")) == nil)
+        // Not a request line: opaque (authorized as TCP at the destination).
+        #expect(ProtocolSniffHandler.classify(view("GET\t/admin HTTP/1.1")) == .opaque)
+        #expect(ProtocolSniffHandler.classify(view(String(repeating: "\r\n", count: 9) + "GET / HTTP/1.1")) == .opaque)
+        #expect(ProtocolSniffHandler.classify(view("ABCDEFGHIJKLMNOPQRSTU V")) == .opaque)
     }
 
     @Test func handsTheBufferedBytesOnAndLeaves() throws {

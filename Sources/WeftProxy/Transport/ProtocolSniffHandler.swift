@@ -9,7 +9,9 @@ enum SniffedProtocol: Equatable {
 
 /// Reads just enough of a connection to tell HTTP/1.1 (a request line), HTTP/2 (the
 /// connection preface) and anything else apart, then hands the buffered bytes to the
-/// handlers `decided` installs and leaves the pipeline.
+/// handlers `decided` installs and leaves the pipeline. On an HTTP port "anything else"
+/// is authorized as plain TCP at the destination (Istio's rule for TCP: an ALLOW rule
+/// with HTTP fields matches nothing, a DENY rule with them denies all).
 final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -46,19 +48,45 @@ final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler
         }
     }
 
-    /// The protocol the bytes so far prove, or nil if more are needed.
+    /// The protocol the bytes so far prove, or nil if more are needed. HTTP/1 is a request
+    /// line's start — a method token of any RFC 9110 tchar, upper case or not, then SP —
+    /// after the empty lines RFC 9112 §2.2 lets a server skip: a request that servers read
+    /// as HTTP must be read as HTTP here too, and NIO's strict parser is what refuses an
+    /// unknown method, not a guess that hands the bytes on unparsed.
     static func classify(_ bytes: ByteBufferView) -> SniffedProtocol? {
         let n = min(bytes.count, preface.count)
         if bytes.prefix(n).elementsEqual(preface.prefix(n)) {
             return n == preface.count ? .http2 : nil
         }
-        // HTTP/1: a method token (RFC 9110 tchar, in practice upper-case letters) then SP.
-        for (i, b) in bytes.enumerated() {
-            if b == UInt8(ascii: " ") { return i > 0 ? .http1 : .opaque }
-            let isToken = (b >= 0x41 && b <= 0x5A) || b == UInt8(ascii: "-") || b == UInt8(ascii: "_")
-            if !isToken || i >= maxMethod { return .opaque }
+        var i = bytes.startIndex
+        var emptyLineBytes = 0
+        while i < bytes.endIndex, bytes[i] == UInt8(ascii: "\r") || bytes[i] == UInt8(ascii: "\n") {
+            emptyLineBytes += 1
+            if emptyLineBytes > maxLeadingEmptyLineBytes { return .opaque }
+            i = bytes.index(after: i)
+        }
+        var length = 0
+        while i < bytes.endIndex {
+            let b = bytes[i]
+            if b == UInt8(ascii: " ") { return length > 0 ? .http1 : .opaque }
+            if !isTokenChar(b) || length >= maxMethod { return .opaque }
+            length += 1
+            i = bytes.index(after: i)
         }
         return nil
+    }
+
+    /// Empty lines weft skips before a request line, in bytes (CR and LF each count).
+    static let maxLeadingEmptyLineBytes = 16
+
+    /// RFC 9110 §5.6.2 tchar: ALPHA, DIGIT and !#$%&'*+-.^_`|~.
+    static func isTokenChar(_ b: UInt8) -> Bool {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            return true
+        default:
+            return "!#$%&'*+-.^_`|~".utf8.contains(b)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -16,6 +16,8 @@ struct InboundPeer {
     let sourceWorkload: ResourceID?
     /// The local workload port the stream is delivered to.
     let target: InboundTarget
+    /// How it arrived (what a refusal is counted as).
+    let path: InboundPath
 }
 
 extension OutboundProxy {
@@ -115,7 +117,18 @@ extension OutboundProxy {
                 switch proto {
                 case .http1: try self.addHTTP1(conn, ctx)
                 case .http2: try self.addHTTP2(conn, ctx)
-                case .opaque: try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn, answer: nil), position: .after(ctx.handler))
+                case .opaque:
+                    // Not HTTP on an HTTP port: at the destination it passes only as
+                    // plain TCP would (never as unparsed bytes past the HTTP rules).
+                    if let peer = conn.inbound,
+                       let denied = self.authorizeTCP(peer, client: conn.client.address, destination: conn.origin.destination, loop: conn.loop,
+                                                      asTCP: true) {
+                        self.refuse(peer.path, .denied, "\(conn.origin.destination): not HTTP on an HTTP port, and as TCP: \(denied)",
+                                    peer: conn.client)
+                        ctx.close(promise: nil)
+                        return
+                    }
+                    try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn, answer: nil), position: .after(ctx.handler))
                 }
             } catch {
                 ctx.close(promise: nil)
@@ -126,9 +139,10 @@ extension OutboundProxy {
 
 extension OutboundProxy {
     /// Authorizes a connection to a plain TCP port once, when it arrives (an HTTP port is
-    /// authorized request by request); nil if allowed, else the deciding decision.
-    func authorizeTCP(_ peer: InboundPeer, client: IPAddress, destination: SocketKey, loop: LoopState) -> AuthzDecision? {
-        guard !peer.target.listener.port.isHTTP else { return nil }
+    /// authorized request by request, unless `asTCP`: what arrived there is not HTTP);
+    /// nil if allowed, else the deciding decision.
+    func authorizeTCP(_ peer: InboundPeer, client: IPAddress, destination: SocketKey, loop: LoopState, asTCP: Bool = false) -> AuthzDecision? {
+        guard asTCP || !peer.target.listener.port.isHTTP else { return nil }
         let request = AuthzRequest(identity: peer.identity, sourceIP: client, destinationIP: destination.address,
                                    destinationPort: destination.port, http: nil)
         let decision = peer.target.authorization.evaluate(request)
@@ -165,7 +179,7 @@ extension OutboundProxy {
             throw ProxyError("not a local workload port")
         }
         guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
-        let peer = InboundPeer(identity: nil, sourceWorkload: nil, target: target)
+        let peer = InboundPeer(identity: nil, sourceWorkload: nil, target: target, path: .plaintext)
         if let denied = authorizeTCP(peer, client: remote.address, destination: local, loop: loop) {
             refuse(.plaintext, .denied, "plaintext to \(local): \(denied)", peer: remote)
             throw ProxyError("denied")
@@ -224,7 +238,7 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
         let source = forwarded.flatMap { tables.workloadsByAddress[$0] }.flatMap { we in
             we.identity(trustDomain: tables.trustDomain) == identity ? we.id : nil
         }
-        let peerInfo = InboundPeer(identity: identity, sourceWorkload: source, target: target)
+        let peerInfo = InboundPeer(identity: identity, sourceWorkload: source, target: target, path: .tunnel)
         if let denied = proxy.authorizeTCP(peerInfo, client: forwarded ?? remote.address, destination: targetKey, loop: loop) {
             refuse(context, 403, .denied, "\(identity) to \(authority): \(denied)")
             return
