@@ -114,15 +114,48 @@ final class ConnectionContext {
 
     /// How this connection reaches `ep`: through the tunnel, presenting the source
     /// workload's certificate, when the endpoint is meshed and the source has an identity
-    /// (a client outside any workload has none, and goes in plaintext like any outsider).
+    /// (a client outside any workload has none, and goes in plaintext like any outsider —
+    /// which a STRICT port refuses: the proxy's marked socket must not lend it a way past
+    /// the kernel's guard).
     func route(to ep: Endpoint) -> UpstreamRoute {
         switch ep.transport {
-        case .plain: return .direct
-        case .unreachable: return .refused
+        case .unreachable:
+            return .refused("tls ISTIO_MUTUAL: \(ep.socket) is not a meshed workload")
         case .tunnel(let node):
-            guard loop.dialer.tunnels != nil, let s = source, let id = sourceID else { return .direct }
-            return .tunnel(TunnelKey(source: id, sourceAddress: s.spec.address, node: node))
+            if loop.dialer.tunnels != nil, let s = source, let id = sourceID {
+                return .tunnel(TunnelKey(source: id, sourceAddress: s.spec.address, node: node))
+            }
+        case .plain:
+            break
         }
+        if ep.requiresMutualTLS && inbound == nil {
+            let who = source == nil ? "this client is no workload of the mesh" : "this connection would be plaintext"
+            return .refused("\(ep.socket) accepts only mTLS (PeerAuthentication STRICT) and \(who)")
+        }
+        return .direct
+    }
+
+    /// One of this node's workload ports that `route` reaches in plaintext from the proxy's
+    /// own socket, which the kernel's guard lets through: the agent applies that
+    /// workload's inbound rules itself, as its tunnel and inbound listener do (no
+    /// principal). Nil when the destination agent already did (a tunnel or steered
+    /// connection), or the endpoint is not a local workload port.
+    func localPlaintextTarget(_ ep: Endpoint, route: UpstreamRoute) -> InboundTarget? {
+        guard inbound == nil, case .direct = route else { return nil }
+        return tables.inboundTargets[ep.socket]
+    }
+
+    /// The inbound authorization of a plaintext request to a local workload port (see
+    /// localPlaintextTarget): nil if allowed, else the deciding decision. `http` carries
+    /// the request as it goes upstream, its path normalized.
+    func authorizeLocalPlaintext(_ target: InboundTarget, endpoint: SocketKey, http: AuthzRequest.HTTP?) -> AuthzDecision? {
+        let request = AuthzRequest(identity: nil, sourceIP: client.address, destinationIP: endpoint.address, destinationPort: endpoint.port,
+                                   http: http)
+        let decision = target.authorization.evaluate(request)
+        if !decision.audited.isEmpty {
+            loop.observe(.audit(decision, request: http.map { "\($0.method) \($0.path)" } ?? "TCP \(endpoint)", peer: nil))
+        }
+        return decision.allowed ? nil : decision
     }
 
     /// What consistent hashing on the source address hashes: the workload's address when
@@ -374,8 +407,13 @@ public final class OutboundProxy: Sendable {
             idleTimeout: conn.loop.idleTimeout,
             connect: { loop in
                 guard let ep = endpoint, let state else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
+                let route = conn.route(to: ep)
+                if let target = conn.localPlaintextTarget(ep, route: route),
+                   let denied = conn.authorizeLocalPlaintext(target, endpoint: ep.socket, http: nil) {
+                    return loop.makeFailedFuture(ProxyError("plaintext to \(ep.socket) denied: \(denied)"))
+                }
                 guard state.openConnection() else { return loop.makeFailedFuture(ProxyError("maxConnections reached (UO)")) }
-                return conn.loop.dialer.dial(ep.socket, route: conn.route(to: ep), on: loop, timeout: timeout, halfClose: true).map { ch in
+                return conn.loop.dialer.dial(ep.socket, route: route, on: loop, timeout: timeout, halfClose: true).map { ch in
                     ch.closeFuture.whenComplete { _ in state.connectionClosed() }
                     return ch
                 }.flatMapErrorThrowing { error in

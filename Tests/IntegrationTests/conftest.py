@@ -180,9 +180,9 @@ class Sandbox:
         cg = "echo $$ > %s/cgroup.procs; " % cgroup if cgroup else ""
         return ["sh", "-c", cg + 'exec nsenter --net=/run/netns/%s "$@"' % self.ns, "sh"] + argv
 
-    def backend(self, name, addr, port=8080, mode="tcp"):
+    def backend(self, name, addr, port=8080, mode="tcp", cgroup=None):
         self.add_address(addr)
-        p = subprocess.Popen(self.in_ns(["python3", os.path.join(HERE, "backend.py"), name, addr, str(port), mode]),
+        p = subprocess.Popen(self.in_ns(["python3", os.path.join(HERE, "backend.py"), name, addr, str(port), mode], cgroup=cgroup),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert p.stdout.readline().strip() == "ready", "backend %s did not start" % name
         self.procs.append(p)

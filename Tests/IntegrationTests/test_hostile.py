@@ -8,6 +8,7 @@ import os
 
 from conftest import HERE
 from test_mtls import setup as mtls_setup
+from test_peerauth import inbound_counts
 
 DENY_ADMIN = """---
 apiVersion: security.istio.io/v1
@@ -51,7 +52,7 @@ def test_bytes_the_sniffer_does_not_recognise_never_pass_an_http_port_unparsed(m
     reads as HTTP reaches the workload without the HTTP rules: it is parsed as HTTP
     (and refused, or authorized), or else authorized as plain TCP, which a DENY rule
     with HTTP fields denies outright."""
-    frontend = mtls_setup(mesh, DENY_ADMIN, start=False)
+    frontend = mtls_setup(mesh, DENY_ADMIN, start=False, in_cgroups=True)
     start_with_interfaces(mesh)
     a, b = mesh.a, mesh.b
     paths = {"tunnel": ("10.96.7.7", 80, frontend), "steered plaintext": ("10.250.2.10", 8080, None)}
@@ -67,3 +68,69 @@ def test_bytes_the_sniffer_does_not_recognise_never_pass_an_http_port_unparsed(m
     refusals = [l for l in b.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=b.cgroup, check=True).stdout.splitlines()
                 if l.startswith(("weft_tunnel_refused_total{", "weft_plaintext_refused_total{")) and 'reason="denied"' in l]
     assert all(not l.endswith(" 0") for l in refusals) and len(refusals) == 2, refusals
+
+
+SAME_NODE = """---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: client-b
+  namespace: default
+  annotations: {weft.io/node: node-b, weft.io/cgroup: client-b}
+spec: {address: 10.250.2.50, labels: {app: client-b}, serviceAccount: client-b}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: echo-strict, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  mtls: {mode: STRICT}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: secret-needs-mtls, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules: [{from: [{source: {notPrincipals: ["*"]}}], to: [{operation: {paths: ["/secret"]}}]}]
+"""
+
+
+def test_unmeshed_local_clients_do_not_borrow_the_agents_identity(mesh):
+    """Class 2: a process under --cgroup that is no workload, on the node of the
+    destination, dials the service VIPs. The agent carries it on its own marked socket,
+    which the kernel's guard lets through, so the agent applies the destination's inbound
+    rules itself: STRICT refuses it, and authorization sees no principal. The same holds
+    for a workload whose DestinationRule says tls DISABLE toward a STRICT port."""
+    mtls_setup(mesh, DENY_ADMIN + SAME_NODE, start=False, in_cgroups=True)
+    a, b = mesh.a, mesh.b
+    os.makedirs(os.path.join(b.cgroup, "client-b"))
+    b.add_address("10.250.2.50")
+    start_with_interfaces(mesh)
+    meshed = os.path.join(b.cgroup, "client-b")
+    # The control: the meshed workload of the same node reaches both, with its identity.
+    assert not b.client("tcp", "10.96.7.8", 9000, 3, cgroup=meshed)["failures"]
+    assert b.http("http://10.96.7.7/secret", 1, cgroup=meshed)["statuses"] == {"200": 1}
+    # The unmeshed client (the sandbox's `client` cgroup: under --cgroup, no workload).
+    echo = b.client("tcp", "10.96.7.8", 9000, 3)
+    assert len(echo["failures"]) == 3 and not echo["backends"], echo
+    got = {p: b.http("http://10.96.7.7" + p, 1)["statuses"] for p in ("/secret", "/%73ecret", "/admin", "/public")}
+    assert got == {"/secret": {"403": 1}, "/%73ecret": {"403": 1}, "/admin": {"403": 1}, "/public": {"200": 1}}, got
+    seen = [r["path"] for r in b.requests_seen("web")]
+    assert seen == ["/secret", "/public"], seen
+    # tls DISABLE toward the STRICT port: refused for the meshed client too.
+    after = len(b.log())
+    mesh.write("dr.yaml", """apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo, namespace: default}
+spec:
+  host: echo.default.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+""")
+    b.wait_log(r"config revision \d+ applied", after=after)
+    before = inbound_counts(b).get(("10.250.2.11", "strict_local"), 0)
+    echo = b.client("tcp", "10.96.7.8", 9000, 1, cgroup=meshed)
+    assert len(echo["failures"]) == 1 and not echo["backends"], echo
+    # The port is no longer captured (tls DISABLE: the kernel's L4 path), and the
+    # workload's socket refused the plaintext.
+    assert inbound_counts(b).get(("10.250.2.11", "strict_local"), 0) > before

@@ -61,15 +61,17 @@ spec: {address: 10.250.1.10, labels: {app: frontend}, serviceAccount: frontend}
 """
 
 
-def setup(mesh, extra="", clients=(), start=True):
+def setup(mesh, extra="", clients=(), start=True, in_cgroups=False):
     """Cgroups, addresses and backends of CONFIG (+ `extra`), then both agents unless
-    `start` is False (a test that starts them with its own flags)."""
+    `start` is False (a test that starts them with its own flags). `in_cgroups`: the
+    servers run in their workloads' cgroups (where the kernel's guard holds STRICT)."""
     a, b = mesh.a, mesh.b
     for node, cg in ((a, "frontend"), (b, "web"), (b, "echo")) + tuple((a, c) for c in clients):
         os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
     a.add_address("10.250.1.10")
-    b.http_backend("web", "10.250.2.10", 8080)
-    b.backend("echo", "10.250.2.11", 9000)
+    cg = (lambda name: os.path.join(b.cgroup, name)) if in_cgroups else (lambda name: None)
+    b.http_backend("web", "10.250.2.10", 8080, cgroup=cg("web"))
+    b.backend("echo", "10.250.2.11", 9000, cgroup=cg("echo"))
     mesh.write("mesh.yaml", CONFIG + extra)
     if start:
         mesh.start()

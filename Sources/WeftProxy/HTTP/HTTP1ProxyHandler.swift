@@ -478,7 +478,23 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func connect(_ ep: Endpoint) {
         guard let c = cluster, let state = clusterState, let loop = handler.context?.eventLoop else { return }
         let endpoint = ep.socket
-        let key = PoolKey(cluster: c.key, endpoint: endpoint, route: conn.route(to: ep))
+        let route = conn.route(to: ep)
+        if let target = conn.localPlaintextTarget(ep, route: route), let head = upstreamHead {
+            // What this node's workload would be asked in plaintext through the inbound
+            // listener: the path normalized as policy reads it, and that path sent.
+            guard let (path, query) = PathNormalizer.normalize(head.uri) else {
+                finish(with: .badPath)
+                return
+            }
+            let http = AuthzRequest.HTTP(host: head.headers.first(name: "host") ?? "", method: head.method.rawValue, path: path,
+                                         headers: head.headers.map { ($0.name, $0.value) })
+            guard conn.authorizeLocalPlaintext(target, endpoint: endpoint, http: http) == nil else {
+                finish(with: .accessDenied)
+                return
+            }
+            upstreamHead?.uri = path + (query.map { "?" + $0 } ?? "")
+        }
+        let key = PoolKey(cluster: c.key, endpoint: endpoint, route: route)
         poolKey = key
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool

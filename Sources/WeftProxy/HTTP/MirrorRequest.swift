@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import WeftConfig
 
 /// A shadow copy of a request (VirtualService mirror): sent to one endpoint of the mirror
 /// cluster, its response read and thrown away. Fire and forget: it never waits for a
@@ -30,7 +31,8 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         guard state.startRequest() else { return }
         self.state = state
         guard let ep = conn.loop.picker(cluster, exclude: state.ejected(), hash: nil, state: state),
-              case let key = PoolKey(cluster: cluster.key, endpoint: ep.socket, route: conn.route(to: ep)),
+              case let route = conn.route(to: ep), mayReach(ep, route),
+              case let key = PoolKey(cluster: cluster.key, endpoint: ep.socket, route: route),
               let future = conn.loop.pool.acquire(key, cluster: state, on: loop,
                                                   connectTimeout: cluster.connectionPool?.connectTimeout?.timeAmount) else {
             state.endRequest()
@@ -50,6 +52,16 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
             for b in self.body { up.send(.body(.byteBuffer(b))) }
             up.send(.end(nil), flush: true)
         }
+    }
+
+    /// A shadow toward one of this node's workload ports in plaintext passes its inbound
+    /// rules like any other plaintext request (see ConnectionContext.localPlaintextTarget).
+    private func mayReach(_ ep: Endpoint, _ route: UpstreamRoute) -> Bool {
+        guard let target = conn.localPlaintextTarget(ep, route: route) else { return true }
+        guard let (path, _) = PathNormalizer.normalize(head.uri) else { return false }
+        let http = AuthzRequest.HTTP(host: head.headers.first(name: "host") ?? "", method: head.method.rawValue, path: path,
+                                     headers: head.headers.map { ($0.name, $0.value) })
+        return conn.authorizeLocalPlaintext(target, endpoint: ep.socket, http: http) == nil
     }
 
     private func finish(reuse: Bool) {

@@ -33,6 +33,9 @@ public struct Endpoint: Hashable, Sendable {
     /// The WorkloadEntry behind it, if any (destination_workload in telemetry).
     public var workload: ResourceID?
     public var transport: EndpointTransport = .plain
+    /// The workload's port is under PeerAuthentication STRICT: only the mTLS tunnel may
+    /// reach it, never the proxy's own plaintext socket.
+    public var requiresMutualTLS = false
 }
 
 /// A port of one of this node's workloads that the tunnel may deliver to.
@@ -185,6 +188,10 @@ public struct ProxyTables: Sendable {
         // agent unless the DestinationRule or the workload's PeerAuthentication says
         // DISABLE; ISTIO_MUTUAL in the DestinationRule insists on it.
         let tls = pick(\.tls), pool = pick(\.connectionPool)
+        func strict(_ b: ServiceBackend) -> Bool {
+            guard b.node != nil, let id = b.workload, case .workloadEntry(let we)? = snapshot.resources[id] else { return false }
+            return snapshot.mtls(for: we, port: b.port).mode == .strict
+        }
         func transport(_ b: ServiceBackend) -> EndpointTransport {
             if tls == .disable { return .plain }
             if let node = b.node, tls == .istioMutual || snapshot.acceptsMutualTLS(b) { return .tunnel(node: node) }
@@ -192,7 +199,7 @@ public struct ProxyTables: Sendable {
         }
         return Cluster(key: ClusterKey(host: host, subset: subset?.name, port: port),
                        endpoints: selected.map { Endpoint(socket: SocketKey($0.address, $0.port), weight: $0.weight, workload: $0.workload,
-                                                          transport: transport($0)) },
+                                                          transport: transport($0), requiresMutualTLS: strict($0)) },
                        loadBalancer: pick(\.loadBalancer) ?? .random,
                        connectionPool: pool, outlierDetection: pick(\.outlierDetection), service: service,
                        upstreamHTTP2: upstreamHTTP2(servicePort, pool: pool))

@@ -44,8 +44,9 @@ enum UpstreamRoute: Hashable {
     case direct
     /// A CONNECT stream through the mTLS tunnel to the endpoint's node.
     case tunnel(TunnelKey)
-    /// Not at all: tls ISTIO_MUTUAL to an endpoint no agent serves.
-    case refused
+    /// Not at all, for the reason given: tls ISTIO_MUTUAL to an endpoint no agent serves,
+    /// or plaintext toward a STRICT workload port.
+    case refused(String)
 }
 
 /// Opens the upstream connections of one event loop.
@@ -67,8 +68,8 @@ final class Dialer {
         case .tunnel(let key):
             guard let tunnels else { return loop.makeFailedFuture(ProxyError("no mTLS tunnel in this agent")) }
             return tunnels.open(key, via: endpoint.address, target: endpoint, on: loop, timeout: timeout)
-        case .refused:
-            return loop.makeFailedFuture(ProxyError("tls ISTIO_MUTUAL: \(endpoint) is not a meshed workload"))
+        case .refused(let reason):
+            return loop.makeFailedFuture(ProxyError(reason))
         }
     }
 }
