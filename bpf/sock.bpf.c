@@ -232,34 +232,90 @@ int weft_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+/* Whether the connection attempt `p` comes from one of the agent's own sockets. The
+ * mark is only the hint that makes the common case cheap: the proof is the sending
+ * socket itself, found in this namespace's connection table by the reversed tuple (on
+ * this node a SYN's sender is a local socket in SYN_SENT), which must be the agent's.
+ * The network cannot forge it either: crossing a namespace clears the mark, and no
+ * socket of this node's table sent that packet. */
+static __always_inline int weft_syn_from_agent(struct __sk_buff *skb, const struct weft_pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	struct bpf_sock *sender;
+	__u32 len;
+	int agent;
+
+	if (!weft_settings.agent_mark || skb->mark != weft_settings.agent_mark)
+		return 0;
+	if (p->family == WEFT_FAMILY_V4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->daddr, 4);
+		__builtin_memcpy(&t.ipv4.daddr, p->saddr, 4);
+		t.ipv4.sport = p->dport;
+		t.ipv4.dport = p->sport;
+		len = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->daddr, 16);
+		__builtin_memcpy(t.ipv6.daddr, p->saddr, 16);
+		t.ipv6.sport = p->dport;
+		t.ipv6.dport = p->sport;
+		len = sizeof(t.ipv6);
+	}
+	sender = bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	if (!sender)
+		return 0;
+	agent = sender->state == BPF_TCP_SYN_SENT && weft_sk_is_agent(sender);
+	bpf_sk_release(sender);
+	return agent;
+}
+
 /* The last word on plaintext connections to a workload, at the workload's own listening
  * socket: whatever path the SYN took (loopback from this node, an interface without the
- * TC program), a STRICT port accepts only the agent (its sockets carry agent_mark; the
- * mark survives loopback, and crossing a network namespace clears it, so the network
- * cannot forge it). A port under AuthorizationPolicy that was not steered to the agent
- * is refused rather than let past the policy. */
+ * TC program, a node address no workload owns), a STRICT port accepts only the agent. The
+ * workload is the listening socket's, by its cgroup, not the packet's destination: a
+ * workload listening on a wildcard address is the same workload on every address of the
+ * node, 127.0.0.1 and ::1 included. A port under AuthorizationPolicy that was not
+ * steered to the agent is refused rather than let past the policy, and no one but the
+ * agent may listen on the agent's ports. */
 SEC("cgroup_skb/ingress")
 int weft_in_guard(struct __sk_buff *skb)
 {
 	struct bpf_sock *sk = skb->sk;
 	struct weft_inpol_val *v;
+	struct weft_wl_val *wl;
 	struct weft_pkt p = {};
+	__u64 cgroup;
 	int r;
 
 	if (!sk || sk->state != BPF_TCP_LISTEN)
 		return 1; /* established traffic: the common case, decided in two loads */
-	if (weft_settings.agent_mark && skb->mark == weft_settings.agent_mark)
-		return 1;
+	cgroup = bpf_skb_cgroup_id(skb);
+	if (weft_settings.agent_cgroup && cgroup == weft_settings.agent_cgroup)
+		return 1; /* the agent's own listeners: the tunnel, steered plaintext, capture */
 	r = weft_parse(skb, 0, &p);
 	if (r == WEFT_PKT_OTHER)
 		return 1;
+	wl = bpf_map_lookup_elem(&weft_wl_v1, &cgroup);
+	if (wl) {
+		/* Judged (and counted) as the listening workload, whatever address was dialed. */
+		__builtin_memset(p.daddr, 0, 16);
+		__builtin_memcpy(p.daddr, wl->addr, 16);
+		p.family = wl->family;
+	}
 	if (r == WEFT_PKT_OPAQUE) {
 		if (!weft_inpol_lookup(&p, 0))
 			return 1;
 		weft_in_count(&p, WEFT_IN_STRICT_LOCAL);
 		return 0;
 	}
-	if (!weft_is_connect(&p) || weft_is_agent_port(p.dport))
+	if (!weft_is_connect(&p))
+		return 1;
+	if (weft_is_agent_port(p.dport)) {
+		/* Someone else listening on an agent port (the agent not yet started, or
+		 * restarting) must not receive what was meant for the agent. */
+		weft_in_count(&p, WEFT_IN_SQUATTED);
+		return 0;
+	}
+	if (weft_syn_from_agent(skb, &p))
 		return 1;
 	v = weft_inpol_lookup(&p, 1);
 	if (!v || v->action == WEFT_INPOL_PASS)

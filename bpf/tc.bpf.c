@@ -12,33 +12,30 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Hands the SYN to the agent's listener on the inbound port: the lookup uses the
- * packet's own addresses, so a listener on the wildcard address of either family is
- * found. Established packets need nothing: the accepted socket is in the kernel's
- * connection table under the packet's real 4-tuple. */
+/* key 0 → the agent's IPv4 inbound listener, 1 → its IPv6 one. Only the agent puts
+ * sockets here, from its own descriptors, and the kernel takes a socket out when it
+ * closes: steering can reach no one else's listener, not even one that took the port
+ * while the agent was away. Not pinned: each loaded program has its own, filled by the
+ * agent that loaded it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} weft_inlisten_v1 SEC(".maps");
+
+/* Hands the SYN to the agent's listener on the inbound port. Established packets need
+ * nothing: the accepted socket is in the kernel's connection table under the packet's
+ * real 4-tuple. */
 static __always_inline int weft_steer(struct __sk_buff *skb, const struct weft_pkt *p)
 {
-	struct bpf_sock_tuple t = {};
+	__u32 key = p->family == WEFT_FAMILY_V4 ? 0 : 1;
 	struct bpf_sock *sk;
-	__u32 len;
 	long err;
 
 	if (!weft_settings.inbound_port)
 		return -1;
-	if (p->family == WEFT_FAMILY_V4) {
-		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
-		__builtin_memcpy(&t.ipv4.daddr, p->daddr, 4);
-		t.ipv4.sport = p->sport;
-		t.ipv4.dport = weft_settings.inbound_port;
-		len = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
-		__builtin_memcpy(t.ipv6.daddr, p->daddr, 16);
-		t.ipv6.sport = p->sport;
-		t.ipv6.dport = weft_settings.inbound_port;
-		len = sizeof(t.ipv6);
-	}
-	sk = bpf_sk_lookup_tcp(skb, &t, len, BPF_F_CURRENT_NETNS, 0);
+	sk = bpf_map_lookup_elem(&weft_inlisten_v1, &key);
 	if (!sk)
 		return -1;
 	if (sk->state != BPF_TCP_LISTEN) {

@@ -152,6 +152,7 @@ public final class Agent: Service, @unchecked Sendable {
         defer { admin.stop() }
         // The listener exists before the kernel can send it anything.
         var proxy: OutboundProxy?
+        var inboundListeners: [(v6: Bool, fd: CInt)] = []
         if options.proxyPort != 0 {
             let log = try options.accessLog.map { try AccessLog(path: $0) }
             // Nobody can read metrics that are not served: then they are not counted either
@@ -174,7 +175,7 @@ public final class Agent: Service, @unchecked Sendable {
                                   })
             try p.start()
             try p.startTunnel()
-            try p.startInbound()
+            inboundListeners = try p.startInbound()
             if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) { [self] in renderInboundCounters() } }
             proxy = p
         }
@@ -193,6 +194,10 @@ public final class Agent: Service, @unchecked Sendable {
             }
         }
         status.adopted = datapath.adopted
+        if datapath.agentCgroup.id == datapath.cgroupID || datapath.agentCgroup.path == KernelFeatures.cgroup2Mount() {
+            logger.warning("the agent runs in \(datapath.agentCgroup.path), which other processes share: the kernel takes every socket made there for the agent's (mesh ports, STRICT). Run the agent in a cgroup of its own (a systemd unit or container has one)",
+                           metadata: ["component": "dataplane"])
+        }
         for f in datapath.filters {
             logger.info("TC ingress on \(f.interface): STRICT drops and plaintext steering", metadata: ["component": "dataplane"])
         }
@@ -200,6 +205,7 @@ public final class Agent: Service, @unchecked Sendable {
             "component": "dataplane", "bpffs": "\(options.bpffs)", "cgroup": "\(options.cgroup)", "programs": "\(datapath.programs.count)",
         ])
 
+        try datapath.steer(into: inboundListeners)
         lock.withLock { self.datapath = datapath }
         restore()
         reload()

@@ -17,6 +17,21 @@ public enum KernelFeatures {
         return nil
     }
 
+    /// This process's cgroup v2 directory (from /proc/self/cgroup, under the hierarchy's
+    /// mount point) and its id: what the kernel sees as the agent's own cgroup.
+    public static func ownCgroup() throws -> (path: String, id: UInt64) {
+        guard let mount = cgroup2Mount() else { throw BPFError("no cgroup v2 hierarchy is mounted (mount -t cgroup2 none /sys/fs/cgroup)") }
+        let text = try readFile("/proc/self/cgroup")
+        guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) else {
+            throw BPFError("/proc/self/cgroup names no cgroup v2 directory for this process")
+        }
+        let relative = String(line.dropFirst(3))
+        let path = relative == "/" ? mount : mount + relative
+        var st = stat()
+        if stat(path, &st) != 0 { throw BPFError.errno("this process's cgroup \(path)") }
+        return (path, UInt64(st.st_ino))
+    }
+
     /// Fails unless `path` is a directory on a cgroup v2 filesystem.
     public static func requireCgroup2(_ path: String) throws {
         var fs = statfs()

@@ -17,6 +17,8 @@ public final class Datapath: @unchecked Sendable {
     public let adopted: Bool
     /// The cgroup v2 id the programs are attached to.
     public let cgroupID: UInt64
+    /// This process's cgroup: the kernel takes sockets made there for the agent's.
+    public let agentCgroup: (path: String, id: UInt64)
     /// Program names (the C functions of sock.bpf.c).
     public let programs: [String]
     let object: BPFObject
@@ -24,6 +26,10 @@ public final class Datapath: @unchecked Sendable {
     private let bpffs: String
     /// The TC ingress filters on the node's interfaces (--interfaces).
     public private(set) var filters: [BPFTCFilter] = []
+    /// weft_inlisten_v1 of the TC programs: the only sockets they steer into (owned by
+    /// the loaded tc object, kept for it).
+    private var steeringTargets: BPFMap?
+    private var tcObject: BPFObject?
 
     /// Where weft's TC filter sits on an interface's ingress: its own handle ("we"), and
     /// priority 1 so it judges before filters that would end classification with OK.
@@ -53,6 +59,9 @@ public final class Datapath: @unchecked Sendable {
         try KernelFeatures.makeDirectories("\(bpffs)/links")
         self.bpffs = bpffs
         cgroupID = try Self.cgroupID(cgroup)
+        agentCgroup = try KernelFeatures.ownCgroup()
+        var settings = settings
+        settings.agentCgroup = agentCgroup.id
 
         object = try Self.embeddedObject("sock.bpf.o")
         for m in DatapathMaps.names { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
@@ -122,6 +131,8 @@ public final class Datapath: @unchecked Sendable {
                 for m in ["weft_inpol_v1", "weft_inctr_v1"] { try tc.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
                 try tc.setGlobal("weft_settings", bytes: settings.bytes)
                 try tc.load()
+                steeringTargets = try tc.map("weft_inlisten_v1")
+                tcObject = tc
                 for name in interfaces {
                     let program = try BPFTCFilter.isEthernet(name) ? "weft_tc_eth" : "weft_tc_l3"
                     filters.append(try BPFTCFilter.attachIngress(object: tc, program: program, interface: name,
@@ -136,6 +147,15 @@ public final class Datapath: @unchecked Sendable {
         }
     }
 
+    /// Gives the TC programs the agent's inbound listeners (descriptors, IPv6 or not): the
+    /// only sockets plaintext is steered into. Without them steering fails closed.
+    public func steer(into listeners: [(v6: Bool, fd: CInt)]) throws {
+        guard let map = steeringTargets else { return }
+        for l in listeners {
+            try map.update(UInt32(l.v6 ? 1 : 0), UInt64(l.fd))
+        }
+    }
+
     /// What the programs are told at load time.
     public struct Settings: Sendable {
         /// Outbound listener port on 127.0.0.1 and ::1; 0 turns capture off.
@@ -146,6 +166,8 @@ public final class Datapath: @unchecked Sendable {
         public var inboundPort: UInt16
         /// mTLS tunnel port: never subject to inbound policy.
         public var tunnelPort: UInt16
+        /// The agent's cgroup id (set by Datapath from this process's own).
+        var agentCgroup: UInt64 = 0
 
         /// Creates settings (defaults: capture off).
         public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0, inboundPort: UInt16 = 0, tunnelPort: UInt16 = 0) {
@@ -158,7 +180,7 @@ public final class Datapath: @unchecked Sendable {
         /// weft_settings as the programs read it.
         var bytes: [UInt8] {
             BPFMap.bytes(of: weft_settings(proxy_port: proxyPort.bigEndian, inbound_port: inboundPort.bigEndian, agent_mark: agentMark,
-                                           tunnel_port: tunnelPort.bigEndian, pad: (0, 0)))
+                                           tunnel_port: tunnelPort.bigEndian, pad: (0, 0, 0, 0, 0, 0), agent_cgroup: agentCgroup))
         }
     }
 

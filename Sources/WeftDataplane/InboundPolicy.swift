@@ -127,7 +127,7 @@ extension weft_inpol_val {
 
 /// Why the kernel handled a plaintext connection attempt (enum weft_in_reason), as
 /// metrics and `weft map dump` name it.
-public let inboundReasonNames = ["strict_network", "strict_local", "steered", "no_listener", "unsteerable"]
+public let inboundReasonNames = ["strict_network", "strict_local", "steered", "no_listener", "unsteerable", "squatted"]
 
 /// One counter of weft_inctr_v1, summed over CPUs.
 public struct InboundCount: Sendable, Hashable {

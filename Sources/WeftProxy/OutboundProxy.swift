@@ -248,37 +248,39 @@ public final class OutboundProxy: Sendable {
     }
 
     /// Binds 127.0.0.1 and ::1 (the addresses the kernel redirects to). IPv4 must work;
-    /// without IPv6 on loopback there can be no IPv6 client to capture, so that only warns.
+    /// without IPv6 on loopback there can be no IPv6 client to capture, so that only warns
+    /// (a port another process holds does not).
     public func start() throws {
         let bound = try listen(hosts: ("127.0.0.1", "::1"), port: settings.port, flag: "--proxy-port", halfClose: true,
                                v6Missing: "IPv6 services that need L7 will refuse connections") { [self] ch in try accepted(ch) }
-        channels.withLockedValue { $0 = bound }
+        channels.withLockedValue { $0 = bound.map(\.channel) }
         logger.info("outbound proxy listening on port \(settings.port)", metadata: ["component": "proxy", "listeners": "\(bound.count)"])
     }
 
-    /// Binds an IPv4 and an IPv6 listener on `port` (the IPv6 one IPv6-only). IPv4 must
-    /// work; without IPv6 only a warning says what is lost (`v6Missing`).
+    /// Binds an IPv4 and an IPv6 listener on `port` (the IPv6 one IPv6-only: IPv4 has its
+    /// own socket, a dual-stack one would see v4-mapped addresses). IPv4 must work; a host
+    /// without IPv6 gets a warning saying what is lost (`v6Missing`) — but a port someone
+    /// else holds is an error on either family: whoever held [::1]:15001 would receive
+    /// what the kernel redirects to the agent. Returns the channels and their descriptors
+    /// (IPv6 or not).
+    @discardableResult
     func listen(hosts: (v4: String, v6: String), port: UInt16, flag: String, halfClose: Bool, v6Missing: String,
-                accept: @escaping @Sendable (Channel) throws -> Void) throws -> [Channel] {
-        var bound: [Channel] = []
+                accept: @escaping @Sendable (Channel) throws -> Void) throws -> [(channel: Channel, v6: Bool, fd: CInt)] {
+        var bound: [(channel: Channel, v6: Bool, fd: CInt)] = []
         for host in [hosts.v4, hosts.v6] {
-            var bootstrap = ServerBootstrap(group: group)
+            let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.allowRemoteHalfClosure, value: halfClose)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { ch in ch.eventLoop.makeCompletedFuture { try accept(ch) } }
-            if host == hosts.v6 {
-                // IPv4 has its own socket; a dual-stack one would see v4-mapped addresses.
-                bootstrap = bootstrap.serverChannelOption(ChannelOptions.Types.SocketOption(level: .ipv6, name: .ipv6_v6only), value: 1)
-            }
             do {
-                bound.append(try bootstrap.bind(to: try SocketAddress(ipAddress: host, port: Int(port))).wait())
-            } catch where host == hosts.v6 {
-                logger.warning("no listener on [\(host)]:\(port) (\(error)): \(v6Missing)", metadata: ["component": "proxy"])
+                let fd = try ListeningSocket.bind(host: host, port: port)
+                bound.append((try bootstrap.withBoundSocket(fd).wait(), host == hosts.v6, fd))
+            } catch let failure as ListeningSocket.Failure where host == hosts.v6 && failure.familyMissing {
+                logger.warning("no listener on [\(host)]:\(port) (\(failure)): \(v6Missing)", metadata: ["component": "proxy"])
             } catch {
-                for c in bound { try? c.close().wait() }
-                throw ProxyError("cannot listen on \(host):\(port) (\(flag)): \(error)")
+                for c in bound { try? c.channel.close().wait() }
+                throw ProxyError("cannot listen on \(host.contains(":") ? "[\(host)]" : host):\(port) (\(flag)): \(error)")
             }
         }
         return bound

@@ -10,11 +10,15 @@ import sys
 import threading
 
 
-def serve_tcp(name, family, addr, port):
+def listen_tcp(family, addr, port):
     s = socket.socket(family, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind((addr, port))
     s.listen(1024)
+    return s
+
+
+def serve_tcp(name, s):
     while True:
         c, _ = s.accept()
         threading.Thread(target=handle, args=(c, name), daemon=True).start()
@@ -67,7 +71,8 @@ def main():
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     threads = []
     if mode in ("tcp", "both"):
-        threads.append(threading.Thread(target=serve_tcp, args=(name, family, addr, port), daemon=True))
+        # Listening before "ready" is printed: a caller may connect at once.
+        threads.append(threading.Thread(target=serve_tcp, args=(name, listen_tcp(family, addr, port)), daemon=True))
     if mode in ("udp", "both"):
         threads.append(threading.Thread(target=serve_udp, args=(name, family, addr, port), daemon=True))
     for t in threads:

@@ -2,7 +2,9 @@
 """Test client: opens connections to ADDR:PORT and reports, as JSON, which backend
 answered each, what getpeername() said, and every failure.
 
-  client.py tcp ADDR PORT COUNT [--bind SRC]
+  client.py tcp ADDR PORT COUNT [--bind SRC] [--mark M] [--timeout S]
+                                         (--mark: SO_MARK, what a process with
+                                         CAP_NET_ADMIN can set; --timeout: per connection)
   client.py udp ADDR PORT COUNT [--connected]
   client.py loop ADDR PORT STOPFILE      connect repeatedly until STOPFILE exists
   client.py hold ADDR PORT WANT OUTFILE  keep one connection to backend WANT open; each
@@ -20,10 +22,12 @@ def family(addr):
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
-def tcp_once(addr, port, bind=None):
+def tcp_once(addr, port, bind=None, mark=None, timeout=5):
     s = socket.socket(family(addr), socket.SOCK_STREAM)
-    s.settimeout(5)
+    s.settimeout(timeout)
     try:
+        if mark is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         if bind:
             s.bind((bind, 0))
         s.connect((addr, port))
@@ -40,10 +44,12 @@ def main():
     out = {"backends": collections.Counter(), "peers": collections.Counter(), "failures": []}
     if mode == "tcp":
         count = int(sys.argv[4])
-        bind = sys.argv[sys.argv.index("--bind") + 1] if "--bind" in sys.argv else None
+        opt = lambda name: sys.argv[sys.argv.index(name) + 1] if name in sys.argv else None
+        mark = int(opt("--mark"), 0) if opt("--mark") else None
+        timeout = float(opt("--timeout") or 5)
         for _ in range(count):
             try:
-                name, peer = tcp_once(addr, port, bind)
+                name, peer = tcp_once(addr, port, opt("--bind"), mark, timeout)
                 out["backends"][name] += 1
                 out["peers"][peer] += 1
             except OSError as e:

@@ -156,6 +156,9 @@ class Sandbox:
         self.ns = self.id
         self.cgroup = os.path.join(CG2, self.id)
         self.client_cg = os.path.join(self.cgroup, "client")
+        # The agent's own cgroup, outside --cgroup like a systemd unit's: the kernel takes
+        # sockets made there (and only there) for the agent's.
+        self.agent_cg = self.cgroup + "-agent"
         self.bpffs = "/sys/fs/bpf/" + self.id
         self.tmp = tempfile.mkdtemp(prefix=self.id + "-")
         self.config = os.path.join(self.tmp, "config")
@@ -169,6 +172,7 @@ class Sandbox:
         sh(["ip", "netns", "add", self.ns])
         sh(["ip", "-n", self.ns, "link", "set", "lo", "up"])
         os.makedirs(self.client_cg)
+        os.makedirs(self.agent_cg)
 
     def add_address(self, addr):
         plen = "128" if ":" in addr else "32"
@@ -301,13 +305,14 @@ class Sandbox:
     def start_agent(self, *extra, node="node-a", wait=True, cgroup=None):
         """The agent runs in the node's namespace (the sandbox's), like on a real node:
         its outbound listener must be where the captured clients are. `cgroup`: a
-        cgroup to run it in (e.g. one the programs are attached to)."""
+        cgroup to run it in (default: the sandbox's agent cgroup; e.g. one the programs
+        are attached to)."""
         self.agent_log = os.path.join(self.tmp, "agent-%d.log" % len(self.procs))
         log = open(self.agent_log, "w")
         argv = [WEFT, "agent", "--config-dir", self.config, "--cgroup", self.cgroup,
                 "--bpffs", self.bpffs, "--admin-socket", self.sock, "--state-dir", self.state, "--node", node,
                 "--drain-period", "2", "--resync-interval", "0.5"] + list(extra)
-        self.agent = subprocess.Popen(self.in_ns(argv, cgroup=cgroup), stdout=log, stderr=subprocess.STDOUT)
+        self.agent = subprocess.Popen(self.in_ns(argv, cgroup=cgroup or self.agent_cg), stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.agent)
         if wait:
             self.wait_log(r"config revision \d+ applied|config rejected")
@@ -356,6 +361,7 @@ class Sandbox:
                 p.kill()
                 p.wait()
         kill_cgroup(self.cgroup)
+        kill_cgroup(self.agent_cg)
         sh(["ip", "netns", "del", self.ns], check=False)
         shutil.rmtree(self.bpffs, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -369,7 +375,7 @@ def sandbox():
     finally:
         s.close()
         # Nothing of the test may outlive it.
-        assert not os.path.exists(s.cgroup), "cgroup left behind"
+        assert not os.path.exists(s.cgroup) and not os.path.exists(s.agent_cg), "cgroup left behind"
         assert not os.path.exists(s.bpffs), "pins left behind"
         assert s.ns not in sh("ip netns list").stdout, "namespace left behind"
         live = {p["id"] for p in json.loads(sh("bpftool prog show -j").stdout or "[]")}

@@ -5,6 +5,7 @@ attack and that legitimate traffic right after still works. Any change to the pr
 keeps this file green."""
 import json
 import os
+import subprocess
 
 from conftest import HERE
 from test_mtls import setup as mtls_setup
@@ -134,3 +135,174 @@ spec:
     # The port is no longer captured (tls DISABLE: the kernel's L4 path), and the
     # workload's socket refused the plaintext.
     assert inbound_counts(b).get(("10.250.2.11", "strict_local"), 0) > before
+
+
+VAULT = """---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vault, namespace: default}
+spec:
+  hosts: [vault.default.svc.cluster.local]
+  addresses: [10.96.7.30]
+  ports: [{number: 9100, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: vault}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: vault-b
+  namespace: default
+  annotations: {weft.io/node: node-b, weft.io/cgroup: vault}
+spec: {address: 10.250.2.30, labels: {app: vault}, serviceAccount: vault}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: vault-strict, namespace: default}
+spec:
+  selector: {matchLabels: {app: vault}}
+  mtls: {mode: STRICT}
+"""
+
+AGENT_MARK = "0x77650000"  # weft agent's default --agent-mark
+
+
+def vault_setup(mesh):
+    """SAME_NODE's workloads, and vault: a STRICT TCP workload on node b whose server
+    listens on the wildcard address [::] (dual-stack) port 9100, as most servers do. Node b's link
+    also gets an IPv6 address (fd00:99::2) that no workload owns."""
+    frontend = mtls_setup(mesh, SAME_NODE + VAULT, start=False, in_cgroups=True)
+    a, b = mesh.a, mesh.b
+    for cg in ("vault", "client-b"):
+        os.makedirs(os.path.join(b.cgroup, cg))
+    b.add_address("10.250.2.30")
+    b.add_address("10.250.2.50")
+    from conftest import sh
+    sh(["ip", "-n", a.ns, "addr", "add", "fd00:99::1/64", "dev", mesh.devs["a"], "nodad"])
+    sh(["ip", "-n", b.ns, "addr", "add", "fd00:99::2/64", "dev", mesh.devs["b"], "nodad"])
+    p = subprocess.Popen(b.in_ns(["python3", os.path.join(HERE, "backend.py"), "vault", "::", "9100"], cgroup=os.path.join(b.cgroup, "vault")),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    b.procs.append(p)
+    assert p.stdout.readline().strip() == "ready"
+    start_with_interfaces(mesh)
+    return frontend
+
+
+def reached(node, host, port, cgroup=None, *extra):
+    """Whether a plaintext connection to host:port got the vault's answer."""
+    r = node.client("tcp", host, port, 1, "--timeout", "1", *extra, cgroup=cgroup)
+    return r["backends"].get("vault", 0) == 1
+
+
+def test_strict_holds_for_wildcard_listeners_on_every_address(mesh):
+    """Class 3: STRICT is the listening socket's workload's, not the dialed address's.
+    The vault listens on [::]; plaintext to it through loopback, through node addresses
+    that no workload owns, IPv4 and IPv6, from the node itself and from the other node,
+    is refused at its socket. Meshed clients still get through."""
+    frontend = vault_setup(mesh)
+    a, b = mesh.a, mesh.b
+    assert reached(a, "10.96.7.30", 9100, frontend), "the meshed client must reach the vault"
+    before = inbound_counts(b).get(("10.250.2.30", "strict_local"), 0)
+    attempts = {
+        "node b, 127.0.0.1": (b, "127.0.0.1", None),
+        "node b, ::1": (b, "::1", None),
+        "node b, its link address": (b, "10.99.0.2", None),
+        "node b, its IPv6 link address": (b, "fd00:99::2", None),
+        "node b, the workload's address": (b, "10.250.2.30", None),
+        "node b, loopback from a non-workload under --cgroup": (b, "127.0.0.1", b.client_cg),
+        "node a, node b's link address": (a, "10.99.0.2", None),
+        "node a, node b's IPv6 link address": (a, "fd00:99::2", None),
+    }
+    got = {name: reached(node, host, 9100, cg) for name, (node, host, cg) in attempts.items()}
+    assert not any(got.values()), got
+    # Each refusal was counted for the vault (the listening workload), whatever address
+    # it was sent to.
+    assert inbound_counts(b).get(("10.250.2.30", "strict_local"), 0) >= before + len(attempts), inbound_counts(b)
+    assert reached(a, "10.96.7.30", 9100, frontend)
+
+
+def test_the_agents_mark_is_no_credential(mesh):
+    """Class 9: a workload with CAP_NET_ADMIN sets the agent's SO_MARK. It neither passes
+    the STRICT guard (the kernel checks that the sending socket is the agent's, made in
+    the agent's cgroup) nor escapes capture (the connecting process must be in the
+    agent's cgroup too)."""
+    vault_setup(mesh)
+    b = mesh.b
+    meshed = os.path.join(b.cgroup, "client-b")
+    for host in ("10.250.2.30", "127.0.0.1", "::1"):
+        assert not reached(b, host, 9100, meshed, "--mark", AGENT_MARK), host
+    before = b.counters()
+    # Through the VIP it is captured like any connect() of the workload, and arrives
+    # over mTLS with the workload's own identity.
+    assert reached(b, "10.96.7.30", 9100, meshed, "--mark", AGENT_MARK)
+    after = b.counters()
+    assert after["connect_capture"] == before["connect_capture"] + 1, (before, after)
+    assert after.get("agent_bypass", 0) - before.get("agent_bypass", 0) <= 1, (before, after)  # the agent's own dial
+    opened = [l for l in b.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=b.cgroup, check=True).stdout.splitlines()
+              if l.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in l and "vault" in l]
+    assert any('source_principal="cluster.local/ns/default/sa/client-b"' in l for l in opened), opened
+
+
+SQUATTER = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if family == socket.AF_INET6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+print("ready", flush=True)
+log = open(sys.argv[3], "a", buffering=1)
+while True:
+    c, peer = s.accept()
+    log.write("accepted %s\\n" % (peer,))
+    c.close()
+"""
+
+
+def squat(node, host, port, cgroup=None):
+    """A process listening on an agent's port; returns the file it logs accepts to."""
+    log = os.path.join(node.tmp, "squatter-%s-%d.log" % (host.replace(":", "_"), port))
+    open(log, "w").close()
+    p = subprocess.Popen(node.in_ns(["python3", "-c", SQUATTER, host, str(port), log], cgroup=cgroup),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    node.procs.append(p)
+    line = p.stdout.readline().strip()
+    assert line == "ready", line
+    return log
+
+
+def test_a_taken_listener_port_stops_the_agent(sandbox):
+    """Class 6: a process that holds [::1]:15001 before the agent starts would receive
+    every IPv6 connection the kernel redirects to the agent. The agent refuses to start,
+    naming the port, instead of warning and running without it."""
+    squat(sandbox, "::1", 15001)
+    sandbox.start_agent(wait=False)
+    assert sandbox.agent.wait(timeout=30) != 0
+    log = sandbox.log()
+    assert "cannot listen on [::1]:15001 (--proxy-port)" in log and "taken by another process" in log, log
+
+
+def test_nobody_but_the_agent_receives_what_is_meant_for_it(mesh):
+    """Class 6: node b's agent dies (SIGKILL: its programs stay attached) and processes
+    take its ports — a host process the inbound listener's, a workload the capture
+    port. Plaintext from node a that TC steers, and a workload's captured connect(),
+    must reach neither: TC steers only into the sockets the agent gave it, and no
+    listener but the agent's may accept on an agent port."""
+    vault_setup(mesh)
+    a, b = mesh.a, mesh.b
+    import signal
+    b.stop_agent(signal.SIGKILL)
+    inbound = squat(b, "0.0.0.0", 15006)
+    capture = squat(b, "127.0.0.1", 15001, cgroup=os.path.join(b.cgroup, "vault"))
+    # web is PERMISSIVE under an AuthorizationPolicy: plaintext to it is steered.
+    got = raw(a, "10.250.2.10", 8080, ["GET /public HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n\\r\\n"])
+    assert list(got.values()) != [200], got
+    # A workload's connect() to a captured VIP is redirected to 127.0.0.1:15001.
+    r = b.client("tcp", "10.96.7.30", 9100, 1, "--timeout", "2", cgroup=os.path.join(b.cgroup, "client-b"))
+    assert r["failures"], r
+    assert open(inbound).read() == "" and open(capture).read() == "", (open(inbound).read(), open(capture).read())
+    counts = inbound_counts(b)
+    assert counts.get(("10.250.2.10", "no_listener"), 0) >= 1, counts
+    assert counts.get(("10.250.2.30", "squatted"), 0) >= 1, counts

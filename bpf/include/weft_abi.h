@@ -124,7 +124,9 @@ struct weft_settings {
 	__be16 inbound_port; /* plaintext inbound listener (0.0.0.0 / ::) steered to; 0 = none */
 	__u32 agent_mark;    /* SO_MARK of the agent's own sockets; 0 = none */
 	__be16 tunnel_port;  /* mTLS tunnel listener: never subject to inbound policy */
-	__u8 pad[2];
+	__u8 pad[6];
+	__u64 agent_cgroup;  /* cgroup v2 id of the agent's own cgroup: a socket created there is
+			      * the agent's (the mark alone is forgeable with CAP_NET_ADMIN) */
 };
 
 /* What happens to a plaintext TCP connection opened to a workload of this node
@@ -161,6 +163,8 @@ enum weft_in_reason {
 	WEFT_IN_NO_LISTENER = 3,    /* to be steered, but the agent is not listening: dropped */
 	WEFT_IN_UNSTEERABLE = 4,    /* policy applies but it did not come through TC (same node,
 				     * or an interface without the program): refused */
+	WEFT_IN_SQUATTED = 5,       /* to an agent port, at a listener that is not the agent's:
+				     * refused (keyed by the listener's workload, else the address) */
 	WEFT_IN_REASONS,
 };
 
@@ -174,7 +178,7 @@ struct weft_inctr_key {
 
 _Static_assert(sizeof(struct weft_capture_key) == 20, "weft_capture_key layout");
 _Static_assert(sizeof(struct weft_capture_val) == 32, "weft_capture_val layout");
-_Static_assert(sizeof(struct weft_settings) == 12, "weft_settings layout");
+_Static_assert(sizeof(struct weft_settings) == 24, "weft_settings layout");
 _Static_assert(sizeof(struct weft_inpol_key) == 20, "weft_inpol_key layout");
 _Static_assert(sizeof(struct weft_inpol_val) == 4, "weft_inpol_val layout");
 _Static_assert(sizeof(struct weft_inctr_key) == 20, "weft_inctr_key layout");

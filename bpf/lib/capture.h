@@ -12,13 +12,14 @@
 
 /* The agent marks its own sockets (SO_MARK); their connects are load-balanced like any
  * other but never captured, so the proxy cannot loop into itself whatever cgroup it
- * runs in. */
+ * runs in. The mark is only half of it: a workload with CAP_NET_ADMIN can set any mark,
+ * so the connecting process must also be in the agent's cgroup, which it cannot join. */
 static __always_inline int weft_is_agent(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
 	__u32 mark = weft_settings.agent_mark;
 
-	return mark && sk && sk->mark == mark;
+	return mark && sk && sk->mark == mark && bpf_get_current_cgroup_id() == weft_settings.agent_cgroup;
 }
 
 static __always_inline int weft_capture_enabled(void)

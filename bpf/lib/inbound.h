@@ -26,10 +26,12 @@ struct {
 } weft_inpol_v1 SEC(".maps");
 
 /* weft_inctr_key → __u64 per CPU: connection attempts dropped or steered, by workload
- * address and reason. LRU: counters of long-gone workloads make room for new ones. */
+ * address and reason. LRU: counters of long-gone workloads make room for new ones. Its
+ * size is that of the first five reasons, so a pinned map is still adopted after an
+ * upgrade (libbpf reuses a pin only if it matches exactly). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, WEFT_MAX_WORKLOADS * WEFT_IN_REASONS);
+	__uint(max_entries, WEFT_MAX_WORKLOADS * 5);
 	__type(key, struct weft_inctr_key);
 	__type(value, __u64);
 } weft_inctr_v1 SEC(".maps");
@@ -132,11 +134,20 @@ static __always_inline int weft_is_connect(const struct weft_pkt *p)
 }
 
 /* The agent's own listeners on a workload address (the tunnel, the inbound listener)
- * are how policy is met; they are never subject to it. */
+ * are how policy is met; they are never subject to it. The outbound capture port is the
+ * agent's too: no one else may receive what connect() was redirected to. */
 static __always_inline int weft_is_agent_port(__be16 port)
 {
 	return (weft_settings.tunnel_port && port == weft_settings.tunnel_port) ||
-	       (weft_settings.inbound_port && port == weft_settings.inbound_port);
+	       (weft_settings.inbound_port && port == weft_settings.inbound_port) ||
+	       (weft_settings.proxy_port && port == weft_settings.proxy_port);
+}
+
+/* Whether a socket is the agent's: created in the agent's cgroup (sockets keep the
+ * cgroup of the process that made them, and a workload cannot move into the agent's). */
+static __always_inline int weft_sk_is_agent(struct bpf_sock *sk)
+{
+	return weft_settings.agent_cgroup && bpf_sk_cgroup_id(sk) == weft_settings.agent_cgroup;
 }
 
 /* The rule for the packet's destination port, else the workload's default. */

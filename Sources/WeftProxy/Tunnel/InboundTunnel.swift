@@ -27,7 +27,7 @@ extension OutboundProxy {
         guard let tls, tunnelEnabled else { return }
         let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.tunnelPort, flag: "--tunnel-port", halfClose: false,
                                v6Missing: "IPv6 workloads cannot be reached over mTLS") { [self] ch in try tunnelAccepted(ch, tls: tls) }
-        channels.withLockedValue { $0 += bound }
+        channels.withLockedValue { $0 += bound.map(\.channel) }
         logger.info("mTLS tunnel listening on port \(settings.tunnelPort)", metadata: ["component": "tunnel"])
     }
 
@@ -158,13 +158,16 @@ extension OutboundProxy {
 
     /// Listens for plaintext that the kernel steered here (bpf_sk_assign from TC ingress,
     /// Settings.inboundPort on every address): the accepted socket's local address is the
-    /// workload port the client dialed.
-    public func startInbound() throws {
-        guard settings.inboundPort != 0 else { return }
+    /// workload port the client dialed. Returns the listeners' descriptors (IPv6 or not),
+    /// which the kernel is given as the only sockets it may steer into.
+    @discardableResult
+    public func startInbound() throws -> [(v6: Bool, fd: CInt)] {
+        guard settings.inboundPort != 0 else { return [] }
         let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.inboundPort, flag: "--inbound-port", halfClose: true,
                                v6Missing: "plaintext to IPv6 workloads under policy is refused") { [self] ch in try plaintextAccepted(ch) }
-        channels.withLockedValue { $0 += bound }
+        channels.withLockedValue { $0 += bound.map(\.channel) }
         logger.info("plaintext inbound listening on port \(settings.inboundPort)", metadata: ["component": "inbound"])
+        return bound.map { ($0.v6, $0.fd) }
     }
 
     /// Plaintext for a local workload port: authorized like the tunnel's streams, with no
