@@ -30,7 +30,8 @@ final class AgentIdentities: TunnelIdentities, @unchecked Sendable {
         certificates.serial(for: "\(workload.namespace)/\(workload.name)")
     }
 
-    func verify(chainDER: [[UInt8]]) async throws -> String {
-        try await trustBundle.verify(chainDER: chainDER).uri
+    func verify(chainDER: [[UInt8]]) async throws -> (identity: String, node: String?) {
+        let (id, node) = try await trustBundle.verify(chainDER: chainDER)
+        return (id.uri, node)
     }
 }

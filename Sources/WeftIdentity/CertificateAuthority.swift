@@ -17,30 +17,56 @@ public struct CertificateAuthority {
     /// Its issuers up to, not including, the root (empty for a root).
     public let issuers: [Certificate]
     let key: P256.Signing.PrivateKey
-    /// The node an intermediate is for (nil for a root): it mints only for that node's workloads.
+    /// The node it mints for (nil for a mesh root): it mints only for that node's
+    /// workloads, and says so in its certificate (see `boundNode`).
     public let node: String?
 
-    /// A new self-signed root for `trustDomain`.
-    public static func createRoot(trustDomain: String, validity: TimeInterval = 10 * 365 * 86400, now: Date = Date()) throws -> CertificateAuthority {
+    /// How a CA certificate names the node it is bound to: a URI SAN `urn:weft:node:NAME`.
+    /// Peers accept a leaf only for identities of workloads of the node its issuer names,
+    /// so one node's CA cannot speak for another node's workloads.
+    static let nodeURIPrefix = "urn:weft:node:"
+
+    /// The node a CA certificate is bound to, if any.
+    public static func boundNode(of certificate: Certificate) -> String? {
+        guard let sans = try? certificate.extensions.subjectAlternativeNames else { return nil }
+        for case .uniformResourceIdentifier(let uri) in sans where uri.hasPrefix(nodeURIPrefix) {
+            return String(uri.dropFirst(nodeURIPrefix.count))
+        }
+        return nil
+    }
+
+    /// A new self-signed root for `trustDomain`: the mesh's (`weft ca init`), or, bound to
+    /// `node`, the CA an agent without --ca makes for its own node.
+    public static func createRoot(trustDomain: String, node: String? = nil, validity: TimeInterval = 10 * 365 * 86400,
+                                  now: Date = Date()) throws -> CertificateAuthority {
         guard SpiffeID.isValidTrustDomain(trustDomain) else { throw IdentityError("trust domain \"\(trustDomain)\" is not valid (lowercase letters, digits, . - _)") }
+        if let node { try validateNodeName(node) }
         let key = P256.Signing.PrivateKey()
-        let cert = try caCertificate(key: key, name: "weft root CA \(trustDomain)", pathLength: 1, notBefore: now.addingTimeInterval(-300),
+        let cert = try caCertificate(key: key, name: "weft root CA \(trustDomain)\(node.map { " for node \($0)" } ?? "")",
+                                     pathLength: node == nil ? 1 : 0, node: node, notBefore: now.addingTimeInterval(-300),
                                      notAfter: now.addingTimeInterval(validity), issuer: nil)
-        return CertificateAuthority(certificate: cert, issuers: [], key: key, node: nil)
+        return CertificateAuthority(certificate: cert, issuers: [], key: key, node: node)
+    }
+
+    static func validateNodeName(_ node: String) throws {
+        guard !node.isEmpty, node.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+            throw IdentityError("node name \"\(node)\" is not valid: use the agent's --node, printable ASCII without spaces")
+        }
     }
 
     /// An intermediate for `node`, signed by this (root) CA.
     public func issueNode(_ node: String, validity: TimeInterval = 365 * 86400, now: Date = Date()) throws -> CertificateAuthority {
         guard self.node == nil else { throw IdentityError("a node CA cannot issue another node CA; use the root (weft ca init)") }
-        guard !node.isEmpty, node.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { throw IdentityError("node name \"\(node)\" is not valid: use the agent's --node, printable ASCII without spaces") }
+        try Self.validateNodeName(node)
         let key = P256.Signing.PrivateKey()
-        let cert = try Self.caCertificate(key: key, name: "weft node CA \(node)", pathLength: 0, notBefore: now.addingTimeInterval(-300),
+        let cert = try Self.caCertificate(key: key, name: "weft node CA \(node)", pathLength: 0, node: node, notBefore: now.addingTimeInterval(-300),
                                           notAfter: min(now.addingTimeInterval(validity), certificate.notValidAfter), issuer: self)
         return CertificateAuthority(certificate: cert, issuers: [certificate] + issuers, key: key, node: node)
     }
 
-    /// A CA certificate for `key`: self-signed when `issuer` is nil, else signed by it.
-    static func caCertificate(key: P256.Signing.PrivateKey, name: String, pathLength: Int, notBefore: Date, notAfter: Date,
+    /// A CA certificate for `key`: self-signed when `issuer` is nil, else signed by it;
+    /// bound to `node` if given.
+    static func caCertificate(key: P256.Signing.PrivateKey, name: String, pathLength: Int, node: String?, notBefore: Date, notAfter: Date,
                               issuer: CertificateAuthority?) throws -> Certificate {
         let subject = try DistinguishedName {
             OrganizationName("weft")
@@ -56,6 +82,7 @@ public struct CertificateAuthority {
                 Critical(KeyUsage(keyCertSign: true, cRLSign: true))
                 SubjectKeyIdentifier(hash: .init(key.publicKey))
                 if let authorityKeyID { AuthorityKeyIdentifier(keyIdentifier: authorityKeyID) }
+                if let node { SubjectAlternativeNames([.uniformResourceIdentifier(nodeURIPrefix + node)]) }
             },
             issuerPrivateKey: .init(issuer?.key ?? key))
     }
@@ -118,6 +145,15 @@ public struct CertificateAuthority {
         let chainText = (try? read("chain.pem")) ?? ""
         let issuers = try PEMDocument.parseMultiple(pemString: chainText).map { try Certificate(pemDocument: $0) }
         let node = (try? read("node"))?.trimmingCharacters(in: .whitespacesAndNewlines)
-        return CertificateAuthority(certificate: cert, issuers: issuers, key: key, node: node)
+        if let node, let bound = boundNode(of: cert), bound != node {
+            throw IdentityError("\(dir)/ca.pem is bound to node \(bound), but \(dir)/node says \(node)")
+        }
+        return CertificateAuthority(certificate: cert, issuers: issuers, key: key, node: node ?? boundNode(of: cert))
+    }
+
+    /// Whether its certificate names the node it mints for (CAs made before weft bound
+    /// them do not, and peers refuse what they issue).
+    public var isBoundToItsNode: Bool {
+        node != nil && Self.boundNode(of: certificate) == node
     }
 }

@@ -22,8 +22,9 @@ public struct TrustBundle: Sendable {
     /// Verifies a chain as presented in a TLS handshake (DER, leaf first), now: it
     /// must build to one of the roots (signatures, validity, CA constraints: RFC 5280) and
     /// the leaf must name exactly one SPIFFE identity in the trust domain. Returns that
-    /// identity, or throws the reason in one line.
-    public func verify(chainDER: [[UInt8]]) async throws -> SpiffeID {
+    /// identity and the node the leaf's issuer is bound to (nil: a CA bound to no node,
+    /// which may not speak for any node's workloads), or throws the reason in one line.
+    public func verify(chainDER: [[UInt8]]) async throws -> (id: SpiffeID, node: String?) {
         guard let first = chainDER.first else { throw IdentityError("the peer presented no certificate") }
         let leaf: Certificate
         let intermediates: [Certificate]
@@ -39,10 +40,11 @@ public struct TrustBundle: Sendable {
             SpiffePolicy(trustDomain: domain)
         }
         switch await verifier.validate(leaf: leaf, intermediates: CertificateStore(intermediates)) {
-        case .validCertificate:
+        case .validCertificate(let chain):
             // SpiffePolicy accepted it, so it names exactly one identity.
             guard let id = SpiffePolicy.identity(of: leaf) else { throw IdentityError("the leaf names no SPIFFE identity") }
-            return id
+            // The chain as built, leaf first: the next one is what signed the leaf.
+            return (id, chain.count > 1 ? CertificateAuthority.boundNode(of: chain[1]) : nil)
         case .couldNotValidate(let failures):
             let reason = failures.first.map { "\($0.policyFailureReason)" } ?? "no chain to a trusted root"
             throw IdentityError("certificate refused: \(reason)")

@@ -108,7 +108,8 @@ public final class WorkloadCertificates: @unchecked Sendable {
     }
 
     /// The agent's CA: the node CA in `caDir` (from `weft ca issue-node`, which must be for
-    /// `node`), else the agent's own root in `stateDir/ca`, created on first start.
+    /// `node` and say so in its certificate), else the agent's own root in `stateDir/ca`,
+    /// created on first start bound to `node`.
     public static func authority(caDir: String?, stateDir: String, trustDomain: String, node: String) throws -> CertificateAuthority {
         if let dir = caDir {
             let ca = try CertificateAuthority.load(from: dir)
@@ -118,11 +119,14 @@ public final class WorkloadCertificates: @unchecked Sendable {
             guard caNode == node else {
                 throw IdentityError("\(dir) is the CA of node \(caNode), not of this node \(node) (--node); issue one for \(node)")
             }
+            guard ca.isBoundToItsNode else {
+                throw IdentityError("\(dir) was issued before node CAs named their node in the certificate, and peers refuse what it signs; issue a new one (weft ca issue-node --node \(node))")
+            }
             return ca
         }
         let own = "\(stateDir)/ca"
         if FileManager.default.fileExists(atPath: "\(own)/ca.key") { return try CertificateAuthority.load(from: own) }
-        let root = try CertificateAuthority.createRoot(trustDomain: trustDomain)
+        let root = try CertificateAuthority.createRoot(trustDomain: trustDomain, node: node)
         try root.save(to: own)
         return root
     }

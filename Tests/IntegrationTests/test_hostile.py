@@ -306,3 +306,93 @@ def test_nobody_but_the_agent_receives_what_is_meant_for_it(mesh):
     counts = inbound_counts(b)
     assert counts.get(("10.250.2.10", "no_listener"), 0) >= 1, counts
     assert counts.get(("10.250.2.30", "squatted"), 0) >= 1, counts
+
+
+def mkleaf(node, ca_dir, uri, name):
+    """A leaf for `uri` signed by the CA in `ca_dir` (mkcert.py); returns its prefix."""
+    prefix = os.path.join(node.tmp, name)
+    subprocess.run(["python3", os.path.join(HERE, "mkcert.py"), "leaf", ca_dir, uri, prefix], check=True, capture_output=True)
+    return prefix
+
+
+def tunnel_connect(node, target, prefix, root, headers):
+    r = node.run(["/usr/bin/python3", os.path.join(HERE, "tunnelclient.py"), target, prefix, root, "x", "--raw-headers", json.dumps(headers)],
+                 cgroup=node.cgroup)
+    return json.loads(r.stdout) if r.returncode == 0 else {"status": None, "error": r.stderr[-300:]}
+
+
+FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
+WEB = "spiffe://cluster.local/ns/default/sa/web"
+
+
+def test_a_node_ca_speaks_only_for_its_own_nodes_workloads(mesh):
+    """Class 8: node CAs name their node, and a leaf is accepted only for identities of
+    workloads of the node whose CA issued it — at the destination (node a's CA minting
+    node b's web identity; the mesh root minting directly) and at the source (an
+    impostor on node b's tunnel port presenting web's identity from node a's CA)."""
+    frontend = mtls_setup(mesh)
+    a, b = mesh.a, mesh.b
+    root = os.path.join(a.tmp, "root-ca", "ca.pem")
+    connect = [[":method", "CONNECT"], [":authority", "10.250.2.11:9000"]]
+    good = mkleaf(a, os.path.join(a.tmp, "node-ca"), FRONTEND, "good")
+    assert tunnel_connect(a, "10.250.2.11:15008", good, root, connect)["status"] == "200"
+    forged = {
+        "node a's CA minting node b's identity": mkleaf(a, os.path.join(a.tmp, "node-ca"), WEB, "web-from-a"),
+        "the root minting directly": mkleaf(a, os.path.join(a.tmp, "root-ca"), FRONTEND, "from-root"),
+    }
+    for name, prefix in forged.items():
+        got = tunnel_connect(a, "10.250.2.11:15008", prefix, root, connect)
+        assert got.get("status") != "200", (name, got)
+    assert "is not a workload identity of node node-a" in b.log() and "bound to no node" in b.log(), b.log()[-2000:]
+    # The source side: node b's agent is gone, and an impostor holding web's identity
+    # from node a's CA answers on node b's tunnel port.
+    b.stop_agent()
+    impostor = forged["node a's CA minting node b's identity"]
+    out = os.path.join(b.tmp, "impostor.out")
+    p = subprocess.Popen(b.in_ns(["openssl", "s_server", "-accept", "10.250.2.10:15008", "-tls1_3", "-alpn", "h2", "-cert", impostor + ".pem",
+                                  "-cert_chain", impostor + ".pem", "-key", impostor + ".key", "-Verify", "1", "-CAfile", root, "-quiet"],
+                                 cgroup=b.cgroup), stdout=open(out, "w"), stderr=subprocess.STDOUT)
+    b.procs.append(p)
+    import time
+    time.sleep(0.5)
+    r = a.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "http://10.96.7.7/secret"], cgroup=frontend)
+    assert r.stdout != "200", r.stdout
+    a.wait_log(r"issued by node node-a's CA, but this tunnel goes to node node-b")
+    p.kill()
+    p.wait()
+    # Not one byte of a request reached the impostor.
+    assert "PRI * HTTP/2.0" not in open(out, errors="replace").read()
+
+
+IP_ALLOW = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: echo-by-address, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {ipBlocks: ["10.250.1.10/32", "10.250.9.9/32", "10.250.2.50/32"]}}]}]
+"""
+
+
+def test_forwarded_for_is_believed_only_for_the_peers_own_workloads(mesh):
+    """Class 7: the tunnel's Forwarded: for= says who the original client was, and
+    source.ip / ipBlocks are matched against it — but only when that address is a
+    workload of the verified identity on the peer's node. A peer holding a valid mesh
+    certificate cannot claim an arbitrary address, nor another node's workload."""
+    frontend = mtls_setup(mesh, IP_ALLOW + SAME_NODE)
+    a, b = mesh.a, mesh.b
+    b.add_address("10.250.2.50")
+    # The real frontend, through its agent: its own address, vouched for by node a.
+    r = a.client("tcp", "10.96.7.8", 9000, 3, cgroup=frontend)
+    assert r["backends"] == {"echo": 3}, r
+    root = os.path.join(a.tmp, "root-ca", "ca.pem")
+    cert = mkleaf(a, os.path.join(a.tmp, "node-ca"), FRONTEND, "frontend")
+    for claimed in ("10.250.9.9", "10.250.2.50"):
+        got = tunnel_connect(a, "10.250.2.11:15008", cert, root, [[":method", "CONNECT"], [":authority", "10.250.2.11:9000"],
+                                                                 ["forwarded", 'for="%s"' % claimed]])
+        assert got["status"] == "403", (claimed, got)
+    # The same claim of its own workload's address is believed.
+    got = tunnel_connect(a, "10.250.2.11:15008", cert, root, [[":method", "CONNECT"], [":authority", "10.250.2.11:9000"],
+                                                             ["forwarded", 'for="10.250.1.10"']])
+    assert got["status"] == "200" and got["data"] == "echo\n", got

@@ -93,7 +93,22 @@ import X509
         let creds = try #require(certs.credentials(for: "shop/cart"))
         let other = try CertificateAuthority.createRoot(trustDomain: "cluster.local")
         let verified = try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate, root.certificate]).verify(chainDER: creds.chainDER)
-        #expect(verified == id)
+        #expect(verified.id == id)
+        // The leaf's issuer names its node: what peers check the identity against.
+        #expect(verified.node == "node-a")
+        // A root that signs workloads itself is bound to no node, unless it is an agent's
+        // own (made for its node).
+        let direct = WorkloadCertificates(ca: root, ttl: 3600)
+        try direct.refresh(["shop/cart": id])
+        let unbound = try await TrustBundle(trustDomain: "cluster.local", roots: [root.certificate])
+            .verify(chainDER: try #require(direct.credentials(for: "shop/cart")).chainDER)
+        #expect(unbound.node == nil)
+        let own = try CertificateAuthority.createRoot(trustDomain: "cluster.local", node: "solo")
+        let ownCerts = WorkloadCertificates(ca: own, ttl: 3600)
+        try ownCerts.refresh(["shop/cart": id])
+        #expect(try await TrustBundle(trustDomain: "cluster.local", roots: [own.certificate])
+            .verify(chainDER: try #require(ownCerts.credentials(for: "shop/cart")).chainDER).node == "solo")
+        #expect(own.isBoundToItsNode && node.isBoundToItsNode && !root.isBoundToItsNode)
         await #expect(throws: IdentityError.self) {
             try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate]).verify(chainDER: creds.chainDER)
         }
@@ -107,6 +122,6 @@ import X509
         try certs.refresh(["shop/cart": id])
         let renewed = try #require(certs.credentials(for: "shop/cart"))
         #expect(renewed.serial != creds.serial)
-        #expect(try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate]).verify(chainDER: renewed.chainDER) == id)
+        #expect(try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate]).verify(chainDER: renewed.chainDER).id == id)
     }
 }

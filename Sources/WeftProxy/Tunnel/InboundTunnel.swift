@@ -79,7 +79,13 @@ extension OutboundProxy {
             throw error
         }
         let peer = PeerIdentity()
-        let verify = tls.verifier(peer: peer, refused: { [self] reason in refuse(.tunnel, .certificate, reason, peer: remote) })
+        let tables = tables
+        // A node's CA speaks only for the workloads of that node (a compromised node
+        // cannot mint another node's identities).
+        let verify = tls.verifier(peer: peer, accept: { id, node in
+            tables.withLockedValue { $0.nodeIdentities[node]?.contains(id) == true } ? nil
+                : "\(id) is not a workload identity of node \(node), whose CA issued it"
+        }, refused: { [self] reason in refuse(.tunnel, .certificate, reason, peer: remote) })
         let sync = ch.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: context, customVerificationCallback: verify))
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
@@ -237,16 +243,19 @@ final class TunnelTargetHandler: ChannelInboundHandler, RemovableChannelHandler 
             refuse(context, 503, .unavailable, "unknown event loop")
             return
         }
-        let forwarded = Self.forwardedFor(headers.first(name: "forwarded"))
-        let source = forwarded.flatMap { tables.workloadsByAddress[$0] }.flatMap { we in
-            we.identity(trustDomain: tables.trustDomain) == identity ? we.id : nil
+        // The original client (Forwarded: for=) is believed only when it is a workload of
+        // the verified identity on the peer's own node: an agent can vouch for its own
+        // workloads' addresses, never for arbitrary ones (source.ip, ipBlocks).
+        let forwarded = Self.forwardedFor(headers.first(name: "forwarded")).flatMap { tables.workloadsByAddress[$0] }.flatMap { we in
+            we.node == peer.node && we.identity(trustDomain: tables.trustDomain) == identity ? we : nil
         }
-        let peerInfo = InboundPeer(identity: identity, sourceWorkload: source, target: target, path: .tunnel)
-        if let denied = proxy.authorizeTCP(peerInfo, client: forwarded ?? remote.address, destination: targetKey, loop: loop) {
+        let client = forwarded?.spec.address ?? remote.address
+        let peerInfo = InboundPeer(identity: identity, sourceWorkload: forwarded?.id, target: target, path: .tunnel)
+        if let denied = proxy.authorizeTCP(peerInfo, client: client, destination: targetKey, loop: loop) {
             refuse(context, 403, .denied, "\(identity) to \(authority): \(denied)")
             return
         }
-        let conn = proxy.inboundContext(peerInfo, client: forwarded ?? remote.address, destination: targetKey, tables: tables, loop: loop)
+        let conn = proxy.inboundContext(peerInfo, client: client, destination: targetKey, tables: tables, loop: loop)
         let channel = context.channel
         do {
             let sync = context.pipeline.syncOperations

@@ -96,8 +96,9 @@ final class TunnelPool {
         let address = SocketKey(via, UInt16(port))
         let peer = PeerIdentity()
         let peers = peers(key.node)
-        let verify = tls.verifier(peer: peer, accept: { id in
-            peers.contains(id) ? nil : "\(id) is not a workload identity of node \(key.node)"
+        let verify = tls.verifier(peer: peer, accept: { id, node in
+            if node != key.node { return "\(id) is issued by node \(node)'s CA, but this tunnel goes to node \(key.node)" }
+            return peers.contains(id) ? nil : "\(id) is not a workload identity of node \(key.node)"
         }, refused: { reason in
             logger.warning("tunnel to \(address) (node \(key.node)) refused the peer: \(reason)", metadata: ["component": "tunnel"])
         })

@@ -26,18 +26,21 @@ public protocol TunnelIdentities: Sendable {
     /// The serial of its current certificate (cheap; changes on renewal or a new signer).
     func serial(for workload: ResourceID) -> String?
     /// Verifies a peer's chain (DER, leaf first) against the trust bundle; returns the
-    /// peer's SPIFFE URI or throws the reason.
-    func verify(chainDER: [[UInt8]]) async throws -> String
+    /// peer's SPIFFE URI and the node its issuing CA is bound to (nil: none), or throws
+    /// the reason.
+    func verify(chainDER: [[UInt8]]) async throws -> (identity: String, node: String?)
 }
 
 /// The verified identity of a TLS peer, set by the verification callback during the
 /// handshake (before any application data can arrive).
 final class PeerIdentity: Sendable {
-    private let box = NIOLockedValueBox<(id: String?, checked: Bool)>((nil, false))
+    private let box = NIOLockedValueBox<(id: String?, node: String?, checked: Bool)>((nil, nil, false))
     var value: String? { box.withLockedValue { $0.id } }
+    /// The node whose CA issued the peer's certificate (the peer agent's node).
+    var node: String? { box.withLockedValue { $0.node } }
     /// The peer presented a certificate and weft's verification ran (pass or fail).
     var checked: Bool { box.withLockedValue { $0.checked } }
-    func set(_ id: String) { box.withLockedValue { $0.id = id } }
+    func set(_ id: String, node: String) { box.withLockedValue { $0.id = id; $0.node = node } }
     func markChecked() { box.withLockedValue { $0.checked = true } }
 }
 
@@ -78,10 +81,12 @@ final class TunnelTLS: Sendable {
         return (context, creds.serial)
     }
 
-    /// NIOSSL's verification replaced by weft's: the chain must verify to the trust bundle
-    /// and name an identity; `accept` may narrow which identities (the client expects its
-    /// destination node's). The verified identity lands in `peer`.
-    func verifier(peer: PeerIdentity, accept: @escaping @Sendable (String) -> String? = { _ in nil },
+    /// NIOSSL's verification replaced by weft's: the chain must verify to the trust bundle,
+    /// name an identity, and be issued by a CA bound to a node; `accept` says whether that
+    /// node may speak for that identity (nil) or why not (the client expects its
+    /// destination node's workloads, the server any node's own). The verified identity
+    /// and node land in `peer`.
+    func verifier(peer: PeerIdentity, accept: @escaping @Sendable (_ identity: String, _ node: String) -> String?,
                   refused: @escaping @Sendable (String) -> Void) -> NIOSSLCustomVerificationCallback {
         let identities = identities
         return { certificates, promise in
@@ -98,13 +103,18 @@ final class TunnelTLS: Sendable {
             // may be completed from any thread.
             Task {
                 do {
-                    let id = try await identities.verify(chainDER: der)
-                    if let reason = accept(id) {
+                    let (id, node) = try await identities.verify(chainDER: der)
+                    guard let node else {
+                        refused("\(id) is issued by a CA bound to no node, which may not speak for any workload (issue node CAs with weft ca issue-node)")
+                        promise.succeed(.failed)
+                        return
+                    }
+                    if let reason = accept(id, node) {
                         refused(reason)
                         promise.succeed(.failed)
                         return
                     }
-                    peer.set(id)
+                    peer.set(id, node: node)
                     promise.succeed(.certificateVerified)
                 } catch {
                     refused("\(error)")
