@@ -1,17 +1,27 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// libFuzzer harness for the config layer. Built by scripts/fuzz with -sanitize=fuzzer,address
-// on every Swift target, so WeftConfig itself is instrumented for coverage.
+// libFuzzer harnesses, built by scripts/fuzz with -sanitize=fuzzer,address on every Swift
+// target, so the code under test is instrumented for coverage:
+//   fuzz-config  bytes → YAML → resources → validation (WeftConfig)
+//   fuzz-path    a request target → the path normalizer authorization reads
+//   fuzz-sniff   a connection's first bytes → the protocol sniffer
+//   fuzz-http1   a client's HTTP/1 bytes → the proxy's head handling at the destination
+// No top-level code in the harnesses: each defines its entry point and hands over to libFuzzer.
+let harness: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]
+
 let package = Package(
     name: "weft-fuzz",
     dependencies: [.package(name: "weft", path: "..")],
     targets: [
-        .executableTarget(
-            name: "fuzz-config",
-            dependencies: [.product(name: "WeftConfig", package: "weft")],
-            // No top-level code: the entry point is defined below and hands over to libFuzzer.
-            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
-        ),
+        .target(name: "FuzzDriver"),
+        .executableTarget(name: "fuzz-config", dependencies: ["FuzzDriver", .product(name: "WeftConfig", package: "weft")],
+                          swiftSettings: harness),
+        .executableTarget(name: "fuzz-path", dependencies: ["FuzzDriver", .product(name: "WeftConfig", package: "weft")],
+                          swiftSettings: harness),
+        .executableTarget(name: "fuzz-sniff", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
+                          swiftSettings: harness),
+        .executableTarget(name: "fuzz-http1", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
+                          swiftSettings: harness),
     ]
 )

@@ -62,6 +62,17 @@ public struct AgentOptions: Sendable {
     /// The node's interfaces that get the TC ingress program (early STRICT drop,
     /// steering of plaintext into the inbound listener).
     public var interfaces: [String] = []
+    /// Seconds a TLS handshake on the tunnel may take.
+    public var handshakeTimeout: Double = 10
+    /// Seconds an exchange may go without a byte either way (0: no limit).
+    public var streamIdleTimeout: Double = 300
+    /// Seconds a request (head and body) may take to arrive (0: no limit).
+    public var requestTimeout: Double = 0
+    /// Most client connections at once (0: half the open-files limit).
+    public var maxConnections = 0
+    /// Most client connections at once from one address, on the tunnel and inbound
+    /// listeners.
+    public var maxConnectionsPerSource = 1024
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -132,6 +143,7 @@ public final class Agent: Service, @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: options.configDir, isDirectory: &isDir), isDir.boolValue else {
             throw AgentError("config dir \(options.configDir) does not exist (--config-dir)")
         }
+        let openFiles = raiseOpenFilesLimit()
         // Everything that can fail without touching the kernel comes first.
         let watcher = try ConfigWatcher(directory: options.configDir)
         defer { watcher.stop() }
@@ -158,10 +170,22 @@ public final class Agent: Service, @unchecked Sendable {
             // Nobody can read metrics that are not served: then they are not counted either
             // (the per-request label work is not free).
             let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
-            let p = OutboundProxy(settings: .init(port: options.proxyPort, agentMark: options.agentMark,
+            var settings = OutboundProxy.Settings(port: options.proxyPort, agentMark: options.agentMark,
                                                   requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000)),
                                                   idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)),
-                                                  tunnelPort: options.tunnelPort, inboundPort: options.inboundPort),
+                                                  tunnelPort: options.tunnelPort, inboundPort: options.inboundPort)
+            typealias S = OutboundProxy.Settings
+            if let t = S.seconds(options.handshakeTimeout) { settings.handshakeTimeout = t }
+            settings.streamIdleTimeout = S.seconds(options.streamIdleTimeout)
+            settings.requestTimeout = S.seconds(options.requestTimeout)
+            if let t = S.seconds(options.drainPeriod) { settings.drainPeriod = t }
+            // Each proxied connection takes two descriptors (client and upstream), and the
+            // agent needs some of its own.
+            settings.maxConnections = options.maxConnections > 0 ? options.maxConnections : max(256, (openFiles - 256) / 2)
+            settings.maxConnectionsPerSource = options.maxConnectionsPerSource
+            logger.info("connection limits: \(settings.maxConnections) in all, \(settings.maxConnectionsPerSource) per remote address (open files: \(openFiles))",
+                        metadata: ["component": "proxy"])
+            let p = OutboundProxy(settings: settings,
                                   logger: logger,
                                   origin: { [self] client in origin(of: client) },
                                   identities: identities,
@@ -267,6 +291,8 @@ public final class Agent: Service, @unchecked Sendable {
             let bundle = try trustBundle(certificates)
             if !bundle.sameTrust(as: identities.trustBundle) {
                 identities.trustBundle = bundle
+                // Peers verified under the old bundle are verified again under this one.
+                lock.withLock { proxy }?.trustChanged()
                 logger.info("trust bundle now holds \(bundle.roots.count) root(s)", metadata: ["component": "identity"])
             }
         } catch {
@@ -399,7 +425,12 @@ public final class Agent: Service, @unchecked Sendable {
             logger.error("config rejected: \(keeping(lock.withLock { snapshot }))", metadata: ["component": "config"])
             lock.withLock { status.configErrors = diagnostics.filter { $0.severity == .error }.map(\.description) }
         case .committed(let snap, _), .unchanged(let snap):
-            for w in snap.warnings { logger.warning("\(w)", metadata: ["component": "config"]) }
+            // What parsing the files warned about (the snapshot is built from their
+            // documents anew, so it has only the cross-resource warnings), then those.
+            for w in parsed.diagnostics where w.severity == .warning { logger.warning("\(w)", metadata: ["component": "config"]) }
+            for w in snap.warnings where !parsed.diagnostics.contains(where: { $0.description == w.description }) {
+                logger.warning("\(w)", metadata: ["component": "config"])
+            }
             lock.withLock { status.configErrors = [] }
         }
     }
@@ -527,4 +558,18 @@ public final class Agent: Service, @unchecked Sendable {
             return false
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard one (a service manager's default soft
+/// limit is often 1024, which a few hundred proxied connections exhaust) and returns the
+/// limit in force.
+func raiseOpenFilesLimit() -> Int {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 1024 }
+    if limit.rlim_cur < limit.rlim_max {
+        var raised = limit
+        raised.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { limit = raised }
+    }
+    return limit.rlim_cur > rlim_t(Int32.max) ? Int(Int32.max) : Int(limit.rlim_cur)
 }

@@ -30,8 +30,8 @@ final class AgentIdentities: TunnelIdentities, @unchecked Sendable {
         certificates.serial(for: "\(workload.namespace)/\(workload.name)")
     }
 
-    func verify(chainDER: [[UInt8]]) async throws -> (identity: String, node: String?) {
-        let (id, node) = try await trustBundle.verify(chainDER: chainDER)
-        return (id.uri, node)
+    func verify(chainDER: [[UInt8]]) async throws -> VerifiedPeer {
+        let v = try await trustBundle.verify(chainDER: chainDER)
+        return VerifiedPeer(identity: v.id.uri, node: v.node, notAfter: v.notAfter)
     }
 }

@@ -140,7 +140,7 @@ public struct AuthorizationEngine: Sendable {
         guard let h = r.http else { return true } // HTTP-only fields: see matches()
         return field(o.hosts, o.notHosts, [h.host], match: Self.host)
             && field(o.methods, o.notMethods, [h.method], match: Self.glob)
-            && field(o.paths, o.notPaths, [h.path], match: Self.glob)
+            && field(o.paths, o.notPaths, [Self.withoutParameters(h.path)], match: Self.glob)
     }
 
     func condition(_ c: AuthorizationCondition, _ r: AuthzRequest) -> Bool {
@@ -182,14 +182,28 @@ public struct AuthorizationEngine: Sendable {
         return pattern == value
     }
 
-    /// Hosts compare case-insensitively, with or without the port.
+    /// Hosts compare case-insensitively, with or without the port, and without a
+    /// trailing dot (`web.example.` is the same name as `web.example` to DNS and to every
+    /// server, so a policy naming one holds for the other).
     static func host(_ pattern: String, _ value: String) -> Bool {
-        let v = value.lowercased(), p = pattern.lowercased()
-        if glob(p, v) { return true }
+        func bare(_ h: String) -> String { h.hasSuffix(".") ? String(h.dropLast()) : h }
+        let v = value.lowercased(), p = bare(pattern.lowercased())
+        if glob(p, bare(v)) { return true }
         if let colon = v.lastIndex(of: ":"), !v.hasSuffix("]"), UInt16(v[v.index(after: colon)...]) != nil {
-            return glob(p, String(v[..<colon]))
+            return glob(p, bare(String(v[..<colon])))
         }
         return false
+    }
+
+    /// A path as policy paths are matched against it: each segment without its `;`
+    /// parameters (RFC 3986 §3.3), as servers such as Tomcat and Spring read
+    /// `/admin;jsessionid=1` — the resource `/admin`, which a DENY of `/admin` must hold
+    /// for.
+    static func withoutParameters(_ path: String) -> String {
+        guard path.contains(";") else { return path }
+        return path.split(separator: "/", omittingEmptySubsequences: false)
+            .map { $0.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
+            .joined(separator: "/")
     }
 
     /// An address against an address or CIDR range.
@@ -214,7 +228,8 @@ public struct AuthorizationEngine: Sendable {
 /// workload receives the normalized path, so what was authorized is what it serves.
 public enum PathNormalizer {
     /// The normalized path and query (query untouched), or nil for a path that must be
-    /// refused (400): an encoded NUL, control characters, not starting with `/`.
+    /// refused (400): an encoded NUL, control characters, not starting with `/`, a dot
+    /// segment with parameters.
     public static func normalize(_ target: String) -> (path: String, query: String?)? {
         var t = Substring(target)
         if let hash = t.firstIndex(of: "#") { t = t[..<hash] } // a fragment never reaches a server
@@ -254,6 +269,10 @@ public enum PathNormalizer {
         var out: [Substring] = []
         let segments = path.split(separator: "/", omittingEmptySubsequences: true)
         for s in segments {
+            // A dot segment with parameters (`..;x`) is a dot segment to servers that drop
+            // parameters first (Tomcat: `/public/..;/admin` is `/admin`), and a name to
+            // the others: no one reading of it is safe, so it is refused.
+            if s.hasPrefix(".;") || s.hasPrefix("..;") { return nil }
             if s == "." { continue }
             if s == ".." {
                 if !out.isEmpty { out.removeLast() }

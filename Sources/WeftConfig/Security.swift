@@ -206,6 +206,7 @@ extension ResourceDecoder {
 
     static func ipBlocks(_ node: YNode) -> [String]? {
         guard let items = node.sequence() else { return nil }
+        if items.isEmpty { return node.emptyListIsUnset() }
         var out: [String] = []
         for item in items {
             guard let s = item.string() else { continue }
@@ -223,6 +224,7 @@ extension ResourceDecoder {
 
     static func portStrings(_ node: YNode) -> [String]? {
         guard let items = node.sequence() else { return nil }
+        if items.isEmpty { return node.emptyListIsUnset() }
         var out: [String] = []
         for item in items {
             guard let s = item.string() else { continue }

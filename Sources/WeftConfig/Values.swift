@@ -101,8 +101,18 @@ extension YNode {
 
     /// A list of strings where `*` may stand only at the start or the end (Istio's rule for
     /// AuthorizationPolicy values: exact, prefix `abc*`, suffix `*abc`, presence `*`).
+    /// An empty list in an Istio policy is the field left out: proto3 cannot tell them
+    /// apart, so Istio matches as if it were not there (`principals: []` matches any
+    /// principal — a DENY so written denies all, an ALLOW allows all). weft does the same,
+    /// and says so.
+    func emptyListIsUnset() -> [String]? {
+        ctx.warning("AP007", node, "\(path) is an empty list, which Istio reads as no \(path.split(separator: ".").last ?? "") field at all: this matches anything, not nothing")
+        return nil
+    }
+
     func wildcardList(code: String) -> [String]? {
         guard let items = sequence() else { return nil }
+        if items.isEmpty { return emptyListIsUnset() }
         var out: [String] = []
         for item in items {
             guard let s = item.string() else { continue }

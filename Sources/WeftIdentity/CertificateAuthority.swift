@@ -2,6 +2,9 @@ import Crypto
 import Foundation
 import SwiftASN1
 import X509
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An identity or CA problem, one line.
 public struct IdentityError: Error, CustomStringConvertible, Sendable {
@@ -111,10 +114,21 @@ public struct CertificateAuthority {
     /// `DIR/node` for a node CA. Written to temporary names and renamed: never half there.
     public func save(to dir: String) throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        func write(_ name: String, _ text: String, mode: Int) throws {
+        // Each file is created new, exclusively, with its final mode (O_CREAT|O_EXCL, mode
+        // given to open): a key is never, not even for an instant, a file others may read,
+        // nor a file someone else made first (a planted symlink or a stale temporary).
+        func write(_ name: String, _ text: String, mode: mode_t) throws {
             let tmp = "\(dir)/.\(name).tmp"
-            guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else {
-                throw IdentityError("cannot write \(tmp)")
+            unlink(tmp)
+            let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
+            if fd < 0 { throw IdentityError("cannot create \(tmp): \(String(cString: strerror(errno)))") }
+            let bytes = Array(text.utf8)
+            let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            let synced = fsync(fd) == 0
+            close(fd)
+            guard written == bytes.count, synced else {
+                unlink(tmp)
+                throw IdentityError("cannot write \(tmp): \(String(cString: strerror(errno)))")
             }
             if rename(tmp, "\(dir)/\(name)") != 0 { throw IdentityError("cannot rename \(tmp) into place: errno \(errno)") }
         }

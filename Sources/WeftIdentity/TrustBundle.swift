@@ -22,9 +22,10 @@ public struct TrustBundle: Sendable {
     /// Verifies a chain as presented in a TLS handshake (DER, leaf first), now: it
     /// must build to one of the roots (signatures, validity, CA constraints: RFC 5280) and
     /// the leaf must name exactly one SPIFFE identity in the trust domain. Returns that
-    /// identity and the node the leaf's issuer is bound to (nil: a CA bound to no node,
-    /// which may not speak for any node's workloads), or throws the reason in one line.
-    public func verify(chainDER: [[UInt8]]) async throws -> (id: SpiffeID, node: String?) {
+    /// identity, the node the leaf's issuer is bound to (nil: a CA bound to no node,
+    /// which may not speak for any node's workloads) and when the first certificate of
+    /// the chain expires, or throws the reason in one line.
+    public func verify(chainDER: [[UInt8]]) async throws -> (id: SpiffeID, node: String?, notAfter: Date) {
         guard let first = chainDER.first else { throw IdentityError("the peer presented no certificate") }
         let leaf: Certificate
         let intermediates: [Certificate]
@@ -44,7 +45,8 @@ public struct TrustBundle: Sendable {
             // SpiffePolicy accepted it, so it names exactly one identity.
             guard let id = SpiffePolicy.identity(of: leaf) else { throw IdentityError("the leaf names no SPIFFE identity") }
             // The chain as built, leaf first: the next one is what signed the leaf.
-            return (id, chain.count > 1 ? CertificateAuthority.boundNode(of: chain[1]) : nil)
+            return (id, chain.count > 1 ? CertificateAuthority.boundNode(of: chain[1]) : nil,
+                    chain.map(\.notValidAfter).min() ?? leaf.notValidAfter)
         case .couldNotValidate(let failures):
             let reason = failures.first.map { "\($0.policyFailureReason)" } ?? "no chain to a trusted root"
             throw IdentityError("certificate refused: \(reason)")

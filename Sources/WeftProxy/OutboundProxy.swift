@@ -32,10 +32,16 @@ final class LoopState {
     let observer: @Sendable (ProxyEvent) -> Void
     /// Settings.idleTimeout, for what this loop splices (opaque TCP, WebSocket sessions).
     let idleTimeout: TimeAmount
+    /// Settings.streamIdleTimeout and .requestTimeout, for this loop's exchanges.
+    let streamIdleTimeout: TimeAmount?
+    let requestTimeout: TimeAmount?
 
-    init(dialer: Dialer, idleTimeout: TimeAmount, observer: @escaping @Sendable (ProxyEvent) -> Void) {
+    init(dialer: Dialer, idleTimeout: TimeAmount, streamIdleTimeout: TimeAmount? = nil, requestTimeout: TimeAmount? = nil,
+         observer: @escaping @Sendable (ProxyEvent) -> Void) {
         pool = HTTP1Pool(dialer: dialer)
         self.idleTimeout = idleTimeout
+        self.streamIdleTimeout = streamIdleTimeout
+        self.requestTimeout = requestTimeout
         self.observer = observer
     }
 
@@ -81,10 +87,18 @@ final class ConnectionContext {
     /// Set on the destination side of the tunnel: who the verified peer is, and the local
     /// workload port the connection was delivered to.
     let inbound: InboundPeer?
+    /// The proxy's current tables: authorization is decided by the revision in force when
+    /// a request arrives, not the one the connection was accepted under.
+    let live: NIOLockedValueBox<ProxyTables>
+    /// Where TCP connections authorized once are kept to be judged again.
+    let sessions: LiveSessions
 
     init(id: UInt64, client: SocketKey, origin: ConnectionOrigin, listener: ServiceListener, source: WorkloadEntry?,
-         tables: ProxyTables, loop: LoopState, clusters: ClusterRegistry, inbound: InboundPeer? = nil) {
+         tables: ProxyTables, loop: LoopState, clusters: ClusterRegistry, inbound: InboundPeer? = nil,
+         live: NIOLockedValueBox<ProxyTables>, sessions: LiveSessions) {
         self.inbound = inbound
+        self.live = live
+        self.sessions = sessions
         self.clusters = clusters
         self.id = id
         self.client = client
@@ -142,7 +156,15 @@ final class ConnectionContext {
     /// connection), or the endpoint is not a local workload port.
     func localPlaintextTarget(_ ep: Endpoint, route: UpstreamRoute) -> InboundTarget? {
         guard inbound == nil, case .direct = route else { return nil }
-        return tables.inboundTargets[ep.socket]
+        return live.withLockedValue { $0.inboundTargets[ep.socket] }
+    }
+
+    /// The workload port this connection was delivered to as the current revision has it
+    /// (nil: none any more, or not a delivered connection).
+    func currentInboundTarget() -> InboundTarget? {
+        guard inbound != nil else { return nil }
+        let key = origin.destination
+        return live.withLockedValue { $0.inboundTargets[key] }
     }
 
     /// The inbound authorization of a plaintext request to a local workload port (see
@@ -184,6 +206,25 @@ public final class OutboundProxy: Sendable {
         public var tunnelPort: UInt16
         /// The plaintext inbound listener the kernel steers to, on every address (0: none).
         public var inboundPort: UInt16
+        /// A TLS handshake on the tunnel must be done within this.
+        public var handshakeTimeout: TimeAmount = .seconds(10)
+        /// An exchange with no byte either way for this long ends: 408 if nothing was
+        /// answered yet (Envoy's stream_idle_timeout, 5 min). Nil: none.
+        public var streamIdleTimeout: TimeAmount? = .minutes(5)
+        /// A request (head and body) must be in within this (Envoy's request_timeout, off
+        /// by default: long uploads are legitimate). Nil: none.
+        public var requestTimeout: TimeAmount?
+        /// Most client connections at once, all listeners together.
+        public var maxConnections = 65536
+        /// Most client connections at once from one address on the listeners the network
+        /// reaches (tunnel, plaintext inbound).
+        public var maxConnectionsPerSource = 1024
+        /// How long a tunnel connection that must end (its peer no longer verifies, or its
+        /// certificate expires) keeps the streams it carries, taking no new ones.
+        public var drainPeriod: TimeAmount = .seconds(30)
+
+        /// Seconds as a time amount; 0 or less: none.
+        public static func seconds(_ s: Double) -> TimeAmount? { s > 0 ? .milliseconds(Int64(s * 1000)) : nil }
 
         /// Creates settings.
         public init(port: UInt16, agentMark: UInt32, threads: Int = System.coreCount, requestHeaderTimeout: TimeAmount = .seconds(10),
@@ -210,6 +251,8 @@ public final class OutboundProxy: Sendable {
     let tables = NIOLockedValueBox(ProxyTables())
     let clusters = ClusterRegistry()
     let channels = NIOLockedValueBox<[Channel]>([])
+    /// Connections let in once, judged again on every policy or trust change.
+    let sessions: LiveSessions
     private let nextID = NIOLockedValueBox<UInt64>(0)
     private let origin: @Sendable (SocketKey) -> ConnectionOrigin?
     let logger: Logger
@@ -217,6 +260,10 @@ public final class OutboundProxy: Sendable {
     let tls: TunnelTLS?
     /// Tunnel connections refused, by reason (the destination side).
     let refusals = NIOLockedValueBox<[InboundPath: [String: Int]]>([:])
+    /// Refusal log lines, at most one per kind every 10 s.
+    let refusalLog: LogThrottle
+    /// The bounds on client connections.
+    let limits: ConnectionLimits
 
     /// `origin` looks up (and consumes) the kernel's record for a client address.
     /// `observer` receives every finished request (telemetry, access log). `identities`
@@ -226,6 +273,10 @@ public final class OutboundProxy: Sendable {
         self.settings = settings
         self.logger = logger
         self.origin = origin
+        let sessions = LiveSessions(logger: logger, grace: settings.drainPeriod)
+        self.sessions = sessions
+        refusalLog = LogThrottle(logger: logger)
+        limits = ConnectionLimits(total: settings.maxConnections, perSource: settings.maxConnectionsPerSource, logger: logger)
         let upstream = UpstreamSettings(mark: settings.agentMark)
         self.upstream = upstream
         let tls = identities.map { TunnelTLS(identities: $0) }
@@ -239,9 +290,12 @@ public final class OutboundProxy: Sendable {
             loops[ObjectIdentifier(loop)] = try! loop.submit {
                 let tunnels = tls.flatMap { tls in
                     settings.tunnelPort == 0 ? nil
-                        : TunnelPool(settings: upstream, tls: tls, port: settings.tunnelPort, idleTimeout: settings.idleTimeout, logger: logger, peers: peers)
+                        : TunnelPool(settings: upstream, tls: tls, port: settings.tunnelPort, idleTimeout: settings.idleTimeout, logger: logger, peers: peers,
+                                     sessions: sessions)
                 }
-                return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), idleTimeout: settings.idleTimeout, observer: observer), eventLoop: loop)
+                return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), idleTimeout: settings.idleTimeout,
+                                              streamIdleTimeout: settings.streamIdleTimeout, requestTimeout: settings.requestTimeout,
+                                              observer: observer), eventLoop: loop)
             }.wait()
         }
         self.loops = loops
@@ -263,16 +317,27 @@ public final class OutboundProxy: Sendable {
     /// else holds is an error on either family: whoever held [::1]:15001 would receive
     /// what the kernel redirects to the agent. Returns the channels and their descriptors
     /// (IPv6 or not).
+    /// Every accepted connection counts against ConnectionLimits; `networkFacing` ones
+    /// also against the per-source bound.
     @discardableResult
-    func listen(hosts: (v4: String, v6: String), port: UInt16, flag: String, halfClose: Bool, v6Missing: String,
+    func listen(hosts: (v4: String, v6: String), port: UInt16, flag: String, halfClose: Bool, networkFacing: Bool = false, v6Missing: String,
                 accept: @escaping @Sendable (Channel) throws -> Void) throws -> [(channel: Channel, v6: Bool, fd: CInt)] {
         var bound: [(channel: Channel, v6: Bool, fd: CInt)] = []
+        let limits = limits, listener = String(flag.dropFirst(2).dropLast(5))
         for host in [hosts.v4, hosts.v6] {
             let bootstrap = ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
                 .childChannelOption(.allowRemoteHalfClosure, value: halfClose)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelInitializer { ch in ch.eventLoop.makeCompletedFuture { try accept(ch) } }
+                .childChannelInitializer { ch in
+                    ch.eventLoop.makeCompletedFuture {
+                        guard let remote = ch.remoteAddress.flatMap(SocketKey.init),
+                              limits.admit(ch, source: remote.address, networkFacing: networkFacing, listener: listener) else {
+                            throw ProxyError("connection over the limits")
+                        }
+                        try accept(ch)
+                    }
+                }
             do {
                 let fd = try ListeningSocket.bind(host: host, port: port)
                 bound.append((try bootstrap.withBoundSocket(fd).wait(), host == hosts.v6, fd))
@@ -286,17 +351,27 @@ public final class OutboundProxy: Sendable {
         return bound
     }
 
-    /// Switches to a new revision's tables; connections already accepted keep theirs.
+    /// Switches to a new revision's tables. Connections already accepted keep theirs for
+    /// routing; authorization follows the new one: requests as they come, open TCP
+    /// connections and tunnel peers judged again now (and closed if refused).
     public func update(_ t: ProxyTables) {
         clusters.update(t)
         tables.withLockedValue { $0 = t }
+        sessions.recheckStreams(t) { s, kind, reason in refuse(s.path, kind, reason, peer: s.client) }
+        trustChanged()
+    }
+
+    /// The trust bundle changed: every tunnel peer is verified again, and those that no
+    /// longer verify lose their connection.
+    public func trustChanged() {
+        if let tls { sessions.recheckTunnels(tls.identities) }
     }
 
     /// Serves `metrics` on 127.0.0.1:`port` (same threads as the proxy).
     public func serveMetrics(port: UInt16, metrics: IstioMetrics, extra: @escaping @Sendable () -> String = { "" }) throws {
         do {
             let ch = try MetricsServer.start(group: group, port: port) { [self] in
-                metrics.render() + renderRefusals() + extra()
+                metrics.render() + renderRefusals() + limits.render() + extra()
             }
             channels.withLockedValue { $0.append(ch) }
             logger.info("metrics on http://127.0.0.1:\(port)/metrics", metadata: ["component": "proxy"])
@@ -324,13 +399,14 @@ public final class OutboundProxy: Sendable {
         }
         let t = tables.withLockedValue { $0 }
         guard let listener = t.listeners[origin.destination] else {
-            logger.warning("captured connection to \(origin.destination) has no proxy route in the current revision; closing",
-                           metadata: ["component": "proxy", "conn_id": "\(id)"])
+            refusalLog.warning("no-route", "captured connection to \(origin.destination) has no proxy route in the current revision; closing",
+                               metadata: ["component": "proxy", "conn_id": "\(id)"])
             throw ProxyError("no listener")
         }
         guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
         let conn = ConnectionContext(id: id, client: client, origin: origin, listener: listener,
-                                     source: t.workloads[origin.cgroupID], tables: t, loop: loop, clusters: clusters)
+                                     source: t.workloads[origin.cgroupID], tables: t, loop: loop, clusters: clusters,
+                                     live: tables, sessions: sessions)
         try serve(conn, ch)
     }
 
@@ -338,14 +414,21 @@ public final class OutboundProxy: Sendable {
     func nextConnectionID() -> UInt64 { nextID.withLockedValue { $0 += 1; return $0 } }
 
     func addHTTP1(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
+        let handlers = Self.http1Handlers(conn, headerTimeout: settings.requestHeaderTimeout, idleTimeout: settings.idleTimeout)
+        try ctx.pipeline.syncOperations.addHandlers(handlers, position: .after(ctx.handler))
+    }
+
+    /// What serves an HTTP/1.1 client connection, front to back (also what the HTTP/1
+    /// fuzzer drives).
+    static func http1Handlers(_ conn: ConnectionContext, headerTimeout: TimeAmount, idleTimeout: TimeAmount) -> [ChannelHandler] {
         var limits = NIOHTTPDecoderLimitConfiguration()
         limits.maxHeaderListSize = Self.maxHeaderBytes
         limits.maxHeaderFieldSize = Self.maxHeaderBytes
         limits.maxHeaderFieldCount = Self.maxHeaderCount
-        let guardHandler = SlowClientGuard(headerTimeout: settings.requestHeaderTimeout, idleTimeout: settings.idleTimeout) {
+        let guardHandler = SlowClientGuard(headerTimeout: headerTimeout, idleTimeout: idleTimeout) {
             conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: 408)))
         }
-        let handlers: [ChannelHandler] = [
+        return [
             guardHandler,
             HTTPResponseEncoder(),
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
@@ -353,7 +436,6 @@ public final class OutboundProxy: Sendable {
             HTTPServerPipelineHandler(),
             HTTP1ProxyHandler(conn: conn),
         ]
-        try ctx.pipeline.syncOperations.addHandlers(handlers, position: .after(ctx.handler))
     }
 
     /// HTTP/2 from the client: each stream is one exchange, seen through NIO's HTTP/2 to
@@ -383,7 +465,13 @@ public final class OutboundProxy: Sendable {
                 try sync.addHandler(proxy)
             }
         }
-        try ctx.pipeline.syncOperations.addHandlers([h2, counter], position: .after(ctx.handler))
+        // After one of NIO's flood guards has sent its GOAWAY the connection is closed,
+        // rather than left open to the abuser until the idle timeout.
+        let logger = logger, client = conn.client
+        let closer = CloseOnError { error in
+            logger.info("HTTP/2 client \(client) closed: \(error)", metadata: ["component": "proxy", "conn_id": "\(bound.value.id)"])
+        }
+        try ctx.pipeline.syncOperations.addHandlers([h2, counter, closer], position: .after(ctx.handler))
     }
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's
@@ -404,19 +492,33 @@ public final class OutboundProxy: Sendable {
         let hash: UInt64? = { if case .maglev = cluster?.loadBalancer { return conn.sourceHash } else { return nil } }()
         let endpoint = cluster.flatMap { c in conn.loop.picker(c, exclude: state?.ejected() ?? [], hash: hash, state: state) }
         let timeout = cluster?.connectionPool?.connectTimeout?.timeAmount
-        let logger = logger
+        let log = refusalLog
         return TCPProxyHandler(
             idleTimeout: conn.loop.idleTimeout,
             connect: { loop in
                 guard let ep = endpoint, let state else { return loop.makeFailedFuture(ProxyError("no endpoint")) }
                 let route = conn.route(to: ep)
-                if let target = conn.localPlaintextTarget(ep, route: route),
-                   let denied = conn.authorizeLocalPlaintext(target, endpoint: ep.socket, http: nil) {
-                    return loop.makeFailedFuture(ProxyError("plaintext to \(ep.socket) denied: \(denied)"))
+                // What this connection is authorized as, to be judged again on changes:
+                // as the tunnel's or inbound listener's peer, or (plaintext to this node's
+                // workload) with no principal.
+                var admitted: (SocketKey, AuthzRequest, InboundPath)?
+                if let inbound = conn.inbound {
+                    admitted = (conn.origin.destination, AuthzRequest(identity: inbound.identity, sourceIP: conn.client.address,
+                                                                      destinationIP: conn.origin.destination.address,
+                                                                      destinationPort: conn.origin.destination.port, http: nil), inbound.path)
+                } else if let target = conn.localPlaintextTarget(ep, route: route) {
+                    if let denied = conn.authorizeLocalPlaintext(target, endpoint: ep.socket, http: nil) {
+                        return loop.makeFailedFuture(ProxyError("plaintext to \(ep.socket) denied: \(denied)"))
+                    }
+                    admitted = (ep.socket, AuthzRequest(identity: nil, sourceIP: conn.client.address, destinationIP: ep.socket.address,
+                                                        destinationPort: ep.socket.port, http: nil), .plaintext)
                 }
                 guard state.openConnection() else { return loop.makeFailedFuture(ProxyError("maxConnections reached (UO)")) }
                 return conn.loop.dialer.dial(ep.socket, route: route, on: loop, timeout: timeout, halfClose: true).map { ch in
                     ch.closeFuture.whenComplete { _ in state.connectionClosed() }
+                    if let (target, request, path) = admitted {
+                        conn.sessions.add(.init(channel: ch, target: target, request: request, path: path, client: conn.client))
+                    }
                     return ch
                 }.flatMapErrorThrowing { error in
                     state.connectionClosed()
@@ -430,8 +532,8 @@ public final class OutboundProxy: Sendable {
                                        sentBytes: 0, receivedBytes: 0, flags: ch == nil ? ["UF"] : [])
                 conn.loop.observe(.tcpOpened(record))
                 if ch == nil {
-                    logger.info("tcp connection to \(conn.origin.destination): upstream \(endpoint?.socket.description ?? "none") failed or overflowed",
-                                metadata: ["component": "proxy", "conn_id": "\(conn.id)"])
+                    log.info("tcp-upstream", "tcp connection to \(conn.origin.destination): upstream \(endpoint?.socket.description ?? "none") failed or overflowed",
+                             metadata: ["component": "proxy", "conn_id": "\(conn.id)"])
                     conn.loop.observe(.tcpClosed(record))
                 } else if let ep = endpoint {
                     state?.record(ep.socket, .success)

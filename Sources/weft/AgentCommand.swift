@@ -86,6 +86,21 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Write one JSON line per proxied request to this file (\"-\": standard output). Off by default.")
     var accessLog: String?
 
+    @Option(help: "Seconds a TLS handshake on the mTLS tunnel may take before the connection is closed.")
+    var tlsHandshakeTimeout: Double = 10
+
+    @Option(help: "Seconds a request or response stream may go without a byte either way before it ends (408 if unanswered; Envoy's stream_idle_timeout). 0: no limit.")
+    var streamIdleTimeout: Double = 300
+
+    @Option(help: "Seconds a request (line, headers and body) may take to arrive before it gets 408 (Envoy's request_timeout). 0: no limit.")
+    var requestTimeout: Double = 0
+
+    @Option(help: "Most client connections the agent holds at once, all listeners together; over it a new connection is closed as it is accepted. 0: half the open-files limit (which the agent raises to its hard limit).")
+    var maxConnections = 0
+
+    @Option(help: "Most connections at once from one remote address to the tunnel and plaintext inbound listeners.")
+    var maxConnectionsPerSource = 1024
+
     func run() async throws {
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -116,6 +131,16 @@ struct AgentCommand: AsyncParsableCommand {
         opts.tunnelPort = tunnelPort
         opts.trustBundle = trustBundle
         opts.inboundPort = inboundPort
+        guard tlsHandshakeTimeout > 0 else { throw ValidationError("--tls-handshake-timeout must be more than 0 seconds") }
+        guard streamIdleTimeout >= 0, requestTimeout >= 0 else { throw ValidationError("--stream-idle-timeout and --request-timeout must be 0 or more seconds") }
+        guard maxConnections >= 0, maxConnectionsPerSource > 0 else {
+            throw ValidationError("--max-connections must be 0 (automatic) or more, --max-connections-per-source more than 0")
+        }
+        opts.handshakeTimeout = tlsHandshakeTimeout
+        opts.streamIdleTimeout = streamIdleTimeout
+        opts.requestTimeout = requestTimeout
+        opts.maxConnections = maxConnections
+        opts.maxConnectionsPerSource = maxConnectionsPerSource
         opts.interfaces = interfaces.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(

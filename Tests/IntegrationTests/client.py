@@ -104,7 +104,8 @@ def main():
             for line in sys.stdin:
                 try:
                     s.sendall(line.encode())
-                    f.write(s.recv(100).decode())
+                    answer = s.recv(100).decode()
+                    f.write(answer or "error closed by the peer\n")
                 except OSError as e:
                     f.write("error %s\n" % e)
                 f.flush()

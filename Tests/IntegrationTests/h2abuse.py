@@ -12,6 +12,7 @@ import sys
 import time
 
 import h2.config
+import h2.exceptions
 import h2.connection
 import h2.events
 
@@ -33,8 +34,10 @@ def pump(s, c, until, limit=200):
     for _ in range(limit):
         try:
             data = s.recv(65535)
-        except (socket.timeout, ConnectionResetError):
+        except socket.timeout:
             return "timeout"
+        except ConnectionResetError:
+            return "reset"
         if not data:
             return "closed"
         for e in c.receive_data(data):
@@ -76,7 +79,16 @@ def rapid_reset():
 
     def until(e):
         return "goaway:" + e.error_code.name if isinstance(e, h2.events.ConnectionTerminated) else None
-    return pump(s, c, until, limit=5000)
+    got = pump(s, c, until, limit=5000)
+    # After its GOAWAY the server must close the connection, not leave it to the abuser.
+    s.settimeout(5)
+    if not got.startswith("goaway"):
+        return got
+    try:
+        tail = pump(s, c, lambda e: None, limit=5000)
+    except h2.exceptions.ProtocolError:
+        tail = "open"  # the server kept sending after its GOAWAY
+    return got + "," + tail
 
 
 def bad_header():

@@ -340,10 +340,14 @@ def test_a_node_ca_speaks_only_for_its_own_nodes_workloads(mesh):
         "node a's CA minting node b's identity": mkleaf(a, os.path.join(a.tmp, "node-ca"), WEB, "web-from-a"),
         "the root minting directly": mkleaf(a, os.path.join(a.tmp, "root-ca"), FRONTEND, "from-root"),
     }
+    from test_mtls import refused_counts
     for name, prefix in forged.items():
+        before = refused_counts(b)["certificate"]
         got = tunnel_connect(a, "10.250.2.11:15008", prefix, root, connect)
         assert got.get("status") != "200", (name, got)
-    assert "is not a workload identity of node node-a" in b.log() and "bound to no node" in b.log(), b.log()[-2000:]
+        assert refused_counts(b)["certificate"] == before + 1, name
+    # The first of them is logged (refusal lines are rate-limited to one per reason per 10 s).
+    assert "is not a workload identity of node node-a" in b.log(), b.log()[-2000:]
     # The source side: node b's agent is gone, and an impostor holding web's identity
     # from node a's CA answers on node b's tunnel port.
     b.stop_agent()
@@ -396,3 +400,314 @@ def test_forwarded_for_is_believed_only_for_the_peers_own_workloads(mesh):
     got = tunnel_connect(a, "10.250.2.11:15008", cert, root, [[":method", "CONNECT"], [":authority", "10.250.2.11:9000"],
                                                              ["forwarded", 'for="10.250.1.10"']])
     assert got["status"] == "200" and got["data"] == "echo\n", got
+
+
+class Held:
+    """A client that keeps one connection open from a cgroup of `node`: `tcp` (client.py
+    hold: each line sent is answered by the backend) or `http` (keepalive.py: each line
+    is a path requested on the same connection)."""
+
+    def __init__(self, node, kind, host, port, cgroup, want="echo"):
+        argv = (["python3", os.path.join(HERE, "client.py"), "hold", host, str(port), want, "/dev/stdout"] if kind == "tcp"
+                else ["python3", os.path.join(HERE, "keepalive.py"), host, str(port)])
+        self.p = subprocess.Popen(node.in_ns(argv, cgroup=cgroup), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        node.procs.append(self.p)
+        if kind == "tcp":
+            assert json.loads(self.p.stdout.readline()) == {"held": want}
+
+    def send(self, line):
+        """The answer to one line: the backend's name or a status; "closed" when the
+        connection is gone."""
+        try:
+            self.p.stdin.write(line + "\n")
+            self.p.stdin.flush()
+        except BrokenPipeError:
+            return "closed"
+        out = self.p.stdout.readline().strip()
+        return "closed" if (not out or out.startswith("error")) else out
+
+
+def apply_config(node, name, text):
+    after = len(node.log())
+    node.write(name, text)
+    node.wait_log(r"config revision \d+ applied", after=after)
+
+
+def test_established_connections_see_policy_and_workload_changes(mesh):
+    """Class 4: a DENY applied reaches clients that keep their connections open (the TCP
+    stream is closed, the next HTTP request on a kept-alive connection gets 403), and so
+    does a WorkloadEntry deleted."""
+    frontend = mtls_setup(mesh, in_cgroups=True)
+    a, b = mesh.a, mesh.b
+    tcp = Held(a, "tcp", "10.96.7.8", 9000, frontend)
+    http = Held(a, "http", "10.96.7.7", 80, frontend)
+    assert tcp.send("one") == "echo" and http.send("/x") == "200"
+    for node in (a, b):
+        apply_config(node, "deny.yaml", """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-frontend, namespace: default}
+spec:
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/frontend"]}}], to: [{operation: {paths: ["/x"]}}]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-echo, namespace: default}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: DENY
+  rules: [{from: [{source: {principals: ["cluster.local/ns/default/sa/frontend"]}}]}]
+""")
+    assert http.send("/x") == "403" and http.send("/y") == "200"
+    assert tcp.send("two") == "closed"
+    assert "open connection to 10.250.2.11:9000 closed: DENY" in b.log()
+    # Deleting the workload ends what is open to it.
+    for node in (a, b):
+        os.unlink(os.path.join(node.config, "deny.yaml"))
+    b.wait_log(r"config revision \d+ applied", after=len(b.log()) - 1)
+    tcp = Held(a, "tcp", "10.96.7.8", 9000, frontend)
+    assert tcp.send("three") == "echo"
+    from test_mtls import CONFIG
+    without_echo = "\n---\n".join(d for d in CONFIG.split("\n---\n") if "name: echo-b" not in d)
+    apply_config(b, "mesh.yaml", without_echo)
+    assert tcp.send("four") == "closed"
+    assert "10.250.2.11:9000 is no longer a workload port of this node" in b.log()
+
+
+def two_roots(mesh, *a_flags):
+    """Node a's CA chains to a second root, which node b trusts through its --trust-bundle
+    (returned: the file to edit); node a trusts node b's root the same way."""
+    from conftest import WEFT, sh
+    a, b = mesh.a, mesh.b
+    root2 = os.path.join(a.tmp, "root2")
+    sh([WEFT, "ca", "init", "--out", root2])
+    sh([WEFT, "ca", "issue-node", "--ca", root2, "--node", "node-a", "--out", os.path.join(a.tmp, "node-ca2")])
+    bundle_b = os.path.join(b.tmp, "bundle.pem")
+    open(bundle_b, "w").write(open(os.path.join(root2, "ca.pem")).read())
+    frontend = mtls_setup(mesh, start=False, in_cgroups=True)
+    a.start_agent("--ca", os.path.join(a.tmp, "node-ca2"), "--trust-bundle", os.path.join(a.tmp, "root-ca", "ca.pem"), *a_flags, node="node-a")
+    b.start_agent("--ca", os.path.join(b.tmp, "node-ca"), "--trust-bundle", bundle_b, node="node-b")
+    return frontend, bundle_b
+
+
+def test_established_tunnels_see_trust_changes(mesh):
+    """Class 4: dropping node a's root from node b's bundle drains node a's open tunnel
+    (no new stream) and closes it, with the TCP stream in it, after --drain-period (2 s
+    here); new connections from node a are refused."""
+    frontend, bundle_b = two_roots(mesh)
+    a, b = mesh.a, mesh.b
+    tcp = Held(a, "tcp", "10.96.7.8", 9000, frontend)
+    assert tcp.send("one") == "echo"
+    # Node b's own root only (the mesh root, which node a's new CA does not chain to).
+    open(bundle_b + ".tmp", "w").write(open(os.path.join(a.tmp, "root-ca", "ca.pem")).read())
+    os.rename(bundle_b + ".tmp", bundle_b)
+    b.wait_log(r"trust bundle now holds")
+    b.wait_log(r"tunnel connection from .* closed: its peer no longer verifies", timeout=10)
+    assert tcp.send("two") == "closed"
+    r = a.client("tcp", "10.96.7.8", 9000, 1, "--timeout", "2", cgroup=frontend)
+    assert r["failures"], r
+
+
+def test_a_tunnel_lives_no_longer_than_its_certificate(mesh):
+    """Class 4: node a's workload certificates last 4 s (renewed at 2 s). The tunnel a
+    connection opened over is drained --drain-period before its certificate ends and
+    closed when it does, with the stream it still carries; the next connection rides a
+    new tunnel with the renewed certificate."""
+    frontend, _ = two_roots(mesh, "--cert-ttl", "4")
+    a, b = mesh.a, mesh.b
+    import time
+    tcp = Held(a, "tcp", "10.96.7.8", 9000, frontend)
+    opened = time.time()
+    assert tcp.send("one") == "echo"
+    time.sleep(max(0, opened + 5 - time.time()))
+    assert tcp.send("two") == "closed"
+    assert "closed: the peer's certificate expired" in b.log()
+    tcp = Held(a, "tcp", "10.96.7.8", 9000, frontend)
+    assert tcp.send("three") == "echo"
+
+
+def metric(node, name):
+    """The value of one unlabelled (or fully given) metric line, e.g. 'weft_connections'."""
+    for l in node.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=node.cgroup, check=True).stdout.splitlines():
+        if l.startswith(name + " "):
+            return float(l.split()[-1])
+    raise AssertionError("no metric " + name)
+
+
+def rss_mb(node):
+    for l in open("/proc/%d/status" % node.agent.pid):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+ATTACKER = "10.250.1.66"  # on node a, no workload: an unauthenticated host
+
+
+def test_one_host_cannot_exhaust_the_agent(mesh):
+    """Class 5: an unauthenticated host opens 20,000 idle connections to node b's tunnel
+    port and to a workload port steered into the inbound listener. The agent admits
+    --max-connections-per-source (1,024) of them, refuses the rest as it accepts them
+    (counted), drops the admitted ones after the TLS handshake / first-bytes timeout
+    (10 s), keeps its memory bounded, and the meshed client gets every answer meanwhile.
+    Its soft open-files limit was raised to the hard one at start."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard >= 8192, "the test needs a hard open-files limit of 8192 or more"
+    frontend = mtls_setup(mesh, DENY_ADMIN, start=False, in_cgroups=True)
+    a, b = mesh.a, mesh.b
+    a.add_address(ATTACKER)
+    a.start_agent("--ca", os.path.join(a.tmp, "node-ca"), "--interfaces", mesh.devs["a"], node="node-a")
+    b.start_agent("--ca", os.path.join(b.tmp, "node-ca"), "--interfaces", mesh.devs["b"], node="node-b",
+                  wrapper=["prlimit", "--nofile=1024:%d" % hard])
+    limits = open("/proc/%d/limits" % b.agent.pid).read()
+    assert [l for l in limits.splitlines() if l.startswith("Max open files")][0].split()[3:5] == [str(hard)] * 2, limits
+    assert a.http("http://10.96.7.7/before", 20, cgroup=frontend)["statuses"] == {"200": 20}
+    rss_before = rss_mb(b)
+    # Two processes of 10,000 each (one process's open-files limit may be below 20,000).
+    floods = [subprocess.Popen(a.in_ns(["python3", os.path.join(HERE, "flood.py"), ATTACKER, "10000", "14",
+                                        "10.250.2.10:15008", "10.250.2.10:8080"], cgroup=a.cgroup),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    b.procs.extend(floods)
+    import time
+    time.sleep(4)
+    held = metric(b, "weft_connections")
+    rss_flood = rss_mb(b)
+    during = a.http("http://10.96.7.7/during", 200, cgroup=frontend)
+    results = []
+    for f in floods:
+        out, err = f.communicate(timeout=120)
+        assert f.returncode == 0, err
+        results.append(json.loads(out))
+    r = {k: sum(x[k] for x in results) for k in ("connected", "closed_at_end")}
+    refused = metric(b, 'weft_connections_refused_total{reason="per_source"}')
+    after = a.http("http://10.96.7.7/after", 20, cgroup=frontend)
+    print("flood:", results, "held:", held, "refused per source:", refused,
+          "agent RSS MB before/during: %.1f/%.1f" % (rss_before, rss_flood))
+    assert during["statuses"] == {"200": 200} and after["statuses"] == {"200": 20}, (during, after)
+    assert r["connected"] >= 19000, r
+    assert held <= 1024 + 50, held  # the attacker's admitted ones, and the mesh's own
+    # Each admitted connection holds its slot until the handshake / first-bytes timeout;
+    # all the others were refused as they came.
+    admitted_at_most = 1024 * (1 + int(max(x["seconds_to_open"] for x in results) / 10))
+    assert refused >= r["connected"] - admitted_at_most, (refused, r, admitted_at_most)
+    assert r["closed_at_end"] >= r["connected"] - 5, r  # refused at once, the rest timed out
+    assert rss_flood - rss_before < 64, (rss_before, rss_flood)
+
+
+def test_timeouts_bound_slow_clients(mesh):
+    """Class 5: a TLS handshake that never starts (1 s here), a plaintext connection that
+    never says anything (the request-header timeout, 1 s), a request body trickled slower
+    than the request timeout (2 s) and a stream gone quiet (the stream idle timeout, 1 s)
+    each end with a close (408 where a request was begun); normal requests go on."""
+    frontend = mtls_setup(mesh, DENY_ADMIN, start=False, in_cgroups=True)
+    a, b = mesh.a, mesh.b
+    a.add_address(ATTACKER)
+    flags = ["--tls-handshake-timeout", "1", "--request-header-timeout", "1", "--request-timeout", "2", "--stream-idle-timeout", "1"]
+    a.start_agent("--ca", os.path.join(a.tmp, "node-ca"), "--interfaces", mesh.devs["a"], *flags, node="node-a")
+    b.start_agent("--ca", os.path.join(b.tmp, "node-ca"), "--interfaces", mesh.devs["b"], *flags, node="node-b")
+    r = json.loads(a.run(["python3", os.path.join(HERE, "flood.py"), ATTACKER, "4", "3", "10.250.2.10:15008", "10.250.2.10:8080"],
+                         cgroup=a.cgroup, check=True).stdout)
+    assert r["connected"] == 4 and r["closed_at_end"] == 4, r
+    assert metric(b, 'weft_tunnel_refused_total{reason="handshake"}') >= 2
+    script = r"""
+import socket, sys, time, json
+def go(body_gap, stop_after):
+    s = socket.create_connection(("10.96.7.7", 80), timeout=10)
+    s.sendall(b"POST /slow HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\n")
+    start, sent, data = time.time(), 0, b""
+    s.settimeout(body_gap)
+    while True:
+        try:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        except ConnectionResetError:
+            break
+        except socket.timeout:
+            if sent < stop_after:
+                try:
+                    s.sendall(b"x")
+                except OSError:
+                    break
+                sent += 1
+    return {"status": data.split(b" ")[1].decode() if data else "closed", "seconds": round(time.time() - start, 1)}
+print(json.dumps({"trickle": go(0.5, 100), "quiet": go(0.3, 1)}))
+"""
+    got = json.loads(a.run(["python3", "-c", script], cgroup=frontend, check=True, timeout=60).stdout)
+    assert got["trickle"]["status"] == "408" and 1.5 <= got["trickle"]["seconds"] <= 4, got
+    assert got["quiet"]["status"] == "408" and got["quiet"]["seconds"] <= 3, got
+    # What the workload got of them stopped short: the upstream request was abandoned.
+    assert all(x["body_len"] < 100 for x in b.requests_seen("web") if x["path"] == "/slow"), b.requests_seen("web")
+    assert a.http("http://10.96.7.7/fine", 5, cgroup=frontend)["statuses"] == {"200": 5}
+
+
+FORMS = """---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: forms, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: ["DELETE"]}}]
+  - to: [{operation: {hosts: ["admin.web"]}}]
+  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
+  - from: [{source: {principals: []}}]
+    to: [{operation: {paths: ["/everyone-denied"]}}]
+"""
+
+H2_METHOD = r"""
+import json, socket, sys
+import h2.config, h2.connection, h2.events
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                                         normalize_outbound_headers=False, validate_inbound_headers=False))
+c.initiate_connection()
+c.send_headers(1, [(":method", sys.argv[2]), (":scheme", "http"), (":authority", "web"), (":path", "/x")], end_stream=True)
+s.sendall(c.data_to_send())
+status = None
+while status is None:
+    data = s.recv(65536)
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            status = dict(e.headers)[b":status"].decode()
+        elif isinstance(e, (h2.events.StreamReset, h2.events.ConnectionTerminated)) and status is None:
+            status = "reset"
+    s.sendall(c.data_to_send())
+print(json.dumps(status))
+"""
+
+
+def test_method_host_and_path_forms_are_read_as_servers_read_them(mesh):
+    """Class 11, each decided against Istio: a lower-case HTTP/2 :method is refused (400)
+    as NIO's HTTP/1 parser refuses one (Istio would match it to no method, and a lenient
+    server serves `delete` as DELETE); a Host with a trailing dot is the same host; a path
+    is matched without its `;` parameters (/admin;jsessionid=1 is /admin to Tomcat and
+    Spring), and a dot segment with parameters (/public/..;/admin) is refused; an empty
+    `principals: []` is no principals field (Istio: proto3 has no empty-vs-unset), so
+    the DENY rule holds for everyone — and validation warns."""
+    frontend = mtls_setup(mesh, FORMS, in_cgroups=True, start=False)
+    a, b = mesh.a, mesh.b
+    # The default AuthorizationPolicy port is HTTP/1.1 towards web; HTTP2 clients of it
+    # are served through the same exchange code.
+    mesh.start()
+    assert "AP007" in b.log(), b.log()[-2000:]
+    got = {m: json.loads(a.run(["/usr/bin/python3", "-c", H2_METHOD, "10.96.7.7", m], cgroup=frontend, check=True).stdout)
+           for m in ("delete", "DELETE", "GET")}
+    assert got == {"delete": "400", "DELETE": "403", "GET": "200"}, got
+    host = lambda h: a.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: " + h, "http://10.96.7.7/x"],
+                           cgroup=frontend).stdout
+    assert {h: host(h) for h in ("admin.web", "admin.web.", "ADMIN.WEB.:80", "web")} == \
+        {"admin.web": "403", "admin.web.": "403", "ADMIN.WEB.:80": "403", "web": "200"}
+    paths = json.loads(a.run(["python3", os.path.join(HERE, "rawhttp.py"), "10.96.7.7", "80", "/admin;jsessionid=1", "/admin/x;y/z",
+                              "/public/..;/admin", "/public/.;/x", "/public;v=1/x", "/everyone-denied"], cgroup=frontend, check=True).stdout)
+    assert paths == {"/admin;jsessionid=1": 403, "/admin/x;y/z": 403, "/public/..;/admin": 400, "/public/.;/x": 400,
+                     "/public;v=1/x": 200, "/everyone-denied": 403}, paths
+    seen = [r["path"] for r in b.requests_seen("web")]
+    assert not [p for p in seen if "admin" in p or "everyone" in p], seen
+    assert [r["method"] for r in b.requests_seen("web")] == ["GET", "GET", "GET"], b.requests_seen("web")

@@ -146,6 +146,41 @@ private func tcp(_ id: String?, port: UInt16 = 9000) -> AuthzRequest {
         #expect(e.evaluate(http(nil, host: "WEB.default.svc.cluster.local:80")).allowed)
         #expect(e.evaluate(http(nil, host: "api.Example.com")).allowed)
         #expect(!e.evaluate(http(nil, host: "web.default.svc.cluster.local.evil")).allowed)
+        // A trailing dot names the same host, with or without the port.
+        #expect(e.evaluate(http(nil, host: "web.default.svc.cluster.local.")).allowed)
+        #expect(e.evaluate(http(nil, host: "web.default.svc.cluster.local.:80")).allowed)
+        #expect(e.evaluate(http(nil, host: "api.example.com.")).allowed)
+    }
+
+    /// Paths are matched without their `;` parameters, as Tomcat and Spring serve them.
+    @Test func pathParametersDoNotHideAPathFromPolicy() throws {
+        let e = try engine("""
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: a, namespace: default}
+        spec: {action: DENY, rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]}
+        """)
+        #expect(!e.evaluate(http(nil, "GET", "/admin;jsessionid=1")).allowed)
+        #expect(!e.evaluate(http(nil, "GET", "/admin/x;y/z")).allowed)
+        #expect(e.evaluate(http(nil, "GET", "/public;v=1/x")).allowed)
+        #expect(AuthorizationEngine.withoutParameters("/a;x/b;y=1;z/c") == "/a/b/c")
+    }
+
+    /// Istio reads an empty list as the field left out (proto3): a DENY written with
+    /// `principals: []` denies everyone, and validation says so.
+    @Test func anEmptyListIsNoField() throws {
+        let policy = """
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: a, namespace: default}
+        spec: {action: DENY, rules: [{from: [{source: {principals: [], ipBlocks: []}}], to: [{operation: {paths: ["/x"], methods: []}}]}]}
+        """
+        let e = try engine(policy)
+        #expect(!e.evaluate(http(frontend, "GET", "/x")).allowed)
+        #expect(!e.evaluate(http(nil, "POST", "/x")).allowed)
+        #expect(e.evaluate(http(frontend, "GET", "/y")).allowed)
+        let snap = try load(policy).get()
+        #expect(snap.warnings.filter { $0.code == "AP007" }.count == 3)
     }
 
     /// Istio's normalization corpus against a DENY of /admin: every spelling lands on
@@ -159,6 +194,9 @@ private func tcp(_ id: String?, port: UInt16 = 9000) -> AuthzRequest {
             ("/a/b/../../admin", "/admin"), ("/../admin", "/admin"), ("///admin", "/admin"), ("/admin%00", nil),
             ("/admin%00.html", nil), ("/%00", nil), ("/admin\u{01}", nil), ("admin", nil), ("/admin/", "/admin/"),
             ("/ADMIN", "/ADMIN"), ("/a%20b", "/a%20b"), ("/a%7e", "/a~"), ("/x%2f..%2fadmin", "/admin"),
+            // A dot segment with parameters is a dot segment to some servers, a name to
+            // others: refused.
+            ("/public/..;/admin", nil), ("/public/.;x/admin", nil), ("/public/%2e%2e;/admin", nil), ("/a;b/c", "/a;b/c"),
         ]
         for (input, want) in cases {
             #expect(PathNormalizer.normalize(input)?.path == want, "\(input)")

@@ -1,5 +1,6 @@
 import Foundation
 import NIOConcurrencyHelpers
+import Logging
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
@@ -307,7 +308,8 @@ final class ReadCounter: ChannelOutboundHandler {
         }
         let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("127.0.0.1")!, 40000),
                                      origin: ConnectionOrigin(destination: SocketKey(IPAddress("10.96.0.10")!, 80), cgroupID: 9),
-                                     listener: listener, source: nil, tables: t, loop: loop, clusters: ClusterRegistry())
+                                     listener: listener, source: nil, tables: t, loop: loop, clusters: ClusterRegistry(),
+                                     live: NIOLockedValueBox(t), sessions: LiveSessions(logger: Logger(label: "test")))
         let ch = EmbeddedChannel()
         try ch.pipeline.syncOperations.addHandler(HTTP1ProxyHandler(conn: conn))
         return ch

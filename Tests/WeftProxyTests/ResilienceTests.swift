@@ -150,3 +150,27 @@ import WeftConfig
         #expect(d.isAvailable("a", now: t0 + 3))
     }
 }
+
+/// Label values that come from upstreams are clamped: a hostile server cannot make the
+/// agent keep a new series per response.
+@Suite struct MetricLabelTests {
+    @Test func statusesOutsideTheirRangesAreOther() {
+        #expect(IstioMetrics.label(status: 200) == "200" && IstioMetrics.label(status: 599) == "599" && IstioMetrics.label(status: 100) == "100")
+        #expect(IstioMetrics.label(status: 99) == "other" && IstioMetrics.label(status: 600) == "other" && IstioMetrics.label(status: 0) == "other")
+        #expect(IstioMetrics.label(grpcStatus: 0) == "0" && IstioMetrics.label(grpcStatus: 16) == "16")
+        #expect(IstioMetrics.label(grpcStatus: 17) == "other" && IstioMetrics.label(grpcStatus: -1) == "other"
+                && IstioMetrics.label(grpcStatus: 123_456_789) == "other")
+    }
+
+    /// Refusal log lines: the first of a kind goes out, the next ones within the interval
+    /// are counted and named in the next line that goes out.
+    @Test func logThrottleLetsOneLinePerKindThrough() {
+        let t = LogThrottle(logger: .init(label: "test"), interval: 10)
+        let now = Date()
+        #expect(t.allow("a", now: now) == (true, 0))
+        #expect(t.allow("a", now: now.addingTimeInterval(1)) == (false, 0))
+        #expect(t.allow("b", now: now.addingTimeInterval(1)) == (true, 0))
+        #expect(t.allow("a", now: now.addingTimeInterval(2)) == (false, 0))
+        #expect(t.allow("a", now: now.addingTimeInterval(11)) == (true, 2))
+    }
+}

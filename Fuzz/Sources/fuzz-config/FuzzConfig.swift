@@ -1,5 +1,6 @@
 // libFuzzer entry point: arbitrary bytes → YAML → resources → validation → stored form.
 // Any crash, trap or sanitizer report is a bug; diagnostics are the expected outcome.
+import FuzzDriver
 import WeftConfig
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -17,18 +18,8 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// libFuzzer's driver (libclang_rt.fuzzer), for executables that bring their own main.
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
-
 /// SwiftPM links an executable's `main` to `<target>_main`; this is it.
 @_cdecl("fuzz_config_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var args = argv
-    return LLVMFuzzerRunDriver(&count, &args, fuzzConfig)
+    runFuzzer(argc, argv, fuzzConfig)
 }

@@ -53,6 +53,13 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 reject(context, .badRequest)
                 return
             }
+            // A method is case-sensitive: `delete` is not DELETE to a policy, yet lenient
+            // servers serve it as one. NIO's HTTP/1 parser refuses unknown methods; an
+            // HTTP/2 :method is refused here the same way when it has lower-case letters.
+            if http2, head.method.rawValue.utf8.contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) {
+                reject(context, .badRequest)
+                return
+            }
             let ex = HTTP1Exchange(handler: self, head: head, hasBody: http2 ? streamHasBody : Self.declaresBody(head))
             exchange = ex
             ex.start()
@@ -88,11 +95,18 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         exchange = nil
         if !answered {
             answered = true
-            let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
+            // HTTP/2 has no Connection header (it is a protocol error there): the stream
+            // ends with the response, and the reset below.
+            let headers = HTTPHeaders(http2 ? [("content-length", "0")] : [("connection", "close"), ("content-length", "0")])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
             conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: http2 ? "HTTP/2" : "HTTP/1.1",
                                                 status: Int(status.code))))
+        }
+        if http2 {
+            // One stream of the connection: it ends; the connection's other streams go on.
+            context.close(promise: nil)
+            return
         }
         // Close our side only, so the answer is read before the connection goes: closing
         // outright with the client's bytes unread makes the kernel send RST, which can
@@ -243,6 +257,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     // MARK: request events
 
     func start() {
+        armTimeouts()
         if head.method == .TRACE && hasBody {
             localReply(.badRequest)
             return
@@ -252,7 +267,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         var uri = head.uri
         if let inbound = conn.inbound {
             // The destination's checks: the path normalized the way policy reads it, the
-            // request authorized, and the workload given the path that was authorized.
+            // request authorized by the policies in force now (not those of when the
+            // connection opened), and the workload given the path that was authorized.
+            guard let target = conn.currentInboundTarget() else {
+                // The workload is gone from this node: nothing here to deliver to.
+                localReply(.noHealthyUpstream)
+                return
+            }
             guard let (path, query) = PathNormalizer.normalize(head.uri) else {
                 localReply(.badPath)
                 return
@@ -261,7 +282,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                                        destinationPort: conn.origin.destination.port,
                                        http: .init(host: authority, method: head.method.rawValue, path: path,
                                                    headers: head.headers.map { ($0.name, $0.value) }))
-            let decision = inbound.target.authorization.evaluate(request)
+            let decision = target.authorization.evaluate(request)
             if !decision.audited.isEmpty { conn.loop.observe(.audit(decision, request: "\(head.method.rawValue) \(path)", peer: inbound.identity)) }
             guard decision.allowed else {
                 localReply(.accessDenied)
@@ -351,6 +372,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     func requestBody(_ b: ByteBuffer) {
+        lastActivity = .now()
         requestBytes += b.readableBytes
         if finished { return } // answered already: the rest of the body is read and dropped
         held.append(b)
@@ -367,6 +389,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     func requestEnd() {
         requestComplete = true
+        requestTimer?.cancel()
+        lastActivity = .now()
         if let up = upstream, !finished, !sentEnd {
             up.send(.end(nil), flush: true)
             sentEnd = true
@@ -384,6 +408,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func clientGone() {
         routeTimer?.cancel()
         tryTimer?.cancel()
+        idleTimer?.cancel()
+        requestTimer?.cancel()
         if let up = upstream, !finished { up.close() }
         upstream = nil
         finished = true
@@ -715,6 +741,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             }
             handler.write(.head(out))
         case .body(let b):
+            lastActivity = .now()
             responseBytes += b.readableBytes
             handler.write(.body(.byteBuffer(b)))
         case .end where switching:
@@ -776,6 +803,53 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         return HTTPResponseHead(version: head.version, status: rh.status, headers: h)
     }
 
+    // MARK: client timeouts
+
+    private var idleTimer: Scheduled<Void>?
+    private var requestTimer: Scheduled<Void>?
+    /// The last byte of this exchange either way (the head counts as the first).
+    private var lastActivity = NIODeadline.now()
+
+    /// Bounds what one slow client can hold: a stream with no byte either way for the
+    /// stream idle timeout ends, and so does a request whose body is not all in within
+    /// the request timeout (when one is set). One timer each: activity only moves a
+    /// deadline, and the timer re-arms itself for what is left.
+    private func armTimeouts() {
+        guard let loop = handler.context?.eventLoop.assumeIsolated() else { return }
+        if let idle = conn.loop.streamIdleTimeout {
+            func check() {
+                guard !finished else { return }
+                let quiet = NIODeadline.now() - lastActivity
+                if quiet >= idle {
+                    clientTimeout(body: "stream timeout", flag: "SI")
+                } else {
+                    idleTimer = loop.scheduleTask(in: idle - quiet, check)
+                }
+            }
+            idleTimer = loop.scheduleTask(in: idle, check)
+        }
+        if let limit = conn.loop.requestTimeout {
+            requestTimer = loop.scheduleTask(in: limit) {
+                if !self.finished && !self.requestComplete { self.clientTimeout(body: "request timeout", flag: nil) }
+            }
+        }
+    }
+
+    /// The client took too long: 408 if nothing was answered yet, else the response is
+    /// cut; either way the client's connection (or HTTP/2 stream) goes, since what it
+    /// still sends belongs to a request that is over.
+    private func clientTimeout(body: String, flag: String?) {
+        if let flag { flags.append(flag) }
+        abandonAttempt()
+        if responseStarted {
+            handler.closeClient()
+            complete()
+        } else {
+            finish(with: LocalReply(status: .requestTimeout, body: body, flags: []))
+            handler.closeClient()
+        }
+    }
+
     // MARK: endings
 
     private func localReply(_ r: LocalReply) {
@@ -824,6 +898,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func complete() {
         finished = true
         endActive()
+        idleTimer?.cancel()
+        requestTimer?.cancel()
         routeTimer?.cancel()
         tryTimer?.cancel()
         if requestCounted { clusterState?.endRequest() }

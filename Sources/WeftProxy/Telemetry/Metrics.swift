@@ -69,13 +69,20 @@ public final class IstioMetrics: Sendable {
         ]
     }
 
+    /// A response code as a label value: what an upstream sends is not ours to turn into
+    /// any number of series, so a code outside HTTP's 100–599 is "other".
+    static func label(status: Int) -> String { (100...599).contains(status) ? String(status) : "other" }
+
+    /// A gRPC status as a label value: 0–16 (the codes gRPC defines), else "other".
+    static func label(grpcStatus: Int) -> String { (0...16).contains(grpcStatus) ? String(grpcStatus) : "other" }
+
     /// Counts one proxy event.
     public func record(_ e: ProxyEvent) {
         switch e {
         case .request(let r):
             let key = Self.peerValues(r.peers) + [
                 r.protocolName == "gRPC" ? "grpc" : "http",
-                String(r.status), r.grpcStatus.map(String.init) ?? "", r.flags.isEmpty ? "-" : r.flags.joined(separator: ","),
+                Self.label(status: r.status), r.grpcStatus.map(Self.label(grpcStatus:)) ?? "", r.flags.isEmpty ? "-" : r.flags.joined(separator: ","),
             ]
             state.withLockedValue { s in
                 var series = s.http[key] ?? HTTPSeries()

@@ -25,7 +25,12 @@ struct UpstreamSettings: Sendable {
         } catch {
             return loop.makeFailedFuture(error)
         }
-        var bootstrap = ClientBootstrap(group: loop)
+        // An event loop NIOPosix cannot open sockets on (an embedded one, in tests and
+        // fuzzing) fails the connect instead of trapping.
+        guard let plain = ClientBootstrap(validatingGroup: loop) else {
+            return loop.makeFailedFuture(ProxyError("cannot open a socket on this event loop"))
+        }
+        var bootstrap = plain
             .connectTimeout(timeout ?? Self.defaultConnectTimeout)
             .channelOption(.allowRemoteHalfClosure, value: halfClose)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)

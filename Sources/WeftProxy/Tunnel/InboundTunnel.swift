@@ -25,7 +25,7 @@ extension OutboundProxy {
     /// TLS 1.3, ALPN h2, a client certificate required and verified to the trust bundle.
     public func startTunnel() throws {
         guard let tls, tunnelEnabled else { return }
-        let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.tunnelPort, flag: "--tunnel-port", halfClose: false,
+        let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.tunnelPort, flag: "--tunnel-port", halfClose: false, networkFacing: true,
                                v6Missing: "IPv6 workloads cannot be reached over mTLS") { [self] ch in try tunnelAccepted(ch, tls: tls) }
         channels.withLockedValue { $0 += bound.map(\.channel) }
         logger.info("mTLS tunnel listening on port \(settings.tunnelPort)", metadata: ["component": "tunnel"])
@@ -38,7 +38,8 @@ extension OutboundProxy {
     /// or tunnel stream.
     func refuse(_ path: InboundPath, _ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
         refusals.withLockedValue { $0[path, default: [:]][kind.rawValue, default: 0] += 1 }
-        logger.info("\(path.rawValue) from \(peer) refused (\(kind.rawValue)): \(detail)", metadata: ["component": path == .tunnel ? "tunnel" : "inbound"])
+        refusalLog.info("\(path.rawValue)/\(kind.rawValue)", "\(path.rawValue) from \(peer) refused (\(kind.rawValue)): \(detail)",
+                        metadata: ["component": path == .tunnel ? "tunnel" : "inbound"])
     }
 
     /// The refusal counters in Prometheus text format.
@@ -82,12 +83,25 @@ extension OutboundProxy {
         let tables = tables
         // A node's CA speaks only for the workloads of that node (a compromised node
         // cannot mint another node's identities).
-        let verify = tls.verifier(peer: peer, accept: { id, node in
+        let accept: @Sendable (String, String) -> String? = { id, node in
             tables.withLockedValue { $0.nodeIdentities[node]?.contains(id) == true } ? nil
                 : "\(id) is not a workload identity of node \(node), whose CA issued it"
-        }, refused: { [self] reason in refuse(.tunnel, .certificate, reason, peer: remote) })
+        }
+        // Draining a connection from a peer: GOAWAY, so it opens new streams elsewhere; the
+        // last stream id is the highest, as the streams it already opened continue.
+        let session = LiveSessions.Tunnel(channel: ch, peer: peer, accept: accept, drain: {
+            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .maxID, errorCode: .noError, opaqueData: nil))
+            ch.writeAndFlush(goAway, promise: nil)
+        }, describe: "tunnel connection from \(remote)")
+        let sessions = sessions
+        let verify = tls.verifier(peer: peer, accept: accept, refused: { [self] reason in refuse(.tunnel, .certificate, reason, peer: remote) },
+                                  expires: { notAfter in sessions.expire(session, at: notAfter, drainFirst: false) })
+        sessions.add(session)
         let sync = ch.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: context, customVerificationCallback: verify))
+        try sync.addHandler(HandshakeTimeoutHandler(timeout: settings.handshakeTimeout) { [self] in
+            refuse(.tunnel, .handshake, "no TLS handshake within \(settings.handshakeTimeout.nanoseconds / 1_000_000_000) s", peer: remote)
+        })
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         // Each stream is one proxied connection: allow many at once.
         connection.initialSettings = [
@@ -118,7 +132,9 @@ extension OutboundProxy {
             return
         }
         answer?(true)
-        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: settings.idleTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
+        // The first bytes are due as soon as the request's: a connection that says nothing
+        // holds a socket for the header timeout, not the idle timeout's hour.
+        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: settings.requestHeaderTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
             do {
                 switch proto {
                 case .http1: try self.addHTTP1(conn, ctx)
@@ -159,7 +175,8 @@ extension OutboundProxy {
     /// A connection delivered to a local workload port, from `client`.
     func inboundContext(_ peer: InboundPeer, client: IPAddress, destination: SocketKey, tables: ProxyTables, loop: LoopState) -> ConnectionContext {
         ConnectionContext(id: nextConnectionID(), client: SocketKey(client, 0), origin: ConnectionOrigin(destination: destination, cgroupID: 0),
-                          listener: peer.target.listener, source: nil, tables: tables, loop: loop, clusters: clusters, inbound: peer)
+                          listener: peer.target.listener, source: nil, tables: tables, loop: loop, clusters: clusters, inbound: peer,
+                          live: self.tables, sessions: sessions)
     }
 
     /// Listens for plaintext that the kernel steered here (bpf_sk_assign from TC ingress,
@@ -169,7 +186,7 @@ extension OutboundProxy {
     @discardableResult
     public func startInbound() throws -> [(v6: Bool, fd: CInt)] {
         guard settings.inboundPort != 0 else { return [] }
-        let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.inboundPort, flag: "--inbound-port", halfClose: true,
+        let bound = try listen(hosts: ("0.0.0.0", "::"), port: settings.inboundPort, flag: "--inbound-port", halfClose: true, networkFacing: true,
                                v6Missing: "plaintext to IPv6 workloads under policy is refused") { [self] ch in try plaintextAccepted(ch) }
         channels.withLockedValue { $0 += bound.map(\.channel) }
         logger.info("plaintext inbound listening on port \(settings.inboundPort)", metadata: ["component": "inbound"])

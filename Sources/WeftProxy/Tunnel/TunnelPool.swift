@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP2
 import NIOSSL
@@ -29,13 +30,16 @@ final class TunnelPool {
     private let logger: Logger
     /// The identities a node's agent may present (from the current tables).
     private let peers: @Sendable (String) -> Set<String>
+    /// Where each connection's peer is kept, to be verified again when trust changes.
+    private let sessions: LiveSessions
 
     /// A connection with no stream for this long closes.
     private let idleTimeout: TimeAmount
 
     init(settings: UpstreamSettings, tls: TunnelTLS, port: UInt16, idleTimeout: TimeAmount, logger: Logger,
-         peers: @escaping @Sendable (String) -> Set<String>) {
+         peers: @escaping @Sendable (String) -> Set<String>, sessions: LiveSessions) {
         self.peers = peers
+        self.sessions = sessions
         self.idleTimeout = idleTimeout
         self.settings = settings
         self.tls = tls
@@ -48,12 +52,27 @@ final class TunnelPool {
     /// connection yet. The peer agent must present an identity of a workload of that
     /// node. The stream is returned open (2xx received), not reading until the caller
     /// turns autoRead on.
-    func open(_ key: TunnelKey, via: IPAddress, target: SocketKey, on loop: EventLoop, timeout: TimeAmount?) -> EventLoopFuture<Channel> {
+    func open(_ key: TunnelKey, via: IPAddress, target: SocketKey, on loop: EventLoop, timeout: TimeAmount?,
+              retry: Bool = true) -> EventLoopFuture<Channel> {
         // A renewed certificate (or a new signer) is presented from the next stream on:
         // the old connection keeps its streams until they end, and takes no new ones.
         if connections[key] != nil, serials[key] != tls.identities.serial(for: key.source) { forget(key) }
         if let ch = channels[key], !ch.isActive { forget(key, ch) }
+        let pooled = connections[key] != nil ? channels[key] : nil
         let mux = connections[key] ?? connect(key, via: via, on: loop, timeout: timeout)
+        let stream = openStream(mux, key, target: target, on: loop)
+        guard retry, let pooled else { return stream }
+        // A pooled connection may be going away under a new stream (its peer drained it:
+        // NIO refuses streams after a GOAWAY): once more, on a new connection.
+        return stream.flatMapError { [self] error in
+            guard error is TunnelStreamLost else { return loop.makeFailedFuture(error) }
+            forget(key, pooled)
+            return open(key, via: via, target: target, on: loop, timeout: timeout, retry: false)
+        }
+    }
+
+    private func openStream(_ mux: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>, _ key: TunnelKey, target: SocketKey,
+                            on loop: EventLoop) -> EventLoopFuture<Channel> {
         let forwardedFor = key.sourceAddress
         return mux.flatMap { m in
             let opened = loop.makePromise(of: Void.self)
@@ -68,7 +87,7 @@ final class TunnelPool {
                 // A stream of a connection that already closed never activates.
                 guard ch.isActive else {
                     ch.close(promise: nil)
-                    return loop.makeFailedFuture(ProxyError("the tunnel connection to node \(key.node) closed"))
+                    return loop.makeFailedFuture(TunnelStreamLost(description: "the tunnel connection to node \(key.node) closed"))
                 }
                 TunnelStreamHandler.send(ch, .headers(.init(headers: connectRequest(target: target, forwardedFor: forwardedFor))))
                 ch.read() // the response
@@ -95,16 +114,31 @@ final class TunnelPool {
         let logger = logger, idleTimeout = idleTimeout
         let address = SocketKey(via, UInt16(port))
         let peer = PeerIdentity()
-        let peers = peers(key.node)
-        let verify = tls.verifier(peer: peer, accept: { id, node in
+        let peers = peers
+        let accept: @Sendable (String, String) -> String? = { id, node in
             if node != key.node { return "\(id) is issued by node \(node)'s CA, but this tunnel goes to node \(key.node)" }
-            return peers.contains(id) ? nil : "\(id) is not a workload identity of node \(key.node)"
-        }, refused: { reason in
-            logger.warning("tunnel to \(address) (node \(key.node)) refused the peer: \(reason)", metadata: ["component": "tunnel"])
+            return peers(key.node).contains(id) ? nil : "\(id) is not a workload identity of node \(key.node)"
+        }
+        // The session, once there is a channel (verification runs after the connect).
+        let session = NIOLockedValueBox<LiveSessions.Tunnel?>(nil)
+        let what = "tunnel to \(address) (node \(key.node))"
+        let sessions = sessions
+        let verify = tls.verifier(peer: peer, accept: accept, refused: { reason in
+            logger.warning("\(what) refused the peer: \(reason)", metadata: ["component": "tunnel"])
+        }, expires: { notAfter in
+            if let s = session.withLockedValue({ $0 }) { sessions.expire(s, at: notAfter, drainFirst: true) }
         })
         let made = settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
+            // Draining our own connection: new streams of its key get a new one.
+            let bound = NIOLoopBound(self, eventLoop: loop)
+            let s = LiveSessions.Tunnel(channel: ch, peer: peer, accept: accept, drain: { bound.value.forget(key, ch) }, describe: what)
+            session.withLockedValue { $0 = s }
+            sessions.add(s)
             let sync = ch.pipeline.syncOperations
             try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil, customVerificationCallback: verify))
+            try sync.addHandler(HandshakeTimeoutHandler(timeout: timeout ?? UpstreamSettings.defaultConnectTimeout) {
+                logger.warning("\(what): no TLS handshake within the connect timeout", metadata: ["component": "tunnel"])
+            })
             let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak self] in self?.forget(key, ch) }
             let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(),
                                                     streamDelegate: counter.delegate) { pushed in

@@ -61,7 +61,7 @@ final class TunnelStreamHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        opened?.fail(ProxyError("the tunnel stream closed before CONNECT was answered"))
+        opened?.fail(TunnelStreamLost(description: "the tunnel stream closed before CONNECT was answered"))
         opened = nil
         context.fireChannelInactive()
     }
@@ -120,4 +120,11 @@ func connectRequest(target: SocketKey, forwardedFor: IPAddress?) -> HPACKHeaders
     var h = HPACKHeaders([(":method", "CONNECT"), (":authority", target.description)])
     if let f = forwardedFor { h.add(name: "forwarded", value: f.family == 6 ? "for=\"[\(f)]\"" : "for=\"\(f)\"") }
     return h
+}
+
+/// A CONNECT stream that ended before its answer, or never opened: its connection was
+/// going away (a GOAWAY on its way, refusing new streams; closed). Nothing reached the
+/// target, so a new connection may be tried.
+struct TunnelStreamLost: Error, CustomStringConvertible {
+    let description: String
 }

@@ -26,21 +26,39 @@ public protocol TunnelIdentities: Sendable {
     /// The serial of its current certificate (cheap; changes on renewal or a new signer).
     func serial(for workload: ResourceID) -> String?
     /// Verifies a peer's chain (DER, leaf first) against the trust bundle; returns the
-    /// peer's SPIFFE URI and the node its issuing CA is bound to (nil: none), or throws
-    /// the reason.
-    func verify(chainDER: [[UInt8]]) async throws -> (identity: String, node: String?)
+    /// peer's SPIFFE URI, the node its issuing CA is bound to, and until when the chain is
+    /// valid, or throws the reason.
+    func verify(chainDER: [[UInt8]]) async throws -> VerifiedPeer
+}
+
+/// A peer whose certificate chain verified.
+public struct VerifiedPeer: Sendable {
+    /// Its SPIFFE URI.
+    public var identity: String
+    /// The node its issuing CA is bound to (nil: a CA bound to no node).
+    public var node: String?
+    /// When the first certificate of its chain expires.
+    public var notAfter: Date
+
+    public init(identity: String, node: String?, notAfter: Date) {
+        self.identity = identity
+        self.node = node
+        self.notAfter = notAfter
+    }
 }
 
 /// The verified identity of a TLS peer, set by the verification callback during the
 /// handshake (before any application data can arrive).
 final class PeerIdentity: Sendable {
-    private let box = NIOLockedValueBox<(id: String?, node: String?, checked: Bool)>((nil, nil, false))
+    private let box = NIOLockedValueBox<(id: String?, node: String?, chain: [[UInt8]]?, checked: Bool)>((nil, nil, nil, false))
     var value: String? { box.withLockedValue { $0.id } }
     /// The node whose CA issued the peer's certificate (the peer agent's node).
     var node: String? { box.withLockedValue { $0.node } }
+    /// The chain it presented (DER, leaf first), to verify again when trust changes.
+    var chain: [[UInt8]]? { box.withLockedValue { $0.chain } }
     /// The peer presented a certificate and weft's verification ran (pass or fail).
     var checked: Bool { box.withLockedValue { $0.checked } }
-    func set(_ id: String, node: String) { box.withLockedValue { $0.id = id; $0.node = node } }
+    func set(_ id: String, node: String, chain: [[UInt8]]) { box.withLockedValue { $0.id = id; $0.node = node; $0.chain = chain } }
     func markChecked() { box.withLockedValue { $0.checked = true } }
 }
 
@@ -85,9 +103,11 @@ final class TunnelTLS: Sendable {
     /// name an identity, and be issued by a CA bound to a node; `accept` says whether that
     /// node may speak for that identity (nil) or why not (the client expects its
     /// destination node's workloads, the server any node's own). The verified identity
-    /// and node land in `peer`.
+    /// and node land in `peer`; `expires` is told when the chain stops being valid (a
+    /// tunnel connection lives no longer than its peer's certificate).
     func verifier(peer: PeerIdentity, accept: @escaping @Sendable (_ identity: String, _ node: String) -> String?,
-                  refused: @escaping @Sendable (String) -> Void) -> NIOSSLCustomVerificationCallback {
+                  refused: @escaping @Sendable (String) -> Void,
+                  expires: @escaping @Sendable (Date) -> Void) -> NIOSSLCustomVerificationCallback {
         let identities = identities
         return { certificates, promise in
             peer.markChecked()
@@ -103,8 +123,9 @@ final class TunnelTLS: Sendable {
             // may be completed from any thread.
             Task {
                 do {
-                    let (id, node) = try await identities.verify(chainDER: der)
-                    guard let node else {
+                    let v = try await identities.verify(chainDER: der)
+                    let id = v.identity
+                    guard let node = v.node else {
                         refused("\(id) is issued by a CA bound to no node, which may not speak for any workload (issue node CAs with weft ca issue-node)")
                         promise.succeed(.failed)
                         return
@@ -114,7 +135,8 @@ final class TunnelTLS: Sendable {
                         promise.succeed(.failed)
                         return
                     }
-                    peer.set(id, node: node)
+                    peer.set(id, node: node, chain: der)
+                    expires(v.notAfter)
                     promise.succeed(.certificateVerified)
                 } catch {
                     refused("\(error)")

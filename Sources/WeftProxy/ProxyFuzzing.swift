@@ -1,0 +1,103 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOEmbedded
+import WeftConfig
+
+/// Entry points for the libFuzzer harnesses in Fuzz/ — never used by the agent. Each
+/// feeds attacker-controlled bytes through the very code a client connection meets, on an
+/// embedded event loop: any crash, trap or sanitizer report is a bug; refusals are the
+/// expected outcome.
+public enum ProxyFuzzing {
+    /// The protocol sniffer: `classify` on every prefix of the bytes, then the handler
+    /// itself fed the bytes in pieces (the first byte picks their size).
+    public static func sniff(_ data: [UInt8]) {
+        var buffer = ByteBuffer(bytes: data)
+        for n in 0...min(data.count, 64) {
+            _ = ProtocolSniffHandler.classify(buffer.getSlice(at: 0, length: n)!.readableBytesView)
+        }
+        let ch = EmbeddedChannel()
+        let decided = NIOLockedValueBox(0)
+        _ = try? ch.pipeline.syncOperations.addHandler(ProtocolSniffHandler { _, _ in decided.withLockedValue { $0 += 1 } })
+        let piece = max(1, Int(data.first ?? 1) % 32)
+        while buffer.readableBytes > 0, let chunk = buffer.readSlice(length: min(piece, buffer.readableBytes)) {
+            if (try? ch.writeInbound(chunk)) == nil { break }
+        }
+        ch.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        if decided.withLockedValue({ $0 }) > 1 { fatalError("the sniffer decided twice") }
+        _ = try? ch.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A client's HTTP/1 bytes at the destination end of the tunnel: NIO's decoder with
+    /// the proxy's limits, the pipelining handler, the proxy's exchanges — hostile-input
+    /// checks, path normalization, authorization, routing and local replies (the upstream
+    /// cannot be dialed on an embedded loop, so forwarded requests end in 503).
+    public static func http1(_ data: [UInt8]) {
+        let f = fixture
+        let ch = EmbeddedChannel()
+        let loop = ch.embeddedEventLoop
+        let state = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1),
+                              streamIdleTimeout: .minutes(5), requestTimeout: .seconds(30)) { _ in }
+        let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("10.9.9.9")!, 40000),
+                                     origin: ConnectionOrigin(destination: f.target.cluster.endpoints[0].socket, cgroupID: 0),
+                                     listener: f.target.listener, source: nil, tables: f.tables, loop: state, clusters: ClusterRegistry(),
+                                     inbound: InboundPeer(identity: "spiffe://cluster.local/ns/default/sa/frontend", sourceWorkload: nil,
+                                                          target: f.target, path: .tunnel),
+                                     live: NIOLockedValueBox(f.tables), sessions: f.sessions)
+        _ = try? ch.pipeline.syncOperations.addHandlers(OutboundProxy.http1Handlers(conn, headerTimeout: .seconds(10), idleTimeout: .hours(1)))
+        var buffer = ByteBuffer(bytes: data)
+        let piece = max(1, Int(data.first ?? 1) % 64)
+        while buffer.readableBytes > 0, let chunk = buffer.readSlice(length: min(piece, buffer.readableBytes)), ch.isActive {
+            if (try? ch.writeInbound(chunk)) == nil { break }
+            loop.run()
+        }
+        // Let every timer (retries, timeouts) fire, then read whatever was answered.
+        loop.advanceTime(by: .minutes(10))
+        while let _ = try? ch.readOutbound(as: ByteBuffer.self) {}
+        _ = try? ch.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A workload of this node under AuthorizationPolicy, with a routed service in front.
+    private struct Fixture: @unchecked Sendable {
+        let tables: ProxyTables
+        let target: InboundTarget
+        let sessions: LiveSessions
+    }
+
+    private static let fixture: Fixture = {
+        let yaml = """
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {name: web, namespace: default}
+        spec:
+          hosts: [web.default.svc.cluster.local]
+          addresses: [10.96.0.10]
+          ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]
+          resolution: STATIC
+          workloadSelector: {labels: {app: web}}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: WorkloadEntry
+        metadata:
+          name: web
+          namespace: default
+          annotations: {weft.io/node: fuzz, weft.io/cgroup: web}
+        spec: {address: 10.0.0.10, labels: {app: web}, serviceAccount: web}
+        ---
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: web, namespace: default}
+        spec:
+          selector: {matchLabels: {app: web}}
+          action: DENY
+          rules:
+          - to: [{operation: {paths: ["/admin*"], methods: ["DELETE"], hosts: ["admin.web"]}}]
+          - when: [{key: request.headers[x-evil], values: ["*"]}]
+        """
+        let parsed = ConfigLoader.parse(text: yaml, file: "fuzz.yaml")
+        guard let snap = try? ConfigLoader.snapshot(parsed, revision: 1) else { fatalError("the fuzz fixture does not validate") }
+        let tables = ProxyTables(snapshot: snap, node: "fuzz")
+        guard let target = tables.inboundTargets.values.first else { fatalError("the fuzz fixture has no workload port") }
+        return Fixture(tables: tables, target: target, sessions: LiveSessions(logger: Logger(label: "fuzz")))
+    }()
+}
