@@ -101,6 +101,28 @@ def _session():
     sweep()
 
 
+# No single test may hold the suite: a hung peer or agent fails that test (its fixtures
+# still clean up) instead of running CI into its time limit.
+TEST_TIMEOUT = int(os.environ.get("WEFT_TEST_TIMEOUT", "600"))
+
+
+class TestTimedOut(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _per_test_timeout(request):
+    def expire(signum, frame):
+        raise TestTimedOut("%s ran past %ds (WEFT_TEST_TIMEOUT)" % (request.node.nodeid, TEST_TIMEOUT))
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIMEOUT)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 SERVICE = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:

@@ -64,10 +64,12 @@ final class TunnelPool {
         guard retry, let pooled else { return stream }
         // A pooled connection may be going away under a new stream (its peer drained it:
         // NIO refuses streams after a GOAWAY): once more, on a new connection.
-        return stream.flatMapError { [self] error in
+        // The pool belongs to `loop`, where the stream's future completes.
+        let pool = NIOLoopBound(self, eventLoop: loop)
+        return stream.flatMapError { error in
             guard error is TunnelStreamLost else { return loop.makeFailedFuture(error) }
-            forget(key, pooled)
-            return open(key, via: via, target: target, on: loop, timeout: timeout, retry: false)
+            pool.value.forget(key, pooled)
+            return pool.value.open(key, via: via, target: target, on: loop, timeout: timeout, retry: false)
         }
     }
 
