@@ -596,11 +596,47 @@ def test_one_host_cannot_exhaust_the_agent(mesh):
     assert rss_flood - rss_before < 64, (rss_before, rss_flood)
 
 
+H2_SLOW = r"""
+import json, socket, time
+import h2.config, h2.connection, h2.events
+def go(body_gap, stop_after):
+    s = socket.create_connection(("10.96.7.7", 80), timeout=10)
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    c.initiate_connection()
+    c.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":authority", "web"), (":path", "/slow2"),
+                       ("content-length", "100")])
+    s.sendall(c.data_to_send())
+    start, sent, status, ended = time.time(), 0, None, False
+    s.settimeout(body_gap)
+    while not ended:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            if sent < stop_after:
+                c.send_data(1, b"x")
+                s.sendall(c.data_to_send())
+                sent += 1
+            continue
+        if not data:
+            break
+        for e in c.receive_data(data):
+            if isinstance(e, h2.events.ResponseReceived):
+                status = dict(e.headers)[b":status"].decode()
+            elif isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                ended = True
+        s.sendall(c.data_to_send())
+    s.close()
+    return {"status": status or "reset", "seconds": round(time.time() - start, 1)}
+print(json.dumps({"trickle": go(0.5, 100), "quiet": go(0.3, 1)}))
+"""
+
+
 def test_timeouts_bound_slow_clients(mesh):
     """Class 5: a TLS handshake that never starts (1 s here), a plaintext connection that
     never says anything (the request-header timeout, 1 s), a request body trickled slower
     than the request timeout (2 s) and a stream gone quiet (the stream idle timeout, 1 s)
-    each end with a close (408 where a request was begun); normal requests go on."""
+    each end with a close (408 where a request was begun), on HTTP/1.1 connections and
+    HTTP/2 streams alike; normal requests go on."""
     frontend = mtls_setup(mesh, DENY_ADMIN, start=False, in_cgroups=True)
     a, b = mesh.a, mesh.b
     a.add_address(ATTACKER)
@@ -639,8 +675,13 @@ print(json.dumps({"trickle": go(0.5, 100), "quiet": go(0.3, 1)}))
     got = json.loads(a.run(["python3", "-c", script], cgroup=frontend, check=True, timeout=60).stdout)
     assert got["trickle"]["status"] == "408" and 1.5 <= got["trickle"]["seconds"] <= 4, got
     assert got["quiet"]["status"] == "408" and got["quiet"]["seconds"] <= 3, got
+    # The same two on HTTP/2 streams (one connection each): the stream gets its 408.
+    got = json.loads(a.run(["/usr/bin/python3", "-c", H2_SLOW], cgroup=frontend, check=True, timeout=60).stdout)
+    assert got["trickle"]["status"] == "408" and 1.5 <= got["trickle"]["seconds"] <= 4, got
+    assert got["quiet"]["status"] == "408" and got["quiet"]["seconds"] <= 3, got
     # What the workload got of them stopped short: the upstream request was abandoned.
-    assert all(x["body_len"] < 100 for x in b.requests_seen("web") if x["path"] == "/slow"), b.requests_seen("web")
+    slow = [x for x in b.requests_seen("web") if x["path"] in ("/slow", "/slow2")]
+    assert all(x["body_len"] < 100 for x in slow), slow
     assert a.http("http://10.96.7.7/fine", 5, cgroup=frontend)["statuses"] == {"200": 5}
 
 
