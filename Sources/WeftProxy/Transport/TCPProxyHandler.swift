@@ -46,9 +46,20 @@ final class TCPProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             case .success(let ch): self.attach(context, ch)
             case .failure:
                 self.connected(nil)
-                context.close(promise: nil)
+                Self.reset(context)
             }
         }
+    }
+
+    /// Closes the client's connection with a reset: a clean FIN would read as an empty
+    /// answer (or not, depending on whether the client's first bytes had arrived, which
+    /// makes the kernel reset anyway), where the connection failed — as if refused.
+    static func reset(_ context: ChannelHandlerContext) {
+        guard let socket = context.channel as? SocketOptionProvider else {
+            context.close(promise: nil) // a tunnel stream: its close resets the stream
+            return
+        }
+        socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
