@@ -77,6 +77,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The in-process proxy benchmark (scripts/bench l7 runs it): allocations and CPU per
+        // proxied request. CAllocCounter replaces malloc and friends in it, never in `weft`.
+        .target(name: "CAllocCounter"),
+        .executableTarget(
+            name: "weft-proxy-bench",
+            dependencies: [
+                "WeftProxy", "WeftConfig", "CAllocCounter",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
         // The corpus is read from the source tree by path (see CorpusTests), not bundled.
         .testTarget(name: "WeftConfigTests", dependencies: [
             "WeftConfig", .product(name: "PropertyBased", package: "swift-property-based"),
