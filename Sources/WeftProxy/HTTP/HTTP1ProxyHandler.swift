@@ -32,8 +32,22 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.http2 = http2
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    /// The current exchange's stream idle and request deadlines: one timer each for the
+    /// connection (or HTTP/2 stream), which every exchange on it reuses.
+    private(set) var streamIdleTimer: DeadlineTimer?
+    private(set) var requestTimer: DeadlineTimer?
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        streamIdleTimer = DeadlineTimer(on: context.eventLoop) { [weak self] in self?.exchange?.streamIdleExpired() }
+        requestTimer = DeadlineTimer(on: context.eventLoop) { [weak self] in self?.exchange?.requestExpired() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        streamIdleTimer?.cancel()
+        requestTimer?.cancel()
+        self.context = nil
+    }
 
     /// An HTTP/1.1 request has a body when its head announces one (RFC 9112 §6.3).
     static func declaresBody(_ head: HTTPRequestHead) -> Bool {
@@ -167,8 +181,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// Requests with bodies up to this size are held whole, so they can be retried.
     static let maxReplayBytes = 64 * 1024
     /// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1).
-    static let hopByHop: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
-                                        "trailer", "proxy-authenticate", "proxy-authorization"]
+    static let hopByHopNames = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade",
+                                "trailer", "proxy-authenticate", "proxy-authorization"]
+    static let hopByHop = Set(hopByHopNames)
 
     /// Whether the client keeps its connection after this response: always on HTTP/2
     /// (streams end, connections stay), per the request on HTTP/1 — except after a request
@@ -372,7 +387,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     func requestBody(_ b: ByteBuffer) {
-        lastActivity = .now()
+        touch()
         requestBytes += b.readableBytes
         if finished { return } // answered already: the rest of the body is read and dropped
         held.append(b)
@@ -389,8 +404,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     func requestEnd() {
         requestComplete = true
-        requestTimer?.cancel()
-        lastActivity = .now()
+        handler.requestTimer?.set(nil)
+        touch()
         if let up = upstream, !finished, !sentEnd {
             up.send(.end(nil), flush: true)
             sentEnd = true
@@ -408,8 +423,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func clientGone() {
         routeTimer?.cancel()
         tryTimer?.cancel()
-        idleTimer?.cancel()
-        requestTimer?.cancel()
+        handler.streamIdleTimer?.set(nil)
+        handler.requestTimer?.set(nil)
         if let up = upstream, !finished { up.close() }
         upstream = nil
         finished = true
@@ -423,7 +438,14 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     /// The end-to-end headers of a message: hop-by-hop ones and those its Connection header
     /// names are dropped; `te: trailers` stays (gRPC needs it, and it is legal in HTTP/2).
-    static func endToEnd(_ headers: HTTPHeaders) -> HTTPHeaders {
+    static func endToEnd(_ headers: HTTPHeaders, room: Int = 0) -> HTTPHeaders {
+        // Most messages carry none of them: they pass as they are, with room for what the
+        // proxy adds (one copy of the storage, where adding one by one grew it four times).
+        if !hopByHopNames.contains(where: { headers.contains(name: $0) }) {
+            var h = headers
+            h.reserveCapacity(headers.count + room)
+            return h
+        }
         let named = Set(headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
         var h = HTTPHeaders()
         for (name, value) in headers {
@@ -436,7 +458,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     private func makeUpstreamHead(_ d: ForwardDecision) -> HTTPRequestHead {
-        var h = Self.endToEnd(head.headers)
+        var h = Self.endToEnd(head.headers, room: 4 + d.requestHeaders.reduce(0) { $0 + $1.set.count + $1.add.count })
         h.replaceOrAdd(name: "host", value: d.authority)
         // Only the destination's agent may say who the client is: a client's own
         // x-forwarded-client-cert never passes, on either side of the tunnel.
@@ -741,7 +763,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             }
             handler.write(.head(out))
         case .body(let b):
-            lastActivity = .now()
+            touch()
             responseBytes += b.readableBytes
             handler.write(.body(.byteBuffer(b)))
         case .end where switching:
@@ -796,7 +818,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     private func clientHead(_ rh: HTTPResponseHead) -> HTTPResponseHead {
-        var h = Self.endToEnd(rh.headers)
+        var h = Self.endToEnd(rh.headers, room: (decision?.responseHeaders ?? []).reduce(0) { $0 + $1.set.count + $1.add.count })
         for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
         if let c = setCookie { h.add(name: "set-cookie", value: c) }
         if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
@@ -805,34 +827,26 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     // MARK: client timeouts
 
-    private var idleTimer: Scheduled<Void>?
-    private var requestTimer: Scheduled<Void>?
-    /// The last byte of this exchange either way (the head counts as the first).
-    private var lastActivity = NIODeadline.now()
-
     /// Bounds what one slow client can hold: a stream with no byte either way for the
     /// stream idle timeout ends, and so does a request whose body is not all in within
-    /// the request timeout (when one is set). One timer each: activity only moves a
-    /// deadline, and the timer re-arms itself for what is left.
+    /// the request timeout (when one is set). The timers are the handler's: activity
+    /// only moves a deadline (the head counts as the first byte).
     private func armTimeouts() {
-        guard let loop = handler.context?.eventLoop.assumeIsolated() else { return }
-        if let idle = conn.loop.streamIdleTimeout {
-            func check() {
-                guard !finished else { return }
-                let quiet = NIODeadline.now() - lastActivity
-                if quiet >= idle {
-                    clientTimeout(body: "stream timeout", flag: "SI")
-                } else {
-                    idleTimer = loop.scheduleTask(in: idle - quiet, check)
-                }
-            }
-            idleTimer = loop.scheduleTask(in: idle, check)
-        }
-        if let limit = conn.loop.requestTimeout {
-            requestTimer = loop.scheduleTask(in: limit) {
-                if !self.finished && !self.requestComplete { self.clientTimeout(body: "request timeout", flag: nil) }
-            }
-        }
+        touch()
+        if let limit = conn.loop.requestTimeout { handler.requestTimer?.set(in: limit) }
+    }
+
+    /// A byte went either way: the stream idle deadline moves on.
+    private func touch() {
+        if let idle = conn.loop.streamIdleTimeout { handler.streamIdleTimer?.set(in: idle) }
+    }
+
+    func streamIdleExpired() {
+        if !finished { clientTimeout(body: "stream timeout", flag: "SI") }
+    }
+
+    func requestExpired() {
+        if !finished && !requestComplete { clientTimeout(body: "request timeout", flag: nil) }
     }
 
     /// The client took too long: 408 if nothing was answered yet, else the response is
@@ -898,8 +912,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func complete() {
         finished = true
         endActive()
-        idleTimer?.cancel()
-        requestTimer?.cancel()
+        handler.streamIdleTimer?.set(nil)
+        handler.requestTimer?.set(nil)
         routeTimer?.cancel()
         tryTimer?.cancel()
         if requestCounted { clusterState?.endRequest() }

@@ -21,7 +21,8 @@ final class SlowClientGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private let idleTimeout: TimeAmount
     private let onHeaderTimeout: () -> Void
     private var state = State.idle
-    private var timer: Scheduled<Void>?
+    private var timer: DeadlineTimer?
+    private var context: ChannelHandlerContext?
 
     init(headerTimeout: TimeAmount, idleTimeout: TimeAmount, onHeaderTimeout: @escaping () -> Void) {
         self.headerTimeout = headerTimeout
@@ -29,13 +30,21 @@ final class SlowClientGuard: ChannelDuplexHandler, RemovableChannelHandler {
         self.onHeaderTimeout = onHeaderTimeout
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { arm(context, idleTimeout) }
-    func handlerRemoved(context: ChannelHandlerContext) { timer?.cancel() }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        timer = DeadlineTimer(on: context.eventLoop) { [weak self] in self?.expired() }
+        timer?.set(in: idleTimeout)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        self.context = nil
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if state == .idle {
             state = .readingHead
-            arm(context, headerTimeout)
+            timer?.set(in: headerTimeout)
         }
         context.fireChannelRead(data)
     }
@@ -53,27 +62,24 @@ final class SlowClientGuard: ChannelDuplexHandler, RemovableChannelHandler {
         switch p {
         case .headReceived:
             state = .inExchange
-            timer?.cancel()
+            timer?.set(nil)
         case .exchangeDone:
             state = .idle
-            arm(context, idleTimeout)
+            timer?.set(in: idleTimeout)
         }
         promise?.succeed()
     }
 
-    private func arm(_ context: ChannelHandlerContext, _ after: TimeAmount) {
-        timer?.cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: after) { [weak self] in
-            guard let self else { return }
-            if self.state == .readingHead {
-                // Straight onto the socket: the HTTP encoder behind us has no response
-                // to frame, since no request was ever decoded.
-                self.onHeaderTimeout()
-                let reply = "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
-                context.writeAndFlush(NIOAny(ByteBuffer(string: reply))).whenComplete { _ in context.close(promise: nil) }
-            } else if self.state == .idle {
-                context.close(promise: nil)
-            }
+    private func expired() {
+        guard let context else { return }
+        if state == .readingHead {
+            // Straight onto the socket: the HTTP encoder behind us has no response to
+            // frame, since no request was ever decoded.
+            onHeaderTimeout()
+            let reply = "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+            context.writeAndFlush(NIOAny(ByteBuffer(string: reply))).whenComplete { _ in context.close(promise: nil) }
+        } else if state == .idle {
+            context.close(promise: nil)
         }
     }
 }

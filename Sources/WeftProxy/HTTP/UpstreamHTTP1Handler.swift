@@ -20,14 +20,18 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
     typealias OutboundOut = HTTPClientRequestPart
 
     let endpoint: SocketKey
-    weak var delegate: UpstreamHTTP1Delegate?
+    /// The exchange using the connection. Held strongly (a weak reference costs a side
+    /// table per exchange); every way an exchange lets go of the connection clears it —
+    /// release to the pool, close, abandon — and so does the connection closing.
+    var delegate: UpstreamHTTP1Delegate?
     /// Called once when the connection closes (the pool forgets it).
     var onClose: ((UpstreamHTTP1Handler) -> Void)?
     private(set) var context: ChannelHandlerContext?
     /// Requests sent on this connection (maxRequestsPerConnection).
     var requests = 0
-    /// Scheduled close while idle in the pool.
-    var idleTimer: Scheduled<Void>?
+    /// Closes the connection once idle in the pool for its idle timeout (one timer for
+    /// the connection's life, moved at each release).
+    var idleTimer: DeadlineTimer?
     /// Its registration as idle with the cluster (see ClusterState.addIdle).
     var idleToken: UInt64?
     /// Counts idle periods, so a reclaim meant for an earlier one does nothing.
@@ -72,6 +76,7 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
             refused = true
         }
         idleTimer?.cancel()
+        idleTimer = nil
         onClose?(self)
         onClose = nil
         delegate?.upstreamClosed(self)
@@ -163,8 +168,7 @@ final class HTTP1Pool {
     func acquire(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
         -> EventLoopFuture<UpstreamHTTP1Handler>? {
         while let conn = idle[key]?.popLast() {
-            conn.idleTimer?.cancel()
-            conn.idleTimer = nil
+            conn.idleTimer?.set(nil)
             if let t = conn.idleToken { cluster.removeIdle(t) }
             conn.idleToken = nil
             if conn.isActive { return loop.makeSucceededFuture(conn) }
@@ -284,13 +288,18 @@ final class HTTP1Pool {
             conn.close()
             return
         }
-        let next = cluster.connectionIdle(on: loop)
+        // Requests wait for a connection, and idle ones are reclaimed for them, only under
+        // a maxConnections limit: without one the cluster need not hear of idle ones.
+        let limited = cluster.limits.maxConnections < ClusterState.unlimited
+        let next = limited ? cluster.connectionIdle(on: loop) : .keep
         if case .close = next {
             conn.close()
             return
         }
-        conn.idleTimer = loop.assumeIsolated().scheduleTask(in: idleTimeout ?? Self.defaultIdleTimeout) { conn.close() }
+        if conn.idleTimer == nil { conn.idleTimer = DeadlineTimer(on: loop) { [weak conn] in conn?.close() } }
+        conn.idleTimer?.set(in: idleTimeout ?? Self.defaultIdleTimeout)
         idle[key, default: []].append(conn)
+        guard limited else { return }
         let bound = NIOLoopBound(conn, eventLoop: loop)
         conn.idleGeneration += 1
         let generation = conn.idleGeneration
@@ -309,7 +318,7 @@ final class HTTP1Pool {
     func closeIdle(cluster: ClusterKey, except keep: SocketKey) -> Bool {
         guard let key = idle.keys.first(where: { $0.cluster == cluster && $0.endpoint != keep && !(idle[$0]?.isEmpty ?? true) }),
               let conn = idle[key]?.popLast() else { return false }
-        conn.idleTimer?.cancel()
+        conn.idleTimer?.set(nil)
         conn.close() // its onClose unregisters it and frees the slot
         return true
     }
