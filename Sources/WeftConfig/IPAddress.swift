@@ -32,10 +32,14 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
 
     /// Canonical text (inet_ntop).
     public var description: String {
-        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        let af = family == 4 ? AF_INET : AF_INET6
-        _ = bytes.withUnsafeBytes { inet_ntop(af, $0.baseAddress, &buf, socklen_t(buf.count)) }
-        return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        // On the stack: the proxy formats addresses for every request's telemetry, and an
+        // IPv4 address (≤ 15 bytes) then needs no allocation at all.
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN)) { buf in
+            let af = family == 4 ? AF_INET : AF_INET6
+            buf[0] = 0
+            _ = bytes.withUnsafeBytes { inet_ntop(af, $0.baseAddress, buf.baseAddress, socklen_t(buf.count)) }
+            return String(cString: buf.baseAddress!)
+        }
     }
 
     /// IPv4 before IPv6, then bytewise.
@@ -58,7 +62,11 @@ public struct IPAddress: Hashable, Sendable, Comparable, CustomStringConvertible
 
     /// `addr:port`, with brackets for IPv6.
     public func withPort(_ port: UInt16) -> String {
-        family == 6 ? "[\(self)]:\(port)" : "\(self):\(port)"
+        // Appended, not interpolated: a result of up to 15 bytes stays a small string.
+        var text = family == 6 ? "[" + description + "]" : description
+        text += ":"
+        text += String(port)
+        return text
     }
 
     /// Parses `addr:port` or `[v6]:port`.

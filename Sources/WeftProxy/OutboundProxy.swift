@@ -53,11 +53,24 @@ final class LoopState {
     func requestID() -> String {
         let a = rng.next(), b = rng.next()
         let hi = (a & 0xffff_ffff_ffff_0fff) | 0x4000, lo = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000
-        func hex(_ v: UInt64, _ digits: Int) -> String {
-            let s = String(v, radix: 16)
-            return String(repeating: "0", count: digits - s.count) + s
+        // Written in place: one allocation, where formatting the parts took several.
+        return String(unsafeUninitializedCapacity: 36) { out in
+            var i = 0
+            func put(_ v: UInt64, _ digits: Int) {
+                for d in stride(from: digits - 1, through: 0, by: -1) {
+                    let nibble = UInt8((v >> UInt64(d * 4)) & 0xf)
+                    out[i] = nibble < 10 ? 48 + nibble : 87 + nibble
+                    i += 1
+                }
+            }
+            func dash() {
+                out[i] = 45
+                i += 1
+            }
+            put(hi >> 32, 8); dash(); put((hi >> 16) & 0xffff, 4); dash(); put(hi & 0xffff, 4); dash()
+            put(lo >> 48, 4); dash(); put(lo & 0xffff_ffff_ffff, 12)
+            return i
         }
-        return "\(hex(hi >> 32, 8))-\(hex((hi >> 16) & 0xffff, 4))-\(hex(hi & 0xffff, 4))-\(hex(lo >> 48, 4))-\(hex(lo & 0xffff_ffff_ffff, 12))"
     }
 
     /// A random 64-bit value (generated consistent-hash cookies).

@@ -1,7 +1,7 @@
 // weft-proxy-bench: what one proxied HTTP/1.1 request costs the agent's proxy, in heap
 // allocations and CPU time, measured in one process with no kernel hooks (scripts/bench
 // prints it next to the peers' table). The proxy is weft's own (OutboundProxy with the
-// bench's VirtualService route, one event loop); the client and the upstream are plain
+// bench's VirtualService route, one event loop, Istio's metrics recorded); the client and the upstream are plain
 // blocking sockets on their own threads that allocate nothing per request, so every
 // allocation counted while the requests run is the proxy's (and NIO's under it). The
 // "direct" row — the same client and upstream with no proxy between — proves that: it
@@ -210,14 +210,18 @@ let proxyPort = freePort()
 var settings = OutboundProxy.Settings(port: proxyPort, agentMark: 0, threads: 1)
 var logger = Logger(label: "weft-proxy-bench")
 logger.logLevel = .warning
-// Every connection to the bench's listener is taken as captured to the VIP.
-let proxy = OutboundProxy(settings: settings, logger: logger, origin: { _ in ConnectionOrigin(destination: vip, cgroupID: 0) })
+// Every connection to the bench's listener is taken as captured to the VIP. Istio's
+// metrics are recorded, as by the agent with its default --metrics-port.
+let metrics = IstioMetrics()
+let proxy = OutboundProxy(settings: settings, logger: logger, origin: { _ in ConnectionOrigin(destination: vip, cgroupID: 0) },
+                          observer: { metrics.record($0) })
 proxy.update(ProxyTables(snapshot: snapshot, node: "bench"))
 try proxy.start()
 
 let direct = measure(port: upstreamPort)
 let proxied = measure(port: proxyPort)
 proxy.stop()
+precondition(metrics.render().contains("istio_requests_total{"), "no request was recorded in the metrics")
 
 func fmt(_ x: Double) -> String { String(format: "%.1f", x) }
 print("""

@@ -1,4 +1,5 @@
 import Foundation
+import NIOHTTP1
 import Testing
 import WeftConfig
 @testable import WeftProxy
@@ -76,13 +77,13 @@ extension RouteDecision {
         let good = req("/x?other=1&name=a%20b", headers: [("X-Debug", "")], port: 8080, labels: ["app": "frontend", "v": "1"])
         #expect(r.decide(good, random: 0).forward?.routeName == "a")
         var bad = good
-        bad.headers.append((name: "x-skip", value: "1"))
+        bad.headers.add(name: "x-skip", value: "1")
         #expect(r.decide(bad, random: 0).forward?.routeName == "b", "withoutHeaders excludes")
         bad = good
-        bad.headers.append((name: "x-skip", value: "2"))
+        bad.headers.add(name: "x-skip", value: "2")
         #expect(r.decide(bad, random: 0).forward?.routeName == "a", "withoutHeaders with another value still matches")
         for change in [{ (r: inout RequestAttributes) in r.method = "GETX" }, { $0.port = 80 }, { $0.sourceLabels = ["app": "other"] },
-                       { $0.path = "/x?name=ab" }, { $0.headers = [] }] {
+                       { $0.path = "/x?name=ab" }, { $0.headers = HTTPHeaders() }] {
             var r2 = good
             change(&r2)
             #expect(r.decide(r2, random: 0).forward?.routeName == "b")

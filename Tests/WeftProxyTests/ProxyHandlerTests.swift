@@ -358,3 +358,30 @@ final class ReadCounter: ChannelOutboundHandler {
         }
     }
 }
+
+/// Strings the proxy writes per request, formatted by hand for speed: they must still be
+/// what the slow, obvious code would print.
+@Suite struct PerRequestFormattingTests {
+    @Test func requestIDsAreVersion4UUIDs() throws {
+        let loop = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1)) { _ in }
+        var seen = Set<String>()
+        for _ in 0..<1000 {
+            let id = loop.requestID()
+            let uuid = try #require(UUID(uuidString: id), "\(id) is not a UUID")
+            #expect(id == uuid.uuidString.lowercased())
+            let bytes = withUnsafeBytes(of: uuid.uuid) { Array($0) }
+            #expect(bytes[6] >> 4 == 4, "version 4: \(id)")
+            #expect(bytes[8] >> 6 == 2, "RFC 4122 variant: \(id)")
+            seen.insert(id)
+        }
+        #expect(seen.count == 1000)
+    }
+
+    @Test func addressesWithPortsAreInetNtopText() {
+        #expect(SocketKey(IPAddress("10.96.0.1")!, 80).description == "10.96.0.1:80")
+        #expect(SocketKey(IPAddress("255.255.255.255")!, 65535).description == "255.255.255.255:65535")
+        #expect(SocketKey(IPAddress("fd00::1")!, 443).description == "[fd00::1]:443")
+        #expect(IPAddress("2001:db8:0:0:1:0:0:1")!.description == "2001:db8::1:0:0:1")
+        #expect(IPAddress("::ffff:10.0.0.1")!.description == "::ffff:10.0.0.1")
+    }
+}

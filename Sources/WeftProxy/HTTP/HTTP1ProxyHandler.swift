@@ -308,7 +308,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let routed: RouteDecision
         if let router = listener.router {
             let attrs = RequestAttributes(method: head.method.rawValue, path: uri, authority: authority,
-                                          headers: head.headers.map { ($0.name, $0.value) }, port: listener.port.number,
+                                          headers: head.headers, port: listener.port.number,
                                           sourceLabels: conn.source?.spec.labels ?? [:])
             routed = router.decide(attrs, random: conn.loop.random())
         } else {
@@ -493,8 +493,18 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     }
 
     private func apply(_ ops: HeaderOperations, to h: inout HTTPHeaders) {
-        for (k, v) in ops.set.sorted(by: { $0.key < $1.key }) { h.replaceOrAdd(name: k, value: v) }
-        for (k, v) in ops.add.sorted(by: { $0.key < $1.key }) { h.add(name: k, value: v) }
+        // In name order, so the result does not depend on dictionary order; a single
+        // operation (the common route) needs no sorted copy.
+        if ops.set.count == 1, let (k, v) = ops.set.first {
+            h.replaceOrAdd(name: k, value: v)
+        } else {
+            for (k, v) in ops.set.sorted(by: { $0.key < $1.key }) { h.replaceOrAdd(name: k, value: v) }
+        }
+        if ops.add.count == 1, let (k, v) = ops.add.first {
+            h.add(name: k, value: v)
+        } else {
+            for (k, v) in ops.add.sorted(by: { $0.key < $1.key }) { h.add(name: k, value: v) }
+        }
         for k in ops.remove { h.remove(name: k) }
     }
 
@@ -503,7 +513,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         // Another endpoint than those tried (Istio's previous-hosts retry predicate), never
         // an ejected one unless all are (Envoy's panic mode: then any).
         let ejected = state.ejected()
-        var exclude = tried.union(ejected)
+        // The previous attempt's endpoint joins those tried only now, when there is a
+        // retry: a request that needs one attempt builds no set.
+        if let last = lastEndpoint { tried.insert(last) }
+        var exclude = tried.isEmpty ? ejected : tried.union(ejected)
         if c.endpoints.allSatisfy({ exclude.contains($0.socket) }) { exclude = ejected }
         guard let ep = conn.loop.picker(c, exclude: exclude, hash: requestHash(c), state: state) else {
             finish(with: .noHealthyUpstream)
@@ -512,7 +525,6 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         endActive()
         state.attemptStarted(ep.socket)
         activeEndpoint = ep.socket
-        tried.insert(ep.socket)
         lastEndpoint = ep.socket
         lastWorkload = ep.workload
         attempts += 1
@@ -928,7 +940,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             start: startTime, peers: conn.peers(destinationWorkload: lastWorkload), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
             protocolName: isGRPC ? "gRPC" : handler.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
             responseBytes: responseBytes, upstream: lastEndpoint?.description, attempts: attempts,
-            requestID: requestID, route: decision?.routeName, cluster: cluster?.key.description)))
+            requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)))
         handler.exchangeFinished(self)
     }
 }

@@ -143,7 +143,14 @@ struct PoolKey: Hashable {
 /// per-worker connection pools; the counts they are limited by are per cluster
 /// (ClusterState), shared by all loops.
 final class HTTP1Pool {
-    private var idle: [PoolKey: [UpstreamHTTP1Handler]] = [:]
+    /// Idle connections per key, in a box each: taking one out or putting it back
+    /// mutates the box, not the dictionary (a dictionary's modify accessor allocated
+    /// three times per request).
+    private final class IdleList {
+        var connections: [UpstreamHTTP1Handler] = []
+    }
+
+    private var idle: [PoolKey: IdleList] = [:]
     private var http2: [PoolKey: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>] = [:]
     private var http2Channels: [PoolKey: Channel] = [:]
     private var http2States: [PoolKey: HTTP2ConnectionState] = [:]
@@ -167,7 +174,8 @@ final class HTTP1Pool {
     /// maxConnections (the caller waits or overflows).
     func acquire(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
         -> EventLoopFuture<UpstreamHTTP1Handler>? {
-        while let conn = idle[key]?.popLast() {
+        let list = idle[key]
+        while let conn = list?.connections.popLast() {
             conn.idleTimer?.set(nil)
             if let t = conn.idleToken { cluster.removeIdle(t) }
             conn.idleToken = nil
@@ -298,7 +306,13 @@ final class HTTP1Pool {
         }
         if conn.idleTimer == nil { conn.idleTimer = DeadlineTimer(on: loop) { [weak conn] in conn?.close() } }
         conn.idleTimer?.set(in: idleTimeout ?? Self.defaultIdleTimeout)
-        idle[key, default: []].append(conn)
+        if let list = idle[key] {
+            list.connections.append(conn)
+        } else {
+            let list = IdleList()
+            list.connections.append(conn)
+            idle[key] = list
+        }
         guard limited else { return }
         let bound = NIOLoopBound(conn, eventLoop: loop)
         conn.idleGeneration += 1
@@ -316,16 +330,17 @@ final class HTTP1Pool {
     /// Closes one idle connection of `cluster` to another endpoint than `keep`, freeing a
     /// connection slot for a request that must go elsewhere; false if there is none.
     func closeIdle(cluster: ClusterKey, except keep: SocketKey) -> Bool {
-        guard let key = idle.keys.first(where: { $0.cluster == cluster && $0.endpoint != keep && !(idle[$0]?.isEmpty ?? true) }),
-              let conn = idle[key]?.popLast() else { return false }
+        guard let list = idle.first(where: { $0.key.cluster == cluster && $0.key.endpoint != keep && !$0.value.connections.isEmpty })?.value,
+              let conn = list.connections.popLast() else { return false }
         conn.idleTimer?.set(nil)
         conn.close() // its onClose unregisters it and frees the slot
         return true
     }
 
     private func forget(_ conn: UpstreamHTTP1Handler, _ key: PoolKey) {
-        idle[key]?.removeAll { $0 === conn }
-        if idle[key]?.isEmpty == true { idle[key] = nil }
+        guard let list = idle[key] else { return }
+        list.connections.removeAll { $0 === conn }
+        if list.connections.isEmpty { idle[key] = nil }
     }
 }
 

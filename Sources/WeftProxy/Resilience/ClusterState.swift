@@ -39,12 +39,15 @@ final class ClusterState: Sendable {
     }
 
     let limits: Limits
+    /// Envoy's name of the cluster (telemetry, access log), formatted once.
+    let name: String
     let outlierPolicy: OutlierDetection?
     let endpoints: [SocketKey]
     private let state: NIOLockedValueBox<State>
 
     init(_ c: Cluster) {
         limits = Limits(c.connectionPool)
+        name = c.key.description
         outlierPolicy = c.outlierDetection
         endpoints = c.endpoints.map(\.socket)
         var s = State()

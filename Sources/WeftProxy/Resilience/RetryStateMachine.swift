@@ -77,23 +77,33 @@ public struct RetryStateMachine: Sendable {
     }
 
     /// Whether any retryOn condition covers the outcome (Envoy's definitions).
+    static let onConnectFailure: Set<String> = ["5xx", "gateway-error", "connect-failure", "reset"]
+    static let onRefusedStream: Set<String> = ["5xx", "refused-stream", "reset"]
+    static let onReset: Set<String> = ["5xx", "reset"]
+    static let onPerTryTimeout: Set<String> = ["5xx", "gateway-error", "reset"]
+
+    /// Whether the policy's retryOn covers the outcome. Runs for every response, so it
+    /// walks the (short) list as given instead of building sets from it.
     func conditionMet(_ o: AttemptOutcome) -> Bool {
-        let on = Set(policy.retryOn)
-        let codes = Set(policy.retryOn.compactMap { Int($0) })
+        let on = policy.retryOn
         switch o {
         case .connectFailure:
-            return !on.isDisjoint(with: ["5xx", "gateway-error", "connect-failure", "reset"])
+            return on.contains(where: Self.onConnectFailure.contains)
         case .refusedStream:
-            return !on.isDisjoint(with: ["5xx", "refused-stream", "reset"])
+            return on.contains(where: Self.onRefusedStream.contains)
         case .reset:
-            return !on.isDisjoint(with: ["5xx", "reset"])
+            return on.contains(where: Self.onReset.contains)
         case .perTryTimeout:
-            return !on.isDisjoint(with: ["5xx", "gateway-error", "reset"])
+            return on.contains(where: Self.onPerTryTimeout.contains)
         case .response(let status, _):
-            if on.contains("5xx") && (500...599).contains(status) { return true }
-            if on.contains("gateway-error") && [502, 503, 504].contains(status) { return true }
-            if on.contains("retriable-4xx") && status == 409 { return true }
-            if codes.contains(status) { return true }
+            for condition in on {
+                switch condition {
+                case "5xx" where (500...599).contains(status): return true
+                case "gateway-error" where status >= 502 && status <= 504: return true
+                case "retriable-4xx" where status == 409: return true
+                default: if Int(condition) == status { return true }
+                }
+            }
             return grpcConditionMet(o)
         }
     }

@@ -14,7 +14,8 @@ struct EndpointPicker {
     /// `random`/`random2` in [0, 1); `load`: requests in flight per endpoint.
     mutating func pick(_ c: Cluster, exclude: Set<SocketKey> = [], hash: UInt64?, random: Double, random2: Double = 0.5,
                        load: (SocketKey) -> Int = { _ in 0 }) -> Endpoint? {
-        var candidates = c.endpoints.filter { !exclude.contains($0.socket) }
+        // Nothing to exclude (a first attempt, nothing ejected): no filtered copy.
+        var candidates = exclude.isEmpty ? c.endpoints : c.endpoints.filter { !exclude.contains($0.socket) }
         if candidates.isEmpty { candidates = c.endpoints }
         guard !candidates.isEmpty else { return nil }
         switch c.loadBalancer {

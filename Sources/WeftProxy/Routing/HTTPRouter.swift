@@ -1,6 +1,7 @@
 /// WeftProxy: the L7 data path — request routing decisions (this file), and, as it grows,
 /// the protocol handlers and upstream pools that act on them.
 import Foundation
+import NIOHTTP1
 import WeftConfig
 
 /// What the router needs to know about a request; header names are lowercase.
@@ -9,7 +10,8 @@ public struct RequestAttributes: Sendable {
     /// `:path` as received, query string included.
     public var path: String
     public var authority: String
-    public var headers: [(name: String, value: String)]
+    /// The request's headers (names match case-insensitively).
+    public var headers: HTTPHeaders
     /// The service port the client dialed.
     public var port: UInt16
     /// Labels of the client's workload (known from its cgroup, never from the request).
@@ -20,15 +22,25 @@ public struct RequestAttributes: Sendable {
         self.method = method
         self.path = path
         self.authority = authority
-        self.headers = headers.map { ($0.name.lowercased(), $0.value) }
+        self.headers = HTTPHeaders(headers.map { ($0.name, $0.value) })
+        self.port = port
+        self.sourceLabels = sourceLabels
+    }
+
+    /// A request's attributes over its own headers (no copy of them).
+    public init(method: String, path: String, authority: String, headers: HTTPHeaders, port: UInt16, sourceLabels: Labels = [:]) {
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.headers = headers
         self.port = port
         self.sourceLabels = sourceLabels
     }
 
     /// Values of one header joined with "," (how Envoy matches repeated headers).
     func header(_ name: String) -> String? {
-        let values = headers.filter { $0.name == name }.map(\.value)
-        return values.isEmpty ? nil : values.joined(separator: ",")
+        let values = headers[name]
+        return values.isEmpty ? nil : values.count == 1 ? values[0] : values.joined(separator: ",")
     }
 
     var pathWithoutQuery: Substring { path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
@@ -114,10 +126,21 @@ public struct HTTPRouter: Sendable {
                 authority: route.rewrite?.authority ?? req.authority,
                 timeout: route.timeout, retries: route.retries, fault: route.fault,
                 mirror: route.mirror, mirrorPercentage: route.mirror == nil ? nil : (route.mirrorPercentage ?? 100),
-                requestHeaders: [route.headers?.request, chosen.headers?.request].compactMap { $0 },
-                responseHeaders: [route.headers?.response, chosen.headers?.response].compactMap { $0 }))
+                requestHeaders: Self.operations(route.headers?.request, chosen.headers?.request),
+                responseHeaders: Self.operations(route.headers?.response, chosen.headers?.response)))
         }
         return .noRoute
+    }
+
+    /// The route's header operations, then the destination's; built without temporary
+    /// arrays (this runs for every request), none at all when there are none.
+    static func operations(_ route: HeaderOperations?, _ destination: HeaderOperations?) -> [HeaderOperations] {
+        switch (route, destination) {
+        case (nil, nil): return []
+        case (let r?, nil): return [r]
+        case (nil, let d?): return [d]
+        case (let r?, let d?): return [r, d]
+        }
     }
 
     /// The match block that matched (nil: the route does not apply). A route without
@@ -134,10 +157,10 @@ public struct HTTPRouter: Sendable {
         if let p = m.port, p != req.port { return false }
         for (k, v) in m.sourceLabels where req.sourceLabels[k] != v { return false }
         for (name, sm) in m.headers {
-            guard let value = req.header(name.lowercased()), stringMatches(sm, value) else { return false }
+            guard let value = req.header(name), stringMatches(sm, value) else { return false }
         }
         for (name, sm) in m.withoutHeaders {
-            if let value = req.header(name.lowercased()), stringMatches(sm, value) { return false }
+            if let value = req.header(name), stringMatches(sm, value) { return false }
         }
         for (name, sm) in m.queryParams {
             guard let value = req.queryParam(name), stringMatches(sm, value) else { return false }

@@ -31,6 +31,13 @@ public final class IstioMetrics: Sendable {
         var duration = Histogram(buckets: IstioMetrics.durationBuckets.count)
         var requestBytes = Histogram(buckets: IstioMetrics.sizeBuckets.count)
         var responseBytes = Histogram(buckets: IstioMetrics.sizeBuckets.count)
+
+        mutating func record(_ r: RequestRecord) {
+            requests += 1
+            duration.observe(r.durationMillis, IstioMetrics.durationBuckets)
+            requestBytes.observe(Double(r.requestBytes), IstioMetrics.sizeBuckets)
+            responseBytes.observe(Double(r.responseBytes), IstioMetrics.sizeBuckets)
+        }
     }
 
     struct TCPSeries {
@@ -57,16 +64,24 @@ public final class IstioMetrics: Sendable {
     static let tcpLabels = peerLabels + ["response_flags"]
 
     /// Istio's values for the peer labels; "unknown" where nothing is known.
-    static func peerValues(_ p: Peers) -> [String] {
+    static func peerValues(_ p: Peers, room: Int = 1) -> [String] {
         // The principal is known where it was verified: at the tunnel's destination end.
         // Like Istio, only the destination reports the connection's security policy.
-        [
-            p.reporter, p.source?.name ?? "unknown", p.source?.namespace ?? "unknown",
-            p.sourcePrincipal.map { String($0.dropFirst("spiffe://".count)) } ?? "unknown", p.source?.name ?? "unknown",
-            p.destinationWorkload?.name ?? "unknown", p.destinationWorkload?.namespace ?? "unknown", p.destinationHost,
-            p.destinationService.name, p.destinationService.namespace,
-            p.reporter == "destination" ? (p.mutualTLS ? "mutual_tls" : "none") : "unknown",
-        ]
+        // One array, sized for the caller's labels too (a literal would be a second one).
+        var values = [String]()
+        values.reserveCapacity(peerLabels.count + room)
+        values.append(p.reporter)
+        values.append(p.source?.name ?? "unknown")
+        values.append(p.source?.namespace ?? "unknown")
+        values.append(p.sourcePrincipal.map { String($0.dropFirst("spiffe://".count)) } ?? "unknown")
+        values.append(p.source?.name ?? "unknown")
+        values.append(p.destinationWorkload?.name ?? "unknown")
+        values.append(p.destinationWorkload?.namespace ?? "unknown")
+        values.append(p.destinationHost)
+        values.append(p.destinationService.name)
+        values.append(p.destinationService.namespace)
+        values.append(p.reporter == "destination" ? (p.mutualTLS ? "mutual_tls" : "none") : "unknown")
+        return values
     }
 
     /// A response code as a label value: what an upstream sends is not ours to turn into
@@ -80,23 +95,22 @@ public final class IstioMetrics: Sendable {
     public func record(_ e: ProxyEvent) {
         switch e {
         case .request(let r):
-            let key = Self.peerValues(r.peers) + [
-                r.protocolName == "gRPC" ? "grpc" : "http",
-                Self.label(status: r.status), r.grpcStatus.map(Self.label(grpcStatus:)) ?? "", r.flags.isEmpty ? "-" : r.flags.joined(separator: ","),
-            ]
+            var key = Self.peerValues(r.peers, room: 4)
+            key.append(r.protocolName == "gRPC" ? "grpc" : "http")
+            key.append(Self.label(status: r.status))
+            key.append(r.grpcStatus.map(Self.label(grpcStatus:)) ?? "")
+            key.append(r.flags.isEmpty ? "-" : r.flags.count == 1 ? r.flags[0] : r.flags.joined(separator: ","))
             state.withLockedValue { s in
-                var series = s.http[key] ?? HTTPSeries()
-                series.requests += 1
-                series.duration.observe(r.durationMillis, Self.durationBuckets)
-                series.requestBytes.observe(Double(r.requestBytes), Self.sizeBuckets)
-                series.responseBytes.observe(Double(r.responseBytes), Self.sizeBuckets)
-                s.http[key] = series
+                // In place: a series copied out and back would copy its three histograms.
+                s.http[key, default: HTTPSeries()].record(r)
             }
         case .tcpOpened(let t):
-            let key = Self.peerValues(t.peers) + [t.flags.isEmpty ? "-" : t.flags.joined(separator: ",")]
+            var key = Self.peerValues(t.peers)
+            key.append(t.flags.isEmpty ? "-" : t.flags.joined(separator: ","))
             state.withLockedValue { $0.tcp[key, default: TCPSeries()].opened += 1 }
         case .tcpClosed(let t):
-            let key = Self.peerValues(t.peers) + [t.flags.isEmpty ? "-" : t.flags.joined(separator: ",")]
+            var key = Self.peerValues(t.peers)
+            key.append(t.flags.isEmpty ? "-" : t.flags.joined(separator: ","))
             state.withLockedValue { s in
                 var series = s.tcp[key] ?? TCPSeries()
                 series.closed += 1
