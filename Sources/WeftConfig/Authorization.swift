@@ -174,19 +174,26 @@ public struct AuthorizationEngine: Sendable {
         return true
     }
 
-    /// Istio's string match: exact, `*` (any non-empty), `prefix*`, `*suffix`.
+    /// Istio's string match: exact, `*` (any non-empty), `prefix*`, `*suffix` — on bytes,
+    /// as Envoy compares. Swift's String comparison goes by grapheme cluster and
+    /// canonical equivalence: `/admin/` followed by a combining mark would not start with
+    /// `/admin/` (a DENY of `/admin/*` passed by), and `é` would equal `e` + U+0301.
     static func glob(_ pattern: String, _ value: String) -> Bool {
-        if pattern == "*" { return !value.isEmpty }
-        if pattern.hasSuffix("*") { return value.hasPrefix(pattern.dropLast()) }
-        if pattern.hasPrefix("*") { return value.hasSuffix(pattern.dropFirst()) }
-        return pattern == value
+        let p = pattern.utf8, v = value.utf8, star = UInt8(ascii: "*")
+        if p.count == 1 && p.first == star { return !v.isEmpty }
+        if p.last == star { return v.starts(with: p.dropLast()) }
+        if p.first == star {
+            let suffix = p.dropFirst()
+            return v.count >= suffix.count && v.suffix(suffix.count).elementsEqual(suffix)
+        }
+        return p.elementsEqual(v)
     }
 
     /// Hosts compare case-insensitively, with or without the port, and without a
     /// trailing dot (`web.example.` is the same name as `web.example` to DNS and to every
     /// server, so a policy naming one holds for the other).
     static func host(_ pattern: String, _ value: String) -> Bool {
-        func bare(_ h: String) -> String { h.hasSuffix(".") ? String(h.dropLast()) : h }
+        func bare(_ h: String) -> String { h.utf8.last == UInt8(ascii: ".") ? String(decoding: h.utf8.dropLast(), as: UTF8.self) : h }
         let v = value.lowercased(), p = bare(pattern.lowercased())
         if glob(p, bare(v)) { return true }
         if let colon = v.lastIndex(of: ":"), !v.hasSuffix("]"), UInt16(v[v.index(after: colon)...]) != nil {
@@ -200,10 +207,22 @@ public struct AuthorizationEngine: Sendable {
     /// `/admin;jsessionid=1` — the resource `/admin`, which a DENY of `/admin` must hold
     /// for.
     static func withoutParameters(_ path: String) -> String {
-        guard path.contains(";") else { return path }
-        return path.split(separator: "/", omittingEmptySubsequences: false)
-            .map { $0.split(separator: ";", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
-            .joined(separator: "/")
+        // Bytes again: `;` followed by a combining mark is not the Character ";".
+        let semicolon = UInt8(ascii: ";"), slash = UInt8(ascii: "/")
+        guard path.utf8.contains(semicolon) else { return path }
+        var out: [UInt8] = []
+        var inParameters = false
+        for b in path.utf8 {
+            if b == slash {
+                inParameters = false
+                out.append(b)
+            } else if b == semicolon {
+                inParameters = true
+            } else if !inParameters {
+                out.append(b)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// An address against an address or CIDR range.
@@ -230,33 +249,41 @@ public enum PathNormalizer {
     /// The normalized path and query (query untouched), or nil for a path that must be
     /// refused (400): an encoded NUL, control characters, not starting with `/`, a dot
     /// segment with parameters.
+    ///
+    /// It works on the target's bytes, never on Swift Characters: a slash, backslash, `?` or
+    /// `#` followed by a combining mark is one Character to Swift but the same delimiter
+    /// to every server, so Character-wise matching would leave a query in the path (and
+    /// a DENY of `/admin` unmatched by `/admin?\u{301}`) or a backslash unconverted.
     public static func normalize(_ target: String) -> (path: String, query: String?)? {
-        var t = Substring(target)
-        if let hash = t.firstIndex(of: "#") { t = t[..<hash] } // a fragment never reaches a server
+        let slash = UInt8(ascii: "/"), backslash = UInt8(ascii: "\\"), dot = UInt8(ascii: "."), semicolon = UInt8(ascii: ";")
+        var t = Array(target.utf8)[...]
+        if let hash = t.firstIndex(of: UInt8(ascii: "#")) { t = t[..<hash] } // a fragment never reaches a server
         var query: String?
-        if let q = t.firstIndex(of: "?") {
-            query = String(t[t.index(after: q)...])
+        if let q = t.firstIndex(of: UInt8(ascii: "?")) {
+            query = String(decoding: t[(q + 1)...], as: UTF8.self)
             t = t[..<q]
         }
-        guard t.hasPrefix("/") || t.hasPrefix("\\") || t.lowercased().hasPrefix("%2f") || t.lowercased().hasPrefix("%5c") else { return nil }
+        guard let first = t.first, first == slash || first == backslash || startsWithEscape(t, of: slash) || startsWithEscape(t, of: backslash)
+        else { return nil }
         // Percent-decoding: unreserved characters (RFC 3986 normalization) and, as
         // DECODE_AND_MERGE_SLASHES adds, %2F and %5C; anything else stays encoded.
         var bytes: [UInt8] = []
-        let raw = Array(t.utf8)
-        var i = 0
-        while i < raw.count {
-            let c = raw[i]
+        bytes.reserveCapacity(t.count)
+        var i = t.startIndex
+        while i < t.endIndex {
+            let c = t[i]
             if c < 0x20 || c == 0x7f { return nil }
             if c == UInt8(ascii: "%") {
-                guard i + 2 < raw.count, let v = UInt8(String(decoding: raw[(i + 1)...(i + 2)], as: UTF8.self), radix: 16) else { return nil }
-                if v == 0 || v < 0x20 || v == 0x7f { return nil }
+                guard i + 2 < t.endIndex, let hi = hexValue(t[i + 1]), let lo = hexValue(t[i + 2]) else { return nil }
+                let v = hi << 4 | lo
+                if v < 0x20 || v == 0x7f { return nil }
                 let unreserved = (v >= 0x41 && v <= 0x5a) || (v >= 0x61 && v <= 0x7a) || (v >= 0x30 && v <= 0x39)
-                    || v == UInt8(ascii: "-") || v == UInt8(ascii: ".") || v == UInt8(ascii: "_") || v == UInt8(ascii: "~")
-                if unreserved || v == UInt8(ascii: "/") || v == UInt8(ascii: "\\") {
+                    || v == UInt8(ascii: "-") || v == dot || v == UInt8(ascii: "_") || v == UInt8(ascii: "~")
+                if unreserved || v == slash || v == backslash {
                     bytes.append(v)
                 } else {
                     // Keep the escape, upper-cased hex as RFC 3986 §6.2.2.1 says.
-                    bytes += Array("%" + String(format: "%02X", v)).map { $0.asciiValue! }
+                    bytes += [UInt8(ascii: "%"), upperHex(hi), upperHex(lo)]
                 }
                 i += 3
                 continue
@@ -265,24 +292,46 @@ public enum PathNormalizer {
             i += 1
         }
         // Backslashes are slashes (as browsers and Envoy treat them), then slashes merge.
-        let path = String(decoding: bytes, as: UTF8.self).replacingOccurrences(of: "\\", with: "/")
-        var out: [Substring] = []
-        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
-        for s in segments {
+        for j in bytes.indices where bytes[j] == backslash { bytes[j] = slash }
+        var out: [ArraySlice<UInt8>] = []
+        for s in bytes.split(separator: slash, omittingEmptySubsequences: true) {
             // A dot segment with parameters (`..;x`) is a dot segment to servers that drop
             // parameters first (Tomcat: `/public/..;/admin` is `/admin`), and a name to
             // the others: no one reading of it is safe, so it is refused.
-            if s.hasPrefix(".;") || s.hasPrefix("..;") { return nil }
-            if s == "." { continue }
-            if s == ".." {
+            if s.starts(with: [dot, semicolon]) || s.starts(with: [dot, dot, semicolon]) { return nil }
+            if s.elementsEqual([dot]) { continue }
+            if s.elementsEqual([dot, dot]) {
                 if !out.isEmpty { out.removeLast() }
                 continue
             }
             out.append(s)
         }
-        var result = "/" + out.joined(separator: "/")
-        let last = path.split(separator: "/", omittingEmptySubsequences: false).last
-        if path.hasSuffix("/") || last == "." || last == "..", result != "/" { result += "/" }
-        return (result, query)
+        var result: [UInt8] = [slash]
+        for (n, s) in out.enumerated() {
+            if n > 0 { result.append(slash) }
+            result += s
+        }
+        let last = bytes.split(separator: slash, omittingEmptySubsequences: false).last
+        let endsAsDirectory = bytes.last == slash || last.map { $0.elementsEqual([dot]) || $0.elementsEqual([dot, dot]) } == true
+        if endsAsDirectory, result.count > 1 { result.append(slash) }
+        return (String(decoding: result, as: UTF8.self), query)
+    }
+
+    private static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+        default: return nil
+        }
+    }
+
+    private static func upperHex(_ v: UInt8) -> UInt8 { v < 10 ? UInt8(ascii: "0") + v : UInt8(ascii: "A") + v - 10 }
+
+    /// Whether `t` starts with the percent-escape of `byte` (either case of hex).
+    private static func startsWithEscape(_ t: ArraySlice<UInt8>, of byte: UInt8) -> Bool {
+        guard t.count >= 3, t[t.startIndex] == UInt8(ascii: "%"), let hi = hexValue(t[t.startIndex + 1]),
+              let lo = hexValue(t[t.startIndex + 2]) else { return false }
+        return hi << 4 | lo == byte
     }
 }

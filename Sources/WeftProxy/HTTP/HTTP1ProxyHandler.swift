@@ -74,6 +74,13 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 reject(context, .badRequest)
                 return
             }
+            // A request target is ASCII (RFC 3986; RFC 9113 §8.3.1 for :path): NIO's
+            // HTTP/1 parser refuses anything else, and an HTTP/2 :path gets the same 400
+            // here rather than a request no HTTP/1.1 hop could carry.
+            if http2, head.uri.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) {
+                reject(context, .badRequest)
+                return
+            }
             let ex = HTTP1Exchange(handler: self, head: head, hasBody: http2 ? streamHasBody : Self.declaresBody(head))
             exchange = ex
             ex.start()
