@@ -450,7 +450,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         // proxy adds (one copy of the storage, where adding one by one grew it four times).
         if !hopByHopNames.contains(where: { headers.contains(name: $0) }) {
             var h = headers
-            h.reserveCapacity(headers.count + room)
+            // Only when something will be added: reserving copies the shared storage.
+            if room > 0 { h.reserveCapacity(headers.count + room) }
             return h
         }
         let named = Set(headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
@@ -565,6 +566,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         poolKey = key
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
+        if !upstreamHTTP2, let up = pool.takeIdle(key, cluster: state) {
+            attach(up)
+            return
+        }
         let future: EventLoopFuture<UpstreamHTTP1Handler>?
         if upstreamHTTP2 {
             future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout, idleTimeout: c.connectionPool?.idleTimeout?.timeAmount)

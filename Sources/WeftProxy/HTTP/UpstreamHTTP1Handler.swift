@@ -170,17 +170,24 @@ final class HTTP1Pool {
         self.dialer = dialer
     }
 
-    /// An idle connection to the endpoint, or a new one; nil when the cluster is at
-    /// maxConnections (the caller waits or overflows).
-    func acquire(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
-        -> EventLoopFuture<UpstreamHTTP1Handler>? {
+    /// An idle connection to the endpoint, taken out of the pool, if there is one: the
+    /// common case of a keep-alive pool, served with no future.
+    func takeIdle(_ key: PoolKey, cluster: ClusterState) -> UpstreamHTTP1Handler? {
         let list = idle[key]
         while let conn = list?.connections.popLast() {
             conn.idleTimer?.set(nil)
             if let t = conn.idleToken { cluster.removeIdle(t) }
             conn.idleToken = nil
-            if conn.isActive { return loop.makeSucceededFuture(conn) }
+            if conn.isActive { return conn }
         }
+        return nil
+    }
+
+    /// An idle connection to the endpoint, or a new one; nil when the cluster is at
+    /// maxConnections (the caller waits or overflows).
+    func acquire(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?)
+        -> EventLoopFuture<UpstreamHTTP1Handler>? {
+        if let conn = takeIdle(key, cluster: cluster) { return loop.makeSucceededFuture(conn) }
         guard cluster.openConnection() else { return nil }
         let handler = UpstreamHTTP1Handler(endpoint: key.endpoint)
         handler.onClose = { [weak self] c in

@@ -95,9 +95,16 @@ public struct HTTPRouter: Sendable {
     public let routes: [HTTPRoute]
     /// Regexes compiled once; keyed by pattern.
     private let regexes: [String: NSRegularExpression]
+    /// Per route and destination, the header operations to apply (route level, then the
+    /// destination's), built once: decide runs for every request.
+    private let operations: [[(request: [HeaderOperations], response: [HeaderOperations])]]
 
     public init(routes: [HTTPRoute]) {
         self.routes = routes
+        operations = routes.map { route in
+            route.route.map { d in (Self.operations(route.headers?.request, d.headers?.request),
+                                    Self.operations(route.headers?.response, d.headers?.response)) }
+        }
         var patterns = Set<String>()
         func add(_ m: StringMatch?) { if case .regex(let r)? = m { patterns.insert(r) } }
         for route in routes {
@@ -119,21 +126,21 @@ public struct HTTPRouter: Sendable {
             guard let matched = firstMatch(route, req) else { continue }
             if let d = route.directResponse { return .directResponse(status: d.status, body: d.body) }
             if let r = route.redirect { return .redirect(location: location(r, req), status: r.redirectCode) }
-            guard let chosen = pick(route.route, random: random) else { return .noRoute }
+            // Weighted choice; a lone destination without weight takes everything.
+            guard let i = pickWeightedIndex(route.route, weight: \.weight, random: random) else { return .noRoute }
+            let chosen = route.route[i]
             return .forward(ForwardDecision(
                 destination: chosen.destination, routeIndex: index, routeName: route.name,
                 path: rewrittenPath(route.rewrite, matched: matched, req: req),
                 authority: route.rewrite?.authority ?? req.authority,
                 timeout: route.timeout, retries: route.retries, fault: route.fault,
                 mirror: route.mirror, mirrorPercentage: route.mirror == nil ? nil : (route.mirrorPercentage ?? 100),
-                requestHeaders: Self.operations(route.headers?.request, chosen.headers?.request),
-                responseHeaders: Self.operations(route.headers?.response, chosen.headers?.response)))
+                requestHeaders: operations[index][i].request, responseHeaders: operations[index][i].response))
         }
         return .noRoute
     }
 
-    /// The route's header operations, then the destination's; built without temporary
-    /// arrays (this runs for every request), none at all when there are none.
+    /// The route's header operations, then the destination's.
     static func operations(_ route: HeaderOperations?, _ destination: HeaderOperations?) -> [HeaderOperations] {
         switch (route, destination) {
         case (nil, nil): return []
@@ -194,11 +201,6 @@ public struct HTTPRouter: Sendable {
         let range = NSRange(value.startIndex..., in: value)
         guard let m = re.firstMatch(in: value, options: [.anchored], range: range) else { return false }
         return m.range.location == 0 && m.range.length == range.length
-    }
-
-    /// Weighted choice; a lone destination without weight takes everything.
-    func pick(_ dests: [HTTPRouteDestination], random: Double) -> HTTPRouteDestination? {
-        pickWeighted(dests, weight: \.weight, random: random)
     }
 
     /// A prefix match has only its prefix replaced; any other match the whole path.

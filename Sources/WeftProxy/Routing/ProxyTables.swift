@@ -250,13 +250,18 @@ public struct ProxyTables: Sendable {
 /// Istio's weighted choice among route destinations: a lone destination takes everything
 /// whatever its weight; otherwise each gets weight/total of `random` in [0, 1).
 func pickWeighted<T>(_ items: [T], weight: (T) -> Int?, random: Double) -> T? {
-    if items.count == 1 { return items[0] }
+    pickWeightedIndex(items, weight: weight, random: random).map { items[$0] }
+}
+
+/// The index of the item `pickWeighted` picks.
+func pickWeightedIndex<T>(_ items: [T], weight: (T) -> Int?, random: Double) -> Int? {
+    if items.count == 1 { return 0 }
     let total = items.reduce(0) { $0 + (weight($1) ?? 0) }
     guard total > 0 else { return nil }
     var point = random * Double(total)
-    for d in items where (weight(d) ?? 0) > 0 {
+    for (i, d) in items.enumerated() where (weight(d) ?? 0) > 0 {
         point -= Double(weight(d)!)
-        if point < 0 { return d }
+        if point < 0 { return i }
     }
-    return items.last { (weight($0) ?? 0) > 0 }
+    return items.lastIndex { (weight($0) ?? 0) > 0 }
 }
