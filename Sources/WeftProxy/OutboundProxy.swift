@@ -441,13 +441,15 @@ public final class OutboundProxy: Sendable {
         let guardHandler = SlowClientGuard(headerTimeout: headerTimeout, idleTimeout: idleTimeout) {
             conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: 408)))
         }
+        let proxy = HTTP1ProxyHandler(conn: conn)
+        proxy.slowClientGuard = guardHandler
         return [
             guardHandler,
             HTTPResponseEncoder(),
             ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
                                                     limitConfiguration: limits)),
             HTTPServerPipelineHandler(),
-            HTTP1ProxyHandler(conn: conn),
+            proxy,
         ]
     }
 

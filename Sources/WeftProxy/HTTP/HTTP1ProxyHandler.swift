@@ -32,6 +32,9 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         self.http2 = http2
     }
 
+    /// The HTTP/1 connection's header and idle timeouts, told where each request is (nil
+    /// on an HTTP/2 stream).
+    var slowClientGuard: SlowClientGuard?
     /// The current exchange's stream idle and request deadlines: one timer each for the
     /// connection (or HTTP/2 stream), which every exchange on it reuses.
     private(set) var streamIdleTimer: DeadlineTimer?
@@ -58,7 +61,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapInboundIn(data) {
         case .head(let head):
             answered = false
-            if !http2 { context.triggerUserOutboundEvent(RequestProgress.headReceived, promise: nil) }
+            slowClientGuard?.progress(.headReceived)
             // The parser lets an unknown transfer coding through to the body; weft, like
             // Envoy, speaks only chunked, and a request framed any other way is refused
             // before it is routed anywhere (a smuggling vector otherwise).
@@ -166,7 +169,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         if let ex = exchange, ex.finished, ex.requestComplete {
             exchange = nil
             answered = false // the next bytes are the next request's
-            if !http2 { context?.triggerUserOutboundEvent(RequestProgress.exchangeDone, promise: nil) }
+            slowClientGuard?.progress(.exchangeDone)
         }
     }
 
