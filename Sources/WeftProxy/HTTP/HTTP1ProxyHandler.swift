@@ -36,14 +36,27 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// on an HTTP/2 stream).
     var slowClientGuard: SlowClientGuard?
     /// The current exchange's stream idle and request deadlines: one timer each for the
-    /// connection (or HTTP/2 stream), which every exchange on it reuses.
-    private(set) var streamIdleTimer: DeadlineTimer?
-    private(set) var requestTimer: DeadlineTimer?
+    /// connection (or HTTP/2 stream), which every exchange on it reuses, made when a
+    /// deadline is first set (no request timer at all with --request-timeout 0).
+    private var streamIdleTimer: DeadlineTimer?
+    private var requestTimer: DeadlineTimer?
 
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        streamIdleTimer = DeadlineTimer(on: context.eventLoop) { [weak self] in self?.exchange?.streamIdleExpired() }
-        requestTimer = DeadlineTimer(on: context.eventLoop) { [weak self] in self?.exchange?.requestExpired() }
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// The current exchange's stream idle deadline (nil: none).
+    func setStreamIdleDeadline(_ d: NIODeadline?) {
+        if streamIdleTimer == nil, d != nil, let loop = context?.eventLoop {
+            streamIdleTimer = DeadlineTimer(on: loop) { [weak self] in self?.exchange?.streamIdleExpired() }
+        }
+        streamIdleTimer?.set(d)
+    }
+
+    /// The current exchange's request deadline (nil: none).
+    func setRequestDeadline(_ d: NIODeadline?) {
+        if requestTimer == nil, d != nil, let loop = context?.eventLoop {
+            requestTimer = DeadlineTimer(on: loop) { [weak self] in self?.exchange?.requestExpired() }
+        }
+        requestTimer?.set(d)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -414,7 +427,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     func requestEnd() {
         requestComplete = true
-        handler.requestTimer?.set(nil)
+        handler.setRequestDeadline(nil)
         touch()
         if let up = upstream, !finished, !sentEnd {
             up.send(.end(nil), flush: true)
@@ -433,8 +446,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func clientGone() {
         routeTimer?.cancel()
         tryTimer?.cancel()
-        handler.streamIdleTimer?.set(nil)
-        handler.requestTimer?.set(nil)
+        handler.setStreamIdleDeadline(nil)
+        handler.setRequestDeadline(nil)
         if let up = upstream, !finished { up.close() }
         upstream = nil
         finished = true
@@ -860,12 +873,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// only moves a deadline (the head counts as the first byte).
     private func armTimeouts() {
         touch()
-        if let limit = conn.loop.requestTimeout { handler.requestTimer?.set(in: limit) }
+        if let limit = conn.loop.requestTimeout { handler.setRequestDeadline(.now() + limit) }
     }
 
     /// A byte went either way: the stream idle deadline moves on.
     private func touch() {
-        if let idle = conn.loop.streamIdleTimeout { handler.streamIdleTimer?.set(in: idle) }
+        if let idle = conn.loop.streamIdleTimeout { handler.setStreamIdleDeadline(.now() + idle) }
     }
 
     func streamIdleExpired() {
@@ -939,8 +952,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func complete() {
         finished = true
         endActive()
-        handler.streamIdleTimer?.set(nil)
-        handler.requestTimer?.set(nil)
+        handler.setStreamIdleDeadline(nil)
+        handler.setRequestDeadline(nil)
         routeTimer?.cancel()
         tryTimer?.cancel()
         if requestCounted { clusterState?.endRequest() }

@@ -36,7 +36,10 @@ final class SlowClientGuard: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        // Gone with the handler: a progress call after removal (the exchange that
+        // switched to WebSocket bytes finishes later) then schedules nothing.
         timer?.cancel()
+        timer = nil
         self.context = nil
     }
 
