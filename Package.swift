@@ -89,6 +89,18 @@ let package = Package(
             ],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
+        // The floor row of scripts/bench l7: the smallest forwarders on SwiftNIO, none of
+        // weft's work, to split weft's gap to HAProxy into the runtime's and weft's own.
+        .executableTarget(
+            name: "weft-floor",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
         // The corpus is read from the source tree by path (see CorpusTests), not bundled.
         .testTarget(name: "WeftConfigTests", dependencies: [
             "WeftConfig", .product(name: "PropertyBased", package: "swift-property-based"),
