@@ -7,6 +7,7 @@ import PackageDescription
 //   fuzz-path    a request target → the path normalizer authorization reads
 //   fuzz-sniff   a connection's first bytes → the protocol sniffer
 //   fuzz-http1   a client's HTTP/1 bytes → the proxy's head handling at the destination
+//   fuzz-http1-parser  a client's bytes → weft's own HTTP/1 parser, split reads and llhttp as oracles
 // No top-level code in the harnesses: each defines its entry point and hands over to libFuzzer.
 let harness: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]
 
@@ -22,6 +23,8 @@ let package = Package(
         .executableTarget(name: "fuzz-sniff", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
                           swiftSettings: harness),
         .executableTarget(name: "fuzz-http1", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
+                          swiftSettings: harness),
+        .executableTarget(name: "fuzz-http1-parser", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
                           swiftSettings: harness),
     ]
 )

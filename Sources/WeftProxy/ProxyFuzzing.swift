@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
+import NIOHTTP1
 import WeftConfig
 
 /// Entry points for the libFuzzer harnesses in Fuzz/ — never used by the agent. Each
@@ -58,6 +59,48 @@ public enum ProxyFuzzing {
         loop.advanceTime(by: .minutes(10))
         while let _ = try? ch.readOutbound(as: ByteBuffer.self) {}
         _ = try? ch.finish(acceptAlreadyClosed: true)
+    }
+
+    /// weft's HTTP/1 request parser: the same result however the bytes are split, and
+    /// never more lenient than NIO's parser (llhttp) on the same bytes — a head weft
+    /// accepts that llhttp refused is a finding (a smuggling gap), except for methods:
+    /// llhttp knows a fixed list, weft takes any upper-case token.
+    public static func http1Parser(_ data: [UInt8]) {
+        let whole = parseStream(data)
+        let piece = Int(data.first ?? 0) % 16 + 1
+        let split = parseStream(data, piece: piece)
+        if whole != split { fatalError("the parser read \(piece)-byte pieces differently: \(whole) vs \(split)") }
+
+        let ch = EmbeddedChannel(handler: ByteToMessageHandler(HTTPRequestDecoder()))
+        var heads: [HTTPRequestHead] = []
+        var refused: HTTPParserError?
+        do {
+            try ch.writeInbound(ByteBuffer(bytes: data))
+        } catch let e as HTTPParserError {
+            refused = e
+        } catch {}
+        while let part = try? ch.readInbound(as: HTTPServerRequestPart.self) {
+            if case .head(let h) = part { heads.append(h) }
+        }
+        _ = try? ch.finish(acceptAlreadyClosed: true)
+        for (h, r) in zip(heads, whole.requests) {
+            let fields = h.headers.map { "\($0.name):\(withoutOWS($0.value))" }
+            if h.method.rawValue != r.method || h.uri != r.target || fields != r.fields {
+                fatalError("weft and llhttp read a head differently: \(r) vs \(h)")
+            }
+        }
+        if let refused, refused != .invalidMethod, whole.requests.count > heads.count {
+            fatalError("weft accepted a head llhttp refused (\(refused)): \(whole.requests[heads.count])")
+        }
+    }
+
+    /// A field value without leading or trailing SP/HTAB (RFC 9110 §5.5): llhttp keeps a
+    /// trailing HTAB in the value, weft's parser does not.
+    static func withoutOWS(_ v: String) -> String {
+        var u = Substring(v).utf8
+        while let f = u.first, f == 32 || f == 9 { u = u.dropFirst() }
+        while let l = u.last, l == 32 || l == 9 { u = u.dropLast() }
+        return String(Substring(u))
     }
 
     /// A workload of this node under AuthorizationPolicy, with a routed service in front.
