@@ -223,9 +223,22 @@ let proxied = measure(port: proxyPort)
 proxy.stop()
 precondition(metrics.render().contains("istio_requests_total{"), "no request was recorded in the metrics")
 
+// The request head alone, read by each parser behind the same embedded channel.
+let head = Array("GET /bench HTTP/1.1\r\nhost: bench1\r\nuser-agent: weft-proxy-bench\r\naccept: */*\r\n\r\n".utf8)
+var parsing: [String] = []
+for parser in ProxyBenchmarks.Parser.allCases {
+    _ = ProxyBenchmarks.parse(head, count: warmup, with: parser)
+    let a0 = weft_alloc_count(), c0 = cpuSeconds()
+    let seen = ProxyBenchmarks.parse(head, count: requests, with: parser)
+    let a1 = weft_alloc_count(), c1 = cpuSeconds()
+    precondition(seen == (parser == .channelOnly ? requests : 3 * requests), "the \(parser) parser did not read every head")
+    parsing.append(String(format: "\"%@\": {\"allocations_per_request\": %.1f, \"cpu_ns_per_request\": %.0f}",
+                          parser.rawValue, Double(a1 - a0) / Double(requests), (c1 - c0) * 1e9 / Double(requests)))
+}
+
 func fmt(_ x: Double) -> String { String(format: "%.1f", x) }
 print("""
-{"requests": \(requests), \
+{"requests": \(requests), "parse": {\(parsing.joined(separator: ", "))}, \
 "direct": {"allocations_per_request": \(fmt(direct.allocations)), "cpu_us_per_request": \(fmt(direct.cpuMicros)), "requests_per_second": \(Int(direct.requestsPerSecond))}, \
 "weft": {"allocations_per_request": \(fmt(proxied.allocations)), "cpu_us_per_request": \(fmt(proxied.cpuMicros)), "requests_per_second": \(Int(proxied.requestsPerSecond))}}
 """)
