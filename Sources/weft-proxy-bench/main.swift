@@ -8,6 +8,7 @@
 // must read 0.
 //
 //   weft-proxy-bench [REQUESTS]      (default 20000; prints one JSON object)
+//   weft-proxy-bench REQUESTS nio|weft|channel_only   one parser alone, for a profiler
 import CAllocCounter
 import Foundation
 import Logging
@@ -174,6 +175,28 @@ func measure(port: UInt16) -> Run {
                requestsPerSecond: Double(requests) / (Double(t1 - t0) / 1e9))
 }
 
+// The request head alone, read by each parser behind the same embedded channel.
+let head = Array("GET /bench HTTP/1.1\r\nhost: bench1\r\nuser-agent: weft-proxy-bench\r\naccept: */*\r\n\r\n".utf8)
+func measureParsers(_ parsers: [ProxyBenchmarks.Parser]) -> [String] {
+    var parsing: [String] = []
+    for parser in parsers {
+        _ = ProxyBenchmarks.parse(head, count: warmup, with: parser)
+        let a0 = weft_alloc_count(), c0 = cpuSeconds()
+        let seen = ProxyBenchmarks.parse(head, count: requests, with: parser)
+        let a1 = weft_alloc_count(), c1 = cpuSeconds()
+        precondition(seen == (parser == .channelOnly ? requests : 3 * requests), "the \(parser) parser did not read every head")
+        parsing.append(String(format: "\"%@\": {\"allocations_per_request\": %.1f, \"cpu_ns_per_request\": %.0f}",
+                              parser.rawValue, Double(a1 - a0) / Double(requests), (c1 - c0) * 1e9 / Double(requests)))
+    }
+    return parsing
+}
+// `weft-proxy-bench REQUESTS PARSER`: that parser only (for a profiler), then exit.
+if CommandLine.arguments.count > 2, let only = ProxyBenchmarks.Parser(rawValue: CommandLine.arguments[2]) {
+    print(measureParsers([only])[0])
+    exit(0)
+}
+let parsing = measureParsers(ProxyBenchmarks.Parser.allCases)
+
 let (upstreamFD, upstreamPort) = listenLoopback()
 Thread { serveUpstream(upstreamFD) }.start()
 
@@ -222,19 +245,6 @@ let direct = measure(port: upstreamPort)
 let proxied = measure(port: proxyPort)
 proxy.stop()
 precondition(metrics.render().contains("istio_requests_total{"), "no request was recorded in the metrics")
-
-// The request head alone, read by each parser behind the same embedded channel.
-let head = Array("GET /bench HTTP/1.1\r\nhost: bench1\r\nuser-agent: weft-proxy-bench\r\naccept: */*\r\n\r\n".utf8)
-var parsing: [String] = []
-for parser in ProxyBenchmarks.Parser.allCases {
-    _ = ProxyBenchmarks.parse(head, count: warmup, with: parser)
-    let a0 = weft_alloc_count(), c0 = cpuSeconds()
-    let seen = ProxyBenchmarks.parse(head, count: requests, with: parser)
-    let a1 = weft_alloc_count(), c1 = cpuSeconds()
-    precondition(seen == (parser == .channelOnly ? requests : 3 * requests), "the \(parser) parser did not read every head")
-    parsing.append(String(format: "\"%@\": {\"allocations_per_request\": %.1f, \"cpu_ns_per_request\": %.0f}",
-                          parser.rawValue, Double(a1 - a0) / Double(requests), (c1 - c0) * 1e9 / Double(requests)))
-}
 
 func fmt(_ x: Double) -> String { String(format: "%.1f", x) }
 print("""
