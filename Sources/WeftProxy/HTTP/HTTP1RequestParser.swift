@@ -164,14 +164,7 @@ struct HTTP1RequestParser {
             }
             if buffer.readableBytesView.first == UInt8(ascii: "\n") { throw Failure.badLineEnding }
         }
-        let (found, upTo) = try Self.headEnd(in: buffer, from: scanned)
-        guard let end = found else {
-            if buffer.readableBytes > maxHeadBytes { throw Failure.headTooLarge }
-            state = .head(scanned: upTo)
-            return nil
-        }
-        if end > maxHeadBytes { throw Failure.headTooLarge }
-        let bytes = buffer.readSlice(length: end)!
+        guard let bytes = try takeSection(&buffer, scanned: scanned, waiting: { .head(scanned: $0) }) else { return nil }
         fieldStorage.removeAll(keepingCapacity: true)
         let head = try HTTP1RequestHead(bytes: bytes, fields: &fieldStorage, maxFields: maxFields)
         keepAlive = head.keepAlive
@@ -181,6 +174,20 @@ struct HTTP1RequestParser {
         case .chunked: state = .chunkSize
         }
         return .head(head)
+    }
+
+    /// A head or trailer section through its blank line, sliced off the buffer; nil when
+    /// it is not all here yet (the state then remembers how far it was checked). Either
+    /// way, more than the head limit is refused.
+    private mutating func takeSection(_ buffer: inout ByteBuffer, scanned: Int, waiting: (Int) -> State) throws -> ByteBuffer? {
+        let (found, upTo) = try Self.headEnd(in: buffer, from: scanned)
+        guard let end = found else {
+            if buffer.readableBytes > maxHeadBytes { throw Failure.headTooLarge }
+            state = waiting(upTo)
+            return nil
+        }
+        if end > maxHeadBytes { throw Failure.headTooLarge }
+        return buffer.readSlice(length: end)!
     }
 
     /// Where a head (or trailer section) ends — the length through its CRLF CRLF — if the
@@ -251,14 +258,7 @@ struct HTTP1RequestParser {
             state = keepAlive ? .head(scanned: 0) : .closed
             return .end(nil)
         }
-        let (found, upTo) = try Self.headEnd(in: buffer, from: scanned)
-        guard let end = found else {
-            if buffer.readableBytes > maxHeadBytes { throw Failure.headTooLarge }
-            state = .trailers(scanned: upTo)
-            return nil
-        }
-        if end > maxHeadBytes { throw Failure.headTooLarge }
-        let bytes = buffer.readSlice(length: end)!
+        guard let bytes = try takeSection(&buffer, scanned: scanned, waiting: { .trailers(scanned: $0) }) else { return nil }
         var fields: [HTTP1Field] = []
         try HTTP1RequestHead.parseFields(bytes, from: 0, into: &fields, maxFields: maxFields)
         state = keepAlive ? .head(scanned: 0) : .closed
