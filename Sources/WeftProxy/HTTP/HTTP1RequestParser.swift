@@ -88,12 +88,6 @@ struct HTTP1RequestParser {
         self.maxFields = maxFields
     }
 
-    /// Between requests (nothing of the next head received yet).
-    var isIdle: Bool {
-        if case .head(let scanned) = state { return scanned == 0 }
-        return false
-    }
-
     /// The next event the buffer completes, consuming its bytes; nil when more bytes are
     /// needed. After a throw the parser stays failed (the connection is to be closed).
     mutating func parse(_ buffer: inout ByteBuffer) throws -> Event? {
@@ -105,10 +99,8 @@ struct HTTP1RequestParser {
         case .head(let scanned):
             return try guarded { try $0.parseHead(&buffer, scanned: scanned) }
         case .fixedBody(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let n = Int(min(Int64(buffer.readableBytes), remaining))
-            let slice = buffer.readSlice(length: n)!
-            state = remaining == Int64(n) ? .endPending : .fixedBody(remaining: remaining - Int64(n))
+            guard let (slice, left) = Self.takeBody(&buffer, remaining: remaining) else { return nil }
+            state = left == 0 ? .endPending : .fixedBody(remaining: left)
             return .body(slice)
         case .endPending:
             state = keepAlive ? .head(scanned: 0) : .closed
@@ -116,10 +108,8 @@ struct HTTP1RequestParser {
         case .chunkSize:
             return try guarded { try $0.parseChunkSize(&buffer) }
         case .chunkData(let remaining):
-            guard buffer.readableBytes > 0 else { return nil }
-            let n = Int(min(Int64(buffer.readableBytes), remaining))
-            let slice = buffer.readSlice(length: n)!
-            state = remaining == Int64(n) ? .chunkDataEnd : .chunkData(remaining: remaining - Int64(n))
+            guard let (slice, left) = Self.takeBody(&buffer, remaining: remaining) else { return nil }
+            state = left == 0 ? .chunkDataEnd : .chunkData(remaining: left)
             return .body(slice)
         case .chunkDataEnd:
             guard buffer.readableBytes >= 2 else {
@@ -134,6 +124,14 @@ struct HTTP1RequestParser {
         case .trailers(let scanned):
             return try guarded { try $0.parseTrailers(&buffer, scanned: scanned) }
         }
+    }
+
+    /// As much of `remaining` body bytes as the buffer holds, as a slice, and what is left
+    /// after it; nil when the buffer is empty.
+    private static func takeBody(_ buffer: inout ByteBuffer, remaining: Int64) -> (ByteBuffer, Int64)? {
+        guard buffer.readableBytes > 0 else { return nil }
+        let n = Int(min(Int64(buffer.readableBytes), remaining))
+        return (buffer.readSlice(length: n)!, remaining - Int64(n))
     }
 
     /// Runs a step; a failure it throws leaves the parser failed.
@@ -310,12 +308,19 @@ struct HTTP1Field: Equatable {
     var nameEnd: Int32
     var valueStart: Int32
     var valueEnd: Int32
+
+    /// bytes[start..<end], offsets counted from the readable bytes' start.
+    static func view(_ bytes: ByteBuffer, _ start: Int32, _ end: Int32) -> ByteBufferView {
+        bytes.readableBytesView[(bytes.readerIndex + Int(start))..<(bytes.readerIndex + Int(end))]
+    }
 }
 
 /// Trailer fields of a chunked request, over their own bytes.
 struct HTTP1Trailers {
     let bytes: ByteBuffer
     let fields: [HTTP1Field]
+
+    func name(_ f: HTTP1Field) -> ByteBufferView { HTTP1Field.view(bytes, f.nameStart, f.nameEnd) }
 }
 
 /// A request head parsed in place: the bytes as received (request line through the blank
@@ -533,18 +538,8 @@ struct HTTP1RequestHead {
     var method: ByteBufferView { bytes.readableBytesView[bytes.readerIndex..<(bytes.readerIndex + methodEnd)] }
     var target: ByteBufferView { bytes.readableBytesView[(bytes.readerIndex + targetStart)..<(bytes.readerIndex + targetEnd)] }
 
-    func name(_ f: HTTP1Field) -> ByteBufferView {
-        bytes.readableBytesView[(bytes.readerIndex + Int(f.nameStart))..<(bytes.readerIndex + Int(f.nameEnd))]
-    }
-
-    func value(_ f: HTTP1Field) -> ByteBufferView {
-        bytes.readableBytesView[(bytes.readerIndex + Int(f.valueStart))..<(bytes.readerIndex + Int(f.valueEnd))]
-    }
-
-    /// The first field named `lowercasedName` (compared without case), if any.
-    func first(_ lowercasedName: StaticString) -> HTTP1Field? {
-        fields.first { Self.nameIs(bytes, $0, lowercasedName) }
-    }
+    func name(_ f: HTTP1Field) -> ByteBufferView { HTTP1Field.view(bytes, f.nameStart, f.nameEnd) }
+    func value(_ f: HTTP1Field) -> ByteBufferView { HTTP1Field.view(bytes, f.valueStart, f.valueEnd) }
 
     static func nameIs(_ bytes: ByteBuffer, _ f: HTTP1Field, _ lowercased: StaticString) -> Bool {
         guard Int(f.nameEnd - f.nameStart) == lowercased.utf8CodeUnitCount else { return false }
@@ -645,10 +640,7 @@ func parseStream(_ bytes: [UInt8], piece: Int = 0) -> ParsedStream {
                 case .end(let t):
                     out.requests[out.requests.count - 1].complete = true
                     if let t {
-                        let h = t.bytes
-                        out.requests[out.requests.count - 1].trailers = t.fields.map {
-                            String(decoding: h.readableBytesView[(h.readerIndex + Int($0.nameStart))..<(h.readerIndex + Int($0.nameEnd))], as: UTF8.self)
-                        }
+                        out.requests[out.requests.count - 1].trailers = t.fields.map { text(t.name($0)) }
                     }
                 }
             }
