@@ -414,7 +414,9 @@ class Held:
                                   stderr=subprocess.STDOUT, text=True)
         node.procs.append(self.p)
         if kind == "tcp":
-            assert json.loads(self.p.stdout.readline()) == {"held": want}
+            line = self.p.stdout.readline()
+            # Anything but the client's JSON line means it gave up: show all it said.
+            assert line.startswith("{") and json.loads(line) == {"held": want}, line + self.p.stdout.read()
 
     def send(self, line):
         """The answer to one line: the backend's name or a status; "closed" when the
