@@ -434,10 +434,6 @@ public final class OutboundProxy: Sendable {
     /// What serves an HTTP/1.1 client connection, front to back (also what the HTTP/1
     /// fuzzer drives).
     static func http1Handlers(_ conn: ConnectionContext, headerTimeout: TimeAmount, idleTimeout: TimeAmount) -> [ChannelHandler] {
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = Self.maxHeaderBytes
-        limits.maxHeaderFieldSize = Self.maxHeaderBytes
-        limits.maxHeaderFieldCount = Self.maxHeaderCount
         let guardHandler = SlowClientGuard(headerTimeout: headerTimeout, idleTimeout: idleTimeout) {
             conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: 408)))
         }
@@ -445,10 +441,7 @@ public final class OutboundProxy: Sendable {
         proxy.slowClientGuard = guardHandler
         return [
             guardHandler,
-            HTTPResponseEncoder(),
-            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop,
-                                                    limitConfiguration: limits)),
-            HTTPServerPipelineHandler(),
+            HTTP1ServerCodec(maxHeadBytes: Self.maxHeaderBytes, maxFields: Self.maxHeaderCount),
             proxy,
         ]
     }

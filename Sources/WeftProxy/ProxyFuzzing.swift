@@ -29,8 +29,8 @@ public enum ProxyFuzzing {
         _ = try? ch.finish(acceptAlreadyClosed: true)
     }
 
-    /// A client's HTTP/1 bytes at the destination end of the tunnel: NIO's decoder with
-    /// the proxy's limits, the pipelining handler, the proxy's exchanges — hostile-input
+    /// A client's HTTP/1 bytes at the destination end of the tunnel: weft's codec with
+    /// the proxy's limits, the proxy's exchanges — hostile-input
     /// checks, path normalization, authorization, routing and local replies (the upstream
     /// cannot be dialed on an embedded loop, so forwarded requests end in 503).
     public static func http1(_ data: [UInt8]) {

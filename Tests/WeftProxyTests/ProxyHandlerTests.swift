@@ -343,8 +343,9 @@ final class ReadCounter: ChannelOutboundHandler {
     }
 
     @Test func parserErrorsAnswer400Or431AndClose() throws {
-        for (error, status) in [(HTTPParserError.headerOverflow, HTTPResponseStatus.requestHeaderFieldsTooLarge),
-                                (HTTPParserError.unexpectedContentLength, .badRequest)] {
+        for (error, status) in [(HTTP1RequestParser.Failure.headTooLarge, HTTPResponseStatus.requestHeaderFieldsTooLarge),
+                                (.tooManyFields, .requestHeaderFieldsTooLarge), (.badContentLength, .badRequest),
+                                (.multipleHosts, .badRequest)] {
             let records = NIOLockedValueBox<[RequestRecord]>([])
             let ch = try channel(records)
             ch.pipeline.fireErrorCaught(error)

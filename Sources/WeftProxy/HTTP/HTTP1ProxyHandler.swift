@@ -5,7 +5,7 @@ import NIOHTTP2
 import WeftConfig
 
 /// The client side of one proxied request stream: an HTTP/1.1 connection (one exchange
-/// per request; the NIO pipelining handler in front serialises pipelined requests) or one
+/// per request; HTTP1ServerCodec in front serialises pipelined requests) or one
 /// HTTP/2 stream (seen through NIO's HTTP/2-to-HTTP/1 codec, so both share this code).
 /// Reads are withheld while an exchange cannot take more of the request body.
 final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
@@ -75,22 +75,15 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let head):
             answered = false
             slowClientGuard?.progress(.headReceived)
-            // The parser lets an unknown transfer coding through to the body; weft, like
-            // Envoy, speaks only chunked, and a request framed any other way is refused
-            // before it is routed anywhere (a smuggling vector otherwise).
-            let te = head.headers["transfer-encoding"]
-            if !http2, !te.isEmpty, te.joined(separator: ",").lowercased().trimmingCharacters(in: .whitespaces) != "chunked" {
-                reject(context, .badRequest)
-                return
-            }
+            // HTTP/1 heads come from weft's parser, which has refused every framing but
+            // Content-Length and chunked, a lower-case method and a non-ASCII target.
             // A method is case-sensitive: `delete` is not DELETE to a policy, yet lenient
-            // servers serve it as one. NIO's HTTP/1 parser refuses unknown methods; an
-            // HTTP/2 :method is refused here the same way when it has lower-case letters.
+            // servers serve it as one; an HTTP/2 :method with lower-case letters is refused.
             if http2, head.method.rawValue.utf8.contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) {
                 reject(context, .badRequest)
                 return
             }
-            // A request target is ASCII (RFC 3986; RFC 9113 §8.3.1 for :path): NIO's
+            // A request target is ASCII (RFC 3986; RFC 9113 §8.3.1 for :path): weft's
             // HTTP/1 parser refuses anything else, and an HTTP/2 :path gets the same 400
             // here rather than a request no HTTP/1.1 hop could carry.
             if http2, head.uri.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) {
@@ -117,11 +110,11 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// A request the parser refused (smuggling attempts, bad syntax, over the limits)
     /// gets 400, or 431 for too much header, and the connection is closed (Envoy's DPE).
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard let parse = error as? HTTPParserError else {
+        guard let parse = error as? HTTP1RequestParser.Failure else {
             context.close(promise: nil)
             return
         }
-        reject(context, parse == .headerOverflow ? .requestHeaderFieldsTooLarge : .badRequest)
+        reject(context, parse.status)
     }
 
     /// Answers a malformed request (unless it already got an answer) and closes.
@@ -210,9 +203,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     /// Whether the client keeps its connection after this response: always on HTTP/2
     /// (streams end, connections stay), per the request on HTTP/1 — except after a request
-    /// asking to switch protocols (`Upgrade`, e.g. curl's h2c, or CONNECT): NIO's parser
-    /// reads nothing more on that connection, which weft does not switch, so the next
-    /// request would wait for the header timeout. It closes instead, as RFC 9110 allows.
+    /// asking to switch protocols (`Upgrade`, e.g. curl's h2c, or CONNECT): what follows
+    /// such a request may be another protocol's bytes, which weft does not switch to, so
+    /// they are never read as a request. It closes instead, as RFC 9110 allows.
     private let keepAlive: Bool
     /// gRPC: HTTP/2 with content-type application/grpc*.
     private var isGRPC: Bool { handler.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
@@ -1019,8 +1012,7 @@ enum WebSocketSplice {
             try cl.addHandler(toClient)
             try remove(from: up, [UpstreamHTTP1Handler.self, NIOHTTPRequestHeadersValidator.self, HTTPRequestEncoder.self,
                                   ByteToMessageHandler<HTTPResponseDecoder>.self])
-            try remove(from: cl, [HTTP1ProxyHandler.self, HTTPServerPipelineHandler.self, SlowClientGuard.self, HTTPResponseEncoder.self,
-                                  ByteToMessageHandler<HTTPRequestDecoder>.self])
+            try remove(from: cl, [HTTP1ProxyHandler.self, SlowClientGuard.self, HTTP1ServerCodec.self])
         } catch {
             clientChannel.close(promise: nil)
             upChannel.close(promise: nil)

@@ -46,6 +46,8 @@ struct HTTP1RequestParser {
         case badContentLength
         case badTransferEncoding
         case badChunk
+        /// More than one Host field (RFC 9112 §3.2); the parser counts, the codec refuses.
+        case multipleHosts
 
         /// The status the client is answered with (then the connection closes).
         var status: HTTPResponseStatus {
@@ -86,6 +88,12 @@ struct HTTP1RequestParser {
     init(maxHeadBytes: Int = 60 * 1024, maxFields: Int = 100) {
         self.maxHeadBytes = maxHeadBytes
         self.maxFields = maxFields
+    }
+
+    /// A request that closes the connection has been read: no more are.
+    var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
     }
 
     /// The next event the buffer completes, consuming its bytes; nil when more bytes are

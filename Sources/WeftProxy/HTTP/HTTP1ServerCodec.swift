@@ -1,0 +1,282 @@
+import NIOCore
+import NIOHTTP1
+
+/// The HTTP/1.1 client connection's codec, in place of NIO's request decoder, response
+/// encoder and pipelining handler: weft's strict parser reads requests, responses are
+/// written straight into bytes, and one request is served at a time — the bytes of a
+/// pipelined request wait, unparsed and unread past, until the response before it is
+/// written (NIO's pipelining handler does the same with parsed parts).
+///
+/// The bench's floor rows put NIO's HTTP/1 codec at half of HTTP/1.1's rate (README, L7
+/// proxying); most of it is per-part pipeline traffic and header Strings, not llhttp.
+final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = IOData
+
+    private var parser: HTTP1RequestParser
+    /// Received bytes not yet parsed (nil when none: the receive buffer is not kept).
+    private var pending: ByteBuffer?
+    private var failed = false
+    /// The request read last asked to switch protocols (Upgrade, CONNECT): what the client
+    /// sends after it is not HTTP/1, and is never parsed as a request (the proxy closes
+    /// the connection after the response, or a WebSocket splice takes it over).
+    private var switching = false
+    private var upgradeRequested = false
+    private var attached = false
+    /// The current request's end has gone up / its response's end has been written. Bytes
+    /// after a request wait while the first is true and the second is not.
+    private var requestDone = false
+    private var responseDone = false
+    private var delivering = false
+    private var resumeScheduled = false
+    private var readPending = false
+
+    // The response being written.
+    private var method = HTTPMethod.GET
+    private var chunked = false
+    private var suppressBody = false
+    /// Scratch for response heads and chunk lines: once the socket has written the last
+    /// one, its storage is unique again and is reused instead of allocating per response.
+    private var scratch = ByteBuffer()
+
+    init(maxHeadBytes: Int, maxFields: Int) {
+        parser = HTTP1RequestParser(maxHeadBytes: maxHeadBytes, maxFields: maxFields)
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        attached = true
+        scratch = context.channel.allocator.buffer(capacity: 256)
+    }
+
+    /// What was received and not parsed is dropped: only a WebSocket switch removes the
+    /// codec, and a client must wait for the 101 before it sends frames (RFC 6455 §4.1).
+    func handlerRemoved(context: ChannelHandlerContext) {
+        attached = false
+        pending = nil
+    }
+
+    // MARK: requests
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed, !switching else { return }
+        var bytes = unwrapInboundIn(data)
+        if pending == nil {
+            pending = bytes
+        } else {
+            pending!.writeBuffer(&bytes)
+        }
+        deliver(context)
+    }
+
+    private var waitingForResponse: Bool { requestDone && !responseDone }
+
+    /// Parses and hands on what the received bytes complete, up to a request's end.
+    private func deliver(_ context: ChannelHandlerContext) {
+        guard !delivering else { return }
+        delivering = true
+        defer { delivering = false }
+        while attached, !failed, !switching, !waitingForResponse, pending != nil, context.channel.isActive {
+            let event: HTTP1RequestParser.Event?
+            do {
+                event = try parser.parse(&pending!)
+            } catch let f as HTTP1RequestParser.Failure {
+                fail(context, f)
+                return
+            } catch {
+                fail(context, .badRequestLine)
+                return
+            }
+            guard let event else {
+                // More bytes are needed; after a request that closes the connection nothing
+                // more is read, so nothing is kept either.
+                if pending!.readableBytes == 0 || parser.isClosed { pending = nil }
+                break
+            }
+            switch event {
+            case .head(let h):
+                // RFC 9112 §3.2: more than one Host is a 400, not a guess at which one a
+                // route, a policy and the workload would each read.
+                guard h.hostCount <= 1 else {
+                    fail(context, .multipleHosts)
+                    return
+                }
+                requestDone = false
+                responseDone = false
+                let head = h.nioHead()
+                method = head.method
+                upgradeRequested = method == .CONNECT || head.headers.contains(name: "upgrade")
+                context.fireChannelRead(wrapInboundOut(.head(head)))
+            case .body(let b):
+                context.fireChannelRead(wrapInboundOut(.body(b)))
+            case .end(let t):
+                requestDone = true
+                if upgradeRequested {
+                    switching = true
+                    pending = nil
+                }
+                // Nothing left after a request's end: the receive buffer is let go (the
+                // parser needs no call with no bytes until the next ones come).
+                if pending?.readableBytes == 0 { pending = nil }
+                context.fireChannelRead(wrapInboundOut(.end(t?.nioHeaders())))
+            }
+        }
+    }
+
+    /// The request cannot be read: the proxy handler answers it (400 or 431) and closes;
+    /// nothing more is parsed.
+    private func fail(_ context: ChannelHandlerContext, _ f: HTTP1RequestParser.Failure) {
+        failed = true
+        pending = nil
+        context.fireErrorCaught(f)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if waitingForResponse {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    // MARK: responses
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            writeHead(context, head, promise: promise)
+        case .body(let part):
+            if suppressBody {
+                promise?.fail(NIOHTTPResponseEncoderError.responseBodyNotAllowed)
+            } else if chunked, part.readableBytes > 0 {
+                // Empty chunks are not framed: one would end the body.
+                scratch.clear()
+                scratch.writeString(String(part.readableBytes, radix: 16))
+                scratch.writeStaticString("\r\n")
+                context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: nil)
+                context.write(wrapOutboundOut(part), promise: nil)
+                context.write(wrapOutboundOut(.byteBuffer(Self.crlf)), promise: promise)
+            } else {
+                context.write(wrapOutboundOut(part), promise: promise)
+            }
+        case .end(let trailers):
+            if chunked {
+                scratch.clear()
+                scratch.writeStaticString("0\r\n")
+                if let trailers { Self.writeFields(trailers, to: &scratch) }
+                scratch.writeStaticString("\r\n")
+                context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+            } else if let promise {
+                context.write(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0))), promise: promise)
+            }
+            chunked = false
+            suppressBody = false
+            responseDone = true
+            resume(context)
+        }
+    }
+
+    private static let crlf: ByteBuffer = {
+        var b = ByteBufferAllocator().buffer(capacity: 2)
+        b.writeStaticString("\r\n")
+        return b
+    }()
+
+    /// The status line and fields, framed as NIO's encoder frames them: no body for HEAD,
+    /// CONNECT, 1xx, 204 and 304; else by Content-Length when given, else chunked
+    /// (HTTP/1.1) or to the connection's close (HTTP/1.0).
+    private func writeHead(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, promise: EventLoopPromise<Void>?) {
+        let code = head.status.code
+        let interim = code >= 100 && code < 200 && code != 101
+        let hasBody = method != .CONNECT && head.status.mayHaveResponseBody
+        let hasLength = hasBody && head.headers.contains(name: "content-length")
+        let chunk = hasBody && !hasLength && head.version.major == 1 && head.version.minor >= 1
+        if !interim {
+            suppressBody = method == .HEAD || method == .CONNECT
+            chunked = chunk && !suppressBody
+        }
+        scratch.clear()
+        scratch.writeStaticString(head.version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        scratch.writeString(String(code))
+        scratch.writeStaticString(" ")
+        scratch.writeString(head.status.reasonPhrase)
+        scratch.writeStaticString("\r\n")
+        for (name, value) in head.headers {
+            // The framing fields are the codec's: what the message's framing says, nothing else.
+            if !hasBody || hasLength || chunk, Self.nameIs(name, "transfer-encoding") { continue }
+            if !hasBody, Self.nameIs(name, "content-length") { continue }
+            Self.writeField(name, value, to: &scratch)
+        }
+        if chunk { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
+        scratch.writeStaticString("\r\n")
+        context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+    }
+
+    private static func nameIs(_ name: String, _ lowercased: StaticString) -> Bool {
+        var name = name
+        return name.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), lowercased) }
+    }
+
+    private static func writeField(_ name: String, _ value: String, to b: inout ByteBuffer) {
+        b.writeString(name)
+        b.writeStaticString(": ")
+        b.writeString(value)
+        b.writeStaticString("\r\n")
+    }
+
+    private static func writeFields(_ fields: HTTPHeaders, to b: inout ByteBuffer) {
+        for (name, value) in fields { writeField(name, value, to: &b) }
+    }
+
+    /// After a response's end: the next request, if its bytes are here, is parsed — on the
+    /// next loop tick, not inside the write that ended this one (the handler writing is
+    /// still finishing the exchange) — and a read held back goes out.
+    private func resume(_ context: ChannelHandlerContext) {
+        guard pending != nil else {
+            releaseRead(context)
+            return
+        }
+        guard !resumeScheduled else { return }
+        resumeScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.resumeScheduled = false
+            guard self.attached else { return }
+            self.deliver(context)
+            self.releaseRead(context)
+        }
+    }
+
+    private func releaseRead(_ context: ChannelHandlerContext) {
+        if readPending, !waitingForResponse {
+            readPending = false
+            context.read()
+        }
+    }
+}
+
+extension HTTP1RequestHead {
+    /// The head as NIO's type, for the exchange (shared with HTTP/2 streams).
+    func nioHead() -> HTTPRequestHead {
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(fields.count)
+        for f in fields {
+            headers.append((String(decoding: name(f), as: UTF8.self), String(decoding: value(f), as: UTF8.self)))
+        }
+        return HTTPRequestHead(version: minorVersion == 0 ? .http1_0 : .http1_1,
+                               method: HTTPMethod(rawValue: String(decoding: method, as: UTF8.self)),
+                               uri: String(decoding: target, as: UTF8.self), headers: HTTPHeaders(headers))
+    }
+}
+
+extension HTTP1Trailers {
+    func nioHeaders() -> HTTPHeaders {
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(fields.count)
+        for f in fields {
+            headers.append((String(decoding: name(f), as: UTF8.self),
+                            String(decoding: HTTP1Field.view(bytes, f.valueStart, f.valueEnd), as: UTF8.self)))
+        }
+        return HTTPHeaders(headers)
+    }
+}

@@ -1,0 +1,161 @@
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Testing
+@testable import WeftProxy
+
+/// What the proxy handler would see: every request part, and any error, in order.
+private final class Recorder: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    var parts: [String] = []
+    var heads: [HTTPRequestHead] = []
+    var errors: [HTTP1RequestParser.Failure] = []
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            heads.append(h)
+            parts.append("head \(h.method.rawValue) \(h.uri)")
+        case .body(let b):
+            parts.append("body \(String(buffer: b))")
+        case .end(let t):
+            parts.append("end" + (t.map { " " + $0.map { "\($0.name)=\($0.value)" }.joined(separator: ",") } ?? ""))
+        }
+    }
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let f = error as? HTTP1RequestParser.Failure { errors.append(f) }
+    }
+}
+
+private struct Harness {
+    let channel = EmbeddedChannel()
+    let reads = ReadCounter()
+    let recorder = Recorder()
+
+    init() throws {
+        try channel.pipeline.syncOperations.addHandlers([reads, HTTP1ServerCodec(maxHeadBytes: 1024, maxFields: 10), recorder])
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+    }
+
+    func send(_ s: String) throws { try channel.writeInbound(ByteBuffer(string: s)) }
+
+    func respond(_ head: HTTPResponseHead, body: [String] = [], trailers: HTTPHeaders? = nil) throws {
+        try channel.writeOutbound(HTTPServerResponsePart.head(head))
+        for b in body { try channel.writeOutbound(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: b)))) }
+        try channel.writeOutbound(HTTPServerResponsePart.end(trailers))
+    }
+
+    /// Everything written to the client so far, as one string.
+    func written() throws -> String {
+        var out = ""
+        while let part = try channel.readOutbound(as: IOData.self) {
+            if case .byteBuffer(let b) = part { out += String(buffer: b) }
+        }
+        return out
+    }
+}
+
+private func ok(_ headers: [(String, String)] = [], status: HTTPResponseStatus = .ok, version: HTTPVersion = .http1_1) -> HTTPResponseHead {
+    HTTPResponseHead(version: version, status: status, headers: HTTPHeaders(headers))
+}
+
+@Suite struct HTTP1ServerCodecTests {
+    @Test func aRequestGoesUpAndItsResponseIsWrittenAsGiven() throws {
+        let h = try Harness()
+        try h.send("GET /a?b=1 HTTP/1.1\r\nHost: web\r\nUser-Agent: a-rather-long-agent-name/1.0\r\n\r\n")
+        #expect(h.recorder.parts == ["head GET /a?b=1", "end"])
+        #expect(h.recorder.heads.first?.headers.map { "\($0.name): \($0.value)" } == ["Host: web", "User-Agent: a-rather-long-agent-name/1.0"])
+        #expect(h.recorder.heads.first?.isKeepAlive == true)
+        try h.respond(ok([("content-length", "2"), ("x-a", "b")]), body: ["ok"])
+        #expect(try h.written() == "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: b\r\n\r\nok")
+    }
+
+    /// A body without a length is chunked on HTTP/1.1, with trailers; on HTTP/1.0 it runs
+    /// to the connection's close. A stray Transfer-Encoding is replaced, never doubled.
+    @Test func responsesAreFramedTheWayTheirHeadsAllow() throws {
+        let h = try Harness()
+        try h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        try h.respond(ok([("Transfer-Encoding", "gzip")]), body: ["hello", "", "world!"], trailers: HTTPHeaders([("grpc-status", "0")]))
+        #expect(try h.written() == "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\nworld!\r\n0\r\ngrpc-status: 0\r\n\r\n")
+
+        try h.send("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        try h.respond(ok(version: .http1_0), body: ["raw"])
+        #expect(try h.written() == "HTTP/1.0 200 OK\r\n\r\nraw")
+    }
+
+    @Test func noBodyIsWrittenForHeadOr204Or304() throws {
+        let h = try Harness()
+        try h.send("HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        // The length a GET would have is kept; no body goes out, and none is framed.
+        try h.respond(ok([("content-length", "5")]))
+        #expect(try h.written() == "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+
+        try h.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        try h.respond(ok([("content-length", "0"), ("transfer-encoding", "chunked"), ("etag", "x")], status: .notModified))
+        #expect(try h.written() == "HTTP/1.1 304 Not Modified\r\netag: x\r\n\r\n")
+
+        try h.send("DELETE /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        try h.respond(ok(status: .noContent))
+        #expect(try h.written() == "HTTP/1.1 204 No Content\r\n\r\n")
+    }
+
+    /// One request at a time: the next request's bytes wait, and no more is read from the
+    /// client, until the response before it is written; then it is served.
+    @Test func pipelinedRequestsWaitForTheResponseBefore() throws {
+        let h = try Harness()
+        let before = h.reads.reads
+        try h.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET /3 HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(h.recorder.parts == ["head GET /1", "end"])
+        h.channel.read()
+        #expect(h.reads.reads == before, "a read while a response is owed")
+        try h.respond(ok([("content-length", "0")]))
+        h.channel.embeddedEventLoop.run()
+        #expect(h.recorder.parts == ["head GET /1", "end", "head POST /2", "body abc", "end"])
+        #expect(h.reads.reads == before, "the held read goes out only when no response is owed")
+        try h.respond(ok([("content-length", "0")]))
+        h.channel.embeddedEventLoop.run()
+        #expect(h.recorder.parts.suffix(2) == ["head GET /3", "end"])
+        try h.respond(ok([("content-length", "0")]))
+        h.channel.embeddedEventLoop.run()
+        #expect(h.reads.reads == before + 1)
+    }
+
+    /// A response given before the request's body is all in (a local reply): the rest of
+    /// the body is still read, then the next request.
+    @Test func anEarlyResponseLetsTheRestOfTheRequestBeRead() throws {
+        let h = try Harness()
+        try h.send("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        try h.respond(ok([("content-length", "0")], status: .forbidden))
+        try h.send("0\r\nX-Sum: 1\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(h.recorder.parts == ["head POST /up", "body abc", "end X-Sum=1", "head GET /next", "end"])
+    }
+
+    @Test func twoHostFieldsAreRefused() throws {
+        let h = try Harness()
+        try h.send("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        #expect(h.recorder.parts.isEmpty)
+        #expect(h.recorder.errors == [.multipleHosts])
+        #expect(HTTP1RequestParser.Failure.multipleHosts.status == .badRequest)
+    }
+
+    /// After a parse error nothing more is read as a request: the proxy answers and closes.
+    @Test func nothingIsParsedAfterAnError() throws {
+        let h = try Harness()
+        try h.send("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try h.send("GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        #expect(h.recorder.parts.isEmpty)
+        #expect(h.recorder.errors == [.contentLengthWithTransferEncoding])
+    }
+
+    /// What follows a request to switch protocols is not HTTP/1: never parsed as requests.
+    @Test func bytesAfterAnUpgradeRequestAreNotRequests() throws {
+        for request in ["GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n"] {
+            let h = try Harness()
+            try h.send(request + "GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n")
+            try h.respond(ok([("content-length", "0")], status: .notFound))
+            h.channel.embeddedEventLoop.run()
+            try h.send("GET /later HTTP/1.1\r\nHost: a\r\n\r\n")
+            #expect(h.recorder.parts.count == 2, "\(h.recorder.parts)")
+            #expect(h.recorder.parts.last == "end")
+        }
+    }
+}
