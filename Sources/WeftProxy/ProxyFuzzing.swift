@@ -94,6 +94,42 @@ public enum ProxyFuzzing {
         }
     }
 
+    /// weft's HTTP/1 response parser (what an upstream sends): the same result however the
+    /// bytes are split, and never more lenient than NIO's response decoder (llhttp) on the
+    /// same bytes — a response head weft accepts that llhttp refused is a finding (a
+    /// pooled connection could be desynchronised by it). The first byte picks the method
+    /// of the request answered (GET, HEAD, CONNECT) and the read size.
+    public static func http1ResponseParser(_ data: [UInt8]) {
+        guard let first = data.first else { return }
+        let method: HTTPMethod = [.GET, .HEAD, .CONNECT][Int(first % 3)]
+        let bytes = Array(data.dropFirst())
+        let whole = parseResponses(bytes, methods: [method], close: true)
+        let piece = Int(first / 3) % 16 + 1
+        let split = parseResponses(bytes, methods: [method], piece: piece, close: true)
+        if whole != split { fatalError("the response parser read \(piece)-byte pieces differently: \(whole) vs \(split)") }
+
+        // llhttp, told the same request: the first response's head, or its refusal.
+        let ch = EmbeddedChannel(handler: ByteToMessageHandler(HTTPResponseDecoder()))
+        _ = try? ch.writeOutbound(HTTPClientRequestPart.head(HTTPRequestHead(version: .http1_1, method: method, uri: "/")))
+        var nioHead: HTTPResponseHead?
+        var refused = false
+        do {
+            try ch.writeInbound(ByteBuffer(bytes: bytes))
+        } catch {
+            refused = true
+        }
+        if case .head(let h)? = try? ch.readInbound(as: HTTPClientResponsePart.self) { nioHead = h }
+        _ = try? ch.finish(acceptAlreadyClosed: true)
+        guard let weftHead = whole.first, !weftHead.hasPrefix("!"), !weftHead.hasPrefix("|") else { return }
+        guard let h = nioHead else {
+            if refused { fatalError("weft accepted a response head llhttp refused: \(weftHead)") }
+            return
+        }
+        if !weftHead.hasPrefix("\(h.status.code) ") {
+            fatalError("weft and llhttp read the status differently: \(weftHead) vs \(h.status.code)")
+        }
+    }
+
     /// A field value without leading or trailing SP/HTAB (RFC 9110 §5.5): llhttp keeps a
     /// trailing HTAB in the value, weft's parser does not.
     static func withoutOWS(_ v: String) -> String {

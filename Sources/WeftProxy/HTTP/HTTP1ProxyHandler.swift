@@ -754,7 +754,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         switch part {
         case .head(let rh) where webSocket && rh.status == .switchingProtocols:
             // The handshake succeeded: the client hears it now, and the connections are
-            // switched to bytes at the response's end (NIO's decoder is still running).
+            // switched to bytes at the response's end (the upstream's codec is still reading).
             status = 101
             responseStarted = true
             switching = true
@@ -990,9 +990,9 @@ final class RequestBodyObserver: ChannelInboundHandler {
 
 /// Turns a client connection and its upstream connection whose WebSocket handshake just
 /// succeeded into one opaque byte stream: splice handlers go in, the HTTP handlers come
-/// out (the decoders last). The upstream's decoder hands on the bytes it read past the
-/// 101 (a server may send its first frames with it); a client must wait for the 101
-/// before sending any (RFC 6455 §4.1), so what its decoder held is dropped.
+/// out (the codecs last). The upstream's codec hands on the bytes it read past the 101 (a
+/// server may send its first frames with it); a client must wait for the 101 before
+/// sending any (RFC 6455 §4.1), so what its codec held is dropped.
 enum WebSocketSplice {
     static func switchToBytes(client: HTTP1ProxyHandler, upstream: UpstreamHTTP1Handler, idleTimeout: TimeAmount) {
         guard let clientChannel = client.context?.channel, let upChannel = upstream.context?.channel else {
@@ -1010,9 +1010,10 @@ enum WebSocketSplice {
             let up = upChannel.pipeline.syncOperations, cl = clientChannel.pipeline.syncOperations
             try up.addHandler(toUpstream)
             try cl.addHandler(toClient)
-            try remove(from: up, [UpstreamHTTP1Handler.self, NIOHTTPRequestHeadersValidator.self, HTTPRequestEncoder.self,
-                                  ByteToMessageHandler<HTTPResponseDecoder>.self])
+            // The client's HTTP handlers first: the upstream codec hands on the bytes it holds
+            // as it leaves, and they must meet nothing of HTTP on the client's side.
             try remove(from: cl, [HTTP1ProxyHandler.self, SlowClientGuard.self, HTTP1ServerCodec.self])
+            try remove(from: up, [UpstreamHTTP1Handler.self, HTTP1ClientCodec.self])
         } catch {
             clientChannel.close(promise: nil)
             upChannel.close(promise: nil)
@@ -1021,8 +1022,8 @@ enum WebSocketSplice {
         // A read either side's HTTP handlers held back would never come otherwise.
         clientChannel.read()
         upChannel.read()
-        // The upstream decoder leaves once its decode loop is over, handing on the bytes it
-        // held with no read-complete after them, so nothing would flush them: flush then.
+        // The upstream codec hands on the bytes it held as it leaves, with no read-complete
+        // after them, so nothing would flush them: flush then.
         clientChannel.eventLoop.assumeIsolated().execute {
             clientChannel.flush()
             upChannel.flush()

@@ -37,6 +37,8 @@ struct HTTP1RequestParser {
         case tooManyFields
         case badRequestLine
         case badVersion
+        /// A response's status line (upstream side).
+        case badStatusLine
         case badFieldName
         case badFieldValue
         case whitespaceBeforeColon
@@ -58,14 +60,9 @@ struct HTTP1RequestParser {
     private enum State {
         /// Waiting for a head; `scanned` bytes of the buffer are known to hold no end.
         case head(scanned: Int)
-        case fixedBody(remaining: Int64)
-        /// The request is complete; `.end` is the next event.
+        case body(HTTP1BodyReader)
+        /// A request without a body is complete; `.end` is the next event.
         case endPending
-        case chunkSize
-        case chunkData(remaining: Int64)
-        case chunkDataEnd
-        /// After the last chunk: trailer fields until an empty line.
-        case trailers(scanned: Int)
         /// A request that closes the connection is complete: nothing after it is read (the
         /// connection closes once it is answered; llhttp refuses such bytes the same way).
         case closed
@@ -80,10 +77,6 @@ struct HTTP1RequestParser {
     /// The field index of the head being built, kept between requests so that a keep-alive
     /// connection reuses its storage instead of allocating one per request.
     private var fieldStorage: [HTTP1Field] = []
-
-    /// Longest chunk-size line (size and extensions) accepted; llhttp has no limit, the
-    /// proxy does (a chunk line is read into memory before any of it is forwarded).
-    static let maxChunkLine = 4096
 
     init(maxHeadBytes: Int = 60 * 1024, maxFields: Int = 100) {
         self.maxHeadBytes = maxHeadBytes
@@ -106,40 +99,25 @@ struct HTTP1RequestParser {
             return nil
         case .head(let scanned):
             return try guarded { try $0.parseHead(&buffer, scanned: scanned) }
-        case .fixedBody(let remaining):
-            guard let (slice, left) = Self.takeBody(&buffer, remaining: remaining) else { return nil }
-            state = left == 0 ? .endPending : .fixedBody(remaining: left)
-            return .body(slice)
         case .endPending:
             state = keepAlive ? .head(scanned: 0) : .closed
             return .end(nil)
-        case .chunkSize:
-            return try guarded { try $0.parseChunkSize(&buffer) }
-        case .chunkData(let remaining):
-            guard let (slice, left) = Self.takeBody(&buffer, remaining: remaining) else { return nil }
-            state = left == 0 ? .chunkDataEnd : .chunkData(remaining: left)
-            return .body(slice)
-        case .chunkDataEnd:
-            guard buffer.readableBytes >= 2 else {
-                if buffer.readableBytes == 1, buffer.readableBytesView.first != UInt8(ascii: "\r") {
-                    return try fail(.badChunk)
+        case .body(var reader):
+            return try guarded { parser in
+                let event = try reader.next(&buffer)
+                switch event {
+                case .data(let slice)?:
+                    parser.state = .body(reader)
+                    return .body(slice)
+                case .end(let trailers)?:
+                    parser.state = parser.keepAlive ? .head(scanned: 0) : .closed
+                    return .end(trailers)
+                case nil:
+                    parser.state = .body(reader)
+                    return nil
                 }
-                return nil
             }
-            guard buffer.readInteger(as: UInt16.self) == 0x0D0A else { return try fail(.badChunk) }
-            state = .chunkSize
-            return try parse(&buffer)
-        case .trailers(let scanned):
-            return try guarded { try $0.parseTrailers(&buffer, scanned: scanned) }
         }
-    }
-
-    /// As much of `remaining` body bytes as the buffer holds, as a slice, and what is left
-    /// after it; nil when the buffer is empty.
-    private static func takeBody(_ buffer: inout ByteBuffer, remaining: Int64) -> (ByteBuffer, Int64)? {
-        guard buffer.readableBytes > 0 else { return nil }
-        let n = Int(min(Int64(buffer.readableBytes), remaining))
-        return (buffer.readSlice(length: n)!, remaining - Int64(n))
     }
 
     /// Runs a step; a failure it throws leaves the parser failed.
@@ -150,11 +128,6 @@ struct HTTP1RequestParser {
             state = .failed(f)
             throw f
         }
-    }
-
-    private mutating func fail(_ f: Failure) throws -> Event? {
-        state = .failed(f)
-        throw f
     }
 
     // MARK: - the head
@@ -170,143 +143,20 @@ struct HTTP1RequestParser {
             }
             if buffer.readableBytesView.first == UInt8(ascii: "\n") { throw Failure.badLineEnding }
         }
-        guard let bytes = try takeSection(&buffer, scanned: scanned, waiting: { .head(scanned: $0) }) else { return nil }
+        let (section, checked) = try HTTP1BodyReader.takeSection(&buffer, scanned: scanned, maxBytes: maxHeadBytes)
+        guard let bytes = section else {
+            state = .head(scanned: checked)
+            return nil
+        }
         fieldStorage.removeAll(keepingCapacity: true)
         let head = try HTTP1RequestHead(bytes: bytes, fields: &fieldStorage, maxFields: maxFields)
         keepAlive = head.keepAlive
         switch head.framing {
-        case .none: state = .endPending
-        case .length(let n): state = n == 0 ? .endPending : .fixedBody(remaining: n)
-        case .chunked: state = .chunkSize
+        case .none, .length(0): state = .endPending
+        case .length(let n): state = .body(HTTP1BodyReader(.length(n), maxHeadBytes: maxHeadBytes, maxFields: maxFields))
+        case .chunked: state = .body(HTTP1BodyReader(.chunked, maxHeadBytes: maxHeadBytes, maxFields: maxFields))
         }
         return .head(head)
-    }
-
-    /// A head or trailer section through its blank line, sliced off the buffer; nil when
-    /// it is not all here yet (the state then remembers how far it was checked). Either
-    /// way, more than the head limit is refused.
-    private mutating func takeSection(_ buffer: inout ByteBuffer, scanned: Int, waiting: (Int) -> State) throws -> ByteBuffer? {
-        let (found, upTo) = try Self.headEnd(in: buffer, from: scanned)
-        guard let end = found else {
-            if buffer.readableBytes > maxHeadBytes { throw Failure.headTooLarge }
-            state = waiting(upTo)
-            return nil
-        }
-        if end > maxHeadBytes { throw Failure.headTooLarge }
-        return buffer.readSlice(length: end)!
-    }
-
-    /// Where a head (or trailer section) ends — the length through its CRLF CRLF — if the
-    /// buffer holds the end, and how far the bytes are checked (where the next call goes
-    /// on). Every CR must be followed by LF and every LF preceded by CR: a bare one is
-    /// refused at once, not when the head is complete (llhttp does the same).
-    static func headEnd(in buffer: ByteBuffer, from: Int) throws -> (Int?, Int) {
-        try buffer.withUnsafeReadableBytes { p -> (Int?, Int) in
-            var i = from
-            let n = p.count
-            while i < n {
-                switch p[i] {
-                case 13:
-                    guard i + 1 < n else { return (nil, i) }
-                    guard p[i + 1] == 10 else { throw Failure.badLineEnding }
-                    if i >= 2, p[i - 2] == 13, p[i - 1] == 10 { return (i + 2, i + 2) }
-                    i += 2
-                case 10:
-                    throw Failure.badLineEnding
-                default:
-                    i += 1
-                }
-            }
-            return (nil, i)
-        }
-    }
-
-    // MARK: - chunked bodies
-
-    private mutating func parseChunkSize(_ buffer: inout ByteBuffer) throws -> Event? {
-        let line: Int? = buffer.withUnsafeReadableBytes { p in
-            p.prefix(Self.maxChunkLine + 2).firstIndex(of: 10)
-        }
-        guard let lf = line else {
-            if buffer.readableBytes > Self.maxChunkLine + 1 { throw Failure.badChunk }
-            return nil
-        }
-        let size: Int64 = try buffer.withUnsafeReadableBytes { p in
-            guard lf >= 2, p[lf - 1] == 13 else { throw Failure.badChunk }
-            var size: Int64 = 0
-            var i = 0
-            while i < lf - 1, let d = Self.hexValue(p[i]) {
-                guard size <= (Int64.max >> 4) else { throw Failure.badChunk }
-                size = size << 4 | Int64(d)
-                i += 1
-            }
-            guard i > 0, i <= 16 else { throw Failure.badChunk }
-            // Chunk extensions are allowed and ignored, in their grammar only
-            // (`;token[=token|quoted-string]`, RFC 9112 §7.1.1, as llhttp reads them).
-            guard Self.isChunkExtensions(UnsafeRawBufferPointer(rebasing: p[i..<(lf - 1)])) else { throw Failure.badChunk }
-            return size
-        }
-        buffer.moveReaderIndex(forwardBy: lf + 1)
-        if size == 0 {
-            state = .trailers(scanned: 0)
-            return try parse(&buffer)
-        }
-        state = .chunkData(remaining: size)
-        return try parse(&buffer)
-    }
-
-    private mutating func parseTrailers(_ buffer: inout ByteBuffer, scanned: Int) throws -> Event? {
-        // No trailers: the last chunk is followed directly by an empty line.
-        if scanned == 0, buffer.readableBytesView.first == 13 {
-            guard buffer.readableBytes >= 2 else { return nil }
-            guard buffer.getInteger(at: buffer.readerIndex, as: UInt16.self) == 0x0D0A else { throw Failure.badChunk }
-            buffer.moveReaderIndex(forwardBy: 2)
-            state = keepAlive ? .head(scanned: 0) : .closed
-            return .end(nil)
-        }
-        guard let bytes = try takeSection(&buffer, scanned: scanned, waiting: { .trailers(scanned: $0) }) else { return nil }
-        var fields: [HTTP1Field] = []
-        try HTTP1RequestHead.parseFields(bytes, from: 0, into: &fields, maxFields: maxFields)
-        state = keepAlive ? .head(scanned: 0) : .closed
-        return .end(HTTP1Trailers(bytes: bytes, fields: fields))
-    }
-
-    static func isChunkExtensions(_ e: UnsafeRawBufferPointer) -> Bool {
-        var i = 0
-        func token() -> Bool {
-            let s = i
-            while i < e.count, HTTP1RequestHead.isTokenByte(e[i]) { i += 1 }
-            return i > s
-        }
-        while i < e.count {
-            guard e[i] == UInt8(ascii: ";") else { return false }
-            i += 1
-            guard token() else { return false }
-            guard i < e.count, e[i] == UInt8(ascii: "=") else { continue }
-            i += 1
-            if i < e.count, e[i] == UInt8(ascii: "\"") {
-                i += 1
-                while i < e.count, e[i] != UInt8(ascii: "\"") {
-                    if e[i] == UInt8(ascii: "\\") { i += 1 }
-                    guard i < e.count, HTTP1RequestHead.isFieldValueByte(e[i]) else { return false }
-                    i += 1
-                }
-                guard i < e.count else { return false }
-                i += 1
-            } else if !token() {
-                return false
-            }
-        }
-        return true
-    }
-
-    static func hexValue(_ b: UInt8) -> UInt8? {
-        switch b {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return b - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return b - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return b - UInt8(ascii: "A") + 10
-        default: return nil
-        }
     }
 }
 

@@ -177,7 +177,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    private static let crlf: ByteBuffer = {
+    static let crlf: ByteBuffer = {
         var b = ByteBufferAllocator().buffer(capacity: 2)
         b.writeStaticString("\r\n")
         return b
@@ -213,7 +213,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
     }
 
-    private static func nameIs(_ name: String, _ lowercased: StaticString) -> Bool {
+    static func nameIs(_ name: String, _ lowercased: StaticString) -> Bool {
         var name = name
         return name.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), lowercased) }
     }

@@ -196,10 +196,7 @@ final class HTTP1Pool {
             cluster.connectionClosed()
         }
         return dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
-            // Bytes past a 101 (a WebSocket's first frames) go on to what replaces the
-            // decoder, never dropped.
-            try ch.pipeline.syncOperations.addHTTPClientHandlers(leftOverBytesStrategy: .forwardBytes)
-            try ch.pipeline.syncOperations.addHandler(handler)
+            try ch.pipeline.syncOperations.addHandlers([HTTP1ClientCodec(), handler])
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             return handler
         }.assumeIsolated().flatMapErrorThrowing { error in

@@ -1,0 +1,186 @@
+import NIOCore
+import NIOHTTP1
+
+/// An upstream HTTP/1.1 connection's codec, in place of NIO's request encoder, header
+/// validator and response decoder: requests are written straight into bytes (every field
+/// checked as it is copied: a name that is not a token, or a value with a control byte,
+/// is never sent — it is how a request would be split in two), responses are read by
+/// weft's strict HTTP1ResponseParser. One request at a time, as the pool uses a
+/// connection; the parser is told each request's method (HEAD and CONNECT frame the
+/// response differently).
+final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = IOData
+
+    /// A request the codec refused to write (a field no HTTP/1.1 message can carry).
+    struct InvalidRequest: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private var parser = HTTP1ResponseParser()
+    private var pending: ByteBuffer?
+    private var failed = false
+    private var chunked = false
+    /// Reused for request heads and chunk lines once the socket has let go of it.
+    private var scratch = ByteBuffer()
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        scratch = context.channel.allocator.buffer(capacity: 512)
+    }
+
+    /// After a 101 the bytes already read are the new protocol's: they go on to what
+    /// replaces the codec (a WebSocket's first frames may come with the 101).
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if let rest = pending, rest.readableBytes > 0, !failed {
+            pending = nil
+            context.fireChannelRead(NIOAny(rest))
+        }
+    }
+
+    // MARK: responses
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        var bytes = unwrapInboundIn(data)
+        if pending == nil {
+            pending = bytes
+        } else {
+            pending!.writeBuffer(&bytes)
+        }
+        while pending != nil, !failed, !parser.isDone {
+            let event: HTTP1ResponseParser.Event?
+            do {
+                event = try parser.parse(&pending!)
+            } catch {
+                failed = true
+                pending = nil
+                context.fireErrorCaught(error)
+                return
+            }
+            guard let event else {
+                if pending!.readableBytes == 0 { pending = nil }
+                return
+            }
+            switch event {
+            case .head(let h):
+                context.fireChannelRead(wrapInboundOut(.head(h.nioHead())))
+            case .body(let b):
+                context.fireChannelRead(wrapInboundOut(.body(b)))
+            case .end(let t):
+                if pending?.readableBytes == 0 { pending = nil }
+                context.fireChannelRead(wrapInboundOut(.end(t?.nioHeaders())))
+            }
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        // A body that runs to the close is complete now.
+        if !failed, case .end(let t)? = parser.finish() {
+            context.fireChannelRead(wrapInboundOut(.end(t?.nioHeaders())))
+        }
+        context.fireChannelInactive()
+    }
+
+    // MARK: requests
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let head):
+            do {
+                try writeHead(head)
+            } catch {
+                promise?.fail(error)
+                context.fireErrorCaught(error)
+                return
+            }
+            parser.expect(head.method)
+            context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+        case .body(let part):
+            if chunked, part.readableBytes > 0 {
+                // Empty chunks are not framed: one would end the body.
+                scratch.clear()
+                scratch.writeString(String(part.readableBytes, radix: 16))
+                scratch.writeStaticString("\r\n")
+                context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: nil)
+                context.write(wrapOutboundOut(part), promise: nil)
+                context.write(wrapOutboundOut(.byteBuffer(HTTP1ServerCodec.crlf)), promise: promise)
+            } else {
+                context.write(wrapOutboundOut(part), promise: promise)
+            }
+        case .end(let trailers):
+            if chunked {
+                scratch.clear()
+                scratch.writeStaticString("0\r\n")
+                if let trailers {
+                    do {
+                        for (name, value) in trailers { try Self.writeField(name, value, to: &scratch) }
+                    } catch {
+                        promise?.fail(error)
+                        context.fireErrorCaught(error)
+                        return
+                    }
+                }
+                scratch.writeStaticString("\r\n")
+                chunked = false
+                context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+            } else if let promise {
+                context.write(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0))), promise: promise)
+            }
+        }
+    }
+
+    /// The request line and fields into `scratch`, framed as NIO's encoder frames a request:
+    /// no body for TRACE; a body for POST, PUT and PATCH (by its Content-Length, else
+    /// chunked); other methods as their fields say.
+    private func writeHead(_ head: HTTPRequestHead) throws {
+        let hasLength = head.headers.contains(name: "content-length")
+        let addChunked: Bool
+        switch head.method {
+        case .TRACE:
+            addChunked = false
+            chunked = false
+        case .POST, .PUT, .PATCH:
+            addChunked = !hasLength
+            chunked = !hasLength
+        default:
+            addChunked = false
+            chunked = !hasLength && head.headers.first(name: "transfer-encoding") == "chunked"
+        }
+        let dropLength = head.method == .TRACE
+        let dropTE = head.method == .TRACE || hasLength || addChunked
+        scratch.clear()
+        scratch.writeString(head.method.rawValue)
+        scratch.writeStaticString(" ")
+        var uri = head.uri
+        guard !uri.isEmpty, uri.withUTF8({ $0.allSatisfy { $0 > 32 && $0 < 127 } }) else {
+            throw InvalidRequest(description: "request target \(head.uri.debugDescription) cannot be sent over HTTP/1.1")
+        }
+        scratch.writeString(uri)
+        scratch.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+        for (name, value) in head.headers {
+            if dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { continue }
+            if dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { continue }
+            try Self.writeField(name, value, to: &scratch)
+        }
+        if addChunked { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
+        scratch.writeStaticString("\r\n")
+    }
+
+    /// One field, refused unless its name is a token and its value has no control byte
+    /// (RFC 9110 §5.1, §5.5): checked on the bytes as they are copied.
+    private static func writeField(_ name: String, _ value: String, to b: inout ByteBuffer) throws {
+        var name = name, value = value
+        let ok = name.withUTF8 { n in
+            !n.isEmpty && n.allSatisfy(HTTP1RequestHead.isTokenByte)
+        } && value.withUTF8 { v in
+            v.allSatisfy { $0 == 9 || ($0 >= 32 && $0 != 127) }
+        }
+        guard ok else { throw InvalidRequest(description: "header field \(name.debugDescription) cannot be sent over HTTP/1.1") }
+        b.writeString(name)
+        b.writeStaticString(": ")
+        b.writeString(value)
+        b.writeStaticString("\r\n")
+    }
+}
