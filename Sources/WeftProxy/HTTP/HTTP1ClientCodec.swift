@@ -115,7 +115,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 scratch.writeStaticString("0\r\n")
                 if let trailers {
                     do {
-                        for (name, value) in trailers { try Self.writeField(name, value, to: &scratch) }
+                        for (name, value) in trailers { try HTTP1FieldWriter.write(name, value, to: &scratch, checked: true) }
                     } catch {
                         promise?.fail(error)
                         context.fireErrorCaught(error)
@@ -162,25 +162,10 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         for (name, value) in head.headers {
             if dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { continue }
             if dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { continue }
-            try Self.writeField(name, value, to: &scratch)
+            try HTTP1FieldWriter.write(name, value, to: &scratch, checked: true)
         }
         if addChunked { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
         scratch.writeStaticString("\r\n")
     }
 
-    /// One field, refused unless its name is a token and its value has no control byte
-    /// (RFC 9110 §5.1, §5.5): checked on the bytes as they are copied.
-    private static func writeField(_ name: String, _ value: String, to b: inout ByteBuffer) throws {
-        var name = name, value = value
-        let ok = name.withUTF8 { n in
-            !n.isEmpty && n.allSatisfy(HTTP1RequestHead.isTokenByte)
-        } && value.withUTF8 { v in
-            v.allSatisfy { $0 == 9 || ($0 >= 32 && $0 != 127) }
-        }
-        guard ok else { throw InvalidRequest(description: "header field \(name.debugDescription) cannot be sent over HTTP/1.1") }
-        b.writeString(name)
-        b.writeStaticString(": ")
-        b.writeString(value)
-        b.writeStaticString("\r\n")
-    }
 }

@@ -206,7 +206,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             // The framing fields are the codec's: what the message's framing says, nothing else.
             if !hasBody || hasLength || chunk, Self.nameIs(name, "transfer-encoding") { continue }
             if !hasBody, Self.nameIs(name, "content-length") { continue }
-            Self.writeField(name, value, to: &scratch)
+            try? HTTP1FieldWriter.write(name, value, to: &scratch, checked: false)
         }
         if chunk { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
         scratch.writeStaticString("\r\n")
@@ -218,15 +218,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         return name.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), lowercased) }
     }
 
-    private static func writeField(_ name: String, _ value: String, to b: inout ByteBuffer) {
-        b.writeString(name)
-        b.writeStaticString(": ")
-        b.writeString(value)
-        b.writeStaticString("\r\n")
-    }
-
+    /// Response fields go out as the upstream (or a route) gave them: the upstream's were
+    /// parsed strictly, a route's validated with the config.
     private static func writeFields(_ fields: HTTPHeaders, to b: inout ByteBuffer) {
-        for (name, value) in fields { writeField(name, value, to: &b) }
+        for (name, value) in fields { try? HTTP1FieldWriter.write(name, value, to: &b, checked: false) }
     }
 
     /// After a response's end: the next request, if its bytes are here, is parsed — on the
