@@ -363,6 +363,16 @@ final class ReadCounter: ChannelOutboundHandler {
 /// Strings the proxy writes per request, formatted by hand for speed: they must still be
 /// what the slow, obvious code would print.
 @Suite struct PerRequestFormattingTests {
+    /// The by-length hop-by-hop check says what the set of names says, in any case.
+    @Test func hopByHopByLengthAgreesWithTheList() {
+        let others = ["host", "content-length", "x-forwarded-proto", "tee", "upgrades", "connectionx", "proxy-authorizatio", "", "é"]
+        for name in HTTP1Exchange.hopByHopNames + others {
+            for variant in [name, name.uppercased(), name.prefix(1).uppercased() + name.dropFirst()] {
+                #expect(HTTP1Exchange.isHopByHop(variant) == HTTP1Exchange.hopByHop.contains(variant.lowercased()), "\(variant)")
+            }
+        }
+    }
+
     @Test func requestIDsAreVersion4UUIDs() throws {
         let loop = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1)) { _ in }
         var seen = Set<String>()

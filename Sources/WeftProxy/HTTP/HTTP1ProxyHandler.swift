@@ -201,6 +201,25 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                                 "trailer", "proxy-authenticate", "proxy-authorization"]
     static let hopByHop = Set(hopByHopNames)
 
+    /// One of hopByHopNames, in any case: by length first, so that most names are passed
+    /// over with no comparison (one pass over a message's fields, not one per name).
+    static func isHopByHop(_ name: String) -> Bool {
+        var name = name
+        return name.withUTF8 { n in
+            let p = UnsafeRawBufferPointer(n)
+            switch n.count {
+            case 2: return HTTP1RequestHead.equalsLowercased(p, "te")
+            case 7: return HTTP1RequestHead.equalsLowercased(p, "upgrade") || HTTP1RequestHead.equalsLowercased(p, "trailer")
+            case 10: return HTTP1RequestHead.equalsLowercased(p, "connection") || HTTP1RequestHead.equalsLowercased(p, "keep-alive")
+            case 16: return HTTP1RequestHead.equalsLowercased(p, "proxy-connection")
+            case 17: return HTTP1RequestHead.equalsLowercased(p, "transfer-encoding")
+            case 18: return HTTP1RequestHead.equalsLowercased(p, "proxy-authenticate")
+            case 19: return HTTP1RequestHead.equalsLowercased(p, "proxy-authorization")
+            default: return false
+            }
+        }
+    }
+
     /// Whether the client keeps its connection after this response: always on HTTP/2
     /// (streams end, connections stay), per the request on HTTP/1 — except after a request
     /// asking to switch protocols (`Upgrade`, e.g. curl's h2c, or CONNECT): what follows
@@ -457,7 +476,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     static func endToEnd(_ headers: HTTPHeaders, room: Int = 0) -> HTTPHeaders {
         // Most messages carry none of them: they pass as they are, with room for what the
         // proxy adds (one copy of the storage, where adding one by one grew it four times).
-        if !hopByHopNames.contains(where: { headers.contains(name: $0) }) {
+        if !headers.contains(where: { isHopByHop($0.name) }) {
             var h = headers
             // Only when something will be added: reserving copies the shared storage.
             if room > 0 { h.reserveCapacity(headers.count + room) }
