@@ -125,14 +125,18 @@ final class ConnectionContext {
     /// Telemetry labels of this connection, with the endpoint that served it.
     func peers(destinationWorkload: ResourceID?) -> Peers {
         if let inbound {
-            return Peers(client: client.description, source: inbound.sourceWorkload, destinationHost: listener.host,
+            return Peers(client: clientText, source: inbound.sourceWorkload, destinationHost: listener.host,
                          destinationService: listener.service, destinationWorkload: destinationWorkload, reporter: "destination",
                          sourcePrincipal: inbound.identity, mutualTLS: inbound.identity != nil)
         }
         // The caller's own identity: a workload of this node has a certificate.
-        return Peers(client: client.description, source: sourceID, destinationHost: listener.host, destinationService: listener.service,
+        return Peers(client: clientText, source: sourceID, destinationHost: listener.host, destinationService: listener.service,
                      destinationWorkload: destinationWorkload, sourcePrincipal: sourcePrincipal)
     }
+
+    /// The client's address as telemetry writes it (formatted once per connection, not
+    /// per request).
+    lazy var clientText = client.description
 
     /// The source workload's SPIFFE URI (computed once per connection).
     lazy var sourcePrincipal: String? = source?.identity(trustDomain: tables.trustDomain)

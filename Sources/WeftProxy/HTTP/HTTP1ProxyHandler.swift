@@ -258,6 +258,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var retry: RetryStateMachine?
     private var tried: Set<SocketKey> = []
     private var lastEndpoint: SocketKey?
+    /// lastEndpoint as text, from the connection that carried the attempt (formatted once).
+    private var lastEndpointText: String?
     /// The pool the current attempt's connection belongs to.
     private var poolKey: PoolKey?
     private var lastWorkload: ResourceID?
@@ -562,6 +564,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         state.attemptStarted(ep.socket)
         activeEndpoint = ep.socket
         lastEndpoint = ep.socket
+        lastEndpointText = nil
         lastWorkload = ep.workload
         attempts += 1
         sentParts = 0
@@ -635,6 +638,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     private func attach(_ up: UpstreamHTTP1Handler) {
         upstream = up
+        lastEndpointText = up.endpointText
         up.delegate = self
         up.requests += 1
         up.setPaused(!(handler.context?.channel.isWritable ?? true))
@@ -979,7 +983,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         conn.loop.observe(.request(RequestRecord(
             start: startTime, peers: conn.peers(destinationWorkload: lastWorkload), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
             protocolName: isGRPC ? "gRPC" : handler.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
-            responseBytes: responseBytes, upstream: lastEndpoint?.description, attempts: attempts,
+            responseBytes: responseBytes, upstream: lastEndpointText ?? lastEndpoint?.description, attempts: attempts,
             requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)))
         handler.exchangeFinished(self)
     }

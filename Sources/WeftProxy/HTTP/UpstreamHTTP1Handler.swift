@@ -20,6 +20,9 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
     typealias OutboundOut = HTTPClientRequestPart
 
     let endpoint: SocketKey
+    /// The endpoint as the access log and metrics write it, formatted once per connection
+    /// rather than once per request.
+    private(set) lazy var endpointText = endpoint.description
     /// The exchange using the connection. Held strongly (a weak reference costs a side
     /// table per exchange); every way an exchange lets go of the connection clears it —
     /// release to the pool, close, abandon — and so does the connection closing.
