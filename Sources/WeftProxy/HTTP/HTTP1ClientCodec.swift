@@ -98,31 +98,20 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
             parser.expect(head.method)
             context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
         case .body(let part):
-            if chunked, part.readableBytes > 0 {
-                // Empty chunks are not framed: one would end the body.
-                scratch.clear()
-                scratch.writeString(String(part.readableBytes, radix: 16))
-                scratch.writeStaticString("\r\n")
-                context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: nil)
-                context.write(wrapOutboundOut(part), promise: nil)
-                context.write(wrapOutboundOut(.byteBuffer(HTTP1ServerCodec.crlf)), promise: promise)
+            if chunked {
+                HTTP1FieldWriter.writeChunk(part, scratch: &scratch, context: context, promise: promise)
             } else {
                 context.write(wrapOutboundOut(part), promise: promise)
             }
         case .end(let trailers):
             if chunked {
-                scratch.clear()
-                scratch.writeStaticString("0\r\n")
-                if let trailers {
-                    do {
-                        for (name, value) in trailers { try HTTP1FieldWriter.write(name, value, to: &scratch, checked: true) }
-                    } catch {
-                        promise?.fail(error)
-                        context.fireErrorCaught(error)
-                        return
-                    }
+                do {
+                    try HTTP1FieldWriter.lastChunk(trailers, into: &scratch, checked: true)
+                } catch {
+                    promise?.fail(error)
+                    context.fireErrorCaught(error)
+                    return
                 }
-                scratch.writeStaticString("\r\n")
                 chunked = false
                 context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
             } else if let promise {

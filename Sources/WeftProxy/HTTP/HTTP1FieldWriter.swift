@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHTTP1
 
 /// Writes HTTP/1 header fields into a head's bytes for both codecs: each field copied in
 /// one write (name, ": ", value, CRLF), checked on the same pass when it is to be sent to
@@ -46,5 +47,37 @@ enum HTTP1FieldWriter {
     static func isFieldValue(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
         for b in bytes where !HTTP1RequestHead.isFieldValueByte(b) { return false }
         return true
+    }
+}
+
+extension HTTP1FieldWriter {
+    static let crlf: ByteBuffer = {
+        var b = ByteBufferAllocator().buffer(capacity: 2)
+        b.writeStaticString("\r\n")
+        return b
+    }()
+
+    /// One part of a chunked body, framed: its size line (written into `scratch`), the
+    /// bytes, CRLF. An empty part is not framed — a zero-size chunk would end the body.
+    /// For handlers whose outbound type is IOData.
+    static func writeChunk(_ part: IOData, scratch: inout ByteBuffer, context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        guard part.readableBytes > 0 else {
+            context.write(NIOAny(part), promise: promise)
+            return
+        }
+        scratch.clear()
+        scratch.writeString(String(part.readableBytes, radix: 16))
+        scratch.writeStaticString("\r\n")
+        context.write(NIOAny(IOData.byteBuffer(scratch)), promise: nil)
+        context.write(NIOAny(part), promise: nil)
+        context.write(NIOAny(IOData.byteBuffer(crlf)), promise: promise)
+    }
+
+    /// The last chunk and the trailer section, into `scratch`.
+    static func lastChunk(_ trailers: HTTPHeaders?, into scratch: inout ByteBuffer, checked: Bool) throws {
+        scratch.clear()
+        scratch.writeStaticString("0\r\n")
+        for (name, value) in trailers ?? [:] { try write(name, value, to: &scratch, checked: checked) }
+        scratch.writeStaticString("\r\n")
     }
 }

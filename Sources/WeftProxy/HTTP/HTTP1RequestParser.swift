@@ -257,27 +257,8 @@ struct HTTP1RequestHead {
         self.fields = storage
 
         // Framing and connection management, from the fields that decide them.
-        var contentLength: Int64?
-        var chunked = false, sawTE = false, close = false, keepAliveToken = false, hosts = 0
-        for f in storage {
-            if Self.nameIs(bytes, f, "content-length") {
-                guard contentLength == nil else { throw HTTP1RequestParser.Failure.badContentLength }
-                contentLength = try Self.contentLength(bytes, f)
-            } else if Self.nameIs(bytes, f, "transfer-encoding") {
-                // Only `chunked`, once: anything else (other codings, a list, a repeat)
-                // is how requests are smuggled past a server that reads it differently.
-                guard !sawTE, Self.valueIs(bytes, f, "chunked") else { throw HTTP1RequestParser.Failure.badTransferEncoding }
-                sawTE = true
-                chunked = true
-            } else if Self.nameIs(bytes, f, "connection") {
-                Self.forEachToken(bytes, f) { t in
-                    if Self.equalsLowercased(t, "close") { close = true }
-                    if Self.equalsLowercased(t, "keep-alive") { keepAliveToken = true }
-                }
-            } else if Self.nameIs(bytes, f, "host") {
-                hosts += 1
-            }
-        }
+        let decided = try Self.framingFields(bytes, storage)
+        let chunked = decided.chunked, contentLength = decided.contentLength
         if chunked {
             guard contentLength == nil else { throw HTTP1RequestParser.Failure.contentLengthWithTransferEncoding }
             // HTTP/1.0 has no chunked coding (RFC 9112 §6.1).
@@ -288,8 +269,8 @@ struct HTTP1RequestHead {
         } else {
             framing = .none
         }
-        keepAlive = minor == 1 ? !close : (keepAliveToken && !close)
-        hostCount = hosts
+        keepAlive = decided.keepAlive(minorVersion: minor)
+        hostCount = decided.hosts
     }
 
     /// The four forms of RFC 9112 §3.2, no looser than llhttp reads them: origin-form
@@ -436,6 +417,45 @@ struct HTTP1RequestHead {
                 if e > s { body(UnsafeRawBufferPointer(rebasing: p[s..<e])) }
             }
         }
+    }
+
+    /// What a message's fields say about its framing and its connection.
+    struct FramingFields {
+        var contentLength: Int64?
+        var chunked = false
+        var close = false
+        var keepAliveToken = false
+        var hosts = 0
+
+        /// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+        func keepAlive(minorVersion: Int) -> Bool { minorVersion == 1 ? !close : (keepAliveToken && !close) }
+    }
+
+    /// Reads the fields that decide framing (requests and responses alike): exactly one
+    /// Content-Length of digits; Transfer-Encoding only as `chunked`, once — anything else
+    /// (other codings, a list, a repeat) is how messages are smuggled past a peer that
+    /// reads it differently; Connection's tokens; and how many Host fields there are.
+    static func framingFields(_ bytes: ByteBuffer, _ fields: [HTTP1Field]) throws -> FramingFields {
+        var r = FramingFields()
+        var sawTE = false
+        for f in fields {
+            if nameIs(bytes, f, "content-length") {
+                guard r.contentLength == nil else { throw HTTP1RequestParser.Failure.badContentLength }
+                r.contentLength = try contentLength(bytes, f)
+            } else if nameIs(bytes, f, "transfer-encoding") {
+                guard !sawTE, valueIs(bytes, f, "chunked") else { throw HTTP1RequestParser.Failure.badTransferEncoding }
+                sawTE = true
+                r.chunked = true
+            } else if nameIs(bytes, f, "connection") {
+                forEachToken(bytes, f) { t in
+                    if equalsLowercased(t, "close") { r.close = true }
+                    if equalsLowercased(t, "keep-alive") { r.keepAliveToken = true }
+                }
+            } else if nameIs(bytes, f, "host") {
+                r.hosts += 1
+            }
+        }
+        return r
     }
 
     /// 1*DIGIT and no more than Int64 holds.

@@ -184,25 +184,10 @@ struct HTTP1ResponseHead {
         try HTTP1RequestHead.parseFields(bytes, from: lineEnd, into: &storage, maxFields: maxFields)
         self.fields = storage
 
-        var contentLength: Int64?
-        var chunked = false, sawTE = false, close = false, keepAliveToken = false
-        for f in storage {
-            if HTTP1RequestHead.nameIs(bytes, f, "content-length") {
-                guard contentLength == nil else { throw HTTP1RequestParser.Failure.badContentLength }
-                contentLength = try HTTP1RequestHead.contentLength(bytes, f)
-            } else if HTTP1RequestHead.nameIs(bytes, f, "transfer-encoding") {
-                guard !sawTE, HTTP1RequestHead.valueIs(bytes, f, "chunked") else { throw HTTP1RequestParser.Failure.badTransferEncoding }
-                sawTE = true
-                chunked = true
-            } else if HTTP1RequestHead.nameIs(bytes, f, "connection") {
-                HTTP1RequestHead.forEachToken(bytes, f) { t in
-                    if HTTP1RequestHead.equalsLowercased(t, "close") { close = true }
-                    if HTTP1RequestHead.equalsLowercased(t, "keep-alive") { keepAliveToken = true }
-                }
-            }
-        }
+        let decided = try HTTP1RequestHead.framingFields(bytes, storage)
+        let chunked = decided.chunked, contentLength = decided.contentLength
         switching = status == 101 || (method == .CONNECT && status >= 200 && status < 300)
-        var keepAlive = minor == 1 ? !close : (keepAliveToken && !close)
+        var keepAlive = decided.keepAlive(minorVersion: minor)
         if switching || method == .HEAD || status < 200 || status == 204 || status == 304 {
             // No body, whatever the head says (a HEAD response's length is the GET's).
             framing = nil

@@ -149,23 +149,15 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         case .body(let part):
             if suppressBody {
                 promise?.fail(NIOHTTPResponseEncoderError.responseBodyNotAllowed)
-            } else if chunked, part.readableBytes > 0 {
-                // Empty chunks are not framed: one would end the body.
-                scratch.clear()
-                scratch.writeString(String(part.readableBytes, radix: 16))
-                scratch.writeStaticString("\r\n")
-                context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: nil)
-                context.write(wrapOutboundOut(part), promise: nil)
-                context.write(wrapOutboundOut(.byteBuffer(Self.crlf)), promise: promise)
+            } else if chunked {
+                HTTP1FieldWriter.writeChunk(part, scratch: &scratch, context: context, promise: promise)
             } else {
                 context.write(wrapOutboundOut(part), promise: promise)
             }
         case .end(let trailers):
             if chunked {
-                scratch.clear()
-                scratch.writeStaticString("0\r\n")
-                if let trailers { Self.writeFields(trailers, to: &scratch) }
-                scratch.writeStaticString("\r\n")
+                // Trailers go out as given (an upstream's were parsed strictly).
+                try? HTTP1FieldWriter.lastChunk(trailers, into: &scratch, checked: false)
                 context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
             } else if let promise {
                 context.write(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0))), promise: promise)
@@ -176,12 +168,6 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             resume(context)
         }
     }
-
-    static let crlf: ByteBuffer = {
-        var b = ByteBufferAllocator().buffer(capacity: 2)
-        b.writeStaticString("\r\n")
-        return b
-    }()
 
     /// The status line and fields, framed as NIO's encoder frames them: no body for HEAD,
     /// CONNECT, 1xx, 204 and 304; else by Content-Length when given, else chunked
@@ -216,12 +202,6 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     static func nameIs(_ name: String, _ lowercased: StaticString) -> Bool {
         var name = name
         return name.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), lowercased) }
-    }
-
-    /// Response fields go out as the upstream (or a route) gave them: the upstream's were
-    /// parsed strictly, a route's validated with the config.
-    private static func writeFields(_ fields: HTTPHeaders, to b: inout ByteBuffer) {
-        for (name, value) in fields { try? HTTP1FieldWriter.write(name, value, to: &b, checked: false) }
     }
 
     /// After a response's end: the next request, if its bytes are here, is parsed — on the
