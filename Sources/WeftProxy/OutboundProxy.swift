@@ -443,11 +443,9 @@ public final class OutboundProxy: Sendable {
         }
         let proxy = HTTP1ProxyHandler(conn: conn)
         proxy.slowClientGuard = guardHandler
-        return [
-            guardHandler,
-            HTTP1ServerCodec(maxHeadBytes: Self.maxHeaderBytes, maxFields: Self.maxHeaderCount),
-            proxy,
-        ]
+        let codec = HTTP1ServerCodec(maxHeadBytes: Self.maxHeaderBytes, maxFields: Self.maxHeaderCount)
+        proxy.serverCodec = codec
+        return [guardHandler, codec, proxy]
     }
 
     /// HTTP/2 from the client: each stream is one exchange, seen through NIO's HTTP/2 to

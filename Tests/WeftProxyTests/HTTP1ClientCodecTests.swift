@@ -73,9 +73,13 @@ private struct ClientHarness {
     }
 
     func send(_ head: HTTPRequestHead, body: [String] = [], trailers: HTTPHeaders? = nil) throws -> String {
-        try channel.writeOutbound(HTTPClientRequestPart.head(head))
-        for b in body { try channel.writeOutbound(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(string: b)))) }
-        try channel.writeOutbound(HTTPClientRequestPart.end(trailers))
+        try send(.head(head), body: body, trailers: trailers)
+    }
+
+    func send(_ head: HTTP1ClientCodec.RequestPart, body: [String] = [], trailers: HTTPHeaders? = nil) throws -> String {
+        try channel.writeOutbound(head)
+        for b in body { try channel.writeOutbound(HTTP1ClientCodec.RequestPart.body(.byteBuffer(ByteBuffer(string: b)))) }
+        try channel.writeOutbound(HTTP1ClientCodec.RequestPart.end(trailers))
         var out = ""
         while let part = try channel.readOutbound(as: IOData.self) {
             if case .byteBuffer(let b) = part { out += String(buffer: b) }
@@ -86,9 +90,12 @@ private struct ClientHarness {
     /// The response parts read so far.
     func parts() throws -> [String] {
         var out: [String] = []
-        while let part = try channel.readInbound(as: HTTPClientResponsePart.self) {
+        while let part = try channel.readInbound(as: HTTP1ClientCodec.ResponsePart.self) {
             switch part {
-            case .head(let h): out.append("\(h.status.code) \(h.status.reasonPhrase) " + h.headers.map { "\($0.name)=\($0.value)" }.joined(separator: ","))
+            case .received(let raw):
+                let h = raw.nioHead()
+                out.append("\(h.status.code) \(h.status.reasonPhrase) " + h.headers.map { "\($0.name)=\($0.value)" }.joined(separator: ","))
+            case .head(let h): out.append("unexpected NIO head \(h.status.code)")
             case .body(let b): out.append("body " + String(buffer: b))
             case .end: out.append("end")
             }
@@ -120,7 +127,7 @@ private func request(_ method: HTTPMethod, _ uri: String = "/", _ headers: [(Str
         for head in [request(.GET, "/", [("host", "up"), ("x", "a\r\nInjected: 1")]), request(.GET, "/", [("bad name", "v")]),
                      request(.GET, "/", [("x", "nul\u{0}")]), request(.GET, "/a b")] {
             let h = try ClientHarness()
-            #expect(throws: (any Error).self, "\(head)") { try h.channel.writeOutbound(HTTPClientRequestPart.head(head)) }
+            #expect(throws: (any Error).self, "\(head)") { try h.channel.writeOutbound(HTTP1ClientCodec.RequestPart.head(head)) }
             #expect(try h.channel.readOutbound(as: IOData.self) == nil, "\(head)")
         }
     }
@@ -163,5 +170,57 @@ private func request(_ method: HTTPMethod, _ uri: String = "/", _ headers: [(Str
             try h.channel.writeInbound(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"))
         }
         #expect(try h.parts().isEmpty)
+    }
+
+    /// A head forwarded from received bytes is the request the NIO head of the same rewrite
+    /// gives (what HTTP/2 upstreams and mirrors are sent): the same fields in the same
+    /// order, hop-by-hop ones and those Connection names dropped, `te: trailers` kept,
+    /// framing by the same rules.
+    @Test func aForwardedHeadIsTheRequestItsRewriteDescribes() throws {
+        let received = [
+            "GET /a HTTP/1.1\r\nHost: c\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+            "GET /a HTTP/1.1\r\nhost: c\r\nConnection: keep-alive, X-Secret\r\nx-secret: s\r\nKeep-Alive: 5\r\nte: trailers\r\nx-a:1\r\nx-b:  2  \r\n\r\n",
+            "POST /p HTTP/1.1\r\nhost: c\r\ncontent-length: 3\r\nx-request-id: r1\r\n\r\n",
+            "POST /p HTTP/1.1\r\nhost: c\r\ntransfer-encoding: chunked\r\nTE: gzip\r\nupgrade: h2c\r\n\r\n",
+            "TRACE /t HTTP/1.1\r\nhost: c\r\ncontent-length: 0\r\n\r\n",
+            "GET /c HTTP/1.1\r\nhost: c\r\ncookie: a=1\r\nx-forwarded-client-cert: forged\r\ncookie: b=2\r\n\r\n",
+        ]
+        for text in received {
+            var parser = HTTP1RequestParser()
+            var bytes = ByteBuffer(string: text)
+            guard case .head(let raw)? = try parser.parse(&bytes) else {
+                Issue.record("no head in \(text.debugDescription)")
+                continue
+            }
+            let nio = raw.nioHead()
+            var r = HeadRewrite(received: nio.headers, target: "/routed")
+            r.replaceOrAdd(name: "host", value: "svc")
+            r.remove(name: "x-forwarded-client-cert")
+            r.add(name: "x-route", value: "1")
+            r.replaceOrAdd(name: "x-a", value: "set")
+            let cookies = r.values("cookie")
+            if cookies.count > 1 { r.replaceOrAdd(name: "cookie", value: cookies.joined(separator: "; ")) }
+            let forwarded = try ClientHarness().send(.forwarded(raw, r, method: nio.method))
+            let viaNIO = try ClientHarness().send(.head(HTTPRequestHead(version: .http1_1, method: nio.method, uri: r.target, headers: r.headers())))
+            #expect(try fields(forwarded) == fields(viaNIO), "\(text.debugDescription)")
+            #expect(!forwarded.lowercased().contains("secret") && !forwarded.contains("keep-alive") && !forwarded.contains("forged"))
+        }
+        // Kept fields go out as they came, in one piece.
+        var parser = HTTP1RequestParser()
+        var bytes = ByteBuffer(string: received[0])
+        guard case .head(let raw)? = try parser.parse(&bytes) else { return }
+        var r = HeadRewrite(received: raw.nioHead().headers, target: "/a")
+        r.add(name: "x-request-id", value: "7")
+        #expect(try ClientHarness().send(.forwarded(raw, r, method: .GET))
+            == "GET /a HTTP/1.1\r\nHost: c\r\nUser-Agent: t\r\nAccept: */*\r\nx-request-id: 7\r\n\r\n")
+    }
+
+    /// The request line and fields of a written request, as weft's parser reads them.
+    private func fields(_ text: String) throws -> [String] {
+        var parser = HTTP1RequestParser()
+        var bytes = ByteBuffer(string: text)
+        guard case .head(let h)? = try parser.parse(&bytes) else { return ["no head"] }
+        let head = h.nioHead()
+        return ["\(head.method) \(head.uri)"] + head.headers.map { "\($0.name)=\($0.value)" }
     }
 }

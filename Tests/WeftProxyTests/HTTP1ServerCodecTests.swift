@@ -39,9 +39,9 @@ private struct Harness {
     func send(_ s: String) throws { try channel.writeInbound(ByteBuffer(string: s)) }
 
     func respond(_ head: HTTPResponseHead, body: [String] = [], trailers: HTTPHeaders? = nil) throws {
-        try channel.writeOutbound(HTTPServerResponsePart.head(head))
-        for b in body { try channel.writeOutbound(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(string: b)))) }
-        try channel.writeOutbound(HTTPServerResponsePart.end(trailers))
+        try channel.writeOutbound(HTTP1ServerCodec.Part.head(head))
+        for b in body { try channel.writeOutbound(HTTP1ServerCodec.Part.body(.byteBuffer(ByteBuffer(string: b)))) }
+        try channel.writeOutbound(HTTP1ServerCodec.Part.end(trailers))
     }
 
     /// Everything written to the client so far, as one string.
@@ -156,6 +156,45 @@ private func ok(_ headers: [(String, String)] = [], status: HTTPResponseStatus =
             try h.send("GET /later HTTP/1.1\r\nHost: a\r\n\r\n")
             #expect(h.recorder.parts.count == 2, "\(h.recorder.parts)")
             #expect(h.recorder.parts.last == "end")
+        }
+    }
+
+    /// An upstream's head forwarded from its bytes is the response the NIO head of the same
+    /// rewrite gives (what HTTP/2 clients are sent), for every framing: the same fields in
+    /// the same order, hop-by-hop ones dropped, the codec's framing fields.
+    @Test func aForwardedResponseHeadIsTheResponseItsRewriteDescribes() throws {
+        let cases: [(HTTPMethod, String, String)] = [
+            (.GET, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ncontent-length: 2\r\nx-a:1\r\n\r\n", "HTTP/1.1"),
+            (.GET, "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nx-hop: 1\r\nKeep-Alive: 5\r\n\r\n", "HTTP/1.1"),
+            (.GET, "HTTP/1.1 200 OK\r\nx-b: 2\r\n\r\n", "HTTP/1.0"),
+            (.HEAD, "HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", "HTTP/1.1"),
+            (.GET, "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nx-c: 3\r\n\r\n", "HTTP/1.1"),
+            (.GET, "HTTP/1.1 503 Whatever\r\ncontent-length: 0\r\nset-cookie: a=1\r\nset-cookie: b=2\r\n\r\n", "HTTP/1.1"),
+        ]
+        for (method, response, version) in cases {
+            var parser = HTTP1ResponseParser()
+            parser.expect(method)
+            var bytes = ByteBuffer(string: response)
+            guard case .head(let raw)? = try parser.parse(&bytes) else {
+                Issue.record("no head in \(response.debugDescription)")
+                continue
+            }
+            let nio = raw.nioHead()
+            var r = HeadRewrite(received: nio.headers)
+            r.replaceOrAdd(name: "x-a", value: "set")
+            r.add(name: "set-cookie", value: "c=3")
+            r.replaceOrAdd(name: "connection", value: "close")
+            let minor = version == "HTTP/1.0" ? 0 : 1
+            func written(_ part: HTTP1ServerCodec.Part) throws -> String {
+                let h = try Harness()
+                try h.send("\(method.rawValue) / \(version)\r\nhost: a\r\n\r\n")
+                try h.channel.writeOutbound(part)
+                return try h.written()
+            }
+            let forwarded = try written(.forwarded(raw, r, status: nio.status, minorVersion: minor))
+            let viaNIO = try written(.head(HTTPResponseHead(version: minor == 0 ? .http1_0 : .http1_1, status: nio.status, headers: r.headers())))
+            #expect(parseResponses(forwarded, methods: [method]).first == parseResponses(viaNIO, methods: [method]).first, "\(response.debugDescription)")
+            #expect(!forwarded.lowercased().contains("x-hop") && !forwarded.contains("keep-alive"), "\(forwarded.debugDescription)")
         }
     }
 }

@@ -98,7 +98,7 @@ extension RouteDecision {
             directResponse: {status: 204}
           - match: [{uri: {prefix: /api/v1}}]
             rewrite: {uri: /v1, authority: api.internal}
-            headers: {request: {set: {x-route: r}}, response: {remove: [server]}}
+            headers: {request: {set: {X-Route: r}}, response: {remove: [Server]}}
             route: [{destination: {host: web}, headers: {request: {add: {x-dest: d}}}}]
             mirror: {host: shadow}
           - match: [{uri: {exact: /exact}}]
@@ -110,6 +110,7 @@ extension RouteDecision {
         let f = try #require(r.decide(req("/api/v1/users?x=y"), random: 0).forward)
         #expect(f.path == "/v1/users?x=y")
         #expect(f.authority == "api.internal")
+        // Names in lower case, whatever the file's (the proxy compares them as bytes).
         #expect(f.requestHeaders.map(\.set) == [["x-route": "r"], [:]])
         #expect(f.requestHeaders.map(\.add) == [[:], ["x-dest": "d"]])
         #expect(f.responseHeaders.map(\.remove) == [["server"]])

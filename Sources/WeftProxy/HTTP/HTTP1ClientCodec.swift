@@ -10,9 +10,36 @@ import NIOHTTP1
 /// response differently).
 final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
-    typealias InboundOut = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
+    typealias InboundOut = ResponsePart
+    typealias OutboundIn = RequestPart
     typealias OutboundOut = IOData
+
+    /// What the codec delivers: a response head as weft's parser read it (fields as
+    /// offsets into its bytes: whoever needs NIO's head makes it), the body, the end. An
+    /// HTTP/2 stream's adapter delivers the same parts with NIO's head.
+    enum ResponsePart {
+        indirect case received(HTTP1ResponseHead)
+        case head(HTTPResponseHead)
+        case body(ByteBuffer)
+        case end(HTTPHeaders?)
+    }
+
+    /// What is written to the codec: NIO's request parts, or a head forwarded from the
+    /// bytes a client sent (the received fields copied as they came, with the proxy's edits).
+    enum RequestPart {
+        case head(HTTPRequestHead)
+        indirect case forwarded(HTTP1RequestHead, HeadRewrite, method: HTTPMethod)
+        case body(IOData)
+        case end(HTTPHeaders?)
+
+        init(_ part: HTTPClientRequestPart) {
+            switch part {
+            case .head(let h): self = .head(h)
+            case .body(let b): self = .body(b)
+            case .end(let t): self = .end(t)
+            }
+        }
+    }
 
     /// A request the codec refused to write (a field no HTTP/1.1 message can carry).
     struct InvalidRequest: Error, CustomStringConvertible {
@@ -65,7 +92,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
             }
             switch event {
             case .head(let h):
-                context.fireChannelRead(wrapInboundOut(.head(h.nioHead())))
+                context.fireChannelRead(wrapInboundOut(.received(h)))
             case .body(let b):
                 context.fireChannelRead(wrapInboundOut(.body(b)))
             case .end(let t):
@@ -97,6 +124,16 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
             }
             parser.expect(head.method)
             context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+        case .forwarded(let received, let rewrite, let method):
+            do {
+                try writeForwarded(received, rewrite, method: method)
+            } catch {
+                promise?.fail(error)
+                context.fireErrorCaught(error)
+                return
+            }
+            parser.expect(method)
+            context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
         case .body(let part):
             if chunked {
                 HTTP1FieldWriter.writeChunk(part, scratch: &scratch, context: context, promise: promise)
@@ -120,41 +157,97 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// The request line and fields into `scratch`, framed as NIO's encoder frames a request:
-    /// no body for TRACE; a body for POST, PUT and PATCH (by its Content-Length, else
-    /// chunked); other methods as their fields say.
+    /// How a request is framed, as NIO's encoder frames one: no body for TRACE; a body for
+    /// POST, PUT and PATCH (by its Content-Length, else chunked); other methods as their
+    /// fields say.
+    private struct Framing {
+        var addChunked: Bool
+        var dropLength: Bool
+        var dropTE: Bool
+
+        init(method: HTTPMethod, hasLength: Bool, teChunked: Bool, chunked: inout Bool) {
+            switch method {
+            case .TRACE:
+                addChunked = false
+                chunked = false
+            case .POST, .PUT, .PATCH:
+                addChunked = !hasLength
+                chunked = !hasLength
+            default:
+                addChunked = false
+                chunked = !hasLength && teChunked
+            }
+            dropLength = method == .TRACE
+            dropTE = method == .TRACE || hasLength || addChunked
+        }
+    }
+
+    /// The request line and fields into `scratch`.
     private func writeHead(_ head: HTTPRequestHead) throws {
-        let hasLength = head.headers.contains(name: "content-length")
-        let addChunked: Bool
-        switch head.method {
-        case .TRACE:
-            addChunked = false
-            chunked = false
-        case .POST, .PUT, .PATCH:
-            addChunked = !hasLength
-            chunked = !hasLength
-        default:
-            addChunked = false
-            chunked = !hasLength && head.headers.first(name: "transfer-encoding") == "chunked"
-        }
-        let dropLength = head.method == .TRACE
-        let dropTE = head.method == .TRACE || hasLength || addChunked
-        scratch.clear()
-        scratch.writeString(head.method.rawValue)
-        scratch.writeStaticString(" ")
-        var uri = head.uri
-        guard !uri.isEmpty, uri.withUTF8({ $0.allSatisfy { $0 > 32 && $0 < 127 } }) else {
-            throw InvalidRequest(description: "request target \(head.uri.debugDescription) cannot be sent over HTTP/1.1")
-        }
-        scratch.writeString(uri)
-        scratch.writeStaticString(head.version.minor == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+        let framing = Framing(method: head.method, hasLength: head.headers.contains(name: "content-length"),
+                              teChunked: head.headers.first(name: "transfer-encoding") == "chunked", chunked: &chunked)
+        try writeRequestLine(head.method, head.uri, minorVersion: head.version.minor)
         for (name, value) in head.headers {
-            if dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { continue }
-            if dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { continue }
+            if framing.dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { continue }
+            if framing.dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { continue }
             try HTTP1FieldWriter.write(name, value, to: &scratch, checked: true)
         }
-        if addChunked { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
+        if framing.addChunked { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
         scratch.writeStaticString("\r\n")
     }
 
+    /// A received head sent on with the proxy's edits: each run of kept fields is copied
+    /// from the received bytes in one write (weft's parser has checked them; only what the
+    /// proxy adds is checked here), then the added fields. The same request writeHead
+    /// writes for `rewrite.headers()`: received Transfer-Encoding is hop-by-hop, so only
+    /// an added one counts.
+    private func writeForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) throws {
+        var receivedLength = false
+        if case .length = received.framing { receivedLength = true }
+        let hasLength = (receivedLength && rewrite.first("content-length") != nil) || rewrite.adds("content-length")
+        let te = rewrite.added("transfer-encoding")
+        let framing = Framing(method: method, hasLength: hasLength, teChunked: te == "chunked", chunked: &chunked)
+        try writeRequestLine(method, rewrite.target, minorVersion: 1)
+        received.bytes.withUnsafeReadableBytes { p in
+            // A run of kept fields, from the first one's name to the last one's value.
+            var runStart = -1, runEnd = -1
+            func flush() {
+                guard runStart >= 0 else { return }
+                scratch.writeBytes(UnsafeRawBufferPointer(rebasing: p[runStart..<runEnd]))
+                scratch.writeStaticString("\r\n")
+                runStart = -1
+            }
+            for f in received.fields {
+                let name = UnsafeRawBufferPointer(rebasing: p[Int(f.nameStart)..<Int(f.nameEnd)])
+                let keep = rewrite.keeps(name: name, value: UnsafeRawBufferPointer(rebasing: p[Int(f.valueStart)..<Int(f.valueEnd)]))
+                    && !(framing.dropLength && HTTP1RequestHead.equalsLowercased(name, "content-length"))
+                if keep {
+                    if runStart < 0 { runStart = Int(f.nameStart) }
+                    runEnd = Int(f.valueEnd)
+                } else {
+                    flush()
+                }
+            }
+            flush()
+        }
+        try rewrite.forEachAdded { name, value in
+            if framing.dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { return }
+            if framing.dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { return }
+            try HTTP1FieldWriter.write(name, value, to: &scratch, checked: true)
+        }
+        if framing.addChunked { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
+        scratch.writeStaticString("\r\n")
+    }
+
+    private func writeRequestLine(_ method: HTTPMethod, _ target: String, minorVersion: Int) throws {
+        scratch.clear()
+        scratch.writeString(method.rawValue)
+        scratch.writeStaticString(" ")
+        var uri = target
+        guard !uri.isEmpty, uri.withUTF8({ $0.allSatisfy { $0 > 32 && $0 < 127 } }) else {
+            throw InvalidRequest(description: "request target \(target.debugDescription) cannot be sent over HTTP/1.1")
+        }
+        scratch.writeString(uri)
+        scratch.writeStaticString(minorVersion == 0 ? " HTTP/1.0\r\n" : " HTTP/1.1\r\n")
+    }
 }

@@ -26,6 +26,8 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// HTTP/2: whether the request's HEADERS left the stream open for a body (told by
     /// RequestBodyObserver, which sees the frame before the codec turns it into a head).
     var streamHasBody = false
+    /// The HTTP/1 connection's codec, which gives each request head as received as well.
+    var serverCodec: HTTP1ServerCodec?
 
     init(conn: ConnectionContext, http2: Bool = false) {
         self.conn = conn
@@ -90,7 +92,8 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 reject(context, .badRequest)
                 return
             }
-            let ex = HTTP1Exchange(handler: self, head: head, hasBody: http2 ? streamHasBody : Self.declaresBody(head))
+            let ex = HTTP1Exchange(handler: self, head: head, received: serverCodec?.takeReceivedHead(),
+                                   hasBody: http2 ? streamHasBody : Self.declaresBody(head))
             exchange = ex
             ex.start()
         case .body(let b):
@@ -128,8 +131,8 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
             // HTTP/2 has no Connection header (it is a protocol error there): the stream
             // ends with the response, and the reset below.
             let headers = HTTPHeaders(http2 ? [("content-length", "0")] : [("connection", "close"), ("content-length", "0")])
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
+            write(.end(nil), flush: true)
             conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: http2 ? "HTTP/2" : "HTTP/1.1",
                                                 status: Int(status.code))))
         }
@@ -182,8 +185,22 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
     func write(_ part: HTTPServerResponsePart, flush: Bool = false) {
         guard let context else { return }
         if case .head = part { answered = true }
-        context.write(wrapOutboundOut(part), promise: nil)
+        if serverCodec != nil {
+            // An HTTP/1 connection's codec is weft's HTTP1ServerCodec, which takes its own parts.
+            context.write(NIOAny(HTTP1ServerCodec.Part(part)), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(part), promise: nil)
+        }
         if flush { context.flush() }
+    }
+
+    /// Sends the client a response head an upstream HTTP/1 connection received, with the
+    /// proxy's edits, as bytes (HTTP/1 clients only: see serverCodec).
+    func writeForwarded(_ received: HTTP1ResponseHead, _ rewrite: HeadRewrite, status: HTTPResponseStatus, minorVersion: Int) {
+        guard let context else { return }
+        precondition(serverCodec != nil, "an HTTP/2 stream is written NIO heads")
+        answered = true
+        context.write(NIOAny(HTTP1ServerCodec.Part.forwarded(received, rewrite, status: status, minorVersion: minorVersion)), promise: nil)
     }
 
     func flush() { context?.flush() }
@@ -205,18 +222,19 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// over with no comparison (one pass over a message's fields, not one per name).
     static func isHopByHop(_ name: String) -> Bool {
         var name = name
-        return name.withUTF8 { n in
-            let p = UnsafeRawBufferPointer(n)
-            switch n.count {
-            case 2: return HTTP1RequestHead.equalsLowercased(p, "te")
-            case 7: return HTTP1RequestHead.equalsLowercased(p, "upgrade") || HTTP1RequestHead.equalsLowercased(p, "trailer")
-            case 10: return HTTP1RequestHead.equalsLowercased(p, "connection") || HTTP1RequestHead.equalsLowercased(p, "keep-alive")
-            case 16: return HTTP1RequestHead.equalsLowercased(p, "proxy-connection")
-            case 17: return HTTP1RequestHead.equalsLowercased(p, "transfer-encoding")
-            case 18: return HTTP1RequestHead.equalsLowercased(p, "proxy-authenticate")
-            case 19: return HTTP1RequestHead.equalsLowercased(p, "proxy-authorization")
-            default: return false
-            }
+        return name.withUTF8 { isHopByHop(UnsafeRawBufferPointer($0)) }
+    }
+
+    static func isHopByHop(_ p: UnsafeRawBufferPointer) -> Bool {
+        switch p.count {
+        case 2: return HTTP1RequestHead.equalsLowercased(p, "te")
+        case 7: return HTTP1RequestHead.equalsLowercased(p, "upgrade") || HTTP1RequestHead.equalsLowercased(p, "trailer")
+        case 10: return HTTP1RequestHead.equalsLowercased(p, "connection") || HTTP1RequestHead.equalsLowercased(p, "keep-alive")
+        case 16: return HTTP1RequestHead.equalsLowercased(p, "proxy-connection")
+        case 17: return HTTP1RequestHead.equalsLowercased(p, "transfer-encoding")
+        case 18: return HTTP1RequestHead.equalsLowercased(p, "proxy-authenticate")
+        case 19: return HTTP1RequestHead.equalsLowercased(p, "proxy-authorization")
+        default: return false
         }
     }
 
@@ -254,7 +272,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var cluster: Cluster?
     /// Speak HTTP/2 to the cluster's endpoints (Cluster.upstreamHTTP2, else as the client).
     private var upstreamHTTP2 = false
-    private var upstreamHead: HTTPRequestHead?
+    private var rewrite: HeadRewrite?
+    /// The request head as the client's HTTP/1 connection received it (nil on HTTP/2
+    /// streams): what an HTTP/1.1 upstream is sent, edited by `rewrite`.
+    let received: HTTP1RequestHead?
     private var retry: RetryStateMachine?
     private var tried: Set<SocketKey> = []
     private var lastEndpoint: SocketKey?
@@ -296,9 +317,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var trailersFromHead: HTTPHeaders?
     private var requestID: String?
 
-    init(handler: HTTP1ProxyHandler, head: HTTPRequestHead, hasBody: Bool) {
+    init(handler: HTTP1ProxyHandler, head: HTTPRequestHead, received: HTTP1RequestHead? = nil, hasBody: Bool) {
         self.handler = handler
         self.head = head
+        self.received = received
         self.hasBody = hasBody
         keepAlive = handler.http2 || (head.isKeepAlive && !head.headers.contains(name: "upgrade") && head.method != .CONNECT)
         webSocket = !handler.http2 && head.method == .GET && head.headers["upgrade"].contains { value in
@@ -398,7 +420,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         clusterState = state
         // A WebSocket handshake goes over HTTP/1.1 (weft speaks no RFC 8441 upstream).
         upstreamHTTP2 = webSocket ? false : (c.upstreamHTTP2 ?? handler.http2)
-        upstreamHead = makeUpstreamHead(d)
+        rewrite = makeRewrite(d)
         if let t = d.timeout, t.nanoseconds > 0 {
             routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
         }
@@ -412,10 +434,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// Sends the shadow copy once the whole request is held (requests over 64 KiB are not
     /// mirrored: Envoy streams them, weft does not keep them).
     private func startMirrorIfReady() {
-        guard let m = mirrorTo, requestComplete, replayable, let h = upstreamHead, let loop = handler.context?.eventLoop else { return }
+        guard let m = mirrorTo, requestComplete, replayable, let r = rewrite, let loop = handler.context?.eventLoop else { return }
         mirrorTo = nil
-        var shadow = h
-        shadow.headers.replaceOrAdd(name: "host", value: (h.headers.first(name: "host") ?? "") + "-shadow")
+        var shadow = upstreamNIOHead(r)
+        shadow.headers.replaceOrAdd(name: "host", value: (r.first("host") ?? "") + "-shadow")
         // The shadow goes over HTTP/1.1 with its whole body in hand.
         shadow.version = .http1_1
         shadow.headers.remove(name: "transfer-encoding")
@@ -495,42 +517,50 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         return h
     }
 
-    private func makeUpstreamHead(_ d: ForwardDecision) -> HTTPRequestHead {
-        var h = Self.endToEnd(head.headers, room: 4 + d.requestHeaders.reduce(0) { $0 + $1.set.count + $1.add.count })
-        h.replaceOrAdd(name: "host", value: d.authority)
+    /// What goes upstream: the client's request with the proxy's fields and the route's
+    /// edits (see HeadRewrite for how it is sent).
+    private func makeRewrite(_ d: ForwardDecision) -> HeadRewrite {
+        var r = HeadRewrite(received: head.headers, target: d.path)
+        r.replaceOrAdd(name: "host", value: d.authority)
         // Only the destination's agent may say who the client is: a client's own
         // x-forwarded-client-cert never passes, on either side of the tunnel.
-        h.remove(name: "x-forwarded-client-cert")
+        r.remove(name: "x-forwarded-client-cert")
         if let inbound = conn.inbound, let peer = inbound.identity {
-            h.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(peer)")
+            r.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(peer)")
         }
-        if !h.contains(name: "x-forwarded-proto") { h.add(name: "x-forwarded-proto", value: "http") }
-        if let id = h.first(name: "x-request-id") {
+        if r.first("x-forwarded-proto") == nil { r.add(name: "x-forwarded-proto", value: "http") }
+        if let id = r.first("x-request-id") {
             requestID = id
         } else {
             let id = conn.loop.requestID()
             requestID = id
-            h.add(name: "x-request-id", value: id)
+            r.add(name: "x-request-id", value: id)
         }
-        for ops in d.requestHeaders { apply(ops, to: &h) }
-        if upstreamHTTP2 { return HTTPRequestHead(version: .http2, method: head.method, uri: d.path, headers: h) }
+        for ops in d.requestHeaders { apply(ops, to: &r) }
+        if upstreamHTTP2 { return r }
         // HTTP/2 clients may split cookies into several fields; HTTP/1.1 gets one
         // (RFC 9113 §8.2.3).
-        let cookies = h["cookie"]
-        if cookies.count > 1 { h.replaceOrAdd(name: "cookie", value: cookies.joined(separator: "; ")) }
+        let cookies = r.values("cookie")
+        if cookies.count > 1 { r.replaceOrAdd(name: "cookie", value: cookies.joined(separator: "; ")) }
         // HTTP/1.1 frames a body itself: by its Content-Length, else chunked — also for a
-        // GET, which NIO would otherwise send unframed (the upstream would read the body
-        // as the next request).
-        if hasBody && !h.contains(name: "content-length") { h.replaceOrAdd(name: "transfer-encoding", value: "chunked") }
+        // GET, which would otherwise go unframed (the upstream would read the body as the
+        // next request).
+        if hasBody && r.first("content-length") == nil { r.replaceOrAdd(name: "transfer-encoding", value: "chunked") }
         if webSocket {
-            // Hop-by-hop, so dropped above; a WebSocket handshake asks the next hop again.
-            h.replaceOrAdd(name: "connection", value: "Upgrade")
-            h.replaceOrAdd(name: "upgrade", value: head.headers["upgrade"].joined(separator: ", "))
+            // Hop-by-hop, so dropped; a WebSocket handshake asks the next hop again.
+            r.replaceOrAdd(name: "connection", value: "Upgrade")
+            r.replaceOrAdd(name: "upgrade", value: head.headers["upgrade"].joined(separator: ", "))
         }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: d.path, headers: h)
+        return r
     }
 
-    private func apply(_ ops: HeaderOperations, to h: inout HTTPHeaders) {
+    /// The upstream request as NIO's head (HTTP/2 upstreams, mirrors, the local inbound
+    /// check); an HTTP/1.1 upstream is sent the received bytes with the rewrite instead.
+    private func upstreamNIOHead(_ r: HeadRewrite) -> HTTPRequestHead {
+        HTTPRequestHead(version: upstreamHTTP2 ? .http2 : .http1_1, method: head.method, uri: r.target, headers: r.headers())
+    }
+
+    private func apply<H: HeaderEditing>(_ ops: HeaderOperations, to h: inout H) {
         // In name order, so the result does not depend on dictionary order; a single
         // operation (the common route) needs no sorted copy.
         if ops.set.count == 1, let (k, v) = ops.set.first {
@@ -578,7 +608,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         guard let c = cluster, let state = clusterState, let loop = handler.context?.eventLoop else { return }
         let endpoint = ep.socket
         let route = conn.route(to: ep)
-        if let target = conn.localPlaintextTarget(ep, route: route), let head = upstreamHead {
+        if let target = conn.localPlaintextTarget(ep, route: route), let r = rewrite {
+            let head = upstreamNIOHead(r)
             // What this node's workload would be asked in plaintext through the inbound
             // listener: the path normalized as policy reads it, and that path sent.
             guard let (path, query) = PathNormalizer.normalize(head.uri) else {
@@ -591,7 +622,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 finish(with: .accessDenied)
                 return
             }
-            upstreamHead?.uri = path + (query.map { "?" + $0 } ?? "")
+            rewrite?.target = path + (query.map { "?" + $0 } ?? "")
         }
         let key = PoolKey(cluster: c.key, endpoint: endpoint, route: route)
         poolKey = key
@@ -645,7 +676,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         if let t = decision?.retries?.perTryTimeout, t.nanoseconds > 0 {
             tryTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.perTryTimeout() }
         }
-        up.send(.head(upstreamHead!))
+        if let received, !up.isStream {
+            up.sendForwarded(received, rewrite!, method: head.method)
+        } else {
+            up.send(.head(upstreamNIOHead(rewrite!)))
+        }
         for b in held { up.send(.body(.byteBuffer(b))) }
         sentParts = held.count
         if requestComplete {
@@ -772,9 +807,17 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     // MARK: upstream events
 
-    func upstreamRead(_ part: HTTPClientResponsePart, from up: UpstreamHTTP1Handler) {
+    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from up: UpstreamHTTP1Handler) {
         guard up === upstream, !finished else { return }
         switch part {
+        case .received(let raw) where handler.serverCodec == nil || (webSocket && raw.status == 101):
+            // An HTTP/2 client, or a WebSocket switch: NIO's head is what goes on.
+            upstreamRead(.head(raw.nioHead()), from: up)
+        case .received(let raw):
+            // HTTP/1 on both sides: the upstream's fields go on as they came.
+            guard startResponse(status: raw.status, grpcStatus: raw.grpcStatus, keepAlive: raw.keepAlive) else { return }
+            handler.writeForwarded(raw, clientRewrite(HeadRewrite(received: raw)), status: raw.nioStatus,
+                                   minorVersion: head.version.minor)
         case .head(let rh) where webSocket && rh.status == .switchingProtocols:
             // The handshake succeeded: the client hears it now, and the connections are
             // switched to bytes at the response's end (the upstream's codec is still reading).
@@ -788,23 +831,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             handler.write(.head(out))
             handler.write(.end(nil), flush: true)
         case .head(let rh):
-            let code = Int(rh.status.code)
-            grpcStatus = rh.headers.first(name: "grpc-status").flatMap { Int($0) }
-            if let ep = lastEndpoint { clusterState?.record(ep, code >= 500 ? .status(code) : .success) }
-            let action = verdict(.response(status: code, grpcStatus: grpcStatus))
-            if case .retry = action {
-                // Envoy discards this response and tries again: so do we (the connection
-                // goes, its unread body with it).
-                abandonAttempt()
-                act(action)
-                return
-            }
-            if case .deliver(let f) = action { flags += f }
-            upstreamKeepAlive = rh.isKeepAlive
-            tryTimer?.cancel()
-            tryTimer = nil
-            responseStarted = true
-            status = code
+            guard startResponse(status: Int(rh.status.code), grpcStatus: rh.headers.first(name: "grpc-status").flatMap { Int($0) },
+                                keepAlive: rh.isKeepAlive) else { return }
             var out = clientHead(rh)
             if isGRPC, out.headers.contains(name: "grpc-status") {
                 // A trailers-only gRPC response (HEADERS with END_STREAM) cannot cross the
@@ -873,12 +901,40 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         handler.pauseReads(!writable)
     }
 
+    /// An upstream's response head arrived: the retry policy's verdict on it, then (unless
+    /// it is retried: false) the response is the client's.
+    private func startResponse(status code: Int, grpcStatus: Int?, keepAlive: Bool) -> Bool {
+        self.grpcStatus = grpcStatus
+        if let ep = lastEndpoint { clusterState?.record(ep, code >= 500 ? .status(code) : .success) }
+        let action = verdict(.response(status: code, grpcStatus: grpcStatus))
+        if case .retry = action {
+            // Envoy discards this response and tries again: so do we (the connection goes,
+            // its unread body with it).
+            abandonAttempt()
+            act(action)
+            return false
+        }
+        if case .deliver(let f) = action { flags += f }
+        upstreamKeepAlive = keepAlive
+        tryTimer?.cancel()
+        tryTimer = nil
+        responseStarted = true
+        status = code
+        return true
+    }
+
+    /// What the client is sent of an upstream's response head: its end-to-end fields with
+    /// the route's edits.
+    private func clientRewrite(_ base: HeadRewrite) -> HeadRewrite {
+        var r = base
+        for ops in decision?.responseHeaders ?? [] { apply(ops, to: &r) }
+        if let c = setCookie { r.add(name: "set-cookie", value: c) }
+        if !keepAlive { r.replaceOrAdd(name: "connection", value: "close") }
+        return r
+    }
+
     private func clientHead(_ rh: HTTPResponseHead) -> HTTPResponseHead {
-        var h = Self.endToEnd(rh.headers, room: (decision?.responseHeaders ?? []).reduce(0) { $0 + $1.set.count + $1.add.count })
-        for ops in decision?.responseHeaders ?? [] { apply(ops, to: &h) }
-        if let c = setCookie { h.add(name: "set-cookie", value: c) }
-        if !keepAlive { h.replaceOrAdd(name: "connection", value: "close") }
-        return HTTPResponseHead(version: head.version, status: rh.status, headers: h)
+        HTTPResponseHead(version: head.version, status: rh.status, headers: clientRewrite(HeadRewrite(received: rh.headers)).headers())
     }
 
     // MARK: client timeouts

@@ -171,6 +171,17 @@ struct HTTP1Field: Equatable {
     static func view(_ bytes: ByteBuffer, _ start: Int32, _ end: Int32) -> ByteBufferView {
         bytes.readableBytesView[(bytes.readerIndex + Int(start))..<(bytes.readerIndex + Int(end))]
     }
+
+    /// Fields as NIO's headers (a String for each name and value).
+    static func nioHeaders(_ bytes: ByteBuffer, _ fields: [HTTP1Field]) -> HTTPHeaders {
+        var headers: [(String, String)] = []
+        headers.reserveCapacity(fields.count)
+        for f in fields {
+            headers.append((String(decoding: view(bytes, f.nameStart, f.nameEnd), as: UTF8.self),
+                            String(decoding: view(bytes, f.valueStart, f.valueEnd), as: UTF8.self)))
+        }
+        return HTTPHeaders(headers)
+    }
 }
 
 /// Trailer fields of a chunked request, over their own bytes.

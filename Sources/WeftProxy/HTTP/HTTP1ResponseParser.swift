@@ -208,18 +208,23 @@ struct HTTP1ResponseHead {
     func value(_ f: HTTP1Field) -> ByteBufferView { HTTP1Field.view(bytes, f.valueStart, f.valueEnd) }
     var reason: ByteBufferView { bytes.readableBytesView[(bytes.readerIndex + reasonStart)..<(bytes.readerIndex + reasonEnd)] }
 
-    /// The head as NIO's type, for the exchange.
+    /// The head as NIO's type (HTTP/2 clients, WebSocket switches).
     func nioHead() -> HTTPResponseHead {
-        var headers: [(String, String)] = []
-        headers.reserveCapacity(fields.count)
-        for f in fields {
-            headers.append((String(decoding: name(f), as: UTF8.self), String(decoding: value(f), as: UTF8.self)))
-        }
-        // A known code gets its standard phrase (as NIO's decoder gives it); an unknown one
-        // keeps the upstream's.
-        var s = HTTPResponseStatus(statusCode: status)
-        if case .custom = s { s = HTTPResponseStatus(statusCode: status, reasonPhrase: String(decoding: reason, as: UTF8.self)) }
-        return HTTPResponseHead(version: minorVersion == 0 ? .http1_0 : .http1_1, status: s, headers: HTTPHeaders(headers))
+        HTTPResponseHead(version: minorVersion == 0 ? .http1_0 : .http1_1, status: nioStatus, headers: HTTP1Field.nioHeaders(bytes, fields))
+    }
+
+    /// A known code with its standard phrase (as NIO's decoder gives it); an unknown one
+    /// with the upstream's.
+    var nioStatus: HTTPResponseStatus {
+        let s = HTTPResponseStatus(statusCode: status)
+        if case .custom = s { return HTTPResponseStatus(statusCode: status, reasonPhrase: String(decoding: reason, as: UTF8.self)) }
+        return s
+    }
+
+    /// The gRPC status in the head (a trailers-only response), if there is one.
+    var grpcStatus: Int? {
+        guard let f = fields.first(where: { HTTP1RequestHead.nameIs(bytes, $0, "grpc-status") }) else { return nil }
+        return Int(String(decoding: value(f), as: UTF8.self))
     }
 }
 

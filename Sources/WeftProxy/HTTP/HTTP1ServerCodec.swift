@@ -12,8 +12,25 @@ import NIOHTTP1
 final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundIn = Part
     typealias OutboundOut = IOData
+
+    /// What is written to the codec: NIO's response parts, or a head forwarded from the
+    /// bytes an upstream sent (its received fields copied as they came, with the edits).
+    enum Part {
+        case head(HTTPResponseHead)
+        indirect case forwarded(HTTP1ResponseHead, HeadRewrite, status: HTTPResponseStatus, minorVersion: Int)
+        case body(IOData)
+        case end(HTTPHeaders?)
+
+        init(_ part: HTTPServerResponsePart) {
+            switch part {
+            case .head(let h): self = .head(h)
+            case .body(let b): self = .body(b)
+            case .end(let t): self = .end(t)
+            }
+        }
+    }
 
     private var parser: HTTP1RequestParser
     /// Received bytes not yet parsed (nil when none: the receive buffer is not kept).
@@ -40,6 +57,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// Scratch for response heads and chunk lines: once the socket has written the last
     /// one, its storage is unique again and is reused instead of allocating per response.
     private var scratch = ByteBuffer()
+    /// The last request head read, as received: the proxy handler takes it with the NIO
+    /// head, to send its fields upstream as they came.
+    private var receivedHead: HTTP1RequestHead?
 
     init(maxHeadBytes: Int, maxFields: Int) {
         parser = HTTP1RequestParser(maxHeadBytes: maxHeadBytes, maxFields: maxFields)
@@ -68,6 +88,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             pending!.writeBuffer(&bytes)
         }
         deliver(context)
+    }
+
+    /// The head of the request whose `.head` part is being delivered (nil at any other time).
+    func takeReceivedHead() -> HTTP1RequestHead? {
+        defer { receivedHead = nil }
+        return receivedHead
     }
 
     private var waitingForResponse: Bool { requestDone && !responseDone }
@@ -107,7 +133,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 let head = h.nioHead()
                 method = head.method
                 upgradeRequested = method == .CONNECT || head.headers.contains(name: "upgrade")
+                receivedHead = h
                 context.fireChannelRead(wrapInboundOut(.head(head)))
+                receivedHead = nil
             case .body(let b):
                 context.fireChannelRead(wrapInboundOut(.body(b)))
             case .end(let t):
@@ -146,6 +174,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         switch unwrapOutboundIn(data) {
         case .head(let head):
             writeHead(context, head, promise: promise)
+        case .forwarded(let received, let rewrite, let status, let minor):
+            writeForwarded(context, received, rewrite, status: status, minorVersion: minor, promise: promise)
         case .body(let part):
             if suppressBody {
                 promise?.fail(NIOHTTPResponseEncoderError.responseBodyNotAllowed)
@@ -173,21 +203,9 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// CONNECT, 1xx, 204 and 304; else by Content-Length when given, else chunked
     /// (HTTP/1.1) or to the connection's close (HTTP/1.0).
     private func writeHead(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, promise: EventLoopPromise<Void>?) {
-        let code = head.status.code
-        let interim = code >= 100 && code < 200 && code != 101
-        let hasBody = method != .CONNECT && head.status.mayHaveResponseBody
+        let hasBody = writeStatusLine(head.status, minorVersion: head.version.minor)
         let hasLength = hasBody && head.headers.contains(name: "content-length")
-        let chunk = hasBody && !hasLength && head.version.major == 1 && head.version.minor >= 1
-        if !interim {
-            suppressBody = method == .HEAD || method == .CONNECT
-            chunked = chunk && !suppressBody
-        }
-        scratch.clear()
-        scratch.writeStaticString(head.version.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
-        scratch.writeString(String(code))
-        scratch.writeStaticString(" ")
-        scratch.writeString(head.status.reasonPhrase)
-        scratch.writeStaticString("\r\n")
+        let chunk = startBody(head.status, hasBody: hasBody, hasLength: hasLength, minorVersion: head.version.minor)
         for (name, value) in head.headers {
             // The framing fields are the codec's: what the message's framing says, nothing else.
             if !hasBody || hasLength || chunk, Self.nameIs(name, "transfer-encoding") { continue }
@@ -197,6 +215,72 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         if chunk { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
         scratch.writeStaticString("\r\n")
         context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+    }
+
+    /// An upstream's head passed on with the proxy's edits: runs of kept fields copied from
+    /// the received bytes (checked by weft's response parser when they came), then the
+    /// added ones; framed as writeHead frames `rewrite.headers()` (a received
+    /// Transfer-Encoding is hop-by-hop, so only a Content-Length can decide it).
+    private func writeForwarded(_ context: ChannelHandlerContext, _ received: HTTP1ResponseHead, _ rewrite: HeadRewrite,
+                                status: HTTPResponseStatus, minorVersion: Int, promise: EventLoopPromise<Void>?) {
+        let hasBody = writeStatusLine(status, minorVersion: minorVersion)
+        var sawLength = false
+        received.bytes.withUnsafeReadableBytes { p in
+            var runStart = -1, runEnd = -1
+            func flush() {
+                guard runStart >= 0 else { return }
+                scratch.writeBytes(UnsafeRawBufferPointer(rebasing: p[runStart..<runEnd]))
+                scratch.writeStaticString("\r\n")
+                runStart = -1
+            }
+            for f in received.fields {
+                let name = UnsafeRawBufferPointer(rebasing: p[Int(f.nameStart)..<Int(f.nameEnd)])
+                var keep = rewrite.keeps(name: name, value: UnsafeRawBufferPointer(rebasing: p[Int(f.valueStart)..<Int(f.valueEnd)]))
+                if keep, HTTP1RequestHead.equalsLowercased(name, "content-length") {
+                    if hasBody { sawLength = true } else { keep = false }
+                }
+                if keep {
+                    if runStart < 0 { runStart = Int(f.nameStart) }
+                    runEnd = Int(f.valueEnd)
+                } else {
+                    flush()
+                }
+            }
+            flush()
+        }
+        let hasLength = hasBody && (sawLength || rewrite.adds("content-length"))
+        let chunk = startBody(status, hasBody: hasBody, hasLength: hasLength, minorVersion: minorVersion)
+        rewrite.forEachAdded { name, value in
+            if !hasBody || hasLength || chunk, Self.nameIs(name, "transfer-encoding") { return }
+            if !hasBody, Self.nameIs(name, "content-length") { return }
+            try? HTTP1FieldWriter.write(name, value, to: &scratch, checked: false)
+        }
+        if chunk { scratch.writeStaticString("transfer-encoding: chunked\r\n") }
+        scratch.writeStaticString("\r\n")
+        context.write(wrapOutboundOut(.byteBuffer(scratch)), promise: promise)
+    }
+
+    /// The status line into `scratch`; returns whether the response has a body.
+    private func writeStatusLine(_ status: HTTPResponseStatus, minorVersion: Int) -> Bool {
+        scratch.clear()
+        scratch.writeStaticString(minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        scratch.writeString(String(status.code))
+        scratch.writeStaticString(" ")
+        scratch.writeString(status.reasonPhrase)
+        scratch.writeStaticString("\r\n")
+        return method != .CONNECT && status.mayHaveResponseBody
+    }
+
+    /// Sets how the response's body parts are written; returns whether it is chunked.
+    private func startBody(_ status: HTTPResponseStatus, hasBody: Bool, hasLength: Bool, minorVersion: Int) -> Bool {
+        let code = status.code
+        let interim = code >= 100 && code < 200 && code != 101
+        let chunk = hasBody && !hasLength && minorVersion >= 1
+        if !interim {
+            suppressBody = method == .HEAD || method == .CONNECT
+            chunked = chunk && !suppressBody
+        }
+        return chunk
     }
 
     static func nameIs(_ name: String, _ lowercased: StaticString) -> Bool {
@@ -233,25 +317,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
 extension HTTP1RequestHead {
     /// The head as NIO's type, for the exchange (shared with HTTP/2 streams).
     func nioHead() -> HTTPRequestHead {
-        var headers: [(String, String)] = []
-        headers.reserveCapacity(fields.count)
-        for f in fields {
-            headers.append((String(decoding: name(f), as: UTF8.self), String(decoding: value(f), as: UTF8.self)))
-        }
-        return HTTPRequestHead(version: minorVersion == 0 ? .http1_0 : .http1_1,
-                               method: HTTPMethod(rawValue: String(decoding: method, as: UTF8.self)),
-                               uri: String(decoding: target, as: UTF8.self), headers: HTTPHeaders(headers))
+        HTTPRequestHead(version: minorVersion == 0 ? .http1_0 : .http1_1,
+                        method: HTTPMethod(rawValue: String(decoding: method, as: UTF8.self)),
+                        uri: String(decoding: target, as: UTF8.self), headers: HTTP1Field.nioHeaders(bytes, fields))
     }
 }
 
 extension HTTP1Trailers {
-    func nioHeaders() -> HTTPHeaders {
-        var headers: [(String, String)] = []
-        headers.reserveCapacity(fields.count)
-        for f in fields {
-            headers.append((String(decoding: name(f), as: UTF8.self),
-                            String(decoding: HTTP1Field.view(bytes, f.valueStart, f.valueEnd), as: UTF8.self)))
-        }
-        return HTTPHeaders(headers)
-    }
+    func nioHeaders() -> HTTPHeaders { HTTP1Field.nioHeaders(bytes, fields) }
 }

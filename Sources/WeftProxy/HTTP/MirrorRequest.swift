@@ -82,8 +82,9 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
 
     private var keepAlive = false
 
-    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamHTTP1Handler) {
+    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: UpstreamHTTP1Handler) {
         switch part {
+        case .received(let h): keepAlive = h.keepAlive
         case .head(let h): keepAlive = h.isKeepAlive
         case .body: break
         case .end: finish(reuse: keepAlive)

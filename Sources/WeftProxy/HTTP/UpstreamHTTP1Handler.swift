@@ -5,7 +5,7 @@ import WeftConfig
 
 /// Receives what an upstream HTTP/1.1 connection delivers.
 protocol UpstreamHTTP1Delegate: AnyObject {
-    func upstreamRead(_ part: HTTPClientResponsePart, from conn: UpstreamHTTP1Handler)
+    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: UpstreamHTTP1Handler)
     func upstreamReadComplete(from conn: UpstreamHTTP1Handler)
     func upstreamClosed(_ conn: UpstreamHTTP1Handler)
     func upstreamWritabilityChanged(_ conn: UpstreamHTTP1Handler, writable: Bool)
@@ -15,9 +15,9 @@ protocol UpstreamHTTP1Delegate: AnyObject {
 /// exchange that currently owns it, and lets that exchange pause its reads while the
 /// client cannot take more (backpressure). Pooled between requests.
 final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = HTTP1ClientCodec.ResponsePart
+    typealias OutboundIn = HTTP1ClientCodec.RequestPart
+    typealias OutboundOut = HTTP1ClientCodec.RequestPart
 
     let endpoint: SocketKey
     /// The endpoint as the access log and metrics write it, formatted once per connection
@@ -121,11 +121,18 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
                 self.refused = true
                 self.context?.close(promise: nil)
             }
-            context.write(wrapOutboundOut(part), promise: promise)
+            context.write(wrapOutboundOut(.init(part)), promise: promise)
         } else {
-            context.write(wrapOutboundOut(part), promise: nil)
+            context.write(wrapOutboundOut(.init(part)), promise: nil)
         }
         if flush { context.flush() }
+    }
+
+    /// Sends a request head the client's HTTP/1 connection received, with the proxy's
+    /// edits, as bytes (connections only: a stream is sent NIO heads).
+    func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) {
+        precondition(!isStream, "an HTTP/2 stream is sent NIO heads")
+        context?.write(wrapOutboundOut(.forwarded(received, rewrite, method: method)), promise: nil)
     }
 
     func close() { context?.close(promise: nil) }
@@ -266,7 +273,8 @@ final class HTTP1Pool {
                 stream.eventLoop.makeCompletedFuture {
                     let handler = UpstreamHTTP1Handler(endpoint: endpoint)
                     handler.isStream = true
-                    try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http), handler])
+                    try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http),
+                                                                    HTTP2StreamParts(), handler])
                 }
             }
             return promise.futureResult
@@ -369,5 +377,34 @@ final class GoAwayWatcher: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .goAway(let last, _, _) = unwrapInboundIn(data).payload { onGoAway(last) }
+    }
+}
+
+/// On an upstream HTTP/2 stream, between NIO's HTTP/2-to-HTTP/1 codec and the proxy's
+/// upstream handler: NIO's parts turned into the ones weft's HTTP/1 codec speaks, so the
+/// handler is the same for both.
+final class HTTP2StreamParts: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundOut = HTTP1ClientCodec.ResponsePart
+    typealias OutboundIn = HTTP1ClientCodec.RequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h): context.fireChannelRead(wrapInboundOut(.head(h)))
+        case .body(let b): context.fireChannelRead(wrapInboundOut(.body(b)))
+        case .end(let t): context.fireChannelRead(wrapInboundOut(.end(t)))
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        switch unwrapOutboundIn(data) {
+        case .head(let h): context.write(wrapOutboundOut(.head(h)), promise: promise)
+        case .body(let b): context.write(wrapOutboundOut(.body(b)), promise: promise)
+        case .end(let t): context.write(wrapOutboundOut(.end(t)), promise: promise)
+        case .forwarded:
+            // The exchange sends HTTP/2 upstreams NIO heads (see UpstreamHTTP1Handler.sendForwarded).
+            preconditionFailure("a forwarded HTTP/1 head on an HTTP/2 stream")
+        }
     }
 }

@@ -140,13 +140,19 @@ public struct HTTPRouter: Sendable {
         return .noRoute
     }
 
-    /// The route's header operations, then the destination's.
+    /// The route's header operations, then the destination's, with their names in lower
+    /// case: names are case-insensitive, the proxy compares them as bytes, and Envoy
+    /// writes them lower-cased too (two names that differ only in case are one header:
+    /// the greater value wins, whatever the file's order).
     static func operations(_ route: HeaderOperations?, _ destination: HeaderOperations?) -> [HeaderOperations] {
-        switch (route, destination) {
-        case (nil, nil): return []
-        case (let r?, nil): return [r]
-        case (nil, let d?): return [d]
-        case (let r?, let d?): return [r, d]
+        [route, destination].compactMap { ops in
+            ops.map { o in
+                var l = o
+                l.set = Dictionary(o.set.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { max($0, $1) })
+                l.add = Dictionary(o.add.map { ($0.key.lowercased(), $0.value) }, uniquingKeysWith: { max($0, $1) })
+                l.remove = o.remove.map { $0.lowercased() }
+                return l
+            }
         }
     }
 
