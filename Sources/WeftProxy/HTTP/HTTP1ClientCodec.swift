@@ -208,28 +208,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         let te = rewrite.added("transfer-encoding")
         let framing = Framing(method: method, hasLength: hasLength, teChunked: te == "chunked", chunked: &chunked)
         try writeRequestLine(method, rewrite.target, minorVersion: 1)
-        received.bytes.withUnsafeReadableBytes { p in
-            // A run of kept fields, from the first one's name to the last one's value.
-            var runStart = -1, runEnd = -1
-            func flush() {
-                guard runStart >= 0 else { return }
-                scratch.writeBytes(UnsafeRawBufferPointer(rebasing: p[runStart..<runEnd]))
-                scratch.writeStaticString("\r\n")
-                runStart = -1
-            }
-            for f in received.fields {
-                let name = UnsafeRawBufferPointer(rebasing: p[Int(f.nameStart)..<Int(f.nameEnd)])
-                let keep = rewrite.keeps(name: name, value: UnsafeRawBufferPointer(rebasing: p[Int(f.valueStart)..<Int(f.valueEnd)]))
-                    && !(framing.dropLength && HTTP1RequestHead.equalsLowercased(name, "content-length"))
-                if keep {
-                    if runStart < 0 { runStart = Int(f.nameStart) }
-                    runEnd = Int(f.valueEnd)
-                } else {
-                    flush()
-                }
-            }
-            flush()
-        }
+        _ = rewrite.copyKept(received.bytes, received.fields, dropLength: framing.dropLength, into: &scratch)
         try rewrite.forEachAdded { name, value in
             if framing.dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { return }
             if framing.dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { return }

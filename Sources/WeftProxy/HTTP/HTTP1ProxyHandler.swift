@@ -92,8 +92,16 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 reject(context, .badRequest)
                 return
             }
-            let ex = HTTP1Exchange(handler: self, head: head, received: serverCodec?.takeReceivedHead(),
-                                   hasBody: http2 ? streamHasBody : Self.declaresBody(head))
+            let received = serverCodec?.takeReceivedHead()
+            let hasBody: Bool
+            if http2 {
+                hasBody = streamHasBody
+            } else if let received {
+                hasBody = received.framing != .none && received.framing != .length(0)
+            } else {
+                hasBody = Self.declaresBody(head)
+            }
+            let ex = HTTP1Exchange(handler: self, head: head, received: received, hasBody: hasBody)
             exchange = ex
             ex.start()
         case .body(let b):
@@ -322,8 +330,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         self.head = head
         self.received = received
         self.hasBody = hasBody
-        keepAlive = handler.http2 || (head.isKeepAlive && !head.headers.contains(name: "upgrade") && head.method != .CONNECT)
-        webSocket = !handler.http2 && head.method == .GET && head.headers["upgrade"].contains { value in
+        // What the parser read of Connection and Upgrade, when an HTTP/1 head came from it.
+        let upgrade = received?.upgrade ?? head.headers.contains(name: "upgrade")
+        keepAlive = handler.http2 || ((received?.keepAlive ?? head.isKeepAlive) && !upgrade && head.method != .CONNECT)
+        webSocket = !handler.http2 && upgrade && head.method == .GET && head.headers["upgrade"].contains { value in
             value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "websocket" }
         }
     }

@@ -216,6 +216,8 @@ struct HTTP1RequestHead {
     /// `Host` fields in the head (RFC 9112 §3.2: an HTTP/1.1 request has exactly one; what
     /// to do otherwise is the caller's decision).
     let hostCount: Int
+    /// The request asks to switch protocols (an Upgrade field).
+    let upgrade: Bool
 
     init(bytes: ByteBuffer, fields storage: inout [HTTP1Field], maxFields: Int) throws {
         self.bytes = bytes
@@ -282,6 +284,7 @@ struct HTTP1RequestHead {
         }
         keepAlive = decided.keepAlive(minorVersion: minor)
         hostCount = decided.hosts
+        upgrade = decided.upgrade
     }
 
     /// The four forms of RFC 9112 §3.2, no looser than llhttp reads them: origin-form
@@ -437,6 +440,8 @@ struct HTTP1RequestHead {
         var close = false
         var keepAliveToken = false
         var hosts = 0
+        /// An Upgrade field is present.
+        var upgrade = false
 
         /// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
         func keepAlive(minorVersion: Int) -> Bool { minorVersion == 1 ? !close : (keepAliveToken && !close) }
@@ -464,6 +469,8 @@ struct HTTP1RequestHead {
                 }
             } else if nameIs(bytes, f, "host") {
                 r.hosts += 1
+            } else if nameIs(bytes, f, "upgrade") {
+                r.upgrade = true
             }
         }
         return r

@@ -132,7 +132,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 responseDone = false
                 let head = h.nioHead()
                 method = head.method
-                upgradeRequested = method == .CONNECT || head.headers.contains(name: "upgrade")
+                upgradeRequested = method == .CONNECT || h.upgrade
                 receivedHead = h
                 context.fireChannelRead(wrapInboundOut(.head(head)))
                 receivedHead = nil
@@ -224,30 +224,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private func writeForwarded(_ context: ChannelHandlerContext, _ received: HTTP1ResponseHead, _ rewrite: HeadRewrite,
                                 status: HTTPResponseStatus, minorVersion: Int, promise: EventLoopPromise<Void>?) {
         let hasBody = writeStatusLine(status, minorVersion: minorVersion)
-        var sawLength = false
-        received.bytes.withUnsafeReadableBytes { p in
-            var runStart = -1, runEnd = -1
-            func flush() {
-                guard runStart >= 0 else { return }
-                scratch.writeBytes(UnsafeRawBufferPointer(rebasing: p[runStart..<runEnd]))
-                scratch.writeStaticString("\r\n")
-                runStart = -1
-            }
-            for f in received.fields {
-                let name = UnsafeRawBufferPointer(rebasing: p[Int(f.nameStart)..<Int(f.nameEnd)])
-                var keep = rewrite.keeps(name: name, value: UnsafeRawBufferPointer(rebasing: p[Int(f.valueStart)..<Int(f.valueEnd)]))
-                if keep, HTTP1RequestHead.equalsLowercased(name, "content-length") {
-                    if hasBody { sawLength = true } else { keep = false }
-                }
-                if keep {
-                    if runStart < 0 { runStart = Int(f.nameStart) }
-                    runEnd = Int(f.valueEnd)
-                } else {
-                    flush()
-                }
-            }
-            flush()
-        }
+        let sawLength = rewrite.copyKept(received.bytes, received.fields, dropLength: !hasBody, into: &scratch)
         let hasLength = hasBody && (sawLength || rewrite.adds("content-length"))
         let chunk = startBody(status, hasBody: hasBody, hasLength: hasLength, minorVersion: minorVersion)
         rewrite.forEachAdded { name, value in

@@ -144,6 +144,38 @@ struct HeadRewrite: HeaderEditing {
         return true
     }
 
+    /// Copies the received fields this keeps from their head's bytes into `out`, each run
+    /// of consecutive kept fields in one write (weft's parsers checked them as they came),
+    /// dropping a Content-Length too when `dropLength`; returns whether one was copied.
+    func copyKept(_ bytes: ByteBuffer, _ fields: [HTTP1Field], dropLength: Bool, into out: inout ByteBuffer) -> Bool {
+        var copiedLength = false
+        bytes.withUnsafeReadableBytes { p in
+            // A run: from its first field's name to its last field's value.
+            var runStart = -1, runEnd = -1
+            func flush() {
+                guard runStart >= 0 else { return }
+                out.writeBytes(UnsafeRawBufferPointer(rebasing: p[runStart..<runEnd]))
+                out.writeStaticString("\r\n")
+                runStart = -1
+            }
+            for f in fields {
+                let name = UnsafeRawBufferPointer(rebasing: p[Int(f.nameStart)..<Int(f.nameEnd)])
+                var keep = keeps(name: name, value: UnsafeRawBufferPointer(rebasing: p[Int(f.valueStart)..<Int(f.valueEnd)]))
+                if keep, HTTP1RequestHead.equalsLowercased(name, "content-length") {
+                    if dropLength { keep = false } else { copiedLength = true }
+                }
+                if keep {
+                    if runStart < 0 { runStart = Int(f.nameStart) }
+                    runEnd = Int(f.valueEnd)
+                } else {
+                    flush()
+                }
+            }
+            flush()
+        }
+        return copiedLength
+    }
+
     static func equalsLowercased(_ a: UnsafeRawBufferPointer, _ lowercased: String) -> Bool {
         var lowercased = lowercased
         return lowercased.withUTF8 { b in
