@@ -102,14 +102,10 @@ extension OutboundProxy {
         try sync.addHandler(HandshakeTimeoutHandler(timeout: settings.handshakeTimeout) { [self] in
             refuse(.tunnel, .handshake, "no TLS handshake within \(settings.handshakeTimeout.nanoseconds / 1_000_000_000) s", peer: remote)
         })
-        var connection = NIOHTTP2Handler.ConnectionConfiguration()
-        // Each stream is one proxied connection: allow many at once.
-        connection.initialSettings = [
-            HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: 16 * 1024),
-        ]
+        // Each stream is one proxied connection: many at once, with windows for bulk TCP.
         let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: settings.idleTimeout, server: true)
-        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: .init(),
+        _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: TunnelHTTP2.connection(server: true),
+                                            streamConfiguration: TunnelHTTP2.stream,
                                             streamDelegate: counter.delegate) { [self] stream in
             stream.eventLoop.makeCompletedFuture {
                 try stream.pipeline.syncOperations.addHandler(TunnelTargetHandler(proxy: self, peer: peer, remote: remote))

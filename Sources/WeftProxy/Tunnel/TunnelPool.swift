@@ -142,7 +142,8 @@ final class TunnelPool {
                 logger.warning("\(what): no TLS handshake within the connect timeout", metadata: ["component": "tunnel"])
             })
             let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak self] in self?.forget(key, ch) }
-            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(),
+            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: TunnelHTTP2.connection(server: false),
+                                                    streamConfiguration: TunnelHTTP2.stream,
                                                     streamDelegate: counter.delegate) { pushed in
                 pushed.close()
             }
