@@ -202,13 +202,11 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// writes for `rewrite.headers()`: received Transfer-Encoding is hop-by-hop, so only
     /// an added one counts.
     private func writeForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) throws {
-        var receivedLength = false
-        if case .length = received.framing { receivedLength = true }
-        let hasLength = (receivedLength && rewrite.first("content-length") != nil) || rewrite.adds("content-length")
-        let te = rewrite.added("transfer-encoding")
-        let framing = Framing(method: method, hasLength: hasLength, teChunked: te == "chunked", chunked: &chunked)
         try writeRequestLine(method, rewrite.target, minorVersion: 1)
-        _ = rewrite.copyKept(received.bytes, received.fields, dropLength: framing.dropLength, into: &scratch)
+        // Only TRACE drops a Content-Length (Framing.dropLength): the copy says whether one went out.
+        let copiedLength = rewrite.copyKept(received.bytes, received.fields, dropLength: method == .TRACE, into: &scratch)
+        let framing = Framing(method: method, hasLength: copiedLength || rewrite.adds("content-length"),
+                              teChunked: rewrite.added("transfer-encoding") == "chunked", chunked: &chunked)
         try rewrite.forEachAdded { name, value in
             if framing.dropLength, HTTP1ServerCodec.nameIs(name, "content-length") { return }
             if framing.dropTE, HTTP1ServerCodec.nameIs(name, "transfer-encoding") { return }

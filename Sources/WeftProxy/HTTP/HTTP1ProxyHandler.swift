@@ -505,28 +505,6 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     // MARK: attempts
 
-    /// The end-to-end headers of a message: hop-by-hop ones and those its Connection header
-    /// names are dropped; `te: trailers` stays (gRPC needs it, and it is legal in HTTP/2).
-    static func endToEnd(_ headers: HTTPHeaders, room: Int = 0) -> HTTPHeaders {
-        // Most messages carry none of them: they pass as they are, with room for what the
-        // proxy adds (one copy of the storage, where adding one by one grew it four times).
-        if !headers.contains(where: { isHopByHop($0.name) }) {
-            var h = headers
-            // Only when something will be added: reserving copies the shared storage.
-            if room > 0 { h.reserveCapacity(headers.count + room) }
-            return h
-        }
-        let named = Set(headers["connection"].flatMap { $0.split(separator: ",") }.map { $0.trimmingCharacters(in: .whitespaces).lowercased() })
-        var h = HTTPHeaders()
-        for (name, value) in headers {
-            let lower = name.lowercased()
-            let trailers = lower == "te" && value.lowercased() == "trailers"
-            if !trailers && (hopByHop.contains(lower) || named.contains(lower)) { continue }
-            h.add(name: name, value: value)
-        }
-        return h
-    }
-
     /// What goes upstream: the client's request with the proxy's fields and the route's
     /// edits (see HeadRewrite for how it is sent).
     private func makeRewrite(_ d: ForwardDecision) -> HeadRewrite {
