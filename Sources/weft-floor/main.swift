@@ -11,6 +11,12 @@
 //                                         one header set (the bench route's x-route),
 //                                         HTTP/1.1 upstream from an idle pool per event
 //                                         loop — what weft's L7 path does, and nothing else
+//   weft-floor h2 LISTEN=UPSTREAM ...     HTTP/2 in and out at the frame level (NIOHTTP2's
+//                                         connection handler, no stream channels, no
+//                                         HTTP/1 translation): each client stream opened
+//                                         as a stream of the loop's one upstream HTTP/2
+//                                         connection, x-route added — the floor for an
+//                                         HTTP/2 path that never leaves HTTP/2
 //
 // LISTEN and UPSTREAM are IPv4 ADDRESS:PORT. Runs until killed; `--threads N` event loops
 // (default 2, this machine's cores, as every proxy in the bench gets). This is a
@@ -36,8 +42,8 @@ if let i = args.firstIndex(of: "--threads") {
     threads = n
     args.removeSubrange(i...(i + 1))
 }
-guard let mode = args.first, mode == "tcp" || mode == "http", args.count >= 2 else {
-    fail("usage: weft-floor tcp|http LISTEN=UPSTREAM ... [--threads N]")
+guard let mode = args.first, mode == "tcp" || mode == "http" || mode == "h2", args.count >= 2 else {
+    fail("usage: weft-floor tcp|http|h2 LISTEN=UPSTREAM ... [--threads N]")
 }
 
 func address(_ s: Substring) -> SocketAddress {
@@ -288,6 +294,249 @@ func serveHTTP(group: EventLoopGroup, listen: SocketAddress, h2: Bool, pools: [O
         .bind(to: listen).wait()
 }
 
+// MARK: - h2: HTTP/2 frames forwarded, no stream channels, no HTTP/1 translation
+
+/// Receive windows for one HTTP/2 connection: what a peer sent is given back (stream and
+/// connection) once half a window's worth has come in. A fixture: it gives credit on
+/// receipt, so it bounds nothing.
+struct Credit {
+    var pending: [HTTP2StreamID: Int] = [:]
+    var connection = 0
+    static let half = 32 * 1024
+
+    mutating func received(_ n: Int, on id: HTTP2StreamID, ended: Bool, write: (HTTP2Frame) -> Void) {
+        guard n > 0 else { return }
+        connection += n
+        if connection >= Credit.half {
+            write(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connection)))
+            connection = 0
+        }
+        if ended { pending[id] = nil; return }
+        let s = (pending[id] ?? 0) + n
+        if s >= Credit.half {
+            write(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: s)))
+            pending[id] = nil
+        } else {
+            pending[id] = s
+        }
+    }
+}
+
+/// One upstream HTTP/2 connection of an event loop: client streams are opened on it as
+/// streams of its own (odd ids it allocates), frames relayed both ways.
+final class H2Upstream: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+    var context: ChannelHandlerContext?
+    var nextID: Int32 = 1
+    var streams: [HTTP2StreamID: (H2Client, HTTP2StreamID)] = [:]
+    var credit = Credit()
+    var touched: [H2Client] = []
+    let pool: H2Pool
+    /// Succeeded once NIO's handler has sent the preface (on channelActive, which comes
+    /// after the connect future's callbacks): no stream may be opened before.
+    let ready: EventLoopPromise<H2Upstream>
+
+    init(pool: H2Pool) {
+        self.pool = pool
+        ready = pool.loop.makePromise()
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelActive(context: ChannelHandlerContext) {
+        ready.succeed(self)
+        context.fireChannelActive()
+    }
+
+    /// Opens a stream for a client's request; returns its id.
+    func open(_ client: H2Client, _ clientID: HTTP2StreamID, _ headers: HTTP2Frame.FramePayload.Headers) -> HTTP2StreamID {
+        let id = HTTP2StreamID(nextID)
+        nextID += 2
+        streams[id] = (client, clientID)
+        context?.write(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(headers))), promise: nil)
+        return id
+    }
+
+    func send(_ frame: HTTP2Frame) { context?.write(wrapOutboundOut(frame), promise: nil) }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard let (client, cid) = streams[frame.streamID] else { return }
+        var ended = false
+        switch frame.payload {
+        case .headers(let h):
+            ended = h.endStream
+            client.send(HTTP2Frame(streamID: cid, payload: frame.payload))
+        case .data(let d):
+            ended = d.endStream
+            credit.received(d.data.readableBytes, on: frame.streamID, ended: ended) { context.write(wrapOutboundOut($0), promise: nil) }
+            client.send(HTTP2Frame(streamID: cid, payload: frame.payload))
+        case .rstStream:
+            ended = true
+            client.send(HTTP2Frame(streamID: cid, payload: frame.payload))
+        default:
+            return
+        }
+        if ended {
+            streams[frame.streamID] = nil
+            client.upstreamEnded(cid)
+        }
+        if !client.needsFlush {
+            client.needsFlush = true
+            touched.append(client)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        for c in touched { c.flush() }
+        touched.removeAll(keepingCapacity: true)
+        context.flush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        ready.fail(ChannelError.ioOnClosedChannel)
+        if pool.current === self { pool.current = nil }
+        for (_, (client, cid)) in streams { client.send(HTTP2Frame(streamID: cid, payload: .rstStream(.refusedStream))); client.flush() }
+        streams = [:]
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+/// The loop's upstream HTTP/2 connection (one, made on first use).
+final class H2Pool: @unchecked Sendable {
+    let loop: EventLoop
+    let upstream: SocketAddress
+    var current: H2Upstream?
+    var connecting: EventLoopFuture<H2Upstream>?
+
+    init(loop: EventLoop, upstream: SocketAddress) {
+        self.loop = loop
+        self.upstream = upstream
+    }
+
+    func acquire() -> EventLoopFuture<H2Upstream> {
+        if let c = current { return loop.makeSucceededFuture(c) }
+        if let f = connecting { return f }
+        let side = H2Upstream(pool: self)
+        let f = ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    try ch.pipeline.syncOperations.addHandlers([NIOHTTP2Handler(mode: .client), side])
+                }
+            }
+            .connect(to: upstream)
+            .flatMap { _ in side.ready.futureResult }
+        connecting = f
+        f.whenComplete { result in
+            self.connecting = nil
+            if case .success(let s) = result { self.current = s }
+        }
+        return f
+    }
+}
+
+/// One client HTTP/2 connection: each stream it opens is opened upstream, frames relayed.
+final class H2Client: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+    let pool: H2Pool
+    var context: ChannelHandlerContext?
+    var upstream: H2Upstream?
+    var streams: [HTTP2StreamID: HTTP2StreamID] = [:]
+    var credit = Credit()
+    var needsFlush = false
+    /// Frames that came before the upstream connection did.
+    var waiting: [HTTP2Frame] = []
+
+    init(pool: H2Pool) { self.pool = pool }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func send(_ frame: HTTP2Frame) { context?.write(wrapOutboundOut(frame), promise: nil) }
+
+    func flush() {
+        needsFlush = false
+        context?.flush()
+    }
+
+    func upstreamEnded(_ id: HTTP2StreamID) { streams[id] = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard frame.streamID != .rootStream else { return }
+        guard let up = upstream else {
+            waiting.append(frame)
+            if waiting.count == 1 {
+                pool.acquire().whenComplete { result in
+                    guard case .success(let up) = result else { self.context?.close(promise: nil); return }
+                    self.upstream = up
+                    let frames = self.waiting
+                    self.waiting = []
+                    for f in frames { self.relay(f, up) }
+                    up.context?.flush()
+                }
+            }
+            return
+        }
+        relay(frame, up)
+    }
+
+    private func relay(_ frame: HTTP2Frame, _ up: H2Upstream) {
+        switch frame.payload {
+        case .headers(var h):
+            if let uid = streams[frame.streamID] {
+                up.send(HTTP2Frame(streamID: uid, payload: .headers(h))) // trailers
+            } else {
+                h.headers.add(name: "x-route", value: "bench")
+                streams[frame.streamID] = up.open(self, frame.streamID, h)
+            }
+        case .data(let d):
+            credit.received(d.data.readableBytes, on: frame.streamID, ended: d.endStream) { context?.write(wrapOutboundOut($0), promise: nil) }
+            if let uid = streams[frame.streamID] { up.send(HTTP2Frame(streamID: uid, payload: frame.payload)) }
+        case .rstStream:
+            if let uid = streams.removeValue(forKey: frame.streamID) {
+                up.send(HTTP2Frame(streamID: uid, payload: frame.payload))
+                up.streams[uid] = nil
+            }
+        default:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        upstream?.context?.flush()
+        context.flush()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let up = upstream {
+            for (_, uid) in streams { up.send(HTTP2Frame(streamID: uid, payload: .rstStream(.cancel))); up.streams[uid] = nil }
+            up.context?.flush()
+        }
+        streams = [:]
+        self.context = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+func serveH2(group: EventLoopGroup, listen: SocketAddress, pools: [ObjectIdentifier: H2Pool]) throws -> Channel {
+    try ServerBootstrap(group: group)
+        .serverChannelOption(.backlog, value: 1024)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelInitializer { ch in
+            let pool = pools[ObjectIdentifier(ch.eventLoop)]!
+            return ch.eventLoop.makeCompletedFuture {
+                try ch.pipeline.syncOperations.addHandlers([NIOHTTP2Handler(mode: .server), H2Client(pool: pool)])
+            }
+        }
+        .bind(to: listen).wait()
+}
+
 // MARK: - main
 
 let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -305,6 +554,10 @@ for spec in args.dropFirst() {
     do {
         if mode == "tcp" {
             servers.append(try serveTCP(group: group, listen: listen, upstream: upstream))
+        } else if mode == "h2" {
+            var pools: [ObjectIdentifier: H2Pool] = [:]
+            for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = H2Pool(loop: loop, upstream: upstream) }
+            servers.append(try serveH2(group: group, listen: listen, pools: pools))
         } else {
             var pools: [ObjectIdentifier: UpstreamPool] = [:]
             for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = UpstreamPool(loop: loop, upstream: upstream) }
