@@ -36,9 +36,12 @@ final class LoopState {
     let streamIdleTimeout: TimeAmount?
     let requestTimeout: TimeAmount?
 
+    /// Client HTTP/2 connections to flush once at the end of an upstream's read burst.
+    let flushes = FlushBatch()
+
     init(dialer: Dialer, idleTimeout: TimeAmount, streamIdleTimeout: TimeAmount? = nil, requestTimeout: TimeAmount? = nil,
          observer: @escaping @Sendable (ProxyEvent) -> Void) {
-        pool = HTTP1Pool(dialer: dialer)
+        pool = HTTP1Pool(dialer: dialer, flushes: flushes)
         self.idleTimeout = idleTimeout
         self.streamIdleTimeout = streamIdleTimeout
         self.requestTimeout = requestTimeout
@@ -448,12 +451,23 @@ public final class OutboundProxy: Sendable {
         return [guardHandler, codec, proxy]
     }
 
-    /// HTTP/2 from the client: each stream is one exchange, seen through NIO's HTTP/2 to
-    /// HTTP/1 codec. The limits bound what one connection can make the agent hold: 100
-    /// concurrent streams, 60 KiB of headers, a 4 KiB HPACK table, a few CONTINUATION
-    /// frames, and NIO's reset-rate limit (200 RST_STREAM in 30 s → GOAWAY
+    /// HTTP/2 from the client: NIO's handler in frame mode, then HTTP2ServerSession, which
+    /// makes each stream one exchange. The limits bound what one connection can make the
+    /// agent hold: 100 concurrent streams, 60 KiB of headers, a 4 KiB HPACK table, a few
+    /// CONTINUATION frames, and NIO's reset-rate limit (200 RST_STREAM in 30 s → GOAWAY
     /// ENHANCE_YOUR_CALM, the Rapid Reset defence Envoy also applies).
     func addHTTP2(_ conn: ConnectionContext, _ ctx: ChannelHandlerContext) throws {
+        let logger = logger, client = conn.client, id = conn.id
+        let handlers = Self.http2Handlers(conn, eventLoop: ctx.eventLoop, idleTimeout: settings.idleTimeout) { error in
+            logger.info("HTTP/2 client \(client) closed: \(error)", metadata: ["component": "proxy", "conn_id": "\(id)"])
+        }
+        try ctx.pipeline.syncOperations.addHandlers(handlers, position: .after(ctx.handler))
+    }
+
+    /// What serves an HTTP/2 client connection, front to back (also what the HTTP/2 fuzzer
+    /// drives). `closed` hears why a connection was given up.
+    static func http2Handlers(_ conn: ConnectionContext, eventLoop: EventLoop, idleTimeout: TimeAmount,
+                              closed: @escaping (Error) -> Void) -> [ChannelHandler] {
         var connection = NIOHTTP2Handler.ConnectionConfiguration()
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: Self.maxConcurrentStreams),
@@ -461,27 +475,11 @@ public final class OutboundProxy: Sendable {
             HTTP2Setting(parameter: .headerTableSize, value: 4096),
         ]
         connection.maximumSequentialContinuationFrames = 5
-        let stream = NIOHTTP2Handler.StreamConfiguration()
-        // Streams live on their connection's loop, where `conn` belongs.
-        let bound = NIOLoopBound(conn, eventLoop: ctx.eventLoop)
-        let counter = StreamCounter(eventLoop: ctx.eventLoop, idleTimeout: settings.idleTimeout, server: true)
-        let h2 = NIOHTTP2Handler(mode: .server, eventLoop: ctx.eventLoop, connectionConfiguration: connection,
-                                 streamConfiguration: stream, streamDelegate: counter.delegate) { ch in
-            ch.eventLoop.makeCompletedFuture {
-                let sync = ch.pipeline.syncOperations
-                let proxy = HTTP1ProxyHandler(conn: bound.value, http2: true)
-                try sync.addHandler(RequestBodyObserver(proxy))
-                try sync.addHandler(HTTP2FramePayloadToHTTP1ServerCodec())
-                try sync.addHandler(proxy)
-            }
-        }
+        let h2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: connection, streamConfiguration: .init())
+        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: idleTimeout, server: true, countsEvents: true)
         // After one of NIO's flood guards has sent its GOAWAY the connection is closed,
         // rather than left open to the abuser until the idle timeout.
-        let logger = logger, client = conn.client
-        let closer = CloseOnError { error in
-            logger.info("HTTP/2 client \(client) closed: \(error)", metadata: ["component": "proxy", "conn_id": "\(bound.value.id)"])
-        }
-        try ctx.pipeline.syncOperations.addHandlers([h2, counter, closer], position: .after(ctx.handler))
+        return [h2, HTTP2ServerSession(conn: conn), counter, CloseOnError(closed)]
     }
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's

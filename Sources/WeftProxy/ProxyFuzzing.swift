@@ -2,6 +2,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
+import NIOHPACK
 import NIOHTTP1
 import WeftConfig
 
@@ -59,6 +60,130 @@ public enum ProxyFuzzing {
         loop.advanceTime(by: .minutes(10))
         while let _ = try? ch.readOutbound(as: ByteBuffer.self) {}
         _ = try? ch.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A client's HTTP/2 connection at a tunnel's destination: NIO's handler with the
+    /// proxy's limits, then the proxy's own frame-level session (HTTP2ServerSession): its
+    /// stream bookkeeping, flow control, request heads made from header blocks, the
+    /// exchanges (hostile-input checks, normalization, authorization, routing, local
+    /// replies; the upstream cannot be dialed on an embedded loop, so forwarded requests
+    /// end in 503). The bytes are a program of frames — HEADERS from a vocabulary of
+    /// fields that matter (pseudo-fields, odd methods and paths, framing fields), DATA,
+    /// RST_STREAM, WINDOW_UPDATE, SETTINGS, PING, and raw bytes — so that fuzzing reaches
+    /// the session rather than HPACK's refusals.
+    public static func http2(_ data: [UInt8]) {
+        let f = fixture
+        let ch = EmbeddedChannel()
+        let loop = ch.embeddedEventLoop
+        let state = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1),
+                              streamIdleTimeout: .minutes(5), requestTimeout: .seconds(30)) { _ in }
+        let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("10.9.9.9")!, 40000),
+                                     origin: ConnectionOrigin(destination: f.target.cluster.endpoints[0].socket, cgroupID: 0),
+                                     listener: f.target.listener, source: nil, tables: f.tables, loop: state, clusters: ClusterRegistry(),
+                                     inbound: InboundPeer(identity: "spiffe://cluster.local/ns/default/sa/frontend", sourceWorkload: nil,
+                                                          target: f.target, path: .tunnel),
+                                     live: NIOLockedValueBox(f.tables), sessions: f.sessions)
+        _ = try? ch.connect(to: SocketAddress(ipAddress: "10.9.9.9", port: 40000)).wait()
+        _ = try? ch.pipeline.syncOperations.addHandlers(OutboundProxy.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })
+        var out = ByteBuffer(string: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        frame(&out, type: 4, flags: 0, stream: 0, payload: ByteBuffer())
+        _ = try? ch.writeInbound(out)
+        var program = FrameProgram(data)
+        while ch.isActive, let bytes = program.next() {
+            if (try? ch.writeInbound(bytes)) == nil { break }
+            loop.run()
+            while let _ = try? ch.readOutbound(as: IOData.self) {}
+        }
+        loop.advanceTime(by: .minutes(10))
+        while let _ = try? ch.readOutbound(as: IOData.self) {}
+        _ = try? ch.finish(acceptAlreadyClosed: true)
+    }
+
+    /// Writes one HTTP/2 frame (RFC 9113 §4.1).
+    static func frame(_ out: inout ByteBuffer, type: UInt8, flags: UInt8, stream: UInt32, payload: ByteBuffer) {
+        let n = payload.readableBytes
+        out.writeInteger(UInt8(truncatingIfNeeded: n >> 16))
+        out.writeInteger(UInt16(truncatingIfNeeded: n))
+        out.writeInteger(type)
+        out.writeInteger(flags)
+        out.writeInteger(stream & 0x7fff_ffff)
+        var p = payload
+        out.writeBuffer(&p)
+    }
+
+    /// Turns fuzz bytes into HTTP/2 frames a client could send.
+    struct FrameProgram {
+        private var input: ArraySlice<UInt8>
+        private var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        static let methods = ["GET", "POST", "get", "DELETE", "CONNECT", "HEAD", "OPTIONS", "PUT"]
+        static let paths = ["/", "/admin", "/admin;x", "//admin", "/%2e%2e/admin", "/a/../admin", "*", "/x?y=1", "/%00", "/caf\u{e9}",
+                            "/a b", "", "/%2Fadmin"]
+        static let authorities = ["web", "admin.web", "admin.web.", "ADMIN.WEB", "10.0.0.10:8080", "", "a\u{7f}b"]
+        static let names = ["x-evil", "content-length", "te", "cookie", "host", "x-forwarded-client-cert", "content-type",
+                            "grpc-timeout", "x-request-id", "connection", "upgrade", ":status", ":protocol", "Upper"]
+        static let values = ["1", "0", "trailers", "a=1", "application/grpc", "By=x;URI=spiffe://evil", "websocket", "", "10",
+                             "-1", "x\r\ny", "100000"]
+
+        init(_ data: [UInt8]) { input = data[...] }
+
+        private mutating func byte() -> UInt8? { input.popFirst() }
+
+        private mutating func pick<T>(_ from: [T]) -> T { from[Int(byte() ?? 0) % from.count] }
+
+        mutating func next() -> ByteBuffer? {
+            guard let op = byte() else { return nil }
+            let sel = byte() ?? 0
+            // Client stream ids 1…31, now and then 0 or an even (server) one.
+            let stream: UInt32 = sel & 0x80 != 0 ? UInt32(sel & 0x1f) : UInt32(sel & 0x0f) * 2 + 1
+            let endStream: UInt8 = sel & 0x40 != 0 ? 0x1 : 0
+            var out = ByteBuffer()
+            switch op % 8 {
+            case 0, 1: // HEADERS (a request, or trailers on an open stream)
+                var h: [(String, String)] = []
+                if op & 0x10 == 0 {
+                    h.append((":method", pick(Self.methods)))
+                    if op & 0x20 == 0 { h.append((":scheme", "http")) }
+                    if op & 0x40 == 0 { h.append((":path", pick(Self.paths))) }
+                    if op & 0x80 == 0 { h.append((":authority", pick(Self.authorities))) }
+                }
+                for _ in 0..<Int(byte() ?? 0) % 5 { h.append((pick(Self.names), pick(Self.values))) }
+                var block = ByteBuffer()
+                guard (try? encoder.encode(headers: HPACKHeaders(h), to: &block)) != nil else { return out }
+                Self.frameOut(&out, type: 1, flags: 0x4 | endStream, stream: stream, payload: block)
+            case 2, 3: // DATA
+                let n = min(Int(byte() ?? 0) * 64, input.count)
+                let body = ByteBuffer(bytes: input.prefix(n))
+                input = input.dropFirst(n)
+                Self.frameOut(&out, type: 0, flags: endStream, stream: stream, payload: body)
+            case 4: // RST_STREAM
+                var p = ByteBuffer()
+                p.writeInteger(UInt32(byte() ?? 0) % 14)
+                Self.frameOut(&out, type: 3, flags: 0, stream: stream, payload: p)
+            case 5: // WINDOW_UPDATE (0: a protocol error)
+                var p = ByteBuffer()
+                p.writeInteger(UInt32(byte() ?? 0) << UInt32((byte() ?? 0) % 24))
+                Self.frameOut(&out, type: 8, flags: 0, stream: sel & 0x20 != 0 ? 0 : stream, payload: p)
+            case 6: // SETTINGS or PING
+                var p = ByteBuffer()
+                if sel & 1 == 0 {
+                    p.writeInteger(UInt16((byte() ?? 0) % 8))
+                    p.writeInteger(UInt32(byte() ?? 0) << 8)
+                    Self.frameOut(&out, type: 4, flags: 0, stream: 0, payload: p)
+                } else {
+                    p.writeInteger(UInt64(byte() ?? 0))
+                    Self.frameOut(&out, type: 6, flags: 0, stream: 0, payload: p)
+                }
+            default: // raw bytes, framing be damned
+                let n = min(Int(sel % 32), input.count)
+                out.writeBytes(input.prefix(n))
+                input = input.dropFirst(n)
+            }
+            return out
+        }
+
+        private static func frameOut(_ out: inout ByteBuffer, type: UInt8, flags: UInt8, stream: UInt32, payload: ByteBuffer) {
+            ProxyFuzzing.frame(&out, type: type, flags: flags, stream: stream, payload: payload)
+        }
     }
 
     /// weft's HTTP/1 request parser: the same result however the bytes are split, and

@@ -1,44 +1,57 @@
 import NIOCore
 import NIOEmbedded
 import NIOHPACK
+import NIOHTTP1
 import NIOHTTP2
 import Testing
+import WeftConfig
 @testable import WeftProxy
 
-/// A client HTTP/2 connection as the proxy's pools build one (NIO's handler, then
-/// CloseOnError) against a NIO server, over two embedded channels on one loop.
+/// An upstream HTTP/2 connection as the proxy's pool builds one (NIO's handler in frame
+/// mode, HTTP2ClientSession, the stream counter, CloseOnError) against a NIO server,
+/// over two embedded channels on one loop.
 @Suite struct HTTP2ConnectionTests {
-    final class Seen: ChannelInboundHandler, @unchecked Sendable {
-        typealias InboundIn = HTTP2Frame.FramePayload
-        var statuses: [String] = []
-        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-            if case .headers(let h) = unwrapInboundIn(data), let s = h.headers.first(name: ":status") { statuses.append(s) }
+    /// What an exchange would have been told by one upstream stream.
+    final class Exchange: UpstreamHTTP1Delegate {
+        var parts: [String] = []
+        var bodyBytes = 0
+        var closed = false
+        var refused = false
+        var writable: [Bool] = []
+
+        func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: any ExchangeUpstream) {
+            switch part {
+            case .head(let h): parts.append("head \(h.status.code)")
+            case .received: parts.append("received")
+            case .body(let b): bodyBytes += b.readableBytes
+            case .end(let t): parts.append(t.map { "end \($0.map { "\($0.name)=\($0.value)" })" } ?? "end")
+            }
         }
-        func errorCaught(context: ChannelHandlerContext, error: Error) {}
+
+        func upstreamReadComplete(from conn: any ExchangeUpstream) {}
+
+        func upstreamClosed(_ conn: any ExchangeUpstream) {
+            closed = true
+            refused = conn.refused
+        }
+
+        func upstreamWritabilityChanged(_ conn: any ExchangeUpstream, writable: Bool) { self.writable.append(writable) }
     }
 
-    /// Server streams, by id: what the test writes on them.
+    /// The server's streams, in the order they opened.
     final class ServerStreams: @unchecked Sendable {
         var channels: [Channel] = []
     }
 
-    @Test func oneStreamsErrorLeavesTheOthersAndAFloodEndsTheConnection() throws {
-        let loop = EmbeddedEventLoop()
-        let client = EmbeddedChannel(loop: loop), server = EmbeddedChannel(loop: loop)
-        let streams = ServerStreams()
-        var closedFor: [String] = []
-        var serverConfig = NIOHTTP2Handler.ConnectionConfiguration()
-        serverConfig.headerBlockValidation = .disabled // so it can send what a broken upstream sends
-        let mux = try client.pipeline.syncOperations.configureHTTP2Pipeline(mode: .client, connectionConfiguration: .init(),
-                                                                            streamConfiguration: .init()) { $0.close() }
-        try client.pipeline.syncOperations.addHandler(CloseOnError { closedFor.append("\($0)") })
-        _ = try server.pipeline.syncOperations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: serverConfig,
-                                                                      streamConfiguration: .init()) { ch in
-            streams.channels.append(ch)
-            return ch.eventLoop.makeSucceededVoidFuture()
-        }
-        try client.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
-        try server.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
+    struct Pair {
+        let loop: EmbeddedEventLoop
+        let client: EmbeddedChannel
+        let server: EmbeddedChannel
+        let session: HTTP2ClientSession
+        let streams: ServerStreams
+        let closedFor: () -> [String]
+
+        /// Moves bytes both ways until neither side has more to say.
         func pump() throws {
             for _ in 0..<8 {
                 while let b = try client.readOutbound(as: IOData.self) { if case .byteBuffer(let bb) = b { try server.writeInbound(bb) } }
@@ -46,34 +59,137 @@ import Testing
                 loop.run()
             }
         }
-        func request() throws -> Seen {
-            let seen = Seen()
-            let p = loop.makePromise(of: Channel.self)
-            mux.createStreamChannel(promise: p) { $0.pipeline.addHandler(seen) }
-            loop.run()
-            let ch = try p.futureResult.wait()
-            let head: HPACKHeaders = [":method": "GET", ":scheme": "http", ":authority": "a", ":path": "/"]
-            ch.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: head, endStream: true)), promise: nil)
+
+        /// A GET on a new stream, as the exchange sends one.
+        func request(body: Int = 0) throws -> (HTTP2UpstreamStream, Exchange) {
+            let stream = try #require(session.makeStream())
+            let ex = Exchange()
+            stream.delegate = ex
+            stream.send(.head(HTTPRequestHead(version: .http1_1, method: body > 0 ? .POST : .GET, uri: "/", headers: ["host": "a"])), flush: false)
+            if body > 0 {
+                var left = body
+                while left > 0 {
+                    let n = min(left, 16384)
+                    stream.send(.body(.byteBuffer(ByteBuffer(repeating: 0x61, count: n))), flush: true)
+                    left -= n
+                    try pump()
+                }
+            }
+            stream.send(.end(nil), flush: true)
             try pump()
-            return seen
+            return (stream, ex)
         }
-        let bad = try request(), good = try request()
-        #expect(streams.channels.count == 2)
+    }
+
+    /// `serverStreamsRead`: whether the server's streams read what they are sent (else
+    /// they give no window back).
+    func pair(serverStreamsRead: Bool = true) throws -> Pair {
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop), server = EmbeddedChannel(loop: loop)
+        let streams = ServerStreams()
+        var closedFor: [String] = []
+        try client.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
+        let session = HTTP2ClientSession(endpoint: SocketKey(IPAddress("10.0.0.1")!, 8080), loop: loop, flushes: FlushBatch())
+        let sync = client.pipeline.syncOperations
+        try sync.addHandler(NIOHTTP2Handler(mode: .client))
+        try sync.addHandler(session)
+        try sync.addHandler(StreamCounter(eventLoop: loop, idleTimeout: nil, server: false, countsEvents: true))
+        try sync.addHandler(CloseOnError { closedFor.append("\($0)") })
+        session.start()
+        var serverConfig = NIOHTTP2Handler.ConnectionConfiguration()
+        serverConfig.headerBlockValidation = .disabled // so it can send what a broken upstream sends
+        _ = try server.pipeline.syncOperations.configureHTTP2Pipeline(mode: .server, connectionConfiguration: serverConfig,
+                                                                      streamConfiguration: .init()) { ch in
+            streams.channels.append(ch)
+            return ch.setOption(.autoRead, value: serverStreamsRead)
+        }
+        try server.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
+        let p = Pair(loop: loop, client: client, server: server, session: session, streams: streams, closedFor: { closedFor })
+        try p.pump()
+        return p
+    }
+
+    @Test func oneStreamsErrorLeavesTheOthersAndAFloodEndsTheConnection() throws {
+        let p = try pair()
+        let (_, bad) = try p.request(), (_, good) = try p.request()
+        #expect(p.streams.channels.count == 2)
         // A response header no HTTP/2 peer may send: NIO resets that stream only.
-        streams.channels[0].writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200", "Bad-Name": "x"])), promise: nil)
-        try pump()
-        streams.channels[1].writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"], endStream: true)), promise: nil)
-        try pump()
-        #expect(bad.statuses.isEmpty && good.statuses == ["200"])
-        #expect(client.isActive && closedFor.isEmpty)
+        p.streams.channels[0].writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200", "Bad-Name": "x"])), promise: nil)
+        try p.pump()
+        p.streams.channels[1].writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"], endStream: true)), promise: nil)
+        try p.pump()
+        #expect(bad.parts.isEmpty && bad.closed && !bad.refused)
+        #expect(good.parts == ["head 200", "end"] && !good.closed)
+        #expect(p.client.isActive && p.closedFor().isEmpty)
         // Empty DATA frames, one after another: NIO's flood guard gives the connection up,
-        // and so does the pool's.
-        let flood = try request()
-        let s = try #require(streams.channels.last)
+        // and so does the pool's; the stream in flight is told.
+        let (_, flood) = try p.request()
+        let s = try #require(p.streams.channels.last)
         s.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"])), promise: nil)
         for _ in 0..<3 { s.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()))), promise: nil) }
-        try pump()
-        #expect(flood.statuses == ["200"])
-        #expect(!client.isActive && closedFor.count == 1 && closedFor[0].contains("ExcessiveEmptyDataFrames"), "\(closedFor)")
+        try p.pump()
+        #expect(flood.parts == ["head 200"] && flood.closed)
+        #expect(!p.client.isActive && p.closedFor().count == 1 && p.closedFor()[0].contains("ExcessiveEmptyDataFrames"), "\(p.closedFor())")
+        #expect(p.session.retired && p.session.makeStream() == nil)
+    }
+
+    @Test func aGoAwayRefusesTheStreamsAboveItsLastAndRetiresTheConnection() throws {
+        let p = try pair()
+        let (_, first) = try p.request(), (_, second) = try p.request(), (_, third) = try p.request()
+        // The server processed stream 1 only (RFC 9113 §6.8): 3 and 5 were not processed,
+        // so the exchanges may retry them anywhere.
+        p.server.writeAndFlush(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: 1, errorCode: .noError, opaqueData: nil)),
+                               promise: nil)
+        try p.pump()
+        #expect(second.closed && second.refused && third.closed && third.refused)
+        #expect(!first.closed)
+        #expect(p.session.retired && p.session.makeStream() == nil)
+        // Stream 1 still finishes on the retired connection.
+        p.streams.channels[0].writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "204"], endStream: true)), promise: nil)
+        try p.pump()
+        #expect(first.parts == ["head 204", "end"] && !first.closed)
+    }
+
+    @Test func aResponseAndItsTrailersReachTheExchangeAndAHeadWithoutBodyIsOneFrame() throws {
+        let p = try pair()
+        let (_, ex) = try p.request()
+        let s = p.streams.channels[0]
+        s.write(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200", "content-type": "application/grpc"])), promise: nil)
+        s.write(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(string: "hello")))), promise: nil)
+        s.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: ["grpc-status": "0"], endStream: true)), promise: nil)
+        try p.pump()
+        #expect(ex.parts == ["head 200", "end [\"grpc-status=0\"]"] && ex.bodyBytes == 5 && !ex.closed)
+    }
+
+    @Test func aBodyTheServerDoesNotTakeMakesTheStreamUnwritableUntilItDoes() throws {
+        let p = try pair(serverStreamsRead: false)
+        // 200 KiB against the server's 64 KiB window: NIO holds what does not fit, and the
+        // stream says it cannot take more, so the exchange stops reading its client.
+        let (stream, ex) = try p.request(body: 200 * 1024)
+        #expect(ex.writable.first == false)
+        #expect(!stream.isWritable)
+        // The server reads: window comes back, the held bytes go, the stream is writable.
+        for _ in 0..<8 {
+            p.streams.channels[0].read()
+            try p.pump()
+        }
+        #expect(ex.writable.last == true && stream.isWritable)
+    }
+
+    @Test func aPausedStreamGivesNoWindowBack() throws {
+        let p = try pair()
+        let (stream, ex) = try p.request()
+        stream.setPaused(true)
+        let s = p.streams.channels[0]
+        s.write(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"])), promise: nil)
+        for _ in 0..<13 { s.write(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(repeating: 0x62, count: 16384)))), promise: nil) }
+        s.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true)), promise: nil)
+        try p.pump()
+        // The exchange could not pass the body on (its client was not taking it): the
+        // server may send one window's worth, no more.
+        #expect(ex.bodyBytes <= 65535 && ex.bodyBytes >= 49152, "\(ex.bodyBytes)")
+        stream.setPaused(false)
+        try p.pump()
+        #expect(ex.bodyBytes == 13 * 16384 && ex.parts == ["head 200", "end"])
     }
 }

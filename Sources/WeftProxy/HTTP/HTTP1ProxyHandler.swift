@@ -4,35 +4,33 @@ import NIOHTTP1
 import NIOHTTP2
 import WeftConfig
 
-/// The client side of one proxied request stream: an HTTP/1.1 connection (one exchange
-/// per request; HTTP1ServerCodec in front serialises pipelined requests) or one
-/// HTTP/2 stream (seen through NIO's HTTP/2-to-HTTP/1 codec, so both share this code).
-/// Reads are withheld while an exchange cannot take more of the request body.
-final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
+/// The client side of an HTTP/1.1 connection: one exchange per request (HTTP1ServerCodec
+/// in front serialises pipelined requests). Reads are withheld while an exchange cannot
+/// take more of the request body. (An HTTP/2 client's streams are HTTP2ServerStreams.)
+final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, ExchangeClient {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
     let conn: ConnectionContext
-    /// The client speaks HTTP/2 (this handler serves one stream). What the upstream is
-    /// spoken to is the cluster's choice (Cluster.upstreamHTTP2).
-    let http2: Bool
+    var http2: Bool { false }
     private(set) var context: ChannelHandlerContext?
     private var exchange: HTTP1Exchange?
     private var readsPaused = false
     private var pendingRead = false
     /// A response to the current request has begun (or been sent).
     private var answered = false
-    /// HTTP/2: whether the request's HEADERS left the stream open for a body (told by
-    /// RequestBodyObserver, which sees the frame before the codec turns it into a head).
-    var streamHasBody = false
-    /// The HTTP/1 connection's codec, which gives each request head as received as well.
+    /// The connection's codec, which gives each request head as received as well (nil
+    /// only where a test drives the handler with NIO's parts).
     var serverCodec: HTTP1ServerCodec?
 
-    init(conn: ConnectionContext, http2: Bool = false) {
+    init(conn: ConnectionContext) {
         self.conn = conn
-        self.http2 = http2
     }
+
+    var eventLoop: EventLoop? { context?.eventLoop }
+    var isWritable: Bool { context?.channel.isWritable ?? true }
+    var forwardsHTTP1Heads: Bool { serverCodec != nil }
 
     /// The HTTP/1 connection's header and idle timeouts, told where each request is (nil
     /// on an HTTP/2 stream).
@@ -77,31 +75,16 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let head):
             answered = false
             slowClientGuard?.progress(.headReceived)
-            // HTTP/1 heads come from weft's parser, which has refused every framing but
+            // Heads come from weft's parser, which has refused every framing but
             // Content-Length and chunked, a lower-case method and a non-ASCII target.
-            // A method is case-sensitive: `delete` is not DELETE to a policy, yet lenient
-            // servers serve it as one; an HTTP/2 :method with lower-case letters is refused.
-            if http2, head.method.rawValue.utf8.contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) {
-                reject(context, .badRequest)
-                return
-            }
-            // A request target is ASCII (RFC 3986; RFC 9113 §8.3.1 for :path): weft's
-            // HTTP/1 parser refuses anything else, and an HTTP/2 :path gets the same 400
-            // here rather than a request no HTTP/1.1 hop could carry.
-            if http2, head.uri.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) {
-                reject(context, .badRequest)
-                return
-            }
             let received = serverCodec?.takeReceivedHead()
             let hasBody: Bool
-            if http2 {
-                hasBody = streamHasBody
-            } else if let received {
+            if let received {
                 hasBody = received.framing != .none && received.framing != .length(0)
             } else {
                 hasBody = Self.declaresBody(head)
             }
-            let ex = HTTP1Exchange(handler: self, head: head, received: received, hasBody: hasBody)
+            let ex = HTTP1Exchange(client: self, head: head, received: received, hasBody: hasBody)
             exchange = ex
             ex.start()
         case .body(let b):
@@ -136,18 +119,10 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         exchange = nil
         if !answered {
             answered = true
-            // HTTP/2 has no Connection header (it is a protocol error there): the stream
-            // ends with the response, and the reset below.
-            let headers = HTTPHeaders(http2 ? [("content-length", "0")] : [("connection", "close"), ("content-length", "0")])
+            let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
             write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
             write(.end(nil), flush: true)
-            conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: http2 ? "HTTP/2" : "HTTP/1.1",
-                                                status: Int(status.code))))
-        }
-        if http2 {
-            // One stream of the connection: it ends; the connection's other streams go on.
-            context.close(promise: nil)
-            return
+            conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: Int(status.code))))
         }
         // Close our side only, so the answer is read before the connection goes: closing
         // outright with the client's bytes unread makes the kernel send RST, which can
@@ -190,7 +165,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    func write(_ part: HTTPServerResponsePart, flush: Bool = false) {
+    func write(_ part: HTTPServerResponsePart, flush: Bool) {
         guard let context else { return }
         if case .head = part { answered = true }
         if serverCodec != nil {
@@ -253,9 +228,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// they are never read as a request. It closes instead, as RFC 9110 allows.
     private let keepAlive: Bool
     /// gRPC: HTTP/2 with content-type application/grpc*.
-    private var isGRPC: Bool { handler.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
+    private var isGRPC: Bool { client.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
 
-    unowned let handler: HTTP1ProxyHandler
+    /// Held strongly: the exchange can outlive its stream (a timer or an upstream callback
+    /// still due); the client lets go of the exchange when it ends, which breaks the cycle.
+    let client: any ExchangeClient
     let head: HTTPRequestHead
     /// The request carries a body (known from its head, or its HTTP/2 HEADERS frame).
     let hasBody: Bool
@@ -266,14 +243,18 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var switching = false
     let started = NIODeadline.now()
     let startTime = Date()
-    private var conn: ConnectionContext { handler.conn }
+    private var conn: ConnectionContext { client.conn }
 
     // Request side.
     private var held: [ByteBuffer] = []
     private var heldBytes = 0
     private var requestBytes = 0
     private var replayable = true
-    private(set) var requestComplete = false
+    /// The whole request is in. A request with no body is from its head on: an HTTP/2
+    /// upstream is then sent one HEADERS frame with END_STREAM, not a HEADERS frame and an
+    /// empty DATA frame to end it later (a server that answered first resets the stream
+    /// still open: RST_STREAM per request, which NIO's Rapid Reset guard counts).
+    private(set) var requestComplete: Bool
 
     // Routing.
     private var decision: ForwardDecision?
@@ -301,7 +282,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var attempts = 0
 
     // Current attempt.
-    private var upstream: UpstreamHTTP1Handler?
+    private var upstream: (any ExchangeUpstream)?
     private var sentParts = 0
     private var sentEnd = false
     private var clusterState: ClusterState?
@@ -325,15 +306,16 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var trailersFromHead: HTTPHeaders?
     private var requestID: String?
 
-    init(handler: HTTP1ProxyHandler, head: HTTPRequestHead, received: HTTP1RequestHead? = nil, hasBody: Bool) {
-        self.handler = handler
+    init(client: any ExchangeClient, head: HTTPRequestHead, received: HTTP1RequestHead? = nil, hasBody: Bool) {
+        self.client = client
         self.head = head
         self.received = received
         self.hasBody = hasBody
+        requestComplete = !hasBody
         // What the parser read of Connection and Upgrade, when an HTTP/1 head came from it.
         let upgrade = received?.upgrade ?? head.headers.contains(name: "upgrade")
-        keepAlive = handler.http2 || ((received?.keepAlive ?? head.isKeepAlive) && !upgrade && head.method != .CONNECT)
-        webSocket = !handler.http2 && upgrade && head.method == .GET && head.headers["upgrade"].contains { value in
+        keepAlive = client.http2 || ((received?.keepAlive ?? head.isKeepAlive) && !upgrade && head.method != .CONNECT)
+        webSocket = !client.http2 && upgrade && head.method == .GET && head.headers["upgrade"].contains { value in
             value.split(separator: ",").contains { $0.trimmingCharacters(in: .whitespaces).lowercased() == "websocket" }
         }
     }
@@ -399,7 +381,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             // delay holds the request (and does not count against the route timeout).
             if let delay = d.fault?.delay, conn.loop.random() * 100 < delay.percentage {
                 flags.append("DI")
-                handler.context?.eventLoop.assumeIsolated().scheduleTask(in: delay.fixedDelay.timeAmount) {
+                client.eventLoop?.assumeIsolated().scheduleTask(in: delay.fixedDelay.timeAmount) {
                     if !self.finished { self.forward(d) }
                 }
                 return
@@ -429,10 +411,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         cluster = c
         clusterState = state
         // A WebSocket handshake goes over HTTP/1.1 (weft speaks no RFC 8441 upstream).
-        upstreamHTTP2 = webSocket ? false : (c.upstreamHTTP2 ?? handler.http2)
+        upstreamHTTP2 = webSocket ? false : (c.upstreamHTTP2 ?? client.http2)
         rewrite = makeRewrite(d)
         if let t = d.timeout, t.nanoseconds > 0 {
-            routeTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
+            routeTimer = client.eventLoop?.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
         }
         if let m = d.mirror, conn.loop.random() * 100 < (d.mirrorPercentage ?? 100) {
             mirrorTo = conn.tables.cluster(for: m, dialedPort: conn.listener.port.number)
@@ -444,7 +426,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// Sends the shadow copy once the whole request is held (requests over 64 KiB are not
     /// mirrored: Envoy streams them, weft does not keep them).
     private func startMirrorIfReady() {
-        guard let m = mirrorTo, requestComplete, replayable, let r = rewrite, let loop = handler.context?.eventLoop else { return }
+        guard let m = mirrorTo, requestComplete, replayable, let r = rewrite, let loop = client.eventLoop else { return }
         mirrorTo = nil
         var shadow = upstreamNIOHead(r)
         shadow.headers.replaceOrAdd(name: "host", value: (r.first("host") ?? "") + "-shadow")
@@ -467,13 +449,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             sentParts = held.count
             if !replayable { dropSentParts() }
         } else if heldBytes > Self.maxReplayBytes {
-            handler.pauseReads(true)
+            client.pauseReads(true)
         }
     }
 
     func requestEnd() {
         requestComplete = true
-        handler.setRequestDeadline(nil)
+        client.setRequestDeadline(nil)
         touch()
         if let up = upstream, !finished, !sentEnd {
             up.send(.end(nil), flush: true)
@@ -492,8 +474,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func clientGone() {
         routeTimer?.cancel()
         tryTimer?.cancel()
-        handler.setStreamIdleDeadline(nil)
-        handler.setRequestDeadline(nil)
+        client.setStreamIdleDeadline(nil)
+        client.setRequestDeadline(nil)
         if let up = upstream, !finished { up.close() }
         upstream = nil
         finished = true
@@ -593,7 +575,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// Gets a connection to `endpoint`: idle, new, or — at maxConnections — the next one
     /// freed, unless http1MaxPendingRequests is full too (503 UO).
     private func connect(_ ep: Endpoint) {
-        guard let c = cluster, let state = clusterState, let loop = handler.context?.eventLoop else { return }
+        guard let c = cluster, let state = clusterState, let loop = client.eventLoop else { return }
         let endpoint = ep.socket
         let route = conn.route(to: ep)
         if let target = conn.localPlaintextTarget(ep, route: route), let r = rewrite {
@@ -616,16 +598,17 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         poolKey = key
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
-        if !upstreamHTTP2, let up = pool.takeIdle(key, cluster: state) {
+        if let up: any ExchangeUpstream = upstreamHTTP2 ? pool.takeStream(key) : pool.takeIdle(key, cluster: state) {
             attach(up)
             return
         }
-        let future: EventLoopFuture<UpstreamHTTP1Handler>?
+        let future: EventLoopFuture<any ExchangeUpstream>?
         if upstreamHTTP2 {
             future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout, idleTimeout: c.connectionPool?.idleTimeout?.timeAmount)
         } else {
-            future = pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
-                ?? (pool.closeIdle(cluster: c.key, except: endpoint) ? pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout) : nil)
+            future = (pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)
+                ?? (pool.closeIdle(cluster: c.key, except: endpoint) ? pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout) : nil))
+                .map { $0.map { $0 as any ExchangeUpstream } }
         }
         guard let future else {
             let me = NIOLoopBound(self, eventLoop: loop)
@@ -655,14 +638,14 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         if !finished { connect(ep) }
     }
 
-    private func attach(_ up: UpstreamHTTP1Handler) {
+    private func attach(_ up: any ExchangeUpstream) {
         upstream = up
         lastEndpointText = up.endpointText
         up.delegate = self
         up.requests += 1
-        up.setPaused(!(handler.context?.channel.isWritable ?? true))
+        up.setPaused(!client.isWritable)
         if let t = decision?.retries?.perTryTimeout, t.nanoseconds > 0 {
-            tryTimer = handler.context?.eventLoop.assumeIsolated().scheduleTask(in: t.timeAmount) { self.perTryTimeout() }
+            tryTimer = client.eventLoop?.assumeIsolated().scheduleTask(in: t.timeAmount) { self.perTryTimeout() }
         }
         if let received, !up.isStream {
             up.sendForwarded(received, rewrite!, method: head.method)
@@ -675,9 +658,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             up.send(.end(nil))
             sentEnd = true
         }
-        up.context?.flush()
+        up.flush()
         if !replayable { dropSentParts() }
-        handler.pauseReads(false)
+        client.pauseReads(false)
     }
 
     /// The retry policy's verdict on an attempt, within the cluster's retry budget
@@ -764,7 +747,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func act(_ action: RetryStateMachine.Action) {
         switch action {
         case .retry(_, let backoff):
-            handler.context?.eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(backoff))) {
+            client.eventLoop?.assumeIsolated().scheduleTask(in: .milliseconds(Int64(backoff))) {
                 if !self.finished { self.attempt() }
             }
         case .deliver:
@@ -780,7 +763,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             // Part of the response is out: all that is left is to cut it, as Envoy does.
             flags.append("UT")
             upstream?.close()
-            handler.closeClient()
+            client.closeClient()
             complete()
         } else {
             abandonAttempt()
@@ -795,16 +778,16 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     // MARK: upstream events
 
-    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from up: UpstreamHTTP1Handler) {
+    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from up: any ExchangeUpstream) {
         guard up === upstream, !finished else { return }
         switch part {
-        case .received(let raw) where handler.serverCodec == nil || (webSocket && raw.status == 101):
+        case .received(let raw) where !client.forwardsHTTP1Heads || (webSocket && raw.status == 101):
             // An HTTP/2 client, or a WebSocket switch: NIO's head is what goes on.
             upstreamRead(.head(raw.nioHead()), from: up)
         case .received(let raw):
             // HTTP/1 on both sides: the upstream's fields go on as they came.
             guard startResponse(status: raw.status, grpcStatus: raw.grpcStatus, keepAlive: raw.keepAlive) else { return }
-            handler.writeForwarded(raw, clientRewrite(HeadRewrite(received: raw)), status: raw.nioStatus,
+            client.writeForwarded(raw, clientRewrite(HeadRewrite(received: raw)), status: raw.nioStatus,
                                    minorVersion: head.version.minor)
         case .head(let rh) where webSocket && rh.status == .switchingProtocols:
             // The handshake succeeded: the client hears it now, and the connections are
@@ -816,8 +799,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             var out = clientHead(rh)
             out.headers.replaceOrAdd(name: "connection", value: "Upgrade")
             out.headers.replaceOrAdd(name: "upgrade", value: rh.headers["upgrade"].joined(separator: ", "))
-            handler.write(.head(out))
-            handler.write(.end(nil), flush: true)
+            client.write(.head(out))
+            client.write(.end(nil), flush: true)
         case .head(let rh):
             guard startResponse(status: Int(rh.status.code), grpcStatus: rh.headers.first(name: "grpc-status").flatMap { Int($0) },
                                 keepAlive: rh.isKeepAlive) else { return }
@@ -833,16 +816,18 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 }
                 trailersFromHead = t
             }
-            handler.write(.head(out))
+            client.write(.head(out))
         case .body(let b):
             touch()
             responseBytes += b.readableBytes
-            handler.write(.body(.byteBuffer(b)))
+            client.write(.body(.byteBuffer(b)))
         case .end where switching:
             upstream = nil
             up.delegate = nil
             complete()
-            WebSocketSplice.switchToBytes(client: handler, upstream: up, idleTimeout: conn.loop.idleTimeout)
+            // A WebSocket handshake is HTTP/1.1 on both sides (see webSocket, upstreamHTTP2).
+            guard let h1 = client as? HTTP1ProxyHandler, let u1 = up as? UpstreamHTTP1Handler else { return }
+            WebSocketSplice.switchToBytes(client: h1, upstream: u1, idleTimeout: conn.loop.idleTimeout)
         case .end(let trailers):
             guard responseStarted else { return }
             if let g = trailers?.first(name: "grpc-status").flatMap({ Int($0) }) { grpcStatus = g }
@@ -861,32 +846,32 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
                 up.delegate = nil
                 up.close()
             }
-            handler.write(.end(trailers ?? trailersFromHead), flush: true)
+            client.write(.end(trailers ?? trailersFromHead), flush: true)
             complete()
-            if !keepAlive { handler.closeClient() }
+            if !keepAlive { client.closeClient() }
         }
     }
 
-    func upstreamReadComplete(from up: UpstreamHTTP1Handler) {
-        if up === upstream { handler.flush() }
+    func upstreamReadComplete(from up: any ExchangeUpstream) {
+        if up === upstream { client.flush() }
     }
 
-    func upstreamClosed(_ up: UpstreamHTTP1Handler) {
+    func upstreamClosed(_ up: any ExchangeUpstream) {
         guard up === upstream, !finished else { return }
         upstream = nil
         if responseStarted {
             // Reset mid-response: the client cannot be given a whole answer.
             flags.append("UR")
-            handler.closeClient()
+            client.closeClient()
             complete()
         } else {
             attemptEnded(up.refused ? .refusedStream : .reset(requestSent: true))
         }
     }
 
-    func upstreamWritabilityChanged(_ up: UpstreamHTTP1Handler, writable: Bool) {
+    func upstreamWritabilityChanged(_ up: any ExchangeUpstream, writable: Bool) {
         guard up === upstream else { return }
-        handler.pauseReads(!writable)
+        client.pauseReads(!writable)
     }
 
     /// An upstream's response head arrived: the retry policy's verdict on it, then (unless
@@ -933,12 +918,12 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     /// only moves a deadline (the head counts as the first byte).
     private func armTimeouts() {
         touch()
-        if let limit = conn.loop.requestTimeout { handler.setRequestDeadline(.now() + limit) }
+        if !requestComplete, let limit = conn.loop.requestTimeout { client.setRequestDeadline(.now() + limit) }
     }
 
     /// A byte went either way: the stream idle deadline moves on.
     private func touch() {
-        if let idle = conn.loop.streamIdleTimeout { handler.setStreamIdleDeadline(.now() + idle) }
+        if let idle = conn.loop.streamIdleTimeout { client.setStreamIdleDeadline(.now() + idle) }
     }
 
     func streamIdleExpired() {
@@ -956,11 +941,11 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         if let flag { flags.append(flag) }
         abandonAttempt()
         if responseStarted {
-            handler.closeClient()
+            client.closeClient()
             complete()
         } else {
             finish(with: LocalReply(status: .requestTimeout, body: body, flags: []))
-            handler.closeClient()
+            client.closeClient()
         }
     }
 
@@ -975,7 +960,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private func finish(with r: LocalReply) {
         guard !finished else { return }
         if responseStarted {
-            handler.closeClient()
+            client.closeClient()
             complete()
             return
         }
@@ -990,8 +975,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             for (k, v) in r.headers where !k.hasPrefix("grpc-") && k != "content-type" { h.add(name: k, value: v) }
             grpcStatus = Int(trailers.first(name: "grpc-status")!)
             status = 200
-            handler.write(.head(HTTPResponseHead(version: head.version, status: .ok, headers: h)))
-            handler.write(.end(trailers), flush: true)
+            client.write(.head(HTTPResponseHead(version: head.version, status: .ok, headers: h)))
+            client.write(.end(trailers), flush: true)
             complete()
             return
         }
@@ -1002,18 +987,18 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         if !r.body.isEmpty { h.add(name: "content-type", value: "text/plain") }
         if !keepAlive { h.add(name: "connection", value: "close") }
         responseBytes = body.readableBytes
-        handler.write(.head(HTTPResponseHead(version: head.version, status: r.status, headers: h)))
-        if head.method != .HEAD { handler.write(.body(.byteBuffer(body))) }
-        handler.write(.end(nil), flush: true)
+        client.write(.head(HTTPResponseHead(version: head.version, status: r.status, headers: h)))
+        if head.method != .HEAD { client.write(.body(.byteBuffer(body))) }
+        client.write(.end(nil), flush: true)
         complete()
-        if !keepAlive { handler.closeClient() }
+        if !keepAlive { client.closeClient() }
     }
 
     private func complete() {
         finished = true
         endActive()
-        handler.setStreamIdleDeadline(nil)
-        handler.setRequestDeadline(nil)
+        client.setStreamIdleDeadline(nil)
+        client.setRequestDeadline(nil)
         routeTimer?.cancel()
         tryTimer?.cancel()
         if requestCounted { clusterState?.endRequest() }
@@ -1026,32 +1011,10 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         let ms = Double((NIODeadline.now() - started).nanoseconds) / 1e6
         conn.loop.observe(.request(RequestRecord(
             start: startTime, peers: conn.peers(destinationWorkload: lastWorkload), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
-            protocolName: isGRPC ? "gRPC" : handler.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
+            protocolName: isGRPC ? "gRPC" : client.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
             responseBytes: responseBytes, upstream: lastEndpointText ?? lastEndpoint?.description, attempts: attempts,
             requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)))
-        handler.exchangeFinished(self)
-    }
-}
-
-/// On an HTTP/2 stream, ahead of NIO's HTTP/2-to-HTTP/1 codec: tells the proxy handler
-/// whether the request's HEADERS frame left the stream open for a body. The codec's
-/// request head does not say, and an HTTP/1.1 upstream must frame a body it is sent.
-final class RequestBodyObserver: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-    typealias InboundOut = HTTP2Frame.FramePayload
-    private let proxy: HTTP1ProxyHandler
-    private var sawHead = false
-
-    init(_ proxy: HTTP1ProxyHandler) {
-        self.proxy = proxy
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if !sawHead, case .headers(let h) = unwrapInboundIn(data) {
-            sawHead = true
-            proxy.streamHasBody = !h.endStream
-        }
-        context.fireChannelRead(data)
+        client.exchangeFinished(self)
     }
 }
 

@@ -82,7 +82,7 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
 
     private var keepAlive = false
 
-    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: UpstreamHTTP1Handler) {
+    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: any ExchangeUpstream) {
         switch part {
         case .received(let h): keepAlive = h.keepAlive
         case .head(let h): keepAlive = h.isKeepAlive
@@ -91,7 +91,7 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         }
     }
 
-    func upstreamReadComplete(from conn: UpstreamHTTP1Handler) {}
-    func upstreamClosed(_ conn: UpstreamHTTP1Handler) { finish(reuse: false) }
-    func upstreamWritabilityChanged(_ conn: UpstreamHTTP1Handler, writable: Bool) {}
+    func upstreamReadComplete(from conn: any ExchangeUpstream) {}
+    func upstreamClosed(_ conn: any ExchangeUpstream) { finish(reuse: false) }
+    func upstreamWritabilityChanged(_ conn: any ExchangeUpstream, writable: Bool) {}
 }

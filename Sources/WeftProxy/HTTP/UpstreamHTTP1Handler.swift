@@ -5,16 +5,16 @@ import WeftConfig
 
 /// Receives what an upstream HTTP/1.1 connection delivers.
 protocol UpstreamHTTP1Delegate: AnyObject {
-    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: UpstreamHTTP1Handler)
-    func upstreamReadComplete(from conn: UpstreamHTTP1Handler)
-    func upstreamClosed(_ conn: UpstreamHTTP1Handler)
-    func upstreamWritabilityChanged(_ conn: UpstreamHTTP1Handler, writable: Bool)
+    func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: any ExchangeUpstream)
+    func upstreamReadComplete(from conn: any ExchangeUpstream)
+    func upstreamClosed(_ conn: any ExchangeUpstream)
+    func upstreamWritabilityChanged(_ conn: any ExchangeUpstream, writable: Bool)
 }
 
 /// The proxy's end of one upstream HTTP/1.1 connection: hands response parts to the
 /// exchange that currently owns it, and lets that exchange pause its reads while the
 /// client cannot take more (backpressure). Pooled between requests.
-final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler {
+final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler, ExchangeUpstream {
     typealias InboundIn = HTTP1ClientCodec.ResponsePart
     typealias OutboundIn = HTTP1ClientCodec.RequestPart
     typealias OutboundOut = HTTP1ClientCodec.RequestPart
@@ -39,12 +39,8 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
     var idleToken: UInt64?
     /// Counts idle periods, so a reclaim meant for an earlier one does nothing.
     var idleGeneration = 0
-    /// An HTTP/2 stream (one exchange), not a connection.
-    var isStream = false
-    /// The HTTP/2 connection a stream belongs to.
-    var connection: HTTP2ConnectionState?
-    /// The upstream refused the stream (RST_STREAM REFUSED_STREAM): it did not process it.
-    private(set) var refused = false
+    var isStream: Bool { false }
+    var refused: Bool { false }
     private var paused = false
     private var pendingRead = false
 
@@ -72,12 +68,6 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        // A stream above the last one a GOAWAY said the server processed was not
-        // processed (RFC 9113 §6.8), however the server then closed it.
-        if isStream, let last = connection?.goAwayLastStreamID,
-           let id = try? context.channel.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID), id > last {
-            refused = true
-        }
         idleTimer?.cancel()
         idleTimer = nil
         onClose?(self)
@@ -88,8 +78,6 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let closed = error as? NIOHTTP2Errors.StreamClosed, closed.errorCode == .refusedStream { refused = true }
-        if error is NIOHTTP2Errors.CreatedStreamAfterGoaway { refused = true }
         context.close(promise: nil)
     }
 
@@ -111,29 +99,19 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
-    func send(_ part: HTTPClientRequestPart, flush: Bool = false) {
+    func send(_ part: HTTPClientRequestPart, flush: Bool) {
         guard let context else { return }
-        if isStream, case .head = part {
-            // A stream whose HEADERS cannot be written (the connection got a GOAWAY in the
-            // meantime) never reached the upstream: refused, so safe to retry elsewhere.
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            promise.futureResult.assumeIsolated().whenFailure { _ in
-                self.refused = true
-                self.context?.close(promise: nil)
-            }
-            context.write(wrapOutboundOut(.init(part)), promise: promise)
-        } else {
-            context.write(wrapOutboundOut(.init(part)), promise: nil)
-        }
+        context.write(wrapOutboundOut(.init(part)), promise: nil)
         if flush { context.flush() }
     }
 
     /// Sends a request head the client's HTTP/1 connection received, with the proxy's
-    /// edits, as bytes (connections only: a stream is sent NIO heads).
+    /// edits, as bytes.
     func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) {
-        precondition(!isStream, "an HTTP/2 stream is sent NIO heads")
         context?.write(wrapOutboundOut(.forwarded(received, rewrite, method: method)), promise: nil)
     }
+
+    func flush() { context?.flush() }
 
     func close() { context?.close(promise: nil) }
 }
@@ -161,23 +139,18 @@ final class HTTP1Pool {
     }
 
     private var idle: [PoolKey: IdleList] = [:]
-    private var http2: [PoolKey: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>] = [:]
-    private var http2Channels: [PoolKey: Channel] = [:]
-    private var http2States: [PoolKey: HTTP2ConnectionState] = [:]
+    /// The HTTP/2 connection per key that new streams go on: up, or still connecting.
+    private var http2: [PoolKey: HTTP2ClientSession] = [:]
+    /// What flushes the client connections an upstream HTTP/2 connection's read burst wrote to.
+    let flushes: FlushBatch
 
-    /// Stops handing out streams of `channel` (closed, or told to go away).
-    private func forgetHTTP2(_ key: PoolKey, _ channel: Channel) {
-        guard let current = http2Channels[key], current === channel else { return }
-        http2Channels[key] = nil
-        http2[key] = nil
-        http2States[key] = nil
-    }
     let dialer: Dialer
     /// Envoy's default idle timeout for upstream connections (connectionPool.http.idleTimeout).
     static let defaultIdleTimeout = TimeAmount.hours(1)
 
-    init(dialer: Dialer) {
+    init(dialer: Dialer, flushes: FlushBatch) {
         self.dialer = dialer
+        self.flushes = flushes
     }
 
     /// An idle connection to the endpoint, taken out of the pool, if there is one: the
@@ -216,96 +189,76 @@ final class HTTP1Pool {
         }.nonisolated()
     }
 
+    /// A stream of the endpoint's HTTP/2 connection when that is up: the common case,
+    /// served with no future.
+    func takeStream(_ key: PoolKey) -> HTTP2UpstreamStream? {
+        http2[key]?.makeStream()
+    }
+
     /// A new HTTP/2 stream to the endpoint, on its pooled connection (opened on first use;
     /// nil when that needs a connection the cluster has no slot for).
     func acquireStream(_ key: PoolKey, cluster: ClusterState, on loop: EventLoop, connectTimeout: TimeAmount?, idleTimeout: TimeAmount?)
-        -> EventLoopFuture<UpstreamHTTP1Handler>? {
-        let mux: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>
-        let connState: HTTP2ConnectionState
-        // A connection that died since its close callbacks were queued takes no streams.
-        if let ch = http2Channels[key], !ch.isActive { forgetHTTP2(key, ch) }
-        if let existing = http2[key], let st = http2States[key] {
-            mux = existing
-            connState = st
-        } else {
-            guard cluster.openConnection() else { return nil }
-            connState = HTTP2ConnectionState()
-            let watcherState = NIOLoopBound(connState, eventLoop: loop)
-            let made = dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
-                // Idle (no stream) for the policy's idleTimeout, it closes, as an idle
-                // HTTP/1.1 connection does.
-                let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false) {
-                    [weak self] in self?.forgetHTTP2(key, ch)
-                }
-                let m = try ch.pipeline.syncOperations.configureHTTP2Pipeline(
-                    mode: .client, connectionConfiguration: .init(), streamConfiguration: .init(), streamDelegate: counter.delegate) { pushed in
-                    pushed.close() // no server push through a proxy
-                }
-                // After a GOAWAY the connection finishes its streams but takes no new ones:
-                // the next request opens another connection.
-                try ch.pipeline.syncOperations.addHandler(GoAwayWatcher { [weak self] last in
-                    watcherState.value.goAwayLastStreamID = last
-                    self?.forgetHTTP2(key, ch)
-                })
-                try ch.pipeline.syncOperations.addHandler(counter)
-                // A connection error fails its streams (502) instead of leaving them waiting.
-                try ch.pipeline.syncOperations.addHandler(CloseOnError { _ in })
-                ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
-                ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in
-                    self?.forgetHTTP2(key, ch)
-                    cluster.connectionClosed()
-                }
-                self.http2Channels[key] = ch
-                return m
-            }
-            made.assumeIsolated().whenFailure { [weak self] _ in
-                if self?.http2Channels[key] == nil { self?.http2[key] = nil }
-                cluster.connectionClosed()
-            }
-            http2[key] = made
-            http2States[key] = connState
-            mux = made
+        -> EventLoopFuture<any ExchangeUpstream>? {
+        if let session = http2[key] {
+            if let stream = session.makeStream() { return loop.makeSucceededFuture(stream) }
+            if !session.isReady && !session.retired { return streamWhenReady(session, key) }
+            // Closed, or told to go away: the next stream opens another connection.
+            if http2[key] === session { http2[key] = nil }
         }
+        guard cluster.openConnection() else { return nil }
+        let session = HTTP2ClientSession(endpoint: key.endpoint, loop: loop, flushes: flushes)
+        session.onRetire = { [weak self, weak session] in
+            if let self, let session, self.http2[key] === session { self.http2[key] = nil }
+        }
+        http2[key] = session
+        let made = dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
+            // Idle (no stream) for the policy's idleTimeout, it closes, as an idle
+            // HTTP/1.1 connection does.
+            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false,
+                                        countsEvents: true) { [weak session] in session?.retire() }
+            let sync = ch.pipeline.syncOperations
+            try sync.addHandler(NIOHTTP2Handler(mode: .client))
+            try sync.addHandler(session)
+            try sync.addHandler(counter)
+            // A connection error fails its streams (502) instead of leaving them waiting.
+            try sync.addHandler(CloseOnError { _ in })
+            session.start()
+            ch.closeFuture.whenComplete { _ in cluster.connectionClosed() }
+            ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
+        }
+        made.whenFailure { _ in
+            // Never became a connection: its slot is given back here, and the pool forgets it.
+            cluster.connectionClosed()
+        }
+        made.assumeIsolated().whenFailure { [weak self] _ in
+            session.retire()
+            if let self, self.http2[key] === session { self.http2[key] = nil }
+        }
+        return streamWhenReady(session, key)
+    }
+
+    private func streamWhenReady(_ session: HTTP2ClientSession, _ key: PoolKey) -> EventLoopFuture<any ExchangeUpstream> {
         let endpoint = key.endpoint
-        return mux.assumeIsolated().flatMap { m in
-            let promise = loop.makePromise(of: Channel.self)
-            m.createStreamChannel(promise: promise) { stream in
-                stream.eventLoop.makeCompletedFuture {
-                    let handler = UpstreamHTTP1Handler(endpoint: endpoint)
-                    handler.isStream = true
-                    try stream.pipeline.syncOperations.addHandlers([HTTP2FramePayloadToHTTP1ClientCodec(httpProtocol: .http),
-                                                                    HTTP2StreamParts(), handler])
-                }
-            }
-            return promise.futureResult
-        }.nonisolated().assumeIsolated().flatMapThrowing { stream in
-            // NIO hands out a stream of a connection that is already closed, and that
-            // stream never activates: its request would wait forever. Fail it (a connect
-            // failure, retried) instead.
-            guard stream.isActive else {
-                stream.close(promise: nil)
-                throw ProxyError("the HTTP/2 connection to \(endpoint) closed")
-            }
-            let h = try stream.pipeline.syncOperations.handler(type: UpstreamHTTP1Handler.self)
-            h.connection = connState
-            return h
+        return session.ready.futureResult.assumeIsolated().flatMapThrowing { () -> any ExchangeUpstream in
+            // A connection that closed or went away as it came up takes no stream: a
+            // connect failure, retried.
+            guard let stream = session.makeStream() else { throw ProxyError("the HTTP/2 connection to \(endpoint) closed") }
+            return stream
         }.nonisolated()
     }
 
     /// Returns a connection whose exchange completed cleanly; it closes after the policy's
     /// idleTimeout, or now if it served maxRequestsPerConnection. (An HTTP/2 stream ends with
     /// its exchange; its connection stays in the pool.)
-    func release(_ conn: UpstreamHTTP1Handler, _ key: PoolKey, cluster: ClusterState, policy: ConnectionPool?) {
+    func release(_ upstream: any ExchangeUpstream, _ key: PoolKey, cluster: ClusterState, policy: ConnectionPool?) {
+        if let stream = upstream as? HTTP2UpstreamStream {
+            stream.release()
+            return
+        }
+        guard let conn = upstream as? UpstreamHTTP1Handler else { return }
         let idleTimeout = policy?.idleTimeout?.timeAmount, maxRequests = policy?.maxRequestsPerConnection
         conn.delegate = nil
         conn.setPaused(false)
-        if conn.isStream {
-            // It ends by itself once both END_STREAMs are through, normally before the
-            // next tick; one still open then (a server that answered early and reads no
-            // more of a body held back by flow control) would hold a stream slot for good.
-            conn.context?.eventLoop.assumeIsolated().execute { if conn.isActive { conn.close() } }
-            return
-        }
         guard conn.isActive, let loop = conn.context?.eventLoop else { return }
         if let max = maxRequests, max > 0, conn.requests >= max {
             conn.close()
@@ -359,12 +312,6 @@ final class HTTP1Pool {
     }
 }
 
-/// What the pool knows of one upstream HTTP/2 connection.
-final class HTTP2ConnectionState {
-    /// The last stream the server said it processed, once it sent GOAWAY.
-    var goAwayLastStreamID: HTTP2StreamID?
-}
-
 /// Sees connection-level HTTP/2 frames (the multiplexer passes stream 0's on) and reports
 /// a GOAWAY from the upstream with its last stream id.
 final class GoAwayWatcher: ChannelInboundHandler {
@@ -377,34 +324,5 @@ final class GoAwayWatcher: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if case .goAway(let last, _, _) = unwrapInboundIn(data).payload { onGoAway(last) }
-    }
-}
-
-/// On an upstream HTTP/2 stream, between NIO's HTTP/2-to-HTTP/1 codec and the proxy's
-/// upstream handler: NIO's parts turned into the ones weft's HTTP/1 codec speaks, so the
-/// handler is the same for both.
-final class HTTP2StreamParts: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias InboundOut = HTTP1ClientCodec.ResponsePart
-    typealias OutboundIn = HTTP1ClientCodec.RequestPart
-    typealias OutboundOut = HTTPClientRequestPart
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let h): context.fireChannelRead(wrapInboundOut(.head(h)))
-        case .body(let b): context.fireChannelRead(wrapInboundOut(.body(b)))
-        case .end(let t): context.fireChannelRead(wrapInboundOut(.end(t)))
-        }
-    }
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
-        case .head(let h): context.write(wrapOutboundOut(.head(h)), promise: promise)
-        case .body(let b): context.write(wrapOutboundOut(.body(b)), promise: promise)
-        case .end(let t): context.write(wrapOutboundOut(.end(t)), promise: promise)
-        case .forwarded:
-            // The exchange sends HTTP/2 upstreams NIO heads (see UpstreamHTTP1Handler.sendForwarded).
-            preconditionFailure("a forwarded HTTP/1 head on an HTTP/2 stream")
-        }
     }
 }

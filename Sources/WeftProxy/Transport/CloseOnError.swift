@@ -32,6 +32,8 @@ final class CloseOnError: ChannelInboundHandler {
     /// every stream. Any other HTTP/2 error is one stream's, or leaves the streams
     /// running.
     static func endsHTTP2Connection(_ error: Error) -> Bool {
+        // NIO reset that stream (a handler in frame mode reports its streams' errors here).
+        if error is NIOHTTP2Errors.StreamError { return false }
         guard error is any NIOHTTP2Error else { return true }
         switch error {
         case is NIOHTTP2Errors.ExcessiveEmptyDataFrames, is NIOHTTP2Errors.ExcessiveRSTFrames,

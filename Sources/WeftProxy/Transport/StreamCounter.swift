@@ -7,9 +7,10 @@ import NIOHTTP2
 /// naming the last stream the peer opened, so the peer knows that a stream it opens
 /// meanwhile was not processed and may be retried (RFC 9113 §6.8).
 ///
-/// Sits after the connection's NIOHTTP2Handler, which must be given `delegate`: with the
-/// inline stream multiplexer NIO reports stream creation and closure to that delegate
-/// only, not down the pipeline.
+/// Sits after the connection's NIOHTTP2Handler, which must be given `delegate` when it
+/// multiplexes streams into channels: NIO reports stream creation and closure to that
+/// delegate only, not down the pipeline. Behind a handler in frame mode (the proxy's
+/// HTTP/2 sessions) it counts the events NIO sends down the pipeline (`countsEvents`).
 final class StreamCounter: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     private(set) var open = 0
@@ -23,12 +24,25 @@ final class StreamCounter: ChannelInboundHandler {
     /// Told when the idle close begins (a pool stops handing the connection out: a TLS
     /// close waits for the peer's close_notify, and the channel is active until then).
     private let onIdleClose: (() -> Void)?
+    private let countsEvents: Bool
 
-    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, onIdleClose: (() -> Void)? = nil) {
+    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, countsEvents: Bool = false, onIdleClose: (() -> Void)? = nil) {
         self.eventLoop = eventLoop
         self.idleTimeout = idleTimeout
         self.server = server
+        self.countsEvents = countsEvents
         self.onIdleClose = onIdleClose
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if countsEvents {
+            if let e = event as? NIOHTTP2StreamCreatedEvent {
+                created(e.streamID)
+            } else if event is StreamClosedEvent {
+                closed()
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     /// For the NIOHTTP2Handler of the same connection (called on its event loop).

@@ -1,0 +1,136 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+
+/// The client end of an exchange: an HTTP/1.1 connection (HTTP1ProxyHandler) or one
+/// stream of an HTTP/2 connection (HTTP2ServerStream). The exchange answers through it
+/// and holds the client's request body back through it.
+protocol ExchangeClient: AnyObject {
+    var conn: ConnectionContext { get }
+    /// The client speaks HTTP/2.
+    var http2: Bool { get }
+    /// The loop the client lives on (nil once it is gone).
+    var eventLoop: EventLoop? { get }
+    /// Whether the client can take more of the response now.
+    var isWritable: Bool { get }
+    /// The client is written HTTP/1 heads from the bytes an upstream sent (writeForwarded).
+    var forwardsHTTP1Heads: Bool { get }
+    func write(_ part: HTTPServerResponsePart, flush: Bool)
+    /// An upstream's HTTP/1 response head with the proxy's edits (forwardsHTTP1Heads only).
+    func writeForwarded(_ received: HTTP1ResponseHead, _ rewrite: HeadRewrite, status: HTTPResponseStatus, minorVersion: Int)
+    func flush()
+    /// Ends the client's connection (HTTP/1) or stream (HTTP/2) before its time.
+    func closeClient()
+    /// Stops or resumes taking the request body.
+    func pauseReads(_ p: Bool)
+    func setStreamIdleDeadline(_ d: NIODeadline?)
+    func setRequestDeadline(_ d: NIODeadline?)
+    func exchangeFinished(_ ex: HTTP1Exchange)
+}
+
+extension ExchangeClient {
+    func write(_ part: HTTPServerResponsePart) { write(part, flush: false) }
+}
+
+/// The upstream end of one exchange's attempt: a pooled HTTP/1.1 connection
+/// (UpstreamHTTP1Handler) or one stream of a pooled HTTP/2 connection
+/// (HTTP2UpstreamStream). It reports to its delegate.
+protocol ExchangeUpstream: AnyObject {
+    var delegate: UpstreamHTTP1Delegate? { get set }
+    /// The endpoint as telemetry writes it (formatted once per connection).
+    var endpointText: String { get }
+    /// Requests sent on the connection (maxRequestsPerConnection).
+    var requests: Int { get set }
+    /// One HTTP/2 stream: it is sent NIO heads, and ends with its exchange.
+    var isStream: Bool { get }
+    /// The upstream did not process the request (refused stream, or past a GOAWAY).
+    var refused: Bool { get }
+    func setPaused(_ p: Bool)
+    func send(_ part: HTTPClientRequestPart, flush: Bool)
+    /// A request head as the client's HTTP/1 connection received it, with the proxy's
+    /// edits (HTTP/1 connections only).
+    func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod)
+    func flush()
+    func close()
+}
+
+extension ExchangeUpstream {
+    func send(_ part: HTTPClientRequestPart) { send(part, flush: false) }
+}
+
+/// NIO's HTTP/1-shaped heads to HTTP/2 header blocks and back, for the streams the proxy
+/// serves and opens at the frame level (RFC 9113 §8.3): pseudo-fields first, names in
+/// lower case, no connection-specific field.
+enum HTTP2Heads {
+    /// A field that must not appear in HTTP/2 (RFC 9113 §8.2.2), `te` but for `trailers`.
+    static func isConnectionSpecific(_ name: String, _ value: String) -> Bool {
+        guard HTTP1Exchange.isHopByHop(name) else { return false }
+        var name = name, value = value
+        let te = name.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), "te") }
+        return !(te && value.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), "trailers") })
+    }
+
+    /// `name` in lower case (the same String when it already is: no copy).
+    static func lowercased(_ name: String) -> String {
+        name.utf8.contains(where: { $0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z") }) ? name.lowercased() : name
+    }
+
+    /// A response head as HEADERS: `:status`, then its fields.
+    static func response(_ head: HTTPResponseHead) -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(head.headers.count + 1)
+        out.add(name: ":status", value: statusText(head.status.code))
+        appendRegular(head.headers, to: &out)
+        return out
+    }
+
+    /// Trailers as a HEADERS block.
+    static func trailers(_ headers: HTTPHeaders) -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(headers.count)
+        appendRegular(headers, to: &out)
+        return out
+    }
+
+    /// A request head as HEADERS: `:method`, `:scheme`, `:authority` (its Host), `:path`,
+    /// then its other fields. CONNECT (RFC 9113 §8.5) has no scheme or path.
+    static func request(_ head: HTTPRequestHead, scheme: String = "http") -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(head.headers.count + 3)
+        out.add(name: ":method", value: head.method.rawValue)
+        let connect = head.method == .CONNECT
+        if !connect { out.add(name: ":scheme", value: scheme) }
+        if let host = head.headers.first(name: "host") { out.add(name: ":authority", value: host) }
+        if !connect { out.add(name: ":path", value: head.uri) }
+        for (name, value) in head.headers where !isConnectionSpecific(name, value) {
+            let lower = lowercased(name)
+            if lower == "host" { continue }
+            out.add(name: lower, value: value)
+        }
+        return out
+    }
+
+    private static func appendRegular(_ headers: HTTPHeaders, to out: inout HPACKHeaders) {
+        for (name, value) in headers where !isConnectionSpecific(name, value) {
+            out.add(name: lowercased(name), value: value)
+        }
+    }
+
+    /// The status code as text, without formatting the common ones.
+    static func statusText(_ code: UInt) -> String {
+        switch code {
+        case 200: return "200"
+        case 204: return "204"
+        case 404: return "404"
+        default: return String(code)
+        }
+    }
+
+    /// The regular fields of an HTTP/2 header block as NIO headers (pseudo-fields left out).
+    static func regular(_ block: HPACKHeaders) -> HTTPHeaders {
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(block.count)
+        for (name, value, _) in block where !name.hasPrefix(":") { fields.append((name, value)) }
+        return HTTPHeaders(fields)
+    }
+}

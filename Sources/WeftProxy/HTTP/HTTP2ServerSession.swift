@@ -1,0 +1,369 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+
+/// One HTTP/2 client connection, after NIO's HTTP/2 handler in frame mode: every stream
+/// the client opens is one exchange (HTTP2ServerStream), driven from the frames
+/// themselves — no channel per stream, no HTTP/1 translation codec. NIO's handler still
+/// does the protocol: framing, HPACK, header validation, stream states, the flood and
+/// Rapid Reset guards; this does what a multiplexer did for the proxy's streams, flow
+/// control included (HTTP2StreamFlow).
+final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
+    typealias InboundIn = HTTP2Frame
+    typealias OutboundOut = HTTP2Frame
+
+    let conn: ConnectionContext
+    private var streams: [HTTP2StreamID: HTTP2ServerStream] = [:]
+    private(set) var context: ChannelHandlerContext?
+    private var credit = HTTP2ConnectionCredit()
+    /// Inside this connection's own read burst (the loop's flush batch is open for it).
+    private var reading = false
+    /// Waiting in the loop's flush batch.
+    private var batched = false
+    private(set) var channelWritable = true
+
+    init(conn: ConnectionContext) {
+        self.conn = conn
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        channelWritable = context.channel.isWritable
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        endBurst()
+        endAll()
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !reading {
+            reading = true
+            conn.loop.flushes.begin()
+        }
+        let frame = unwrapInboundIn(data)
+        let id = frame.streamID
+        switch frame.payload {
+        case .headers(let h):
+            if let s = streams[id] {
+                s.receivedTrailers(h)
+            } else {
+                let s = HTTP2ServerStream(session: self, id: id)
+                streams[id] = s
+                s.receivedHead(h)
+            }
+        case .data(let d):
+            // The stream first: a frame written on this connection makes NIO deliver the
+            // events it holds, this DATA frame's stream closing among them.
+            let n = HTTP2StreamFlow.length(d)
+            streams[id]?.receivedData(d, length: n)
+            let back = credit.received(n)
+            if back > 0 { write(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: back)), promise: nil) }
+        default:
+            // RST_STREAM ends a stream through the StreamClosedEvent NIO sends after it;
+            // SETTINGS, PING, GOAWAY, WINDOW_UPDATE and PRIORITY are NIO's.
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        endBurst()
+        context.fireChannelReadComplete()
+    }
+
+    private func endBurst() {
+        guard reading else { return }
+        reading = false
+        conn.loop.flushes.end()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let closed = event as? StreamClosedEvent, let s = streams.removeValue(forKey: closed.streamID) {
+            // Our END_STREAM (or reset) when the client's came before, a reset from the
+            // client, or NIO's own after a stream error.
+            s.closed()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        channelWritable = context.channel.isWritable
+        for s in streams.values { s.writabilityChanged() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        endBurst()
+        endAll()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // NIO has reset the stream (its StreamClosedEvent ends ours); the connection goes
+        // on. Anything else is the connection's: CloseOnError, next, decides.
+        context.fireErrorCaught(error)
+    }
+
+    private func endAll() {
+        let all = streams.values
+        streams = [:]
+        for s in all { s.closed() }
+    }
+
+    // MARK: for the streams
+
+    func write(_ frame: HTTP2Frame, promise: EventLoopPromise<Void>?) {
+        context?.write(wrapOutboundOut(frame), promise: promise)
+    }
+
+    /// A stream's writes are to go out: now, or at the end of the read burst they came in.
+    func flush() {
+        if conn.loop.flushes.open {
+            if !batched {
+                batched = true
+                conn.loop.flushes.add(self)
+            }
+        } else {
+            flushNow()
+        }
+    }
+
+    func flushNow() {
+        batched = false
+        context?.flush()
+    }
+}
+
+/// One client stream: the exchange's client end. Its request arrives as frames, its
+/// response leaves as frames — a head and a small body in one HEADERS and one DATA frame
+/// with END_STREAM where the response allows, as HTTP/2 servers send them.
+final class HTTP2ServerStream: ExchangeClient {
+    unowned let session: HTTP2ServerSession
+    let id: HTTP2StreamID
+    private var exchange: HTTP1Exchange?
+    private var flow = HTTP2StreamFlow()
+    /// Held until what follows it is known: a head and an end go out as one frame.
+    private var pendingHead: HPACKHeaders?
+    /// Held likewise: the last body part and the end go out as one frame.
+    private var pendingData: ByteBuffer?
+    private var answered = false
+    /// END_STREAM (or a reset) has gone out from our side.
+    private var ended = false
+    private var closedByPeer = false
+    private var streamIdleTimer: DeadlineTimer?
+    private var requestTimer: DeadlineTimer?
+
+    init(session: HTTP2ServerSession, id: HTTP2StreamID) {
+        self.session = session
+        self.id = id
+    }
+
+    var conn: ConnectionContext { session.conn }
+    var http2: Bool { true }
+    var eventLoop: EventLoop? { session.context?.eventLoop }
+    var isWritable: Bool { session.channelWritable && flow.writable }
+    var forwardsHTTP1Heads: Bool { false }
+
+    // MARK: the request, from frames
+
+    func receivedHead(_ h: HTTP2Frame.FramePayload.Headers) {
+        // NIO has validated the block (RFC 9113 §8.3: pseudo-fields first, each once, the
+        // mandatory ones present, names in lower case, no connection-specific field).
+        var method: String?, path: String?, authority: String?
+        var fields: [(String, String)] = []
+        fields.reserveCapacity(h.headers.count)
+        var hasHost = false, hasLength = false, bad = false
+        for (name, value, _) in h.headers {
+            if name.utf8.first == UInt8(ascii: ":") {
+                // A pseudo-field becomes part of an HTTP/1 request line or Host on the way
+                // on: no control byte, space or DEL (request smuggling), and — as weft's
+                // HTTP/1 parser requires of a target — nothing beyond ASCII.
+                if value.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f }) { bad = true }
+                switch name {
+                case ":method": method = value
+                case ":path": path = value
+                case ":authority": authority = value
+                default: break // :scheme; :protocol is refused below (no :path with it)
+                }
+            } else {
+                if !hasHost, name == "host" { hasHost = true }
+                if !hasLength, name == "content-length" { hasLength = true }
+                fields.append((name, value))
+            }
+        }
+        // A method is case-sensitive: `delete` is not DELETE to a policy, yet lenient
+        // servers serve it as one, so a lower-case one is refused. CONNECT (no :path) is
+        // not proxied from a client's HTTP/2 connection.
+        guard !bad, let method, let path, !method.utf8.contains(where: { $0 >= UInt8(ascii: "a") && $0 <= UInt8(ascii: "z") }) else {
+            reject()
+            return
+        }
+        if !hasHost, let authority { fields.append(("host", authority)) }
+        let nioMethod = HTTPMethod(rawValue: method)
+        if h.endStream && !hasLength {
+            // As NIO's HTTP/2-to-HTTP/1 codec did: a request that can carry a body says
+            // it has none, for an HTTP/1.1 upstream.
+            switch nioMethod {
+            case .GET, .HEAD, .DELETE, .CONNECT, .TRACE: break
+            default: fields.append(("content-length", "0"))
+            }
+        }
+        let head = HTTPRequestHead(version: .http2, method: nioMethod, uri: path, headers: HTTPHeaders(fields))
+        let ex = HTTP1Exchange(client: self, head: head, hasBody: !h.endStream)
+        exchange = ex
+        ex.start()
+        if h.endStream { ex.requestEnd() }
+    }
+
+    func receivedData(_ d: HTTP2Frame.FramePayload.Data, length: Int) {
+        if case .byteBuffer(let b) = d.data, b.readableBytes > 0 { exchange?.requestBody(b) }
+        if d.endStream {
+            // The last frame: no window to give back.
+            exchange?.requestEnd()
+        } else {
+            giveBack(flow.received(length))
+        }
+    }
+
+    func receivedTrailers(_ h: HTTP2Frame.FramePayload.Headers) {
+        // Request trailers end the request; they are not passed on (as before: NIO's
+        // codec's HTTP/1 end part carried them, and the proxy never forwarded them).
+        exchange?.requestEnd()
+    }
+
+    /// NIO closed the stream: both ends done, reset by either side, or the connection
+    /// gone. NIO reports it as it happens — for our own END_STREAM or reset, inside the
+    /// exchange's call that wrote it: the exchange is ending then, and is not told the
+    /// client went.
+    func closed() {
+        closedByPeer = true
+        streamIdleTimer?.cancel()
+        requestTimer?.cancel()
+        if !ended {
+            ended = true
+            exchange?.clientGone()
+        }
+        exchange = nil
+    }
+
+    func writabilityChanged() {
+        exchange?.clientWritable(isWritable)
+    }
+
+    private func giveBack(_ n: Int) {
+        guard n > 0, !closedByPeer else { return }
+        session.write(HTTP2Frame(streamID: id, payload: .windowUpdate(windowSizeIncrement: n)), promise: nil)
+        session.flush() // at the end of the read burst, when in one
+    }
+
+    /// A request refused before it became an exchange: 400, and the stream ends.
+    private func reject() {
+        answered = true
+        write(.head(HTTPResponseHead(version: .http2, status: .badRequest, headers: ["content-length": "0"])))
+        write(.end(nil), flush: true)
+        conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/2", status: 400)))
+        closeClient()
+    }
+
+    // MARK: ExchangeClient: the response, as frames
+
+    func write(_ part: HTTPServerResponsePart, flush: Bool) {
+        guard !ended else { return }
+        switch part {
+        case .head(let h) where h.status.code < 200:
+            // Informational: on its own, before the final head.
+            session.write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: HTTP2Heads.response(h)))), promise: nil)
+        case .head(let h):
+            answered = true
+            pendingHead = HTTP2Heads.response(h)
+        case .body(let body):
+            guard case .byteBuffer(let b) = body, b.readableBytes > 0 else { break }
+            writePending(dataToo: true)
+            pendingData = b
+        case .end(let trailers):
+            ended = true
+            if let trailers, !trailers.isEmpty {
+                writePending(dataToo: true)
+                session.write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: HTTP2Heads.trailers(trailers), endStream: true))),
+                              promise: nil)
+            } else if let data = pendingData {
+                writePending(dataToo: false)
+                pendingData = nil
+                // The last frame of the stream: nothing more comes after it, so it needs no
+                // accounting (and no write promise).
+                session.write(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(data), endStream: true))), promise: nil)
+            } else if let head = pendingHead {
+                pendingHead = nil
+                session.write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: head, endStream: true))), promise: nil)
+            } else {
+                session.write(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: nil)
+            }
+        }
+        if flush { self.flush() }
+    }
+
+    /// Writes the held head, and the held body part when `dataToo` (counted against the
+    /// stream's send window: more may follow it).
+    private func writePending(dataToo: Bool) {
+        if let head = pendingHead {
+            pendingHead = nil
+            session.write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: head))), promise: nil)
+        }
+        guard dataToo, let data = pendingData else { return }
+        pendingData = nil
+        let n = data.readableBytes
+        if flow.wrote(n) { exchange?.clientWritable(false) }
+        let sent = session.context?.eventLoop.makePromise(of: Void.self)
+        sent?.futureResult.assumeIsolated().whenComplete { [self] _ in
+            if flow.sent(n) { exchange?.clientWritable(isWritable) }
+        }
+        session.write(HTTP2Frame(streamID: id, payload: .data(.init(data: .byteBuffer(data)))), promise: sent)
+    }
+
+    func writeForwarded(_ received: HTTP1ResponseHead, _ rewrite: HeadRewrite, status: HTTPResponseStatus, minorVersion: Int) {
+        preconditionFailure("an HTTP/2 stream is written NIO heads")
+    }
+
+    func flush() {
+        if !ended { writePending(dataToo: true) }
+        session.flush()
+    }
+
+    func closeClient() {
+        guard !closedByPeer else { return }
+        if !ended {
+            ended = true
+            pendingHead = nil
+            pendingData = nil
+        }
+        // One stream of the connection ends (RST_STREAM CANCEL, as a stream channel's
+        // close sent); the connection's other streams go on. A stream already closed
+        // both ways is left alone: NIO would refuse a reset on it.
+        session.write(HTTP2Frame(streamID: id, payload: .rstStream(.cancel)), promise: nil)
+        session.flush()
+    }
+
+    func pauseReads(_ p: Bool) {
+        giveBack(flow.setPaused(p))
+    }
+
+    func setStreamIdleDeadline(_ d: NIODeadline?) {
+        if streamIdleTimer == nil, d != nil, let loop = eventLoop {
+            streamIdleTimer = DeadlineTimer(on: loop) { [weak self] in self?.exchange?.streamIdleExpired() }
+        }
+        streamIdleTimer?.set(d)
+    }
+
+    func setRequestDeadline(_ d: NIODeadline?) {
+        if requestTimer == nil, d != nil, let loop = eventLoop {
+            requestTimer = DeadlineTimer(on: loop) { [weak self] in self?.exchange?.requestExpired() }
+        }
+        requestTimer?.set(d)
+    }
+
+    func exchangeFinished(_ ex: HTTP1Exchange) {
+        pauseReads(false)
+    }
+}
