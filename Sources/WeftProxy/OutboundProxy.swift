@@ -476,10 +476,10 @@ public final class OutboundProxy: Sendable {
         ]
         connection.maximumSequentialContinuationFrames = 5
         let h2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: connection, streamConfiguration: .init())
-        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: idleTimeout, server: true, countsEvents: true)
+        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: idleTimeout, server: true)
         // After one of NIO's flood guards has sent its GOAWAY the connection is closed,
         // rather than left open to the abuser until the idle timeout.
-        return [h2, HTTP2ServerSession(conn: conn), counter, CloseOnError(closed)]
+        return [h2, HTTP2ServerSession(conn: conn, counter: counter), counter, CloseOnError(closed)]
     }
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's

@@ -90,11 +90,8 @@ import WeftConfig
         var closedFor: [String] = []
         try client.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
         let session = HTTP2ClientSession(endpoint: SocketKey(IPAddress("10.0.0.1")!, 8080), loop: loop, flushes: FlushBatch())
-        let sync = client.pipeline.syncOperations
-        try sync.addHandler(NIOHTTP2Handler(mode: .client))
-        try sync.addHandler(session)
-        try sync.addHandler(StreamCounter(eventLoop: loop, idleTimeout: nil, server: false, countsEvents: true))
-        try sync.addHandler(CloseOnError { closedFor.append("\($0)") })
+        let counter = StreamCounter(eventLoop: loop, idleTimeout: nil, server: false)
+        try client.pipeline.syncOperations.addHandlers(HTTP2ClientSession.handlers(session, counter: counter) { closedFor.append("\($0)") })
         session.start()
         var serverConfig = NIOHTTP2Handler.ConnectionConfiguration()
         serverConfig.headerBlockValidation = .disabled // so it can send what a broken upstream sends
@@ -131,6 +128,51 @@ import WeftConfig
         #expect(flood.parts == ["head 200"] && flood.closed)
         #expect(!p.client.isActive && p.closedFor().count == 1 && p.closedFor()[0].contains("ExcessiveEmptyDataFrames"), "\(p.closedFor())")
         #expect(p.session.retired && p.session.makeStream() == nil)
+    }
+
+    @Test func responseBlocksNoHTTP2PeerMaySendResetTheirStream() throws {
+        let p = try pair()
+        let bad: [HPACKHeaders] = [
+            [":status": "200", "x-a": "1\r\nset-cookie: evil=1"], // a value that would split an HTTP/1 head
+            [":status": "200", "Upper": "x"], // a name not in lower case
+            [":status": "200", "connection": "close"], // connection-specific
+            [":status": "20x"], // not a status
+            ["x-a": "1", ":status": "200"], // a pseudo-field after a regular one
+            [":status": "200", ":path": "/"], // a request's pseudo-field
+            ["x-a": "1"], // no status
+        ]
+        for block in bad {
+            let (_, ex) = try p.request()
+            try #require(p.streams.channels.last).writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: block, endStream: true)),
+                                                                promise: nil)
+            try p.pump()
+            #expect(ex.parts.isEmpty && ex.closed && !ex.refused, "\(block)")
+        }
+        // Trailers with a pseudo-field, after a good head.
+        let (_, ex) = try p.request()
+        let s = try #require(p.streams.channels.last)
+        s.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"])), promise: nil)
+        s.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"], endStream: true)), promise: nil)
+        try p.pump()
+        #expect(ex.parts == ["head 200"] && ex.closed)
+        // The connection serves on.
+        let (_, good) = try p.request()
+        try #require(p.streams.channels.last).writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"], endStream: true)),
+                                                            promise: nil)
+        try p.pump()
+        #expect(good.parts == ["head 200", "end"] && p.client.isActive && p.closedFor().isEmpty)
+    }
+
+    @Test func aRequestFieldThatCannotBeSentFailsTheStreamNotTheConnection() throws {
+        let p = try pair()
+        let stream = try #require(p.session.makeStream())
+        let ex = Exchange()
+        stream.delegate = ex
+        // A route's header value with CR LF in it.
+        stream.send(.head(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: ["host": "a", "x-route": "a\r\nb: c"])),
+                    flush: true)
+        try p.pump()
+        #expect(ex.closed && p.streams.channels.isEmpty && p.client.isActive)
     }
 
     @Test func aGoAwayRefusesTheStreamsAboveItsLastAndRetiresTheConnection() throws {

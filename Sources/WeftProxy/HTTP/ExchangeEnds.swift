@@ -93,26 +93,89 @@ enum HTTP2Heads {
     }
 
     /// A request head as HEADERS: `:method`, `:scheme`, `:authority` (its Host), `:path`,
-    /// then its other fields. CONNECT (RFC 9113 §8.5) has no scheme or path.
-    static func request(_ head: HTTPRequestHead, scheme: String = "http") -> HPACKHeaders {
+    /// then its other fields. CONNECT (RFC 9113 §8.5) has no scheme or path. Nil if a
+    /// field could not be sent (RFC 9113 §8.2.1, §8.3.1): upstream connections do not have
+    /// NIO validate what they send, so this is where a value with CR, LF or NUL (a route's
+    /// header value) or a target with a space stops.
+    static func request(_ head: HTTPRequestHead, scheme: String = "http") -> HPACKHeaders? {
         var out = HPACKHeaders()
         out.reserveCapacity(head.headers.count + 3)
+        guard isPseudoValue(head.method.rawValue) else { return nil }
         out.add(name: ":method", value: head.method.rawValue)
         let connect = head.method == .CONNECT
         if !connect { out.add(name: ":scheme", value: scheme) }
-        if let host = head.headers.first(name: "host") { out.add(name: ":authority", value: host) }
-        if !connect { out.add(name: ":path", value: head.uri) }
+        if let host = head.headers.first(name: "host") {
+            guard isPseudoValue(host) else { return nil }
+            out.add(name: ":authority", value: host)
+        }
+        if !connect {
+            guard !head.uri.isEmpty, isPseudoValue(head.uri) else { return nil }
+            out.add(name: ":path", value: head.uri)
+        }
         for (name, value) in head.headers where !isConnectionSpecific(name, value) {
             let lower = lowercased(name)
             if lower == "host" { continue }
-            out.add(name: lower, value: value)
+            guard isFieldName(lower), isFieldValue(value) else { return nil }
+            out.add(name: lower, value: value, indexing: indexing(lower))
         }
         return out
     }
 
+    /// Whether an upstream's response header block (or, `trailers`, its trailer block)
+    /// is one an HTTP/2 peer may send (RFC 9113 §8.2, §8.3.2): `:status` of three digits,
+    /// first and the only pseudo-field (none in trailers), names lower-case tokens, values
+    /// without NUL, CR or LF, no connection-specific field. Upstream connections check
+    /// this themselves rather than have NIO validate every block both ways (~40k
+    /// instructions per request, callgrind); a client's blocks NIO still validates.
+    static func isValidResponse(_ block: HPACKHeaders, trailers: Bool) -> Bool {
+        var first = true
+        for (name, value, _) in block {
+            if name.utf8.first == UInt8(ascii: ":") {
+                guard !trailers, first, name == ":status", value.utf8.count == 3,
+                      value.utf8.allSatisfy({ $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }) else { return false }
+            } else {
+                guard !(first && !trailers), isFieldName(name), isFieldValue(value) else { return false }
+                switch name.utf8.count {
+                case 7, 10, 16, 17: // the connection-specific names, by length first
+                    if name == "upgrade" || name == "connection" || name == "keep-alive" || name == "proxy-connection"
+                        || name == "transfer-encoding" { return false }
+                default:
+                    break
+                }
+            }
+            first = false
+        }
+        return !first || trailers
+    }
+
+    /// A field name as HTTP/2 carries it: a token in lower case.
+    static func isFieldName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.allSatisfy { HTTP1RequestHead.isTokenByte($0) && !($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z")) }
+    }
+
+    /// A field value with no NUL, CR or LF (RFC 9113 §8.2.1).
+    static func isFieldValue(_ value: String) -> Bool {
+        !value.utf8.contains { $0 == 0 || $0 == 0x0a || $0 == 0x0d }
+    }
+
+    /// A pseudo-field value that will become part of a request line: no control byte,
+    /// space or DEL.
+    static func isPseudoValue(_ value: String) -> Bool {
+        !value.utf8.contains { $0 <= 0x20 || $0 == 0x7f }
+    }
+
+    /// How HPACK may index a field: not a value that is new in every message (a request
+    /// id). Indexed, each would enter the encoder's dynamic table only to push out the
+    /// fields that do repeat, and every later lookup would walk a full table of them
+    /// (37k instructions per request in NIO's encoder, callgrind).
+    static func indexing(_ lowercasedName: String) -> HPACKIndexing {
+        lowercasedName.utf8.count == 12 && lowercasedName == "x-request-id" ? .nonIndexable : .indexable
+    }
+
     private static func appendRegular(_ headers: HTTPHeaders, to out: inout HPACKHeaders) {
         for (name, value) in headers where !isConnectionSpecific(name, value) {
-            out.add(name: lowercased(name), value: value)
+            let lower = lowercased(name)
+            out.add(name: lower, value: value, indexing: indexing(lower))
         }
     }
 

@@ -37,10 +37,26 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
     /// The last stream the server said it processed, once it sent GOAWAY.
     private(set) var goAwayLastStreamID: HTTP2StreamID?
 
+    /// Told of streams opening and closing (the idle close of the connection).
+    var counter: StreamCounter?
+
     init(endpoint: SocketKey, loop: EventLoop, flushes: FlushBatch) {
         self.endpoint = endpoint
         self.flushes = flushes
         ready = loop.makePromise()
+    }
+
+    /// What an upstream HTTP/2 connection's pipeline holds, front to back: NIO's handler
+    /// in frame mode, the session, the counter that closes it idle, and CloseOnError (a
+    /// connection error fails its streams, 502, instead of leaving them waiting). Header
+    /// blocks are checked by the session and HTTP2Heads, not by NIO (NIO cannot be told
+    /// one direction only); content lengths NIO still checks.
+    static func handlers(_ session: HTTP2ClientSession, counter: StreamCounter, closed: @escaping (Error) -> Void = { _ in }) -> [ChannelHandler] {
+        session.counter = counter
+        var config = NIOHTTP2Handler.ConnectionConfiguration()
+        config.headerBlockValidation = .disabled
+        return [NIOHTTP2Handler(mode: .client, connectionConfiguration: config, streamConfiguration: .init()), session, counter,
+                CloseOnError(closed)]
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -86,11 +102,16 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
         // The id space is 2^31: a connection that used it up is replaced.
         if nextID >= Int32.max - 2 { retire() } else { nextID += 2 }
         streams[id] = stream
+        counter?.opened(id)
         return id
     }
 
-    func forget(_ id: HTTP2StreamID) {
-        streams[id] = nil
+    /// The stream is gone from the session (closed, reset by us, or never opened).
+    @discardableResult
+    func forget(_ id: HTTP2StreamID) -> HTTP2UpstreamStream? {
+        guard let s = streams.removeValue(forKey: id) else { return nil }
+        counter?.closed()
+        return s
     }
 
     func retire() {
@@ -164,11 +185,15 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
         flushes.end()
     }
 
+    /// NIO's stream events end here (see HTTP2ServerSession.userInboundEventTriggered).
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let closed = event as? StreamClosedEvent, let s = streams.removeValue(forKey: closed.streamID) {
-            s.closed(reason: closed.reason)
+        let type = Swift.type(of: event)
+        if type == StreamClosedEvent.self {
+            let closed = event as! StreamClosedEvent
+            forget(closed.streamID)?.closed(reason: closed.reason)
+        } else if type != NIOHTTP2WindowUpdatedEvent.self && type != NIOHTTP2StreamCreatedEvent.self {
+            context.fireUserInboundEventTriggered(event)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -256,7 +281,11 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
         guard !isClosed, !sentEnd else { return }
         switch part {
         case .head(let h):
-            pendingHead = HTTP2Heads.request(h)
+            guard let block = HTTP2Heads.request(h) else {
+                failed(InvalidHead(description: "a request field to \(session.endpointText) cannot be sent over HTTP/2"))
+                return
+            }
+            pendingHead = block
         case .body(let body):
             guard case .byteBuffer(let b) = body, b.readableBytes > 0 else { break }
             writePending(dataToo: true)
@@ -336,6 +365,18 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
         }
     }
 
+    /// Resets the stream for the upstream's fault; the exchange hears it closed.
+    private func reset(_ code: HTTP2ErrorCode) {
+        guard !isClosed, let id else { return }
+        isClosed = true
+        session.write(HTTP2Frame(streamID: id, payload: .rstStream(code)), promise: nil)
+        session.forget(id)
+        session.flush()
+        let d = delegate
+        delegate = nil
+        d?.upstreamClosed(self)
+    }
+
     /// Back from an exchange that completed: nothing to do unless it is still open.
     func release() {
         delegate = nil
@@ -344,7 +385,18 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
 
     // MARK: the response, from frames
 
+    /// A head this end could not send, or one the upstream sent that no HTTP/2 peer may.
+    struct InvalidHead: Error, CustomStringConvertible {
+        let description: String
+    }
+
     func receivedHeaders(_ h: HTTP2Frame.FramePayload.Headers) {
+        guard HTTP2Heads.isValidResponse(h.headers, trailers: sawHead) else {
+            // Malformed (RFC 9113 §8.1.1): the stream is reset, and the exchange told it
+            // ended without a response it could use.
+            reset(.protocolError)
+            return
+        }
         if !sawHead {
             guard let status = h.headers.first(name: ":status").flatMap({ Int($0) }) else { return }
             // Informational heads (100 Continue, 103) are not passed on.

@@ -14,6 +14,8 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     typealias OutboundOut = HTTP2Frame
 
     let conn: ConnectionContext
+    /// Told of streams opening and closing (the idle close of the connection).
+    private let counter: StreamCounter
     private var streams: [HTTP2StreamID: HTTP2ServerStream] = [:]
     private(set) var context: ChannelHandlerContext?
     private var credit = HTTP2ConnectionCredit()
@@ -23,8 +25,9 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     private var batched = false
     private(set) var channelWritable = true
 
-    init(conn: ConnectionContext) {
+    init(conn: ConnectionContext, counter: StreamCounter) {
         self.conn = conn
+        self.counter = counter
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -52,6 +55,7 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
             } else {
                 let s = HTTP2ServerStream(session: self, id: id)
                 streams[id] = s
+                counter.opened(id)
                 s.receivedHead(h)
             }
         case .data(let d):
@@ -79,13 +83,21 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
         conn.loop.flushes.end()
     }
 
+    /// NIO's stream events end here: a stream closed ends its exchange end; the others
+    /// (stream created, window updated: several per request) are told apart by their type
+    /// alone, without a dynamic cast each.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let closed = event as? StreamClosedEvent, let s = streams.removeValue(forKey: closed.streamID) {
+        let type = Swift.type(of: event)
+        if type == StreamClosedEvent.self {
             // Our END_STREAM (or reset) when the client's came before, a reset from the
             // client, or NIO's own after a stream error.
-            s.closed()
+            if let s = streams.removeValue(forKey: (event as! StreamClosedEvent).streamID) {
+                counter.closed()
+                s.closed()
+            }
+        } else if type != NIOHTTP2WindowUpdatedEvent.self && type != NIOHTTP2StreamCreatedEvent.self {
+            context.fireUserInboundEventTriggered(event)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

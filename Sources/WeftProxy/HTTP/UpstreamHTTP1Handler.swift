@@ -214,14 +214,10 @@ final class HTTP1Pool {
         let made = dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
             // Idle (no stream) for the policy's idleTimeout, it closes, as an idle
             // HTTP/1.1 connection does.
-            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false,
-                                        countsEvents: true) { [weak session] in session?.retire() }
-            let sync = ch.pipeline.syncOperations
-            try sync.addHandler(NIOHTTP2Handler(mode: .client))
-            try sync.addHandler(session)
-            try sync.addHandler(counter)
-            // A connection error fails its streams (502) instead of leaving them waiting.
-            try sync.addHandler(CloseOnError { _ in })
+            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout ?? Self.defaultIdleTimeout, server: false) {
+                [weak session] in session?.retire()
+            }
+            try ch.pipeline.syncOperations.addHandlers(HTTP2ClientSession.handlers(session, counter: counter))
             session.start()
             ch.closeFuture.whenComplete { _ in cluster.connectionClosed() }
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }

@@ -9,8 +9,9 @@ import NIOHTTP2
 ///
 /// Sits after the connection's NIOHTTP2Handler, which must be given `delegate` when it
 /// multiplexes streams into channels: NIO reports stream creation and closure to that
-/// delegate only, not down the pipeline. Behind a handler in frame mode (the proxy's
-/// HTTP/2 sessions) it counts the events NIO sends down the pipeline (`countsEvents`).
+/// delegate only, not down the pipeline. Behind a handler in frame mode the proxy's
+/// HTTP/2 session tells it (`opened`, `closed`), as it learns of its streams anyway —
+/// picking NIO's user events out of the pipeline took two dynamic casts per event.
 final class StreamCounter: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     private(set) var open = 0
@@ -19,30 +20,19 @@ final class StreamCounter: ChannelInboundHandler {
     private let server: Bool
     private let eventLoop: EventLoop
     private var lastPeerStream = HTTP2StreamID.rootStream
-    private var timer: Scheduled<Void>?
+    /// The idle close: one timer for the connection's life, its deadline moved as streams
+    /// come and go (no task scheduled and cancelled per stream).
+    private var timer: DeadlineTimer?
     private var context: ChannelHandlerContext?
     /// Told when the idle close begins (a pool stops handing the connection out: a TLS
     /// close waits for the peer's close_notify, and the channel is active until then).
     private let onIdleClose: (() -> Void)?
-    private let countsEvents: Bool
 
-    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, countsEvents: Bool = false, onIdleClose: (() -> Void)? = nil) {
+    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, onIdleClose: (() -> Void)? = nil) {
         self.eventLoop = eventLoop
         self.idleTimeout = idleTimeout
         self.server = server
-        self.countsEvents = countsEvents
         self.onIdleClose = onIdleClose
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if countsEvents {
-            if let e = event as? NIOHTTP2StreamCreatedEvent {
-                created(e.streamID)
-            } else if event is StreamClosedEvent {
-                closed()
-            }
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 
     /// For the NIOHTTP2Handler of the same connection (called on its event loop).
@@ -50,7 +40,7 @@ final class StreamCounter: ChannelInboundHandler {
 
     struct Delegate: NIOHTTP2StreamDelegate {
         let counter: NIOLoopBound<StreamCounter>
-        func streamCreated(_ id: HTTP2StreamID, channel: Channel) { counter.value.created(id) }
+        func streamCreated(_ id: HTTP2StreamID, channel: Channel) { counter.value.opened(id) }
         func streamClosed(_ id: HTTP2StreamID, channel: Channel) { counter.value.closed() }
     }
 
@@ -61,6 +51,7 @@ final class StreamCounter: ChannelInboundHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
+        timer = nil
         self.context = nil
     }
 
@@ -75,27 +66,32 @@ final class StreamCounter: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
-    private func created(_ id: HTTP2StreamID) {
+    /// A stream opened (by the peer, when serving).
+    func opened(_ id: HTTP2StreamID) {
         open += 1
-        timer?.cancel()
-        timer = nil
+        timer?.set(nil)
         if server { lastPeerStream = max(lastPeerStream, id) }
     }
 
-    private func closed() {
+    /// A stream closed.
+    func closed() {
         open -= 1
         if open == 0 { armIdle() }
     }
 
     private func armIdle() {
         guard let idleTimeout, open == 0, let context else { return }
-        timer?.cancel()
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [self] in
-            guard open == 0, let context = self.context, context.channel.isActive else { return }
-            onIdleClose?()
-            let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastPeerStream, errorCode: .noError, opaqueData: nil))
-            context.writeAndFlush(NIOAny(goAway), promise: nil)
-            context.close(promise: nil)
+        if timer == nil {
+            timer = DeadlineTimer(on: context.eventLoop) { [weak self] in self?.idleExpired() }
         }
+        timer?.set(in: idleTimeout)
+    }
+
+    private func idleExpired() {
+        guard open == 0, let context, context.channel.isActive else { return }
+        onIdleClose?()
+        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastPeerStream, errorCode: .noError, opaqueData: nil))
+        context.writeAndFlush(NIOAny(goAway), promise: nil)
+        context.close(promise: nil)
     }
 }
