@@ -243,7 +243,9 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var switching = false
     let started = NIODeadline.now()
     let startTime = Date()
-    private var conn: ConnectionContext { client.conn }
+    /// The client's connection, held here: read on every step, and through the client's
+    /// protocol each read was a dynamic call.
+    private let conn: ConnectionContext
 
     // Request side.
     private var held: [ByteBuffer] = []
@@ -308,6 +310,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
 
     init(client: any ExchangeClient, head: HTTPRequestHead, received: HTTP1RequestHead? = nil, hasBody: Bool) {
         self.client = client
+        conn = client.conn
         self.head = head
         self.received = received
         self.hasBody = hasBody

@@ -24,6 +24,13 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     /// Waiting in the loop's flush batch.
     private var batched = false
     private(set) var channelWritable = true
+    /// The streams' idle deadlines share one timer, due at the earliest of them: a
+    /// deadline only ever moves later while its exchange sees bytes, so when the timer
+    /// fires it ends the streams past theirs and waits for the earliest left (a scan of
+    /// at most the connection's 100 streams, once per idle timeout, instead of a timer and
+    /// a scheduled task per stream).
+    private var idleTimer: DeadlineTimer?
+    private var idleDue: NIODeadline?
 
     init(conn: ConnectionContext, counter: StreamCounter) {
         self.conn = conn
@@ -118,7 +125,32 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
         context.fireErrorCaught(error)
     }
 
+    /// A stream's idle deadline is `d` now.
+    func streamIdleDeadline(_ d: NIODeadline) {
+        if let due = idleDue, due <= d { return }
+        guard let loop = context?.eventLoop else { return }
+        if idleTimer == nil { idleTimer = DeadlineTimer(on: loop) { [weak self] in self?.idleTimerFired() } }
+        idleDue = d
+        idleTimer?.set(d)
+    }
+
+    private func idleTimerFired() {
+        idleDue = nil
+        let now = NIODeadline.now()
+        var next: NIODeadline?
+        for s in streams.values {
+            guard let d = s.idleDeadline else { continue }
+            if d <= now {
+                s.idleExpired()
+            } else if next == nil || d < next! {
+                next = d
+            }
+        }
+        if let next { streamIdleDeadline(next) }
+    }
+
     private func endAll() {
+        idleTimer?.cancel()
         let all = streams.values
         streams = [:]
         for s in all { s.closed() }
@@ -152,8 +184,11 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
 /// response leaves as frames — a head and a small body in one HEADERS and one DATA frame
 /// with END_STREAM where the response allows, as HTTP/2 servers send them.
 final class HTTP2ServerStream: ExchangeClient {
-    unowned let session: HTTP2ServerSession
+    /// Held strongly (an exchange may outlive the connection's handler); the session
+    /// lets go of its streams when they close or it goes, which breaks the cycle.
+    let session: HTTP2ServerSession
     let id: HTTP2StreamID
+    let conn: ConnectionContext
     private var exchange: HTTP1Exchange?
     private var flow = HTTP2StreamFlow()
     /// Held until what follows it is known: a head and an end go out as one frame.
@@ -164,15 +199,16 @@ final class HTTP2ServerStream: ExchangeClient {
     /// END_STREAM (or a reset) has gone out from our side.
     private var ended = false
     private var closedByPeer = false
-    private var streamIdleTimer: DeadlineTimer?
+    /// When the stream goes idle (its session's timer keeps the time).
+    private(set) var idleDeadline: NIODeadline?
     private var requestTimer: DeadlineTimer?
 
     init(session: HTTP2ServerSession, id: HTTP2StreamID) {
         self.session = session
         self.id = id
+        conn = session.conn
     }
 
-    var conn: ConnectionContext { session.conn }
     var http2: Bool { true }
     var eventLoop: EventLoop? { session.context?.eventLoop }
     var isWritable: Bool { session.channelWritable && flow.writable }
@@ -185,7 +221,8 @@ final class HTTP2ServerStream: ExchangeClient {
         // mandatory ones present, names in lower case, no connection-specific field).
         var method: String?, path: String?, authority: String?
         var fields: [(String, String)] = []
-        fields.reserveCapacity(h.headers.count)
+        // Room for the two fields that may be added (host, content-length).
+        fields.reserveCapacity(h.headers.count + 2)
         var hasHost = false, hasLength = false, bad = false
         for (name, value, _) in h.headers {
             if name.utf8.first == UInt8(ascii: ":") {
@@ -251,7 +288,7 @@ final class HTTP2ServerStream: ExchangeClient {
     /// client went.
     func closed() {
         closedByPeer = true
-        streamIdleTimer?.cancel()
+        idleDeadline = nil
         requestTimer?.cancel()
         if !ended {
             ended = true
@@ -362,10 +399,14 @@ final class HTTP2ServerStream: ExchangeClient {
     }
 
     func setStreamIdleDeadline(_ d: NIODeadline?) {
-        if streamIdleTimer == nil, d != nil, let loop = eventLoop {
-            streamIdleTimer = DeadlineTimer(on: loop) { [weak self] in self?.exchange?.streamIdleExpired() }
-        }
-        streamIdleTimer?.set(d)
+        idleDeadline = d
+        if let d { session.streamIdleDeadline(d) }
+    }
+
+    /// The session's timer found the stream past its idle deadline.
+    func idleExpired() {
+        idleDeadline = nil
+        exchange?.streamIdleExpired()
     }
 
     func setRequestDeadline(_ d: NIODeadline?) {

@@ -95,6 +95,9 @@ protocol BatchFlushed: AnyObject {
 final class FlushBatch {
     private var depth = 0
     private var pending: [BatchFlushed] = []
+    /// The list being flushed, kept for its storage: swapped with `pending` rather than
+    /// copied out of it (a copy and a fresh buffer per burst).
+    private var flushing: [BatchFlushed] = []
 
     /// Whether a flush asked for now waits for the end of a burst.
     var open: Bool { depth > 0 }
@@ -107,9 +110,9 @@ final class FlushBatch {
         // Flushing can start another connection's writes (a flush completes a write whose
         // callback writes more): those are flushed in a later round, not lost.
         while !pending.isEmpty {
-            let due = pending
-            pending.removeAll(keepingCapacity: true)
-            for c in due { c.flushNow() }
+            swap(&pending, &flushing)
+            for c in flushing { c.flushNow() }
+            flushing.removeAll(keepingCapacity: true)
         }
     }
 
