@@ -96,6 +96,7 @@ private struct ClientHarness {
                 let h = raw.nioHead()
                 out.append("\(h.status.code) \(h.status.reasonPhrase) " + h.headers.map { "\($0.name)=\($0.value)" }.joined(separator: ","))
             case .head(let h): out.append("unexpected NIO head \(h.status.code)")
+            case .block(_, let status): out.append("unexpected HTTP/2 block \(status)")
             case .body(let b): out.append("body " + String(buffer: b))
             case .end: out.append("end")
             }

@@ -21,7 +21,8 @@ import WeftConfig
 
         func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: any ExchangeUpstream) {
             switch part {
-            case .head(let h): parts.append("head \(h.status.code)")
+            case .head(let h): parts.append("NIO head \(h.status.code)")
+            case .block(_, let status): parts.append("head \(status)")
             case .received: parts.append("received")
             case .body(let b): bodyBytes += b.readableBytes
             case .end(let t): parts.append(t.map { "end \($0.map { "\($0.name)=\($0.value)" })" } ?? "end")

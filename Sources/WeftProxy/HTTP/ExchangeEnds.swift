@@ -18,6 +18,11 @@ protocol ExchangeClient: AnyObject {
     func write(_ part: HTTPServerResponsePart, flush: Bool)
     /// An upstream's HTTP/1 response head with the proxy's edits (forwardsHTTP1Heads only).
     func writeForwarded(_ received: HTTP1ResponseHead, _ rewrite: HeadRewrite, status: HTTPResponseStatus, minorVersion: Int)
+    /// The client is written HTTP/2 response blocks from the block an upstream stream sent
+    /// (writeForwarded(block:)).
+    var forwardsHTTP2Blocks: Bool { get }
+    /// An upstream's HTTP/2 response block with the proxy's edits (forwardsHTTP2Blocks only).
+    func writeForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite)
     func flush()
     /// Ends the client's connection (HTTP/1) or stream (HTTP/2) before its time.
     func closeClient()
@@ -45,11 +50,20 @@ protocol ExchangeUpstream: AnyObject {
     var isStream: Bool { get }
     /// The upstream did not process the request (refused stream, or past a GOAWAY).
     var refused: Bool { get }
+    /// The pooled HTTP/1.1 connection this is; nil for an HTTP/2 stream (the pool and the
+    /// WebSocket switch tell them apart without a dynamic cast).
+    var connection: UpstreamHTTP1Handler? { get }
+    /// Let go after an exchange completed with it (a stream still open resets itself; a
+    /// connection is pooled by HTTP1Pool.release).
+    func released()
     func setPaused(_ p: Bool)
     func send(_ part: HTTPClientRequestPart, flush: Bool)
     /// A request head as the client's HTTP/1 connection received it, with the proxy's
     /// edits (HTTP/1 connections only).
     func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod)
+    /// A request head as the client's HTTP/2 stream received it (the header block), with
+    /// the proxy's edits (HTTP/2 streams only).
+    func sendForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite, method: HTTPMethod)
     func flush()
     func close()
 }
@@ -148,20 +162,75 @@ enum HTTP2Heads {
         return !first || trailers
     }
 
+    /// A request an HTTP/2 client sent (its header block as NIO validated it) as it goes
+    /// to an HTTP/2 upstream: the pseudo-fields made anew — the route's authority and
+    /// target — and the received fields the rewrite keeps passed as they came, each with
+    /// the client's own indexing choice (a field it sent never-indexed stays so), then the
+    /// rewrite's additions, checked here since they did not come from the client. No
+    /// NIO head in between (HTTP2Heads.request is the way for heads that were HTTP/1).
+    static func forwardedRequest(_ block: HPACKHeaders, _ rewrite: HeadRewrite, method: String, scheme: String = "http") -> HPACKHeaders? {
+        var out = HPACKHeaders()
+        out.reserveCapacity(block.count + 4)
+        out.add(name: ":method", value: method)
+        let connect = method == "CONNECT"
+        if !connect { out.add(name: ":scheme", value: scheme) }
+        if let host = rewrite.first("host") {
+            guard isPseudoValue(host) else { return nil }
+            out.add(name: ":authority", value: host)
+        }
+        if !connect {
+            guard !rewrite.target.isEmpty, isPseudoValue(rewrite.target) else { return nil }
+            out.add(name: ":path", value: rewrite.target)
+        }
+        for (name, value, indexing) in block {
+            // Pseudo-fields were made above; Host went into :authority.
+            if name.utf8.first == UInt8(ascii: ":") || (name.utf8.count == 4 && name == "host") { continue }
+            if rewrite.keeps(name, value) { out.add(name: name, value: value, indexing: indexing) }
+        }
+        var valid = true
+        rewrite.forEachAdded { name, value in
+            if name.utf8.count == 4 && name == "host" { return }
+            guard isFieldName(name), isFieldValue(value) else {
+                valid = false
+                return
+            }
+            out.add(name: name, value: value, indexing: indexing(name))
+        }
+        return valid ? out : nil
+    }
+
     /// A field name as HTTP/2 carries it: a token in lower case.
     static func isFieldName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.allSatisfy { HTTP1RequestHead.isTokenByte($0) && !($0 >= UInt8(ascii: "A") && $0 <= UInt8(ascii: "Z")) }
+        var name = name
+        return name.withUTF8 { p in
+            guard !p.isEmpty else { return false }
+            for b in p {
+                // Lower-case letters, '-' and digits first: nearly every name is only those.
+                if (b >= UInt8(ascii: "a") && b <= UInt8(ascii: "z")) || b == UInt8(ascii: "-") { continue }
+                if b >= UInt8(ascii: "A") && b <= UInt8(ascii: "Z") { return false }
+                if !HTTP1RequestHead.isTokenByte(b) { return false }
+            }
+            return true
+        }
     }
 
     /// A field value with no NUL, CR or LF (RFC 9113 §8.2.1).
     static func isFieldValue(_ value: String) -> Bool {
-        !value.utf8.contains { $0 == 0 || $0 == 0x0a || $0 == 0x0d }
+        var value = value
+        return value.withUTF8 { p in
+            for b in p where b < 0x0e && (b == 0 || b == 0x0a || b == 0x0d) { return false }
+            return true
+        }
     }
 
     /// A pseudo-field value that will become part of a request line: no control byte,
     /// space or DEL.
     static func isPseudoValue(_ value: String) -> Bool {
-        !value.utf8.contains { $0 <= 0x20 || $0 == 0x7f }
+        var value = value
+        return value.withUTF8 { p in
+            for b in p where b <= 0x20 || b == 0x7f { return false }
+            return true
+        }
     }
 
     /// How HPACK may index a field: not a value that is new in every message (a request
@@ -187,6 +256,20 @@ enum HTTP2Heads {
         case 404: return "404"
         default: return String(code)
         }
+    }
+
+    /// A response an HTTP/2 upstream sent (its block as checked by isValidResponse) as it
+    /// goes to an HTTP/2 client: `:status` and the received fields the rewrite keeps as
+    /// they came, with their indexing, then the rewrite's additions (the client's
+    /// connection has NIO check what it sends).
+    static func forwardedResponse(_ block: HPACKHeaders, _ rewrite: HeadRewrite) -> HPACKHeaders {
+        var out = HPACKHeaders()
+        out.reserveCapacity(block.count + 2)
+        for (name, value, indexing) in block where name.utf8.first == UInt8(ascii: ":") || rewrite.keeps(name, value) {
+            out.add(name: name, value: value, indexing: indexing)
+        }
+        rewrite.forEachAdded { out.add(name: $0, value: $1, indexing: indexing($0)) }
+        return out
     }
 
     /// The regular fields of an HTTP/2 header block as NIO headers (pseudo-fields left out).

@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 
 /// An upstream HTTP/1.1 connection's codec, in place of NIO's request encoder, header
@@ -16,10 +17,12 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// What the codec delivers: a response head as weft's parser read it (fields as
     /// offsets into its bytes: whoever needs NIO's head makes it), the body, the end. An
-    /// HTTP/2 stream's adapter delivers the same parts with NIO's head.
+    /// upstream HTTP/2 stream delivers the same parts, its head as the header block it
+    /// received (`block`, with its status: whoever needs NIO's head makes it).
     enum ResponsePart {
         indirect case received(HTTP1ResponseHead)
         case head(HTTPResponseHead)
+        indirect case block(HPACKHeaders, status: Int)
         case body(ByteBuffer)
         case end(HTTPHeaders?)
     }

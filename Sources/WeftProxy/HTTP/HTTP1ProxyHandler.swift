@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
 import WeftConfig
@@ -31,6 +32,11 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     var eventLoop: EventLoop? { context?.eventLoop }
     var isWritable: Bool { context?.channel.isWritable ?? true }
     var forwardsHTTP1Heads: Bool { serverCodec != nil }
+    var forwardsHTTP2Blocks: Bool { false }
+
+    func writeForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite) {
+        preconditionFailure("an HTTP/1.1 connection is written HTTP/1 heads")
+    }
 
     /// The HTTP/1 connection's header and idle timeouts, told where each request is (nil
     /// on an HTTP/2 stream).
@@ -308,8 +314,13 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     private var trailersFromHead: HTTPHeaders?
     private var requestID: String?
 
-    init(client: any ExchangeClient, head: HTTPRequestHead, received: HTTP1RequestHead? = nil, hasBody: Bool) {
+    /// The request's header block as the client's HTTP/2 stream received it (nil on
+    /// HTTP/1): what an HTTP/2 upstream is sent, edited by `rewrite`.
+    let receivedBlock: HPACKHeaders?
+
+    init(client: any ExchangeClient, head: HTTPRequestHead, received: HTTP1RequestHead? = nil, block: HPACKHeaders? = nil, hasBody: Bool) {
         self.client = client
+        receivedBlock = block
         conn = client.conn
         self.head = head
         self.received = received
@@ -652,6 +663,8 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         }
         if let received, !up.isStream {
             up.sendForwarded(received, rewrite!, method: head.method)
+        } else if let receivedBlock, up.isStream {
+            up.sendForwarded(receivedBlock, rewrite!, method: head.method)
         } else {
             up.send(.head(upstreamNIOHead(rewrite!)))
         }
@@ -784,6 +797,22 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
     func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from up: any ExchangeUpstream) {
         guard up === upstream, !finished else { return }
         switch part {
+        case .block(let block, let status) where client.forwardsHTTP2Blocks:
+            // HTTP/2 on both sides: the upstream's block goes on as it came, with the
+            // route's edits — unless it is a gRPC trailers-only response, whose status
+            // goes out as trailers (below, through NIO's head).
+            let grpc = block.first(name: "grpc-status").flatMap { Int($0) }
+            if isGRPC && grpc != nil {
+                upstreamRead(.head(HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status),
+                                                    headers: HTTP2Heads.regular(block))), from: up)
+                return
+            }
+            guard startResponse(status: status, grpcStatus: grpc, keepAlive: false) else { return }
+            client.writeForwarded(block, clientRewrite(HeadRewrite(received: HTTPHeaders())))
+        case .block(let block, let status):
+            // An HTTP/1.1 client: NIO's head is what goes on.
+            upstreamRead(.head(HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status),
+                                                headers: HTTP2Heads.regular(block))), from: up)
         case .received(let raw) where !client.forwardsHTTP1Heads || (webSocket && raw.status == 101):
             // An HTTP/2 client, or a WebSocket switch: NIO's head is what goes on.
             upstreamRead(.head(raw.nioHead()), from: up)
@@ -829,7 +858,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             up.delegate = nil
             complete()
             // A WebSocket handshake is HTTP/1.1 on both sides (see webSocket, upstreamHTTP2).
-            guard let h1 = client as? HTTP1ProxyHandler, let u1 = up as? UpstreamHTTP1Handler else { return }
+            guard let h1 = client as? HTTP1ProxyHandler, let u1 = up.connection else { return }
             WebSocketSplice.switchToBytes(client: h1, upstream: u1, idleTimeout: conn.loop.idleTimeout)
         case .end(let trailers):
             guard responseStarted else { return }

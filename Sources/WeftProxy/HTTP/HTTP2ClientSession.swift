@@ -310,7 +310,16 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
     }
 
     func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) {
-        preconditionFailure("an HTTP/2 stream is sent NIO heads")
+        preconditionFailure("an HTTP/2 stream is sent header blocks or NIO heads")
+    }
+
+    func sendForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite, method: HTTPMethod) {
+        guard !isClosed, !sentEnd else { return }
+        guard let out = HTTP2Heads.forwardedRequest(block, rewrite, method: method.rawValue) else {
+            failed(InvalidHead(description: "a request field to \(session.endpointText) cannot be sent over HTTP/2"))
+            return
+        }
+        pendingHead = out
     }
 
     private func writePending(dataToo: Bool) {
@@ -377,8 +386,10 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
         d?.upstreamClosed(self)
     }
 
+    var connection: UpstreamHTTP1Handler? { nil }
+
     /// Back from an exchange that completed: nothing to do unless it is still open.
-    func release() {
+    func released() {
         delegate = nil
         if !(sentEnd && receivedEnd) { close() }
     }
@@ -403,8 +414,7 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
             if status < 200 { return }
             sawHead = true
             if h.endStream { receivedEnd = true }
-            let head = HTTPResponseHead(version: .http2, status: HTTPResponseStatus(statusCode: status), headers: HTTP2Heads.regular(h.headers))
-            delegate?.upstreamRead(.head(head), from: self)
+            delegate?.upstreamRead(.block(h.headers, status: status), from: self)
             if h.endStream { ended(nil) }
         } else {
             ended(HTTP2Heads.regular(h.headers))

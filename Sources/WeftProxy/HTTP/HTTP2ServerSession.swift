@@ -213,6 +213,7 @@ final class HTTP2ServerStream: ExchangeClient {
     var eventLoop: EventLoop? { session.context?.eventLoop }
     var isWritable: Bool { session.channelWritable && flow.writable }
     var forwardsHTTP1Heads: Bool { false }
+    var forwardsHTTP2Blocks: Bool { true }
 
     // MARK: the request, from frames
 
@@ -260,7 +261,7 @@ final class HTTP2ServerStream: ExchangeClient {
             }
         }
         let head = HTTPRequestHead(version: .http2, method: nioMethod, uri: path, headers: HTTPHeaders(fields))
-        let ex = HTTP1Exchange(client: self, head: head, hasBody: !h.endStream)
+        let ex = HTTP1Exchange(client: self, head: head, block: h.headers, hasBody: !h.endStream)
         exchange = ex
         ex.start()
         if h.endStream { ex.requestEnd() }
@@ -372,7 +373,13 @@ final class HTTP2ServerStream: ExchangeClient {
     }
 
     func writeForwarded(_ received: HTTP1ResponseHead, _ rewrite: HeadRewrite, status: HTTPResponseStatus, minorVersion: Int) {
-        preconditionFailure("an HTTP/2 stream is written NIO heads")
+        preconditionFailure("an HTTP/2 stream is written header blocks or NIO heads")
+    }
+
+    func writeForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite) {
+        guard !ended else { return }
+        answered = true
+        pendingHead = HTTP2Heads.forwardedResponse(block, rewrite)
     }
 
     func flush() {

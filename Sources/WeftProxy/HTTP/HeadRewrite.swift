@@ -151,6 +151,12 @@ struct HeadRewrite: HeaderEditing {
         return h
     }
 
+    /// Whether a received field (a lower-case name, as HTTP/2 carries it) is sent on.
+    func keeps(_ lowercasedName: String, _ value: String) -> Bool {
+        if HTTP1Exchange.isHopByHop(lowercasedName) { return lowercasedName == "te" && value == "trailers" }
+        return !isRemoved(lowercasedName) && !connectionNamed.contains(lowercasedName)
+    }
+
     /// Whether a received field is sent on, read from the bytes of the head that
     /// `received` was made from.
     func keeps(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {

@@ -86,6 +86,7 @@ final class MirrorRequest: UpstreamHTTP1Delegate {
         switch part {
         case .received(let h): keepAlive = h.keepAlive
         case .head(let h): keepAlive = h.isKeepAlive
+        case .block: keepAlive = false // mirrors go over HTTP/1.1; never so
         case .body: break
         case .end: finish(reuse: keepAlive)
         }

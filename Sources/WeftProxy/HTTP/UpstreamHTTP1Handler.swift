@@ -1,4 +1,5 @@
 import NIOCore
+import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
 import WeftConfig
@@ -41,6 +42,8 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler,
     var idleGeneration = 0
     var isStream: Bool { false }
     var refused: Bool { false }
+    var connection: UpstreamHTTP1Handler? { self }
+    func released() {}
     private var paused = false
     private var pendingRead = false
 
@@ -109,6 +112,10 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler,
     /// edits, as bytes.
     func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) {
         context?.write(wrapOutboundOut(.forwarded(received, rewrite, method: method)), promise: nil)
+    }
+
+    func sendForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite, method: HTTPMethod) {
+        preconditionFailure("an HTTP/1.1 connection is sent HTTP/1 heads")
     }
 
     func flush() { context?.flush() }
@@ -247,11 +254,10 @@ final class HTTP1Pool {
     /// idleTimeout, or now if it served maxRequestsPerConnection. (An HTTP/2 stream ends with
     /// its exchange; its connection stays in the pool.)
     func release(_ upstream: any ExchangeUpstream, _ key: PoolKey, cluster: ClusterState, policy: ConnectionPool?) {
-        if let stream = upstream as? HTTP2UpstreamStream {
-            stream.release()
+        guard let conn = upstream.connection else {
+            upstream.released()
             return
         }
-        guard let conn = upstream as? UpstreamHTTP1Handler else { return }
         let idleTimeout = policy?.idleTimeout?.timeAmount, maxRequests = policy?.maxRequestsPerConnection
         conn.delegate = nil
         conn.setPaused(false)
