@@ -236,3 +236,37 @@ import WeftConfig
         #expect(ex.bodyBytes == 13 * 16384 && ex.parts == ["head 200", "end"])
     }
 }
+
+/// What the tunnel hands NIO's HTTP/2 decoder after TLS (TLSReadCompactor).
+@Suite struct TLSReadCompactorTests {
+    /// Reads that came out of a storage NIOSSL grew for a bulk transfer reach the decoder
+    /// as copies of at most 16 KiB, each in a storage of its own size — so the decoder's
+    /// buffer, which grows to fit what it is handed and never shrinks, stays small; small
+    /// reads of a small storage pass as they are.
+    @Test func bulkReadsReachTheDecoderInSmallPiecesOfTheirOwn() throws {
+        let ch = EmbeddedChannel(handler: TLSReadCompactor())
+        var grown = ByteBuffer()
+        grown.reserveCapacity(8 << 20)
+        let bytes = (0..<100_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        grown.writeBytes(bytes)
+        try ch.writeInbound(grown)
+        var pieces: [ByteBuffer] = []
+        while let p = try ch.readInbound(as: ByteBuffer.self) { pieces.append(p) }
+        #expect(pieces.count == 7)
+        #expect(pieces.allSatisfy { $0.readableBytes <= 16 * 1024 && $0.storageCapacity <= 32 * 1024 })
+        #expect(pieces.flatMap { Array($0.readableBytesView) } == bytes)
+
+        // A few hundred bytes out of that grown storage: copied out too.
+        var small = grown
+        small.moveReaderIndex(to: 99_000)
+        try ch.writeInbound(small)
+        let out = try #require(try ch.readInbound(as: ByteBuffer.self))
+        #expect(out.readableBytes == 1_000 && out.storageCapacity <= 32 * 1024)
+
+        // An ordinary read passes untouched.
+        let ordinary = ByteBuffer(bytes: Array(bytes.prefix(900)))
+        try ch.writeInbound(ordinary)
+        #expect(try ch.readInbound(as: ByteBuffer.self) == ordinary)
+        _ = try ch.finish()
+    }
+}

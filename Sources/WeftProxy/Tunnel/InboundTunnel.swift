@@ -99,6 +99,7 @@ extension OutboundProxy {
         sessions.add(session)
         let sync = ch.pipeline.syncOperations
         try sync.addHandler(NIOSSLServerHandler(context: context, customVerificationCallback: verify))
+        try sync.addHandler(TLSReadCompactor())
         try sync.addHandler(HandshakeTimeoutHandler(timeout: settings.handshakeTimeout) { [self] in
             refuse(.tunnel, .handshake, "no TLS handshake within \(settings.handshakeTimeout.nanoseconds / 1_000_000_000) s", peer: remote)
         })

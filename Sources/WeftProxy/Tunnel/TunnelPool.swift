@@ -138,6 +138,7 @@ final class TunnelPool {
             sessions.add(s)
             let sync = ch.pipeline.syncOperations
             try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil, customVerificationCallback: verify))
+            try sync.addHandler(TLSReadCompactor())
             try sync.addHandler(HandshakeTimeoutHandler(timeout: timeout ?? UpstreamSettings.defaultConnectTimeout) {
                 logger.warning("\(what): no TLS handshake within the connect timeout", metadata: ["component": "tunnel"])
             })
