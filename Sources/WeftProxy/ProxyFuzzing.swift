@@ -35,17 +35,9 @@ public enum ProxyFuzzing {
     /// checks, path normalization, authorization, routing and local replies (the upstream
     /// cannot be dialed on an embedded loop, so forwarded requests end in 503).
     public static func http1(_ data: [UInt8]) {
-        let f = fixture
         let ch = EmbeddedChannel()
         let loop = ch.embeddedEventLoop
-        let state = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1),
-                              streamIdleTimeout: .minutes(5), requestTimeout: .seconds(30)) { _ in }
-        let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("10.9.9.9")!, 40000),
-                                     origin: ConnectionOrigin(destination: f.target.cluster.endpoints[0].socket, cgroupID: 0),
-                                     listener: f.target.listener, source: nil, tables: f.tables, loop: state, clusters: ClusterRegistry(),
-                                     inbound: InboundPeer(identity: "spiffe://cluster.local/ns/default/sa/frontend", sourceWorkload: nil,
-                                                          target: f.target, path: .tunnel),
-                                     live: NIOLockedValueBox(f.tables), sessions: f.sessions)
+        let conn = fixtureConnection()
         _ = try? ch.pipeline.syncOperations.addHandlers(OutboundProxy.http1Handlers(conn, headerTimeout: .seconds(10), idleTimeout: .hours(1)))
         // An embedded channel is inactive until connected, and the loop below feeds only
         // an active one (a closed connection reads no more).
@@ -72,17 +64,9 @@ public enum ProxyFuzzing {
     /// RST_STREAM, WINDOW_UPDATE, SETTINGS, PING, and raw bytes — so that fuzzing reaches
     /// the session rather than HPACK's refusals.
     public static func http2(_ data: [UInt8]) {
-        let f = fixture
         let ch = EmbeddedChannel()
         let loop = ch.embeddedEventLoop
-        let state = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1),
-                              streamIdleTimeout: .minutes(5), requestTimeout: .seconds(30)) { _ in }
-        let conn = ConnectionContext(id: 1, client: SocketKey(IPAddress("10.9.9.9")!, 40000),
-                                     origin: ConnectionOrigin(destination: f.target.cluster.endpoints[0].socket, cgroupID: 0),
-                                     listener: f.target.listener, source: nil, tables: f.tables, loop: state, clusters: ClusterRegistry(),
-                                     inbound: InboundPeer(identity: "spiffe://cluster.local/ns/default/sa/frontend", sourceWorkload: nil,
-                                                          target: f.target, path: .tunnel),
-                                     live: NIOLockedValueBox(f.tables), sessions: f.sessions)
+        let conn = fixtureConnection()
         _ = try? ch.connect(to: SocketAddress(ipAddress: "10.9.9.9", port: 40000)).wait()
         _ = try? ch.pipeline.syncOperations.addHandlers(OutboundProxy.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })
         var out = ByteBuffer(string: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -97,6 +81,20 @@ public enum ProxyFuzzing {
         loop.advanceTime(by: .minutes(10))
         while let _ = try? ch.readOutbound(as: IOData.self) {}
         _ = try? ch.finish(acceptAlreadyClosed: true)
+    }
+
+    /// A connection delivered through the tunnel to the fixture's workload, by a verified
+    /// peer, with the proxy's timeouts: what the HTTP/1 and HTTP/2 harnesses serve.
+    static func fixtureConnection() -> ConnectionContext {
+        let f = fixture
+        let state = LoopState(dialer: Dialer(settings: UpstreamSettings(mark: 0), tunnels: nil), idleTimeout: .hours(1),
+                              streamIdleTimeout: .minutes(5), requestTimeout: .seconds(30)) { _ in }
+        return ConnectionContext(id: 1, client: SocketKey(IPAddress("10.9.9.9")!, 40000),
+                                 origin: ConnectionOrigin(destination: f.target.cluster.endpoints[0].socket, cgroupID: 0),
+                                 listener: f.target.listener, source: nil, tables: f.tables, loop: state, clusters: ClusterRegistry(),
+                                 inbound: InboundPeer(identity: "spiffe://cluster.local/ns/default/sa/frontend", sourceWorkload: nil,
+                                                      target: f.target, path: .tunnel),
+                                 live: NIOLockedValueBox(f.tables), sessions: f.sessions)
     }
 
     /// Writes one HTTP/2 frame (RFC 9113 §4.1).

@@ -20,11 +20,7 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
     private var credit = HTTP2ConnectionCredit()
     /// Streams that were given something in the current read burst.
     private var touched: [HTTP2UpstreamStream] = []
-    private let flushes: FlushBatch
-    /// Inside this connection's own read burst (the loop's flush batch is open for it).
-    private var reading = false
-    /// Waiting in the loop's flush batch.
-    private var batched = false
+    var flushing: FlushMembership
     private(set) var channelWritable = true
     /// NIO's handler has sent the preface (it does when the channel is or becomes
     /// active): streams may be opened. Succeeded then.
@@ -42,7 +38,7 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
 
     init(endpoint: SocketKey, loop: EventLoop, flushes: FlushBatch) {
         self.endpoint = endpoint
-        self.flushes = flushes
+        flushing = FlushMembership(batch: flushes)
         ready = loop.makePromise()
     }
 
@@ -72,7 +68,7 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        endBurst()
+        readBurstEnds()
         closeAll()
         self.context = nil
     }
@@ -122,10 +118,7 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if !reading {
-            reading = true
-            flushes.begin()
-        }
+        readBurstStarts()
         let frame = unwrapInboundIn(data)
         let id = frame.streamID
         switch frame.payload {
@@ -175,14 +168,8 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
             }
         }
         flush() // window updates
-        endBurst()
+        readBurstEnds()
         context.fireChannelReadComplete()
-    }
-
-    private func endBurst() {
-        guard reading else { return }
-        reading = false
-        flushes.end()
     }
 
     /// NIO's stream events end here (see HTTP2ServerSession.userInboundEventTriggered).
@@ -203,7 +190,7 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        endBurst()
+        readBurstEnds()
         retire()
         closeAll()
         ready.fail(ChannelError.ioOnClosedChannel)
@@ -230,22 +217,6 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
         context?.write(wrapOutboundOut(frame), promise: promise)
     }
 
-    /// Writes are to go out: now, or at the end of the read burst they were made in.
-    func flush() {
-        if flushes.open {
-            if !batched {
-                batched = true
-                flushes.add(self)
-            }
-        } else {
-            flushNow()
-        }
-    }
-
-    func flushNow() {
-        batched = false
-        context?.flush()
-    }
 }
 
 /// One request on an upstream HTTP/2 connection: the exchange's upstream end. The request

@@ -19,10 +19,7 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     private var streams: [HTTP2StreamID: HTTP2ServerStream] = [:]
     private(set) var context: ChannelHandlerContext?
     private var credit = HTTP2ConnectionCredit()
-    /// Inside this connection's own read burst (the loop's flush batch is open for it).
-    private var reading = false
-    /// Waiting in the loop's flush batch.
-    private var batched = false
+    var flushing: FlushMembership
     private(set) var channelWritable = true
     /// The streams' idle deadlines share one timer, due at the earliest of them: a
     /// deadline only ever moves later while its exchange sees bytes, so when the timer
@@ -35,6 +32,7 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     init(conn: ConnectionContext, counter: StreamCounter) {
         self.conn = conn
         self.counter = counter
+        flushing = FlushMembership(batch: conn.loop.flushes)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -43,16 +41,13 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        endBurst()
+        readBurstEnds()
         endAll()
         self.context = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if !reading {
-            reading = true
-            conn.loop.flushes.begin()
-        }
+        readBurstStarts()
         let frame = unwrapInboundIn(data)
         let id = frame.streamID
         switch frame.payload {
@@ -80,14 +75,8 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
-        endBurst()
+        readBurstEnds()
         context.fireChannelReadComplete()
-    }
-
-    private func endBurst() {
-        guard reading else { return }
-        reading = false
-        conn.loop.flushes.end()
     }
 
     /// NIO's stream events end here: a stream closed ends its exchange end; the others
@@ -114,7 +103,7 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        endBurst()
+        readBurstEnds()
         endAll()
         context.fireChannelInactive()
     }
@@ -162,22 +151,6 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
         context?.write(wrapOutboundOut(frame), promise: promise)
     }
 
-    /// A stream's writes are to go out: now, or at the end of the read burst they came in.
-    func flush() {
-        if conn.loop.flushes.open {
-            if !batched {
-                batched = true
-                conn.loop.flushes.add(self)
-            }
-        } else {
-            flushNow()
-        }
-    }
-
-    func flushNow() {
-        batched = false
-        context?.flush()
-    }
 }
 
 /// One client stream: the exchange's client end. Its request arrives as frames, its

@@ -81,10 +81,54 @@ struct HTTP2ConnectionCredit {
     }
 }
 
-/// A frame-level HTTP/2 connection of the proxy's, whose writes can wait for a flush.
+/// A frame-level HTTP/2 connection's place in its loop's FlushBatch.
+struct FlushMembership {
+    let batch: FlushBatch
+    /// In its own read burst (the batch is open for it).
+    var reading = false
+    /// Waiting in the batch for a flush.
+    var queued = false
+}
+
+/// A frame-level HTTP/2 connection of the proxy's (HTTP2ServerSession, HTTP2ClientSession),
+/// whose writes can wait for a flush at the end of the loop's read burst.
 protocol BatchFlushed: AnyObject {
-    /// Flushes what was written (called once per burst in which it asked).
-    func flushNow()
+    var flushing: FlushMembership { get set }
+    var context: ChannelHandlerContext? { get }
+}
+
+extension BatchFlushed {
+    /// Writes are to go out: now, or at the end of the read burst in progress on the loop.
+    func flush() {
+        if flushing.batch.open {
+            if !flushing.queued {
+                flushing.queued = true
+                flushing.batch.add(self)
+            }
+        } else {
+            flushNow()
+        }
+    }
+
+    func flushNow() {
+        flushing.queued = false
+        context?.flush()
+    }
+
+    /// A channelRead: the first of a burst opens the batch.
+    func readBurstStarts() {
+        guard !flushing.reading else { return }
+        flushing.reading = true
+        flushing.batch.begin()
+    }
+
+    /// channelReadComplete, or the connection gone: the burst ends (and with the last
+    /// open one, the batch's flushes happen).
+    func readBurstEnds() {
+        guard flushing.reading else { return }
+        flushing.reading = false
+        flushing.batch.end()
+    }
 }
 
 /// The frame-level HTTP/2 connections of one event loop (client and upstream ones) that
