@@ -161,9 +161,12 @@ events {{ worker_connections 1024; }}
 http {{
   access_log off;
   client_body_temp_path {tmp}/nginx-body;
+  client_max_body_size 64m;
   server {{
     listen {addr}:{port} http2;
     location / {{ add_header X-Backend {name}; return 200 "{name} $request_uri $http_x_team\\n"; }}
+    location /files/ {{ root {tmp}; }}
+    {extra}
   }}
 }}
 """
@@ -231,13 +234,14 @@ class Sandbox:
         return self._server(name, addr, ["python3", os.path.join(HERE, "httpbackend.py"), name, addr, str(port), self._log_of(name)],
                             cgroup=cgroup)
 
-    def h2_backend(self, name, addr, port=8080, cgroup=None):
+    def h2_backend(self, name, addr, port=8080, cgroup=None, extra=""):
         """nginx speaking h2c (prior knowledge) on addr:port; replies "NAME URI X-TEAM"
-        with an X-Backend header. It runs in `cgroup` (default: a `servers` cgroup of the
-        sandbox's tree, so teardown kills whatever nginx forks)."""
+        with an X-Backend header, serves tmp/files/ as /files/, and takes `extra`
+        directives in its server block. It runs in `cgroup` (default: a `servers` cgroup of
+        the sandbox's tree, so teardown kills whatever nginx forks)."""
         self.add_address(addr)
         conf = os.path.join(self.tmp, "nginx-%s.conf" % name)
-        open(conf, "w").write(NGINX_H2.format(tmp=self.tmp, name=name, addr=addr, port=port))
+        open(conf, "w").write(NGINX_H2.format(tmp=self.tmp, name=name, addr=addr, port=port, extra=extra))
         cg = cgroup or os.path.join(self.cgroup, "servers")
         os.makedirs(cg, exist_ok=True)
         self.procs.append(subprocess.Popen(self.in_ns(["nginx", "-c", conf], cgroup=cg), stderr=subprocess.DEVNULL))

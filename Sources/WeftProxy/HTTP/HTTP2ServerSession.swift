@@ -66,7 +66,10 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
             let n = HTTP2StreamFlow.length(d)
             streams[id]?.receivedData(d, length: n)
             let back = credit.received(n)
-            if back > 0 { write(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: back)), promise: nil) }
+            if back > 0 {
+                write(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: back)), promise: nil)
+                flush() // at the end of this read burst: nothing else may flush it (an upload whose response already went)
+            }
         default:
             // RST_STREAM ends a stream through the StreamClosedEvent NIO sends after it;
             // SETTINGS, PING, GOAWAY, WINDOW_UPDATE and PRIORITY are NIO's.
@@ -398,5 +401,17 @@ final class HTTP2ServerStream: ExchangeClient {
 
     func exchangeFinished(_ ex: HTTP1Exchange) {
         pauseReads(false)
+        // Answered before the client finished sending (an upstream that answered early, a
+        // local reply): the client is told to stop, as RFC 9113 §8.1 has a server do —
+        // RST_STREAM NO_ERROR after the response. Without it a client goes on uploading
+        // into a stream nobody reads (curl waited for ever once its window ran out).
+        if !ex.requestComplete && ended && !closedByPeer {
+            // The response's last frames out of NIO's buffers first: a reset drops what
+            // of its stream is still buffered there.
+            session.flushNow()
+            guard !closedByPeer else { return }
+            session.write(HTTP2Frame(streamID: id, payload: .rstStream(.noError)), promise: nil)
+            session.flush()
+        }
     }
 }
