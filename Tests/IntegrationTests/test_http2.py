@@ -415,3 +415,67 @@ spec:
         _, code, version, _, got = curl(*flags, "-o", out, "http://10.96.8.42/files/big.bin")
         assert (code, version, got) == ("200", want, str(4 << 20))
         assert open(out, "rb").read() == blob
+
+
+# Opens N streams to ADDR:80 for PATH and reads their responses without ever giving
+# window back (HPACK and SETTINGS handled, DATA left unacknowledged) for SECONDS; prints
+# how many bytes of DATA arrived in all.
+H2_NO_WINDOW = r"""
+import json, socket, sys, time
+import h2.config, h2.connection, h2.events
+addr, path, n, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+s = socket.create_connection((addr, 80), timeout=1)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+for i in range(n):
+    c.send_headers(1 + 2 * i, [(":method", "GET"), (":scheme", "http"), (":authority", "big"), (":path", path)], end_stream=True)
+s.sendall(c.data_to_send())
+got, statuses, end = 0, [], time.time() + seconds
+while time.time() < end:
+    try:
+        data = s.recv(65536)
+    except socket.timeout:
+        continue
+    if not data:
+        break
+    for e in c.receive_data(data):
+        if isinstance(e, h2.events.ResponseReceived):
+            statuses.append(dict(e.headers)[b":status"].decode())
+        if isinstance(e, h2.events.DataReceived):
+            got += len(e.data)
+    s.sendall(c.data_to_send())
+print(json.dumps({"received": got, "statuses": statuses}))
+"""
+
+
+def test_a_client_that_takes_nothing_holds_little(sandbox):
+    """Resource limits, HTTP/2: a client asks for 50 responses of 32 MiB and never gives
+    window back. The agent passes on what the client's windows allow and gives the server
+    window only as the client takes bytes, so it holds about a window per stream — not the
+    1.6 GB the server would otherwise push into it — while other clients are served."""
+    sandbox.h2_backend("n1", "10.1.8.51")
+    files = os.path.join(sandbox.tmp, "files")
+    os.makedirs(files, exist_ok=True)
+    with open(os.path.join(files, "huge.bin"), "wb") as f:
+        f.truncate(32 << 20)
+    sandbox.write("huge.yaml", http_service_yaml("huge", "10.96.8.51", [("10.1.8.51", {})], proto="HTTP2") + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: huge}
+spec:
+  hosts: [huge]
+  http:
+  - route:
+    - destination: {host: huge}""")
+    sandbox.start_agent()
+    rss = lambda: int(open("/proc/%d/status" % sandbox.agent.pid).read().split("VmRSS:")[1].split()[0]) // 1024
+    before = rss()
+    got = json.loads(sandbox.run(["/usr/bin/python3", "-c", H2_NO_WINDOW, "10.96.8.51", "/files/huge.bin", "50", "6"],
+                                 check=True, timeout=60).stdout)
+    after = rss()
+    # The client's connection window (64 KiB) is all it can have been sent.
+    assert got["statuses"] == ["200"] * 50 and got["received"] <= 65535, got
+    assert after - before < 48, (before, after)
+    ok = sandbox.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "http://10.96.8.51/"])
+    assert ok.stdout == "200"
