@@ -661,3 +661,67 @@ spec:
     lines = sandbox.access_log(3)
     assert [l["response_code"] for l in lines] == [101] * 3, lines
 
+
+
+# Half-closing HTTP/1.1 clients (as `nc -N` and `curl --upload-file -` with a closed
+# stdin do): ADDR PORT; prints, for each case, what came back before the connection
+# closed (None when the agent left it open for 3 s).
+HALF_CLOSE = r"""
+import json, socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+def req(path):
+    return ("GET %s HTTP/1.1\r\nHost: web\r\n\r\n" % path).encode()
+def until_closed(s):
+    s.settimeout(3)
+    data = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data.decode(errors="replace")
+            data += chunk
+    except socket.timeout:
+        return None
+out = {}
+# A request, then FIN at once: the backend answers 300 ms later.
+s = socket.create_connection((addr, port))
+s.sendall(req("/slow?delay=300"))
+s.shutdown(socket.SHUT_WR)
+out["waiting"] = until_closed(s)
+# Two pipelined requests, then FIN.
+s = socket.create_connection((addr, port))
+s.sendall(req("/one") + req("/two"))
+s.shutdown(socket.SHUT_WR)
+out["pipelined"] = until_closed(s)
+# A request answered, then FIN while the connection is idle.
+s = socket.create_connection((addr, port))
+s.sendall(req("/first"))
+s.settimeout(3)
+got = b""
+while b"\r\n\r\n" not in got or not got.endswith(b"}"):
+    got += s.recv(65536)
+s.shutdown(socket.SHUT_WR)
+out["idle"] = until_closed(s)
+# Half a request head, then FIN: it can never complete.
+s = socket.create_connection((addr, port))
+s.sendall(b"GET /partial HTTP/1.1\r\nHo")
+s.shutdown(socket.SHUT_WR)
+out["partial"] = until_closed(s)
+print(json.dumps(out))
+"""
+
+
+def test_half_closing_client_gets_its_answers_and_is_closed(sandbox):
+    """A client that sends its requests and half-closes gets every response, then the
+    agent closes the connection; a keep-alive connection the client half-closes while
+    idle, or in the middle of a request head, is closed at once instead of being held
+    open until the idle timeout."""
+    web(sandbox, """  - route:
+    - destination: {host: web, subset: v1}""")
+    got = json.loads(sandbox.run(["/usr/bin/python3", "-c", HALF_CLOSE, VIP, "80"], check=True, timeout=60).stdout)
+    assert got["waiting"] is not None and got["waiting"].startswith("HTTP/1.1 200"), got
+    assert got["pipelined"] is not None and got["pipelined"].count("HTTP/1.1 200") == 2, got
+    assert got["pipelined"].index('"/one"') < got["pipelined"].index('"/two"'), got
+    assert got["idle"] == "", got
+    assert got["partial"] == "", got
+    assert [r["path"] for r in sandbox.requests_seen("v1")] == ["/slow?delay=300", "/one", "/two", "/first"]

@@ -119,6 +119,56 @@ private func ok(_ headers: [(String, String)] = [], status: HTTPResponseStatus =
         #expect(h.reads.reads == before + 1)
     }
 
+    /// A keep-alive client sends nothing while its response is owed, so reading goes on
+    /// (holding it costs two epoll_ctl calls per request); once bytes of a next request
+    /// are here, reads wait for the response.
+    @Test func readsGoOnWhileAResponseIsOwedUntilMoreBytesCome() throws {
+        let h = try Harness()
+        try h.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        let before = h.reads.reads
+        h.channel.read()
+        #expect(h.reads.reads == before + 1)
+        try h.send("GET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        h.channel.read()
+        #expect(h.reads.reads == before + 1, "bytes of the next request are held: no more reads")
+        #expect(h.recorder.parts == ["head GET /1", "end"])
+        try h.respond(ok([("content-length", "0")]))
+        h.channel.embeddedEventLoop.run()
+        #expect(h.recorder.parts == ["head GET /1", "end", "head GET /2", "end"])
+    }
+
+    /// A client's FIN: the requests it sent are answered, in order, then the connection
+    /// closes — at once when nothing is owed or a request can no longer complete.
+    @Test func aHalfClosedClientIsAnsweredThenClosed() throws {
+        let h = try Harness()
+        try h.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        h.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(h.channel.isActive)
+        try h.respond(ok([("content-length", "1")]), body: ["1"])
+        h.channel.embeddedEventLoop.run()
+        #expect(h.channel.isActive, "the second request is still owed its answer")
+        #expect(h.recorder.parts == ["head GET /1", "end", "head GET /2", "end"])
+        try h.respond(ok([("content-length", "1")]), body: ["2"])
+        h.channel.embeddedEventLoop.run()
+        #expect(!h.channel.isActive)
+        #expect(try h.written() == "HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n1HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n2")
+
+        let idle = try Harness()
+        try idle.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        try idle.respond(ok([("content-length", "0")]))
+        idle.channel.embeddedEventLoop.run()
+        idle.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        idle.channel.embeddedEventLoop.run()
+        #expect(!idle.channel.isActive, "an idle keep-alive connection closes on FIN")
+
+        let cut = try Harness()
+        try cut.send("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        cut.channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        cut.channel.embeddedEventLoop.run()
+        #expect(!cut.channel.isActive, "a body cut short can never complete")
+        #expect(cut.recorder.parts == ["head POST /up", "body abc"])
+    }
+
     /// A response given before the request's body is all in (a local reply): the rest of
     /// the body is still read, then the next request.
     @Test func anEarlyResponseLetsTheRestOfTheRequestBeRead() throws {

@@ -7,6 +7,12 @@ import NIOHTTP1
 /// pipelined request wait, unparsed and unread past, until the response before it is
 /// written (NIO's pipelining handler does the same with parsed parts).
 ///
+/// The socket stays registered for reading while a response is awaited, until bytes of a
+/// next request arrive: a keep-alive client sends nothing then, and holding the read
+/// would cost two epoll_ctl calls per request (NIO drops read interest and takes it up
+/// again). It also sees a client's FIN at once: a half-closed client gets the responses
+/// to the requests it sent, then the connection closes.
+///
 /// The bench's floor rows put NIO's HTTP/1 codec at half of HTTP/1.1's rate (README, L7
 /// proxying); most of it is per-part pipeline traffic and header Strings, not llhttp.
 final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
@@ -49,6 +55,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private var delivering = false
     private var resumeScheduled = false
     private var readPending = false
+    /// A request's head has gone up and its end not yet.
+    private var inRequest = false
+    /// The client half-closed (FIN): what it sent is answered, then the connection closes.
+    private var inputClosed = false
 
     // The response being written.
     private var method = HTTPMethod.GET
@@ -130,6 +140,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 }
                 requestDone = false
                 responseDone = false
+                inRequest = true
                 let head = h.nioHead()
                 method = head.method
                 upgradeRequested = method == .CONNECT || h.upgrade
@@ -140,6 +151,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 context.fireChannelRead(wrapInboundOut(.body(b)))
             case .end(let t):
                 requestDone = true
+                inRequest = false
                 if upgradeRequested {
                     switching = true
                     pending = nil
@@ -160,12 +172,45 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireErrorCaught(f)
     }
 
+    /// Reads are held only while a response is awaited and bytes after its request are
+    /// already here (bounding what one connection buffers to what a read brings), or the
+    /// request switches protocols (what follows is not for this codec to read).
     func read(context: ChannelHandlerContext) {
-        if waitingForResponse {
+        if waitingForResponse && (pending != nil || upgradeRequested) {
             readPending = true
         } else {
             context.read()
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let e = event as? ChannelEvent, e == .inputClosed else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        inputClosed = true
+        closeIfDone(context)
+    }
+
+    /// After the client's FIN: closes once no request is being read or answered. A request
+    /// head or body cut short can never complete; complete requests still buffered are
+    /// served first (a response's end brings the next one up: resume).
+    private func closeIfDone(_ context: ChannelHandlerContext) {
+        guard inputClosed, attached, !switching, !waitingForResponse else { return }
+        if !inRequest {
+            deliver(context)
+            if waitingForResponse { return }
+        }
+        Self.closeAfterWrites(context)
+    }
+
+    /// Closes once what was written has gone to the socket: NIO's close fails writes still
+    /// pending (a large response to a slow reader would be cut short).
+    static func closeAfterWrites(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        let written = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(IOData.byteBuffer(channel.allocator.buffer(capacity: 0))), promise: written)
+        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
     }
 
     // MARK: responses
@@ -269,17 +314,20 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// next loop tick, not inside the write that ended this one (the handler writing is
     /// still finishing the exchange) — and a read held back goes out.
     private func resume(_ context: ChannelHandlerContext) {
-        guard pending != nil else {
+        guard pending != nil || inputClosed else {
             releaseRead(context)
             return
         }
         guard !resumeScheduled else { return }
         resumeScheduled = true
+        // After a FIN the close, too, waits for the next tick: the response's last bytes
+        // are flushed after this write.
         context.eventLoop.assumeIsolated().execute {
             self.resumeScheduled = false
             guard self.attached else { return }
             self.deliver(context)
             self.releaseRead(context)
+            self.closeIfDone(context)
         }
     }
 
