@@ -725,3 +725,60 @@ def test_half_closing_client_gets_its_answers_and_is_closed(sandbox):
     assert got["idle"] == "", got
     assert got["partial"] == "", got
     assert [r["path"] for r in sandbox.requests_seen("v1")] == ["/slow?delay=300", "/one", "/two", "/first"]
+
+
+# An HTTP/1.1 server on ADDR:8080 answering every GET with 8 MiB (Content-Length).
+BIG_SERVER = r"""
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"y" * (8 << 20)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], 8080), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+# Asks ADDR:80 for it with Connection: close and reads slowly (8 KiB a millisecond);
+# prints the body's length when the connection closes.
+SLOW_READER = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.sendall(b"GET /big HTTP/1.1\r\nHost: big\r\nConnection: close\r\n\r\n")
+s.settimeout(10)
+got = b""
+while True:
+    c = s.recv(8192)
+    if not c:
+        break
+    got += c
+    time.sleep(0.001)
+print(len(got.partition(b"\r\n\r\n")[2]))
+"""
+
+
+def test_a_response_that_closes_the_connection_arrives_whole(sandbox):
+    """Connection: close: the agent closes after the response — once all of it has gone
+    to the socket, not while the last of it still waits for a slow reader (it lost the
+    last ~40 KiB of 8 MiB before)."""
+    sandbox._server("big", "10.1.7.61", ["/usr/bin/python3", "-c", BIG_SERVER, "10.1.7.61"])
+    sandbox.write("big.yaml", http_service_yaml("big", "10.96.7.61", [("10.1.7.61", {})]) + """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: big}
+spec:
+  hosts: [big]
+  http:
+  - route:
+    - destination: {host: big}""")
+    sandbox.start_agent()
+    r = sandbox.run(["/usr/bin/python3", "-c", SLOW_READER, "10.96.7.61"], check=True, timeout=60)
+    assert r.stdout.strip() == str(8 << 20)

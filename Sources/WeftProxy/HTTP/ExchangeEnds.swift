@@ -26,6 +26,8 @@ protocol ExchangeClient: AnyObject {
     func flush()
     /// Ends the client's connection (HTTP/1) or stream (HTTP/2) before its time.
     func closeClient()
+    /// Ends an HTTP/1 client's connection after a whole response that does not keep it.
+    func closeAfterResponse()
     /// Stops or resumes taking the request body.
     func pauseReads(_ p: Bool)
     func setStreamIdleDeadline(_ d: NIODeadline?)

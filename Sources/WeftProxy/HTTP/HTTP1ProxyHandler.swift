@@ -195,6 +195,18 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     func flush() { context?.flush() }
 
     func closeClient() { context?.close(promise: nil) }
+
+    /// The response is whole and the connection does not persist: it closes once what was
+    /// written has gone to the socket. A close at once fails NIO's pending writes, and
+    /// cut the end off a large response to a client reading slowly.
+    func closeAfterResponse() {
+        guard let context else { return }
+        if let codec = serverCodec, let codecContext = try? context.pipeline.syncOperations.context(handler: codec) {
+            HTTP1ServerCodec.closeAfterWrites(codecContext)
+        } else {
+            context.close(promise: nil)
+        }
+    }
 }
 
 /// One request through the proxy: route, pick an endpoint, send, retry when the route's
@@ -880,7 +892,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
             }
             client.write(.end(trailers ?? trailersFromHead), flush: true)
             complete()
-            if !keepAlive { client.closeClient() }
+            if !keepAlive { client.closeAfterResponse() }
         }
     }
 
@@ -1023,7 +1035,7 @@ final class HTTP1Exchange: UpstreamHTTP1Delegate {
         if head.method != .HEAD { client.write(.body(.byteBuffer(body))) }
         client.write(.end(nil), flush: true)
         complete()
-        if !keepAlive { client.closeClient() }
+        if !keepAlive { client.closeAfterResponse() }
     }
 
     private func complete() {

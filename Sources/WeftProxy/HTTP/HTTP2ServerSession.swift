@@ -363,6 +363,9 @@ final class HTTP2ServerStream: ExchangeClient {
         session.flush()
     }
 
+    /// An HTTP/2 exchange always keeps the connection; the stream ended with its response.
+    func closeAfterResponse() {}
+
     func closeClient() {
         guard !closedByPeer else { return }
         if !ended {
