@@ -163,18 +163,18 @@ public final class Agent: Service, @unchecked Sendable {
         }
         defer { admin.stop() }
         // The listener exists before the kernel can send it anything.
-        var proxy: OutboundProxy?
+        var proxy: ProxyRuntime?
         var inboundListeners: [(v6: Bool, fd: CInt)] = []
         if options.proxyPort != 0 {
             let log = try options.accessLog.map { try AccessLog(path: $0) }
             // Nobody can read metrics that are not served: then they are not counted either
             // (the per-request label work is not free).
             let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
-            var settings = OutboundProxy.Settings(port: options.proxyPort, agentMark: options.agentMark,
+            var settings = ProxyRuntime.Settings(port: options.proxyPort, agentMark: options.agentMark,
                                                   requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000)),
                                                   idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)),
                                                   tunnelPort: options.tunnelPort, inboundPort: options.inboundPort)
-            typealias S = OutboundProxy.Settings
+            typealias S = ProxyRuntime.Settings
             if let t = S.seconds(options.handshakeTimeout) { settings.handshakeTimeout = t }
             settings.streamIdleTimeout = S.seconds(options.streamIdleTimeout)
             settings.requestTimeout = S.seconds(options.requestTimeout)
@@ -185,9 +185,8 @@ public final class Agent: Service, @unchecked Sendable {
             settings.maxConnectionsPerSource = options.maxConnectionsPerSource
             logger.info("connection limits: \(settings.maxConnections) in all, \(settings.maxConnectionsPerSource) per remote address (open files: \(openFiles))",
                         metadata: ["component": "proxy"])
-            let p = OutboundProxy(settings: settings,
+            let p = ProxyRuntime(settings: settings,
                                   logger: logger,
-                                  origin: { [self] client in origin(of: client) },
                                   identities: identities,
                                   observer: { [logger] event in
                                       metrics?.record(event)
@@ -197,9 +196,9 @@ public final class Agent: Service, @unchecked Sendable {
                                                       metadata: ["component": "authz"])
                                       }
                                   })
-            try p.start()
-            try p.startTunnel()
-            inboundListeners = try p.startInbound()
+            try OutboundListener(runtime: p, origin: { [self] client in origin(of: client) }).start()
+            try TunnelListener(runtime: p).start()
+            inboundListeners = try PlaintextListener(runtime: p).start()
             if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) { [self] in renderInboundCounters() } }
             proxy = p
         }
@@ -255,7 +254,7 @@ public final class Agent: Service, @unchecked Sendable {
     }
 
     private var datapath: Datapath?
-    private var proxy: OutboundProxy?
+    private var proxy: ProxyRuntime?
     private var identities: AgentIdentities?
     /// The last trust problem logged (each is logged once, not at every resync).
     private var trustProblem: String?

@@ -38,7 +38,7 @@ public enum ProxyFuzzing {
         let ch = EmbeddedChannel()
         let loop = ch.embeddedEventLoop
         let conn = fixtureConnection()
-        _ = try? ch.pipeline.syncOperations.addHandlers(OutboundProxy.http1Handlers(conn, headerTimeout: .seconds(10), idleTimeout: .hours(1)))
+        _ = try? ch.pipeline.syncOperations.addHandlers(ProxyRuntime.http1Handlers(conn, headerTimeout: .seconds(10), idleTimeout: .hours(1)))
         // An embedded channel is inactive until connected, and the loop below feeds only
         // an active one (a closed connection reads no more).
         _ = try? ch.connect(to: SocketAddress(ipAddress: "10.9.9.9", port: 40000)).wait()
@@ -68,7 +68,7 @@ public enum ProxyFuzzing {
         let loop = ch.embeddedEventLoop
         let conn = fixtureConnection()
         _ = try? ch.connect(to: SocketAddress(ipAddress: "10.9.9.9", port: 40000)).wait()
-        _ = try? ch.pipeline.syncOperations.addHandlers(OutboundProxy.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })
+        _ = try? ch.pipeline.syncOperations.addHandlers(ProxyRuntime.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })
         var out = ByteBuffer(string: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         frame(&out, type: 4, flags: 0, stream: 0, payload: ByteBuffer())
         _ = try? ch.writeInbound(out)

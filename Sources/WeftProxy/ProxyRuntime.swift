@@ -205,10 +205,14 @@ final class ConnectionContext {
     var sourceHash: UInt64 { Hashing.fnv1a((source?.spec.address ?? client.address).bytes) }
 }
 
-/// The agent's outbound listener (DESIGN.md :15001): accepts the connections the kernel
-/// captured, recovers each one's original destination and source from BPF state, and
-/// proxies it — HTTP/1.1 with routing and resilience, anything else as opaque TCP.
-public final class OutboundProxy: Sendable {
+/// What the agent's listeners share (ztunnel's split): the event loops and their per-loop
+/// state (pools, tunnels), the current tables, cluster state, live sessions, connection
+/// limits and refusal counters, and how an accepted connection is served once its
+/// listener has placed it (`serve`: opaque TCP, or HTTP/1.1 / HTTP/2 after sniffing).
+/// Each listener is a type of its own: OutboundListener (captured clients),
+/// TunnelListener (mTLS from other nodes), PlaintextListener (plaintext steered to local
+/// workloads).
+public final class ProxyRuntime: Sendable {
     /// Listener and upstream settings.
     public struct Settings: Sendable {
         /// Port on 127.0.0.1 and ::1.
@@ -274,7 +278,6 @@ public final class OutboundProxy: Sendable {
     /// Connections let in once, judged again on every policy or trust change.
     let sessions: LiveSessions
     private let nextID = NIOLockedValueBox<UInt64>(0)
-    private let origin: @Sendable (SocketKey) -> ConnectionOrigin?
     let logger: Logger
     /// TLS for the tunnel (nil: no identities, no tunnel).
     let tls: TunnelTLS?
@@ -285,14 +288,12 @@ public final class OutboundProxy: Sendable {
     /// The bounds on client connections.
     let limits: ConnectionLimits
 
-    /// `origin` looks up (and consumes) the kernel's record for a client address.
     /// `observer` receives every finished request (telemetry, access log). `identities`
     /// give the tunnel its certificates and peer verification.
-    public init(settings: Settings, logger: Logger, origin: @escaping @Sendable (SocketKey) -> ConnectionOrigin?,
-                identities: TunnelIdentities? = nil, observer: @escaping @Sendable (ProxyEvent) -> Void = { _ in }) {
+    public init(settings: Settings, logger: Logger, identities: TunnelIdentities? = nil,
+                observer: @escaping @Sendable (ProxyEvent) -> Void = { _ in }) {
         self.settings = settings
         self.logger = logger
-        self.origin = origin
         let sessions = LiveSessions(logger: logger, grace: settings.drainPeriod)
         self.sessions = sessions
         refusalLog = LogThrottle(logger: logger)
@@ -319,16 +320,6 @@ public final class OutboundProxy: Sendable {
             }.wait()
         }
         self.loops = loops
-    }
-
-    /// Binds 127.0.0.1 and ::1 (the addresses the kernel redirects to). IPv4 must work;
-    /// without IPv6 on loopback there can be no IPv6 client to capture, so that only warns
-    /// (a port another process holds does not).
-    public func start() throws {
-        let bound = try listen(hosts: ("127.0.0.1", "::1"), port: settings.port, flag: "--proxy-port", halfClose: true,
-                               v6Missing: "IPv6 services that need L7 will refuse connections") { [self] ch in try accepted(ch) }
-        channels.withLockedValue { $0 = bound.map(\.channel) }
-        logger.info("outbound proxy listening on port \(settings.port)", metadata: ["component": "proxy", "listeners": "\(bound.count)"])
     }
 
     /// Binds an IPv4 and an IPv6 listener on `port` (the IPv6 one IPv6-only: IPv4 has its
@@ -405,29 +396,6 @@ public final class OutboundProxy: Sendable {
         let chans = channels.withLockedValue { c in defer { c = [] }; return c }
         for c in chans { try? c.close().wait() }
         try? group.syncShutdownGracefully()
-    }
-
-    /// Sets up an accepted connection (on its event loop).
-    private func accepted(_ ch: Channel) throws {
-        guard let remote = ch.remoteAddress, let client = SocketKey(remote) else { throw ProxyError("accepted socket without a peer address") }
-        let id = nextConnectionID()
-        guard let origin = origin(client) else {
-            // Not a connection weft captured (someone dialed the listener directly): there
-            // is no destination to honour, so there is nothing to proxy.
-            logger.debug("refusing a connection from \(client) that the kernel did not capture", metadata: ["component": "proxy", "conn_id": "\(id)"])
-            throw ProxyError("not captured")
-        }
-        let t = tables.withLockedValue { $0 }
-        guard let listener = t.listeners[origin.destination] else {
-            refusalLog.warning("no-route", "captured connection to \(origin.destination) has no proxy route in the current revision; closing",
-                               metadata: ["component": "proxy", "conn_id": "\(id)"])
-            throw ProxyError("no listener")
-        }
-        guard let loop = loops[ObjectIdentifier(ch.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
-        let conn = ConnectionContext(id: id, client: client, origin: origin, listener: listener,
-                                     source: t.workloads[origin.cgroupID], tables: t, loop: loop, clusters: clusters,
-                                     live: tables, sessions: sessions)
-        try serve(conn, ch)
     }
 
     /// A new connection id (logs).
@@ -555,6 +523,44 @@ public final class OutboundProxy: Sendable {
                         sentBytes: server.bytesRead, receivedBytes: c.bytesRead, flags: [])))
                 }
             })
+    }
+}
+
+extension ProxyRuntime {
+    /// Serves one accepted connection's bytes (a captured client, or a tunnel stream):
+    /// opaque TCP, or HTTP/1.1 / HTTP/2 after sniffing. `answer` is told whether the
+    /// upstream of a TCP connection was reached (the tunnel's CONNECT response).
+    func serve(_ conn: ConnectionContext, _ ch: Channel, answer: ((Bool) -> Void)? = nil) throws {
+        let sync = ch.pipeline.syncOperations
+        if conn.listener.router == nil && !conn.listener.port.isHTTP {
+            try sync.addHandler(makeTCPProxy(conn, answer: answer))
+            return
+        }
+        answer?(true)
+        // The first bytes are due as soon as the request's: a connection that says nothing
+        // holds a socket for the header timeout, not the idle timeout's hour.
+        try sync.addHandler(ProtocolSniffHandler(firstBytesTimeout: settings.requestHeaderTimeout, restTimeout: settings.requestHeaderTimeout) { [self] proto, ctx in
+            do {
+                switch proto {
+                case .http1: try self.addHTTP1(conn, ctx)
+                case .http2: try self.addHTTP2(conn, ctx)
+                case .opaque:
+                    // Not HTTP on an HTTP port: at the destination it passes only as
+                    // plain TCP would (never as unparsed bytes past the HTTP rules).
+                    if let peer = conn.inbound,
+                       let denied = self.authorizeTCP(peer, client: conn.client.address, destination: conn.origin.destination, loop: conn.loop,
+                                                      asTCP: true) {
+                        self.refuse(peer.path, .denied, "\(conn.origin.destination): not HTTP on an HTTP port, and as TCP: \(denied)",
+                                    peer: conn.client)
+                        ctx.close(promise: nil)
+                        return
+                    }
+                    try ctx.pipeline.syncOperations.addHandler(self.makeTCPProxy(conn, answer: nil), position: .after(ctx.handler))
+                }
+            } catch {
+                ctx.close(promise: nil)
+            }
+        })
     }
 }
 

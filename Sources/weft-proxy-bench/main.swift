@@ -1,6 +1,6 @@
 // weft-proxy-bench: what one proxied HTTP/1.1 request costs the agent's proxy, in heap
 // allocations and CPU time, measured in one process with no kernel hooks (scripts/bench
-// prints it next to the peers' table). The proxy is weft's own (OutboundProxy with the
+// prints it next to the peers' table). The proxy is weft's own (ProxyRuntime and its OutboundListener with the
 // bench's VirtualService route, one event loop, Istio's metrics recorded); the client and the upstream are plain
 // blocking sockets on their own threads that allocate nothing per request, so every
 // allocation counted while the requests run is the proxy's (and NIO's under it). The
@@ -415,17 +415,18 @@ let proxyPort = freePort()
 /// Which VIP a connection was "captured" to: the HTTP/2 client connects from a port the
 /// bench remembers (the kernel's record, in the agent).
 let h2ClientPorts = NIOLockedValueBox<Set<UInt16>>([])
-var settings = OutboundProxy.Settings(port: proxyPort, agentMark: 0, threads: 1)
+var settings = ProxyRuntime.Settings(port: proxyPort, agentMark: 0, threads: 1)
 var logger = Logger(label: "weft-proxy-bench")
 logger.logLevel = .warning
 // Every connection to the bench's listener is taken as captured to the VIP. Istio's
 // metrics are recorded, as by the agent with its default --metrics-port.
 let metrics = IstioMetrics()
-let proxy = OutboundProxy(settings: settings, logger: logger, origin: { client in
+let proxy = ProxyRuntime(settings: settings, logger: logger, observer: { metrics.record($0) })
+let outbound = OutboundListener(runtime: proxy, origin: { client in
     ConnectionOrigin(destination: h2ClientPorts.withLockedValue { $0.contains(client.port) } ? vipH2 : vip, cgroupID: 0)
-}, observer: { metrics.record($0) })
+})
 proxy.update(ProxyTables(snapshot: snapshot, node: "bench"))
-try proxy.start()
+try outbound.start()
 
 /// An HTTP/2 run through the proxy: the client's port is told to `origin` first.
 func measureProxiedH2() -> Run {

@@ -14,7 +14,7 @@ import NIOHTTP2
 /// connection — at 200 the guard closed the whole tunnel, failing every other stream on it
 /// (4 % of wrk's connections through the pair read a reset, `scripts/bench mtls`). What a
 /// peer agent can open at once stays bounded by `maxStreams`; client-facing HTTP/2 keeps
-/// NIO's limits (OutboundProxy.addHTTP2).
+/// NIO's limits (ProxyRuntime.addHTTP2).
 enum TunnelHTTP2 {
     static let streamWindow = 1 << 20
     static let connectionWindow = 16 << 20
