@@ -25,7 +25,7 @@ public struct ConnectionOrigin: Sendable {
 /// own loop, so none of it needs a lock.
 final class LoopState {
     private var endpointPicker = EndpointPicker()
-    let pool: HTTP1Pool
+    let pool: UpstreamPool
     /// Seeded once from the system; SystemRandomNumberGenerator costs a getrandom(2)
     /// syscall per draw, and a request draws several times (route, fault, pick, jitter).
     private var rng = SplitMix64(seed: UInt64.random(in: 0...UInt64.max))
@@ -41,7 +41,7 @@ final class LoopState {
 
     init(dialer: Dialer, idleTimeout: TimeAmount, streamIdleTimeout: TimeAmount? = nil, requestTimeout: TimeAmount? = nil,
          observer: @escaping @Sendable (ProxyEvent) -> Void) {
-        pool = HTTP1Pool(dialer: dialer, flushes: flushes)
+        pool = UpstreamPool(dialer: dialer, flushes: flushes)
         self.idleTimeout = idleTimeout
         self.streamIdleTimeout = streamIdleTimeout
         self.requestTimeout = requestTimeout

@@ -12,7 +12,7 @@ import WeftConfig
 /// over two embedded channels on one loop.
 @Suite struct HTTP2ConnectionTests {
     /// What an exchange would have been told by one upstream stream.
-    final class Exchange: UpstreamHTTP1Delegate {
+    final class Exchange: ExchangeUpstreamDelegate {
         var parts: [String] = []
         var bodyBytes = 0
         var closed = false

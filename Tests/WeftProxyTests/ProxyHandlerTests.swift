@@ -366,9 +366,9 @@ final class ReadCounter: ChannelOutboundHandler {
     /// The by-length hop-by-hop check says what the set of names says, in any case.
     @Test func hopByHopByLengthAgreesWithTheList() {
         let others = ["host", "content-length", "x-forwarded-proto", "tee", "upgrades", "connectionx", "proxy-authorizatio", "", "é"]
-        for name in HTTP1Exchange.hopByHopNames + others {
+        for name in ProxyExchange.hopByHopNames + others {
             for variant in [name, name.uppercased(), name.prefix(1).uppercased() + name.dropFirst()] {
-                #expect(HTTP1Exchange.isHopByHop(variant) == HTTP1Exchange.hopByHop.contains(variant.lowercased()), "\(variant)")
+                #expect(ProxyExchange.isHopByHop(variant) == ProxyExchange.hopByHop.contains(variant.lowercased()), "\(variant)")
             }
         }
     }

@@ -32,7 +32,7 @@ protocol ExchangeClient: AnyObject {
     func pauseReads(_ p: Bool)
     func setStreamIdleDeadline(_ d: NIODeadline?)
     func setRequestDeadline(_ d: NIODeadline?)
-    func exchangeFinished(_ ex: HTTP1Exchange)
+    func exchangeFinished(_ ex: ProxyExchange)
 }
 
 extension ExchangeClient {
@@ -43,7 +43,7 @@ extension ExchangeClient {
 /// (UpstreamHTTP1Handler) or one stream of a pooled HTTP/2 connection
 /// (HTTP2UpstreamStream). It reports to its delegate.
 protocol ExchangeUpstream: AnyObject {
-    var delegate: UpstreamHTTP1Delegate? { get set }
+    var delegate: ExchangeUpstreamDelegate? { get set }
     /// The endpoint as telemetry writes it (formatted once per connection).
     var endpointText: String { get }
     /// Requests sent on the connection (maxRequestsPerConnection).
@@ -56,7 +56,7 @@ protocol ExchangeUpstream: AnyObject {
     /// WebSocket switch tell them apart without a dynamic cast).
     var connection: UpstreamHTTP1Handler? { get }
     /// Let go after an exchange completed with it (a stream still open resets itself; a
-    /// connection is pooled by HTTP1Pool.release).
+    /// connection is pooled by UpstreamPool.release).
     func released()
     func setPaused(_ p: Bool)
     func send(_ part: HTTPClientRequestPart, flush: Bool)
@@ -80,7 +80,7 @@ extension ExchangeUpstream {
 enum HTTP2Heads {
     /// A field that must not appear in HTTP/2 (RFC 9113 §8.2.2), `te` but for `trailers`.
     static func isConnectionSpecific(_ name: String, _ value: String) -> Bool {
-        guard HTTP1Exchange.isHopByHop(name) else { return false }
+        guard ProxyExchange.isHopByHop(name) else { return false }
         var name = name, value = value
         let te = name.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), "te") }
         return !(te && value.withUTF8 { HTTP1RequestHead.equalsLowercased(UnsafeRawBufferPointer($0), "trailers") })

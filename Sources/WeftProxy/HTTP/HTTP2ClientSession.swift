@@ -225,7 +225,7 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
 final class HTTP2UpstreamStream: ExchangeUpstream {
     let session: HTTP2ClientSession
     private(set) var id: HTTP2StreamID?
-    var delegate: UpstreamHTTP1Delegate?
+    var delegate: ExchangeUpstreamDelegate?
     var requests = 0
     var isStream: Bool { true }
     private(set) var refused = false

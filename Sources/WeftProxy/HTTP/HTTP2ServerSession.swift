@@ -165,7 +165,7 @@ final class HTTP2ServerStream: ExchangeClient {
     let session: HTTP2ServerSession
     let id: HTTP2StreamID
     let conn: ConnectionContext
-    private var exchange: HTTP1Exchange?
+    private var exchange: ProxyExchange?
     private var flow = HTTP2StreamFlow()
     /// Held until what follows it is known: a head and an end go out as one frame.
     private var pendingHead: HPACKHeaders?
@@ -237,7 +237,7 @@ final class HTTP2ServerStream: ExchangeClient {
             }
         }
         let head = HTTPRequestHead(version: .http2, method: nioMethod, uri: path, headers: HTTPHeaders(fields))
-        let ex = HTTP1Exchange(client: self, head: head, block: h.headers, hasBody: !h.endStream)
+        let ex = ProxyExchange(client: self, head: head, block: h.headers, hasBody: !h.endStream)
         exchange = ex
         ex.start()
         if h.endStream { ex.requestEnd() }
@@ -402,7 +402,7 @@ final class HTTP2ServerStream: ExchangeClient {
         requestTimer?.set(d)
     }
 
-    func exchangeFinished(_ ex: HTTP1Exchange) {
+    func exchangeFinished(_ ex: ProxyExchange) {
         pauseReads(false)
         // Answered before the client finished sending (an upstream that answered early, a
         // local reply): the client is told to stop, as RFC 9113 §8.1 has a server do —

@@ -37,7 +37,7 @@ struct HeadRewrite: HeaderEditing {
         source = .headers(received)
         self.target = target
         // Most messages have no Connection header: no tokens, no array.
-        if received.contains(where: { HTTP1Exchange.isHopByHop($0.name) }) {
+        if received.contains(where: { ProxyExchange.isHopByHop($0.name) }) {
             connectionNamed = received["connection"].flatMap { $0.split(separator: ",") }
                 .map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty }
         } else {
@@ -110,7 +110,7 @@ struct HeadRewrite: HeaderEditing {
     /// Received fields by this (lower-cased) name are not sent on. Not asked for `te`,
     /// whose `trailers` value alone is kept (see keeps).
     private func dropsReceived(_ lower: String) -> Bool {
-        HTTP1Exchange.isHopByHop(lower) || isRemoved(lower) || connectionNamed.contains(lower)
+        ProxyExchange.isHopByHop(lower) || isRemoved(lower) || connectionNamed.contains(lower)
     }
 
     /// The values the request will carry under `name`, received ones first.
@@ -131,7 +131,7 @@ struct HeadRewrite: HeaderEditing {
     func headers() -> HTTPHeaders {
         let received = self.received
         var h: HTTPHeaders
-        if connectionNamed.isEmpty && !received.contains(where: { HTTP1Exchange.isHopByHop($0.name) }) {
+        if connectionNamed.isEmpty && !received.contains(where: { ProxyExchange.isHopByHop($0.name) }) {
             // Most messages carry none: they pass as they are, with room for the additions
             // (reserving copies the shared storage, so only when there are some).
             h = received
@@ -140,7 +140,7 @@ struct HeadRewrite: HeaderEditing {
             h = HTTPHeaders()
             for (name, value) in received {
                 let lower = name.lowercased()
-                if HTTP1Exchange.isHopByHop(lower) ? !(lower == "te" && value.lowercased() == "trailers") : connectionNamed.contains(lower) {
+                if ProxyExchange.isHopByHop(lower) ? !(lower == "te" && value.lowercased() == "trailers") : connectionNamed.contains(lower) {
                     continue
                 }
                 h.add(name: name, value: value)
@@ -153,14 +153,14 @@ struct HeadRewrite: HeaderEditing {
 
     /// Whether a received field (a lower-case name, as HTTP/2 carries it) is sent on.
     func keeps(_ lowercasedName: String, _ value: String) -> Bool {
-        if HTTP1Exchange.isHopByHop(lowercasedName) { return lowercasedName == "te" && value == "trailers" }
+        if ProxyExchange.isHopByHop(lowercasedName) { return lowercasedName == "te" && value == "trailers" }
         return !isRemoved(lowercasedName) && !connectionNamed.contains(lowercasedName)
     }
 
     /// Whether a received field is sent on, read from the bytes of the head that
     /// `received` was made from.
     func keeps(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Bool {
-        if HTTP1Exchange.isHopByHop(name) {
+        if ProxyExchange.isHopByHop(name) {
             return HTTP1RequestHead.equalsLowercased(name, "te") && HTTP1RequestHead.equalsLowercased(value, "trailers")
         }
         for e in edits where e.value == nil && Self.equalsLowercased(name, e.name) { return false }

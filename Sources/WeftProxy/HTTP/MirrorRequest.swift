@@ -6,7 +6,7 @@ import WeftConfig
 /// cluster, its response read and thrown away. Fire and forget: it never waits for a
 /// connection slot, its failures are not seen by anyone, and it gives up after
 /// `maxDuration`. It keeps itself alive through its timer until it is done.
-final class MirrorRequest: UpstreamHTTP1Delegate {
+final class MirrorRequest: ExchangeUpstreamDelegate {
     static let maxDuration = TimeAmount.seconds(30)
 
     private let conn: ConnectionContext

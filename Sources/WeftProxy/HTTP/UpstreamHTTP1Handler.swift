@@ -5,7 +5,7 @@ import NIOHTTP2
 import WeftConfig
 
 /// Receives what an upstream HTTP/1.1 connection delivers.
-protocol UpstreamHTTP1Delegate: AnyObject {
+protocol ExchangeUpstreamDelegate: AnyObject {
     func upstreamRead(_ part: HTTP1ClientCodec.ResponsePart, from conn: any ExchangeUpstream)
     func upstreamReadComplete(from conn: any ExchangeUpstream)
     func upstreamClosed(_ conn: any ExchangeUpstream)
@@ -27,7 +27,7 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler,
     /// The exchange using the connection. Held strongly (a weak reference costs a side
     /// table per exchange); every way an exchange lets go of the connection clears it —
     /// release to the pool, close, abandon — and so does the connection closing.
-    var delegate: UpstreamHTTP1Delegate?
+    var delegate: ExchangeUpstreamDelegate?
     /// Called once when the connection closes (the pool forgets it).
     var onClose: ((UpstreamHTTP1Handler) -> Void)?
     private(set) var context: ChannelHandlerContext?
@@ -137,7 +137,7 @@ struct PoolKey: Hashable {
 /// HTTP/2 connection per cluster endpoint. Only touched on that loop, like Envoy's
 /// per-worker connection pools; the counts they are limited by are per cluster
 /// (ClusterState), shared by all loops.
-final class HTTP1Pool {
+final class UpstreamPool {
     /// Idle connections per key, in a box each: taking one out or putting it back
     /// mutates the box, not the dictionary (a dictionary's modify accessor allocated
     /// three times per request).
