@@ -414,7 +414,10 @@ public final class ProxyRuntime: Sendable {
         }
         let proxy = HTTP1ProxyHandler(conn: conn)
         proxy.slowClientGuard = guardHandler
-        let codec = HTTP1ServerCodec(maxHeadBytes: Self.maxHeaderBytes, maxFields: Self.maxHeaderCount)
+        // A response that ends the connection gets as long to go out as an exchange may
+        // go without a byte either way (Envoy's stream_idle_timeout).
+        let codec = HTTP1ServerCodec(maxHeadBytes: Self.maxHeaderBytes, maxFields: Self.maxHeaderCount,
+                                     drainTimeout: conn.loop.streamIdleTimeout ?? idleTimeout)
         proxy.serverCodec = codec
         return [guardHandler, codec, proxy]
     }

@@ -169,6 +169,29 @@ private func ok(_ headers: [(String, String)] = [], status: HTTPResponseStatus =
         #expect(cut.recorder.parts == ["head POST /up", "body abc"])
     }
 
+    /// A connection closing after its response waits for the response to go out, but a
+    /// client that never reads it is closed after the drain timeout.
+    @Test func aClosingConnectionThatCannotWriteIsClosedAfterTheDrainTimeout() throws {
+        let channel = EmbeddedChannel()
+        let stall = StallWrites()
+        try channel.pipeline.syncOperations.addHandlers([stall, HTTP1ServerCodec(maxHeadBytes: 1024, maxFields: 10, drainTimeout: .seconds(3)),
+                                                         Recorder()])
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try channel.writeInbound(ByteBuffer(string: "GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        // Written as the proxy handler writes (no waiting: these writes never complete).
+        channel.write(HTTP1ServerCodec.Part.head(ok([("content-length", "2")])), promise: nil)
+        channel.write(HTTP1ServerCodec.Part.body(.byteBuffer(ByteBuffer(string: "ok"))), promise: nil)
+        channel.writeAndFlush(HTTP1ServerCodec.Part.end(nil), promise: nil)
+        channel.embeddedEventLoop.run()
+        #expect(channel.isActive, "the response has not gone out: the close waits")
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(!channel.isActive, "nothing went out for the drain timeout: closed")
+        #expect(stall.held > 0)
+    }
+
     /// A response given before the request's body is all in (a local reply): the rest of
     /// the body is still read, then the next request.
     @Test func anEarlyResponseLetsTheRestOfTheRequestBeRead() throws {
@@ -246,5 +269,23 @@ private func ok(_ headers: [(String, String)] = [], status: HTTPResponseStatus =
             #expect(parseResponses(forwarded, methods: [method]).first == parseResponses(viaNIO, methods: [method]).first, "\(response.debugDescription)")
             #expect(!forwarded.lowercased().contains("x-hop") && !forwarded.contains("keep-alive"), "\(forwarded.debugDescription)")
         }
+    }
+}
+
+/// Takes writes and never completes them: a client that does not read.
+private final class StallWrites: ChannelOutboundHandler {
+    typealias OutboundOut = IOData
+    typealias OutboundIn = IOData
+    var held = 0
+    private var promises: [EventLoopPromise<Void>] = []
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        held += 1
+        if let promise { promises.append(promise) }
+    }
+    func flush(context: ChannelHandlerContext) {}
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        for p in promises { p.fail(ChannelError.ioOnClosedChannel) }
+        promises = []
+        context.close(mode: mode, promise: promise)
     }
 }

@@ -202,7 +202,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     func closeAfterResponse() {
         guard let context else { return }
         if let codec = serverCodec, let codecContext = try? context.pipeline.syncOperations.context(handler: codec) {
-            HTTP1ServerCodec.closeAfterWrites(codecContext)
+            codec.closeAfterWrites(codecContext)
         } else {
             context.close(promise: nil)
         }

@@ -71,8 +71,12 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// head, to send its fields upstream as they came.
     private var receivedHead: HTTP1RequestHead?
 
-    init(maxHeadBytes: Int, maxFields: Int) {
+    /// How long a connection being closed may take to write out what it still holds.
+    let drainTimeout: TimeAmount
+
+    init(maxHeadBytes: Int, maxFields: Int, drainTimeout: TimeAmount = .minutes(5)) {
         parser = HTTP1RequestParser(maxHeadBytes: maxHeadBytes, maxFields: maxFields)
+        self.drainTimeout = drainTimeout
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -201,16 +205,22 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
             deliver(context)
             if waitingForResponse { return }
         }
-        Self.closeAfterWrites(context)
+        closeAfterWrites(context)
     }
 
     /// Closes once what was written has gone to the socket: NIO's close fails writes still
-    /// pending (a large response to a slow reader would be cut short).
-    static func closeAfterWrites(_ context: ChannelHandlerContext) {
+    /// pending (a large response to a slow reader would be cut short). A client that stops
+    /// reading altogether is closed anyway after `drainTimeout` (Envoy bounds its delayed
+    /// close the same way).
+    func closeAfterWrites(_ context: ChannelHandlerContext) {
         let channel = context.channel
         let written = context.eventLoop.makePromise(of: Void.self)
+        let deadline = context.eventLoop.assumeIsolated().scheduleTask(in: drainTimeout) { channel.close(promise: nil) }
         context.writeAndFlush(NIOAny(IOData.byteBuffer(channel.allocator.buffer(capacity: 0))), promise: written)
-        written.futureResult.whenComplete { _ in channel.close(promise: nil) }
+        written.futureResult.whenComplete { _ in
+            deadline.cancel()
+            channel.close(promise: nil)
+        }
     }
 
     // MARK: responses
