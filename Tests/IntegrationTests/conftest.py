@@ -146,6 +146,24 @@ def http_service_yaml(name, vip, endpoints, port=80, target=8080, proto="HTTP"):
     return SERVICE.format(name=name, vips='"%s"' % vip, port=port, target=target, proto=proto, endpoints=eps)
 
 
+ROUTED = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: [{name}]
+  http:
+  - route:
+    - destination: {{host: {name}}}"""
+
+
+def routed_service_yaml(name, vip, endpoints, proto="HTTP"):
+    """http_service_yaml with a VirtualService routing all of it to the service: with an
+    http route the agent proxies the port (unrouted, the kernel balances it)."""
+    return http_service_yaml(name, vip, endpoints, proto=proto) + ROUTED.format(name=name)
+
+
 def service_yaml(name, vips, backends, port=80, target=8080, proto="TCP"):
     """backends: list of (address, weight)."""
     eps = "\n".join("  - address: \"%s\"\n    weight: %d" % (a, w) for a, w in backends)

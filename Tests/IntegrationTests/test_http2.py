@@ -6,7 +6,7 @@ import socket
 import subprocess
 import time
 
-from conftest import http_service_yaml, HERE
+from conftest import http_service_yaml, routed_service_yaml, HERE
 
 VIP = "10.96.8.10"
 
@@ -195,18 +195,7 @@ def test_upstream_protocol_follows_the_port_as_istio(sandbox):
     sandbox.h2_backend("h2", "10.1.8.32")      # h2c only
     services = [("plain", "10.96.8.31", "10.1.8.31", "HTTP"), ("h2svc", "10.96.8.32", "10.1.8.32", "HTTP2"),
                 ("upgraded", "10.96.8.33", "10.1.8.32", "HTTP"), ("asclient", "10.96.8.34", "10.1.8.32", "HTTP")]
-    # Each with an http route, so the agent proxies it (unrouted, the kernel balances it).
-    routed = """
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: %s}
-spec:
-  hosts: [%s]
-  http:
-  - route:
-    - destination: {host: %s}"""
-    sandbox.write("proto.yaml", "\n---\n".join(http_service_yaml(n, vip, [(ep, {})], proto=p) + routed % (n, n, n)
+    sandbox.write("proto.yaml", "\n---\n".join(routed_service_yaml(n, vip, [(ep, {})], proto=p)
                                               for n, vip, ep, p in services) + """
 ---
 apiVersion: networking.istio.io/v1
@@ -372,18 +361,8 @@ def test_large_bodies_both_ways_keep_flowing(sandbox):
     open(os.path.join(files, "big.bin"), "wb").write(blob)
     up = os.path.join(sandbox.tmp, "up.bin")
     open(up, "wb").write(blob)
-    routed = """
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: %s}
-spec:
-  hosts: [%s]
-  http:
-  - route:
-    - destination: {host: %s}"""
     services = [("bigh1", "10.96.8.41", "10.1.8.41", "HTTP"), ("bigh2", "10.96.8.42", "10.1.8.42", "HTTP2")]
-    sandbox.write("big.yaml", "\n---\n".join(http_service_yaml(n, vip, [(ep, {})], proto=p) + routed % (n, n, n)
+    sandbox.write("big.yaml", "\n---\n".join(routed_service_yaml(n, vip, [(ep, {})], proto=p)
                                             for n, vip, ep, p in services))
     sandbox.start_agent()
 
@@ -458,16 +437,7 @@ def test_a_client_that_takes_nothing_holds_little(sandbox):
     os.makedirs(files, exist_ok=True)
     with open(os.path.join(files, "huge.bin"), "wb") as f:
         f.truncate(32 << 20)
-    sandbox.write("huge.yaml", http_service_yaml("huge", "10.96.8.51", [("10.1.8.51", {})], proto="HTTP2") + """
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: huge}
-spec:
-  hosts: [huge]
-  http:
-  - route:
-    - destination: {host: huge}""")
+    sandbox.write("huge.yaml", routed_service_yaml("huge", "10.96.8.51", [("10.1.8.51", {})], proto="HTTP2"))
     sandbox.start_agent()
     rss = lambda: int(open("/proc/%d/status" % sandbox.agent.pid).read().split("VmRSS:")[1].split()[0]) // 1024
     before = rss()

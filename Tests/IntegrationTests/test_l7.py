@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from conftest import HERE, http_service_yaml, service_yaml
+from conftest import HERE, http_service_yaml, routed_service_yaml, service_yaml
 
 VIP = "10.96.7.10"
 
@@ -769,16 +769,7 @@ def test_a_response_that_closes_the_connection_arrives_whole(sandbox):
     to the socket, not while the last of it still waits for a slow reader (it lost the
     last ~40 KiB of 8 MiB before)."""
     sandbox._server("big", "10.1.7.61", ["/usr/bin/python3", "-c", BIG_SERVER, "10.1.7.61"])
-    sandbox.write("big.yaml", http_service_yaml("big", "10.96.7.61", [("10.1.7.61", {})]) + """
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: big}
-spec:
-  hosts: [big]
-  http:
-  - route:
-    - destination: {host: big}""")
+    sandbox.write("big.yaml", routed_service_yaml("big", "10.96.7.61", [("10.1.7.61", {})]))
     sandbox.start_agent()
     r = sandbox.run(["/usr/bin/python3", "-c", SLOW_READER, "10.96.7.61"], check=True, timeout=60)
     assert r.stdout.strip() == str(8 << 20)
