@@ -63,12 +63,27 @@ public enum ProxyFuzzing {
     /// fields that matter (pseudo-fields, odd methods and paths, framing fields), DATA,
     /// RST_STREAM, WINDOW_UPDATE, SETTINGS, PING, and raw bytes — so that fuzzing reaches
     /// the session rather than HPACK's refusals.
+    ///
+    /// An odd first byte serves the frames as a tunnel requests connection instead (ALPN
+    /// weft-h2, from a verified peer agent): each stream's block checked by the session
+    /// itself rather than NIO, its target and source fields resolved
+    /// (TunnelRequestTargets), refusals answered on the stream.
     public static func http2(_ data: [UInt8]) {
         let ch = EmbeddedChannel()
         let loop = ch.embeddedEventLoop
         let conn = fixtureConnection()
         _ = try? ch.connect(to: SocketAddress(ipAddress: "10.9.9.9", port: 40000)).wait()
-        _ = try? ch.pipeline.syncOperations.addHandlers(ProxyRuntime.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })
+        if (data.first ?? 0) & 1 == 1 {
+            let f = tunnelFixture
+            let peer = PeerIdentity()
+            peer.set("spiffe://cluster.local/ns/default/sa/frontend", node: "other", chain: [])
+            var handlers = TunnelListener.requestHandlers(runtime: f.runtime, peer: peer, remote: SocketKey(IPAddress("10.9.9.9")!, 40000),
+                                                          loop: conn.loop, eventLoop: loop)
+            handlers.append(CloseOnError { _ in })
+            _ = try? ch.pipeline.syncOperations.addHandlers(handlers)
+        } else {
+            _ = try? ch.pipeline.syncOperations.addHandlers(ProxyRuntime.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })
+        }
         var out = ByteBuffer(string: "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         frame(&out, type: 4, flags: 0, stream: 0, payload: ByteBuffer())
         _ = try? ch.writeInbound(out)
@@ -118,9 +133,10 @@ public enum ProxyFuzzing {
                             "/a b", "", "/%2Fadmin"]
         static let authorities = ["web", "admin.web", "admin.web.", "ADMIN.WEB", "10.0.0.10:8080", "", "a\u{7f}b"]
         static let names = ["x-evil", "content-length", "te", "cookie", "host", "x-forwarded-client-cert", "content-type",
-                            "grpc-timeout", "x-request-id", "connection", "upgrade", ":status", ":protocol", "Upper"]
+                            "grpc-timeout", "x-request-id", "connection", "upgrade", ":status", ":protocol", "Upper",
+                            "weft-target", "weft-source", ":method", ":path"]
         static let values = ["1", "0", "trailers", "a=1", "application/grpc", "By=x;URI=spiffe://evil", "websocket", "", "10",
-                             "-1", "x\r\ny", "100000"]
+                             "-1", "x\r\ny", "100000", "10.0.0.10:8080", "10.0.0.10:22", "10.0.0.10", "[::1]:8080", "GET"]
 
         init(_ data: [UInt8]) { input = data[...] }
 
@@ -268,6 +284,20 @@ public enum ProxyFuzzing {
         let target: InboundTarget
         let sessions: LiveSessions
     }
+
+    /// A runtime holding the fixture's tables, for what a tunnel connection resolves
+    /// against (one event loop thread, never given work).
+    private struct TunnelFixture: @unchecked Sendable {
+        let runtime: ProxyRuntime
+    }
+
+    private static let tunnelFixture: TunnelFixture = {
+        var logger = Logger(label: "fuzz")
+        logger.logLevel = .critical
+        let runtime = ProxyRuntime(settings: .init(port: 0, agentMark: 0, threads: 1), logger: logger)
+        runtime.update(fixture.tables)
+        return TunnelFixture(runtime: runtime)
+    }()
 
     private static let fixture: Fixture = {
         let yaml = """

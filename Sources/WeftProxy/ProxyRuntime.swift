@@ -169,6 +169,10 @@ final class ConnectionContext {
         return .direct
     }
 
+    /// Requests of this connection to meshed endpoints go as streams of the tunnel's
+    /// requests connection (see route(to:): a source workload with an identity).
+    var tunnelsRequests: Bool { inbound == nil && source != nil && loop.dialer.tunnels != nil }
+
     /// One of this node's workload ports that `route` reaches in plaintext from the proxy's
     /// own socket, which the kernel's guard lets through: the agent applies that
     /// workload's inbound rules itself, as its tunnel and inbound listener do (no
@@ -367,7 +371,11 @@ public final class ProxyRuntime: Sendable {
     /// connections and tunnel peers judged again now (and closed if refused).
     public func update(_ t: ProxyTables) {
         clusters.update(t)
-        tables.withLockedValue { $0 = t }
+        tables.withLockedValue { old in
+            let generation = old.generation + 1
+            old = t
+            old.generation = generation
+        }
         sessions.recheckStreams(t) { s, kind, reason in refuse(s.path, kind, reason, peer: s.client) }
         trustChanged()
     }

@@ -8,7 +8,7 @@ import os
 import subprocess
 
 from conftest import HERE
-from test_mtls import setup as mtls_setup
+from test_mtls import refused_counts, setup as mtls_setup
 from test_peerauth import inbound_counts
 
 DENY_ADMIN = """---
@@ -368,15 +368,21 @@ def test_a_node_ca_speaks_only_for_its_own_nodes_workloads(mesh):
     assert "PRI * HTTP/2.0" not in open(out, errors="replace").read()
 
 
-IP_ALLOW = """---
+def allow_by_address(app):
+    """An AuthorizationPolicy letting `app` be reached from three addresses only: node a's
+    frontend, one that is no workload, and node b's client-b."""
+    return """---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {name: echo-by-address, namespace: default}
+metadata: {name: %s-by-address, namespace: default}
 spec:
-  selector: {matchLabels: {app: echo}}
+  selector: {matchLabels: {app: %s}}
   action: ALLOW
   rules: [{from: [{source: {ipBlocks: ["10.250.1.10/32", "10.250.9.9/32", "10.250.2.50/32"]}}]}]
-"""
+""" % (app, app)
+
+
+IP_ALLOW = allow_by_address("echo")
 
 
 def test_forwarded_for_is_believed_only_for_the_peers_own_workloads(mesh):
@@ -400,6 +406,70 @@ def test_forwarded_for_is_believed_only_for_the_peers_own_workloads(mesh):
     got = tunnel_connect(a, "10.250.2.11:15008", cert, root, [[":method", "CONNECT"], [":authority", "10.250.2.11:9000"],
                                                              ["forwarded", 'for="10.250.1.10"']])
     assert got["status"] == "200" and got["data"] == "echo\n", got
+
+
+def request_stream(node, prefix, root, target, extra=()):
+    """One GET / as a stream of the tunnel's requests protocol (ALPN weft-h2) to node b,
+    naming `target` (None: no target field) plus `extra` fields."""
+    headers = [[":method", "GET"], [":scheme", "http"], [":path", "/"], [":authority", "web.default.svc.cluster.local"]]
+    if target is not None:
+        headers.append(["weft-target", target])
+    headers += [list(h) for h in extra]
+    r = node.run(["/usr/bin/python3", os.path.join(HERE, "tunnelclient.py"), "10.250.2.10:15008", prefix, root, "x",
+                  "--raw-headers", json.dumps(headers), "--alpn", "weft-h2"], cgroup=node.cgroup)
+    return json.loads(r.stdout) if r.returncode == 0 else {"status": None, "error": r.stderr[-300:]}
+
+
+def test_request_streams_are_held_to_what_their_peer_may_ask(mesh):
+    """Class 7 for the tunnel's requests protocol (weft-h2: each HTTP request a stream of
+    its own, naming its workload port in weft-target and its original client in
+    weft-source). A peer holding a valid mesh certificate reaches only this node's
+    workload ports, its claimed client is believed only for its node's workloads of its
+    identity, and policy decides each request. The two fields are the source agent's
+    alone: a client's own never arrive as such."""
+    frontend = mtls_setup(mesh, allow_by_address("web") + SAME_NODE)
+    a, b = mesh.a, mesh.b
+    b.add_address("10.250.2.50")
+    # Through the agents, a client's own fields forging another target and a client
+    # address the policy allows, over HTTP/2 (whose requests go as request streams) and
+    # HTTP/1.1 (a CONNECT stream): dropped, the requests reach web as frontend's (whose
+    # address the policy allows), without them.
+    forged = ["-H", "weft-target: 10.250.2.11:9000", "-H", "weft-source: 10.250.9.9"]
+    for proto in ("--http2-prior-knowledge", "--http1.1"):
+        for _ in range(3):
+            r = a.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", proto] + forged + ["http://10.96.7.7/"], cgroup=frontend)
+            assert r.stdout == "200", (proto, r.stdout, r.stderr)
+    seen = b.requests_seen("web")
+    assert len(seen) == 6 and not [k for s in seen for k in s["headers"] if k.startswith("weft-")], seen
+    assert "tunnel for requests to node node-b" in a.log()
+    root = os.path.join(a.tmp, "root-ca", "ca.pem")
+    cert = mkleaf(a, os.path.join(a.tmp, "node-ca"), FRONTEND, "frontend-requests")
+    # Its own workload's address, vouched for: allowed, delivered as the verified identity.
+    got = request_stream(a, cert, root, "10.250.2.10:8080", [["weft-source", "10.250.1.10"]])
+    assert got["status"] == "200", got
+    assert b.requests_seen("web")[-1]["headers"]["x-forwarded-client-cert"].endswith("URI=" + FRONTEND)
+    before = refused_counts(b)
+    # Addresses that are not its node's workloads of its identity are not believed: the
+    # policy sees the connection's own address, which it does not allow (403 by policy).
+    for claimed in ("10.250.9.9", "10.250.2.50"):
+        got = request_stream(a, cert, root, "10.250.2.10:8080", [["weft-source", claimed]])
+        assert got["status"] == "403", (claimed, got)
+    # Targets that are not a workload port of node b: refused, counted.
+    for target in ("10.250.1.10:80", "10.250.2.10:22", "10.99.0.2:8080", "127.0.0.1:15090"):
+        assert request_stream(a, cert, root, target)["status"] == "403", target
+    # No target, a second one, garbage: malformed.
+    assert request_stream(a, cert, root, None)["status"] == "400"
+    assert request_stream(a, cert, root, "10.250.2.10:8080", [["weft-target", "10.250.2.11:9000"]])["status"] == "400"
+    assert request_stream(a, cert, root, "no-port")["status"] == "400"
+    after = refused_counts(b)
+    assert after["not_local_workload"] - before["not_local_workload"] == 4, (before, after)
+    assert after["bad_request"] - before["bad_request"] == 3, (before, after)
+    # A malformed block (a pseudo-field after a regular one): reset, counted.
+    got = request_stream(a, cert, root, "10.250.2.10:8080", [[":method", "GET"]])
+    assert got["status"] is None, got
+    assert refused_counts(b)["bad_request"] == after["bad_request"] + 1
+    # The workload saw the allowed ones only.
+    assert len(b.requests_seen("web")) == 7
 
 
 class Held:

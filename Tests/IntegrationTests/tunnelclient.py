@@ -4,7 +4,11 @@ certificate, ALPN h2, one CONNECT stream, as a peer agent (or an attacker holdin
 certificate) would send it. Prints JSON: the response status, and what came back for a
 line sent through the stream once it is open.
 
-  tunnelclient.py HOST:PORT CERTPREFIX CAFILE AUTHORITY [--raw-headers JSON]
+With --alpn weft-h2 it speaks the tunnel's requests protocol instead: the headers (give
+them with --raw-headers) are one HTTP request, sent with END_STREAM; it prints the
+response status and body.
+
+  tunnelclient.py HOST:PORT CERTPREFIX CAFILE AUTHORITY [--raw-headers JSON] [--alpn P]
 """
 import json
 import socket
@@ -27,13 +31,15 @@ def main():
     ctx.check_hostname = False
     ctx.load_verify_locations(cafile)
     ctx.load_cert_chain(prefix + ".pem", prefix + ".key")
-    ctx.set_alpn_protocols(["h2"])
+    alpn = sys.argv[sys.argv.index("--alpn") + 1] if "--alpn" in sys.argv else "h2"
+    request = alpn != "h2"
+    ctx.set_alpn_protocols([alpn])
     s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=5))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
                                                                 validate_outbound_headers=False))
     conn.initiate_connection()
     sid = conn.get_next_available_stream_id()
-    conn.send_headers(sid, headers)
+    conn.send_headers(sid, headers, end_stream=request)
     s.sendall(conn.data_to_send())
     out = {"status": None, "data": ""}
     sent = False
@@ -45,7 +51,7 @@ def main():
             for ev in conn.receive_data(data):
                 if isinstance(ev, h2.events.ResponseReceived):
                     out["status"] = dict(ev.headers).get(":status")
-                    if out["status"] == "200" and not sent:
+                    if out["status"] == "200" and not sent and not request:
                         conn.send_data(sid, b"hello\n")
                         sent = True
                 elif isinstance(ev, h2.events.DataReceived):

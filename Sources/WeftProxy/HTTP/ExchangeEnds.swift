@@ -164,6 +164,50 @@ enum HTTP2Heads {
         return !first || trailers
     }
 
+    /// Whether a request header block is one an HTTP/2 client may send (RFC 9113 §8.2,
+    /// §8.3.1), as NIO's validation judges it, for connections whose blocks NIO does not
+    /// check (a tunnel requests connection): pseudo-fields first, none but :method,
+    /// :scheme, :authority and :path, each at most once, their values free of control
+    /// bytes, space and DEL; :method, :scheme and a non-empty :path present — or, for
+    /// CONNECT, :method and :authority only; names lower-case tokens, values free of NUL,
+    /// CR and LF; no connection-specific field, and `te` only as `trailers`.
+    static func isValidRequest(_ block: HPACKHeaders) -> Bool {
+        let method: UInt8 = 1, scheme: UInt8 = 2, authority: UInt8 = 4, path: UInt8 = 8
+        var seen: UInt8 = 0, regular = false, connect = false
+        for (name, value, _) in block {
+            if name.utf8.first == UInt8(ascii: ":") {
+                guard !regular, isPseudoValue(value) else { return false }
+                let bit: UInt8
+                switch name {
+                case ":method":
+                    bit = method
+                    connect = value == "CONNECT"
+                case ":scheme": bit = scheme
+                case ":authority": bit = authority
+                case ":path":
+                    guard !value.isEmpty else { return false }
+                    bit = path
+                default: return false
+                }
+                guard seen & bit == 0 else { return false }
+                seen |= bit
+            } else {
+                regular = true
+                guard isFieldName(name), isFieldValue(value) else { return false }
+                switch name.utf8.count {
+                case 2:
+                    if name == "te" && value != "trailers" { return false }
+                case 7, 10, 16, 17: // the connection-specific names, by length first
+                    if name == "upgrade" || name == "connection" || name == "keep-alive" || name == "proxy-connection"
+                        || name == "transfer-encoding" { return false }
+                default:
+                    break
+                }
+            }
+        }
+        return connect ? seen == method | authority : seen & (method | scheme | path) == method | scheme | path
+    }
+
     /// A request an HTTP/2 client sent (its header block as NIO validated it) as it goes
     /// to an HTTP/2 upstream: the pseudo-fields made anew — the route's authority and
     /// target — and the received fields the rewrite keeps passed as they came, each with

@@ -47,12 +47,14 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
     /// connection error fails its streams, 502, instead of leaving them waiting). Header
     /// blocks are checked by the session and HTTP2Heads, not by NIO (NIO cannot be told
     /// one direction only); content lengths NIO still checks.
-    static func handlers(_ session: HTTP2ClientSession, counter: StreamCounter, closed: @escaping (Error) -> Void = { _ in }) -> [ChannelHandler] {
+    /// `tunnel`: a requests connection of the mTLS tunnel, with its windows and limits.
+    static func handlers(_ session: HTTP2ClientSession, counter: StreamCounter, tunnel: Bool = false,
+                         closed: @escaping (Error) -> Void = { _ in }) -> [ChannelHandler] {
         session.counter = counter
-        var config = NIOHTTP2Handler.ConnectionConfiguration()
+        var config = tunnel ? TunnelHTTP2.connection(server: false) : NIOHTTP2Handler.ConnectionConfiguration()
         config.headerBlockValidation = .disabled
-        return [NIOHTTP2Handler(mode: .client, connectionConfiguration: config, streamConfiguration: .init()), session, counter,
-                CloseOnError(closed)]
+        return [NIOHTTP2Handler(mode: .client, connectionConfiguration: config, streamConfiguration: tunnel ? TunnelHTTP2.stream : .init()),
+                session, counter, CloseOnError(closed)]
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -238,12 +240,15 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
     private var sawHead = false
     private var receivedEnd = false
     private var isClosed = false
+    /// On a tunnel requests connection: the target and source fields each head carries.
+    var tunnelFields: (target: String, source: String)?
 
     init(session: HTTP2ClientSession) {
         self.session = session
     }
 
-    var endpointText: String { session.endpointText }
+    /// Through the tunnel, the workload's endpoint (the connection goes to its node).
+    var endpointText: String { tunnelFields?.target ?? session.endpointText }
     var isWritable: Bool { session.channelWritable && flow.writable }
 
     // MARK: ExchangeUpstream: the request, as frames
@@ -252,10 +257,11 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
         guard !isClosed, !sentEnd else { return }
         switch part {
         case .head(let h):
-            guard let block = HTTP2Heads.request(h) else {
+            guard var block = HTTP2Heads.request(h) else {
                 failed(InvalidHead(description: "a request field to \(session.endpointText) cannot be sent over HTTP/2"))
                 return
             }
+            addTunnelFields(&block)
             pendingHead = block
         case .body(let body):
             guard case .byteBuffer(let b) = body, b.readableBytes > 0 else { break }
@@ -286,11 +292,19 @@ final class HTTP2UpstreamStream: ExchangeUpstream {
 
     func sendForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite, method: HTTPMethod) {
         guard !isClosed, !sentEnd else { return }
-        guard let out = HTTP2Heads.forwardedRequest(block, rewrite, method: method.rawValue) else {
+        guard var out = HTTP2Heads.forwardedRequest(block, rewrite, method: method.rawValue) else {
             failed(InvalidHead(description: "a request field to \(session.endpointText) cannot be sent over HTTP/2"))
             return
         }
+        addTunnelFields(&out)
         pendingHead = out
+    }
+
+    /// The fields only the proxy writes (every exchange's rewrite drops a client's own).
+    private func addTunnelFields(_ block: inout HPACKHeaders) {
+        guard let (target, source) = tunnelFields else { return }
+        block.add(name: TunnelHTTP2.targetField, value: target)
+        block.add(name: TunnelHTTP2.sourceField, value: source)
     }
 
     private func writePending(dataToo: Bool) {

@@ -13,7 +13,12 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     typealias InboundIn = HTTP2Frame
     typealias OutboundOut = HTTP2Frame
 
-    let conn: ConnectionContext
+    /// The connection's context: every stream's (a client of the proxy), or — on a tunnel
+    /// requests connection — none, each stream naming its own to `targets`.
+    let conn: ConnectionContext?
+    private let targets: TunnelRequestTargets?
+    /// Where the streams' refusals are counted (tunnel requests connections).
+    private let refused: ((TunnelStreamRefusal) -> Void)?
     /// Told of streams opening and closing (the idle close of the connection).
     private let counter: StreamCounter
     private var streams: [HTTP2StreamID: HTTP2ServerStream] = [:]
@@ -31,8 +36,19 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
 
     init(conn: ConnectionContext, counter: StreamCounter) {
         self.conn = conn
+        targets = nil
+        refused = nil
         self.counter = counter
         flushing = FlushMembership(batch: conn.loop.flushes)
+    }
+
+    /// A tunnel requests connection: each stream's context from its target field.
+    init(targets: TunnelRequestTargets, counter: StreamCounter, refused: @escaping (TunnelStreamRefusal) -> Void) {
+        conn = nil
+        self.targets = targets
+        self.refused = refused
+        self.counter = counter
+        flushing = FlushMembership(batch: targets.loop.flushes)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -55,7 +71,8 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
             if let s = streams[id] {
                 s.receivedTrailers(h)
             } else {
-                let s = HTTP2ServerStream(session: self, id: id)
+                guard let conn = conn ?? streamContext(id, h) else { break }
+                let s = HTTP2ServerStream(session: self, id: id, conn: conn)
                 streams[id] = s
                 counter.opened(id)
                 s.receivedHead(h)
@@ -74,6 +91,32 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
             // RST_STREAM ends a stream through the StreamClosedEvent NIO sends after it;
             // SETTINGS, PING, GOAWAY, WINDOW_UPDATE and PRIORITY are NIO's.
             break
+        }
+    }
+
+    /// The context a tunnel request stream names, or nil when it is refused: answered with
+    /// the refusal's status and ended (reset as well if the peer was still sending).
+    private func streamContext(_ id: HTTP2StreamID, _ h: HTTP2Frame.FramePayload.Headers) -> ConnectionContext? {
+        // NIO does not check this connection's blocks (TunnelListener.requestHandlers):
+        // a malformed one is reset as NIO would (RFC 9113 §8.1.1), and counted.
+        guard HTTP2Heads.isValidRequest(h.headers) else {
+            refused?(.init(400, .badRequest, "malformed request header block"))
+            write(HTTP2Frame(streamID: id, payload: .rstStream(.protocolError)), promise: nil)
+            flush()
+            return nil
+        }
+        switch targets?.context(h.headers) {
+        case .success(let conn):
+            return conn
+        case .failure(let refusal):
+            refused?(refusal)
+            let status = HPACKHeaders([(":status", String(refusal.status)), ("content-length", "0")])
+            write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: status, endStream: true))), promise: nil)
+            if !h.endStream { write(HTTP2Frame(streamID: id, payload: .rstStream(.noError)), promise: nil) }
+            flush()
+            return nil
+        case nil:
+            return nil
         }
     }
 
@@ -179,10 +222,10 @@ final class HTTP2ServerStream: ExchangeClient {
     private(set) var idleDeadline: NIODeadline?
     private var requestTimer: DeadlineTimer?
 
-    init(session: HTTP2ServerSession, id: HTTP2StreamID) {
+    init(session: HTTP2ServerSession, id: HTTP2StreamID, conn: ConnectionContext) {
         self.session = session
         self.id = id
-        conn = session.conn
+        self.conn = conn
     }
 
     var http2: Bool { true }

@@ -77,6 +77,8 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
     private var cluster: Cluster?
     /// Speak HTTP/2 to the cluster's endpoints (Cluster.upstreamHTTP2, else as the client).
     private var upstreamHTTP2 = false
+    /// Each attempt is a stream of the tunnel's requests connection to the endpoint's node.
+    private var tunnelRequests = false
     private var rewrite: HeadRewrite?
     /// The request head as the client's HTTP/1 connection received it (nil on HTTP/2
     /// streams): what an HTTP/1.1 upstream is sent, edited by `rewrite`.
@@ -234,6 +236,14 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         clusterState = state
         // A WebSocket handshake goes over HTTP/1.1 (weft speaks no RFC 8441 upstream).
         upstreamHTTP2 = webSocket ? false : (c.upstreamHTTP2 ?? client.http2)
+        // Through the tunnel a request that is HTTP/2 on either side of this agent is a
+        // stream of the node's requests connection (the destination agent speaks the
+        // port's protocol to the workload). HTTP/1.1 on both sides rides a pooled CONNECT
+        // stream with HTTP/1.1 inside, which costs less than two HPACK blocks and a
+        // stream's life per request (`scripts/bench mtls`: 11.6k against 9.3k req/s with
+        // wrk -c32, where HTTP/2 gained 18 %).
+        tunnelRequests = !webSocket && (upstreamHTTP2 || client.http2) && c.allMeshed && conn.tunnelsRequests
+        if tunnelRequests { upstreamHTTP2 = true }
         rewrite = makeRewrite(d)
         if let t = d.timeout, t.nanoseconds > 0 {
             routeTimer = client.eventLoop?.assumeIsolated().scheduleTask(in: t.timeAmount) { self.routeTimeout() }
@@ -317,6 +327,9 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         // Only the destination's agent may say who the client is: a client's own
         // x-forwarded-client-cert never passes, on either side of the tunnel.
         r.remove(name: "x-forwarded-client-cert")
+        // The tunnel's own fields are written by the source agent only.
+        r.remove(name: TunnelHTTP2.targetField)
+        r.remove(name: TunnelHTTP2.sourceField)
         if let inbound = conn.inbound, let peer = inbound.identity {
             r.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(peer)")
         }
@@ -420,12 +433,19 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         poolKey = key
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
-        if let up: any ExchangeUpstream = upstreamHTTP2 ? pool.takeStream(key) : pool.takeIdle(key, cluster: state) {
+        if tunnelRequests, case .tunnel(let tunnel) = route, let tunnels = conn.loop.dialer.tunnels {
+            if let up = tunnels.takeRequestStream(tunnel, target: endpoint) {
+                attach(up)
+                return
+            }
+        } else if let up: any ExchangeUpstream = upstreamHTTP2 ? pool.takeStream(key) : pool.takeIdle(key, cluster: state) {
             attach(up)
             return
         }
         let future: EventLoopFuture<any ExchangeUpstream>?
-        if upstreamHTTP2 {
+        if tunnelRequests, case .tunnel(let tunnel) = route, let tunnels = conn.loop.dialer.tunnels {
+            future = tunnels.requestStream(tunnel, via: endpoint.address, target: endpoint, on: loop, timeout: timeout, flushes: conn.loop.flushes)
+        } else if upstreamHTTP2 {
             future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout, idleTimeout: c.connectionPool?.idleTimeout?.timeAmount)
         } else {
             future = (pool.acquire(key, cluster: state, on: loop, connectTimeout: timeout)

@@ -77,6 +77,9 @@ public final class Cluster: Sendable {
     /// What the proxy speaks to the endpoints: HTTP/2 (true), HTTP/1.1 (false), or
     /// what the client spoke (nil). See `upstreamHTTP2(_:pool:)`.
     public let upstreamHTTP2: Bool?
+    /// Every endpoint is a meshed workload reached through the tunnel: requests to it can
+    /// go as tunnel streams of their own (decided before an endpoint is picked).
+    public let allMeshed: Bool
 
     /// A class, immutable once built: an exchange holds its cluster through every attempt,
     /// and copying the struct it was took a retain and a release of each of its fields at
@@ -90,6 +93,7 @@ public final class Cluster: Sendable {
         self.outlierDetection = outlierDetection
         self.service = service
         self.upstreamHTTP2 = upstreamHTTP2
+        allMeshed = !endpoints.isEmpty && endpoints.allSatisfy { if case .tunnel = $0.transport { return true } else { return false } }
     }
 }
 
@@ -127,6 +131,9 @@ public struct ProxyTables: Sendable {
     public private(set) var trustDomain = "cluster.local"
     /// This node's workload ports the tunnel may deliver to.
     public private(set) var inboundTargets: [SocketKey: InboundTarget] = [:]
+    /// Counts the tables the proxy switched to (ProxyRuntime.update): what was derived
+    /// from an older one is stale.
+    var generation: UInt64 = 0
 
     /// No services.
     public init() {}

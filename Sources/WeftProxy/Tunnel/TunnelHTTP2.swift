@@ -15,7 +15,21 @@ import NIOHTTP2
 /// (4 % of wrk's connections through the pair read a reset, `scripts/bench mtls`). What a
 /// peer agent can open at once stays bounded by `maxStreams`; client-facing HTTP/2 keeps
 /// NIO's limits (ProxyRuntime.addHTTP2).
+///
+/// A tunnel connection is one of two kinds, told apart by ALPN: `h2` carries CONNECT
+/// streams, one per proxied TCP connection (and WebSocket); `weft-h2` carries HTTP
+/// requests, each its own stream, with the workload port it is for and the original
+/// client in two fields of its header block (Linkerd's shape between proxies): the
+/// destination serves each stream as a request, with no CONNECT stream and no HTTP/1
+/// codec in between.
 enum TunnelHTTP2 {
+    static let connectALPN = "h2"
+    static let requestsALPN = "weft-h2"
+    /// The request stream's target workload port (`addr:port`, `[v6]:port`).
+    static let targetField = "weft-target"
+    /// The request stream's original client address (believed only from an agent that
+    /// may speak for it, as Forwarded on a CONNECT stream).
+    static let sourceField = "weft-source"
     static let streamWindow = 1 << 20
     static let connectionWindow = 16 << 20
     static let maxStreams = 1000

@@ -24,6 +24,11 @@ final class TunnelPool {
     private var channels: [TunnelKey: Channel] = [:]
     /// The serial of the certificate each connection presented.
     private var serials: [TunnelKey: String] = [:]
+    /// The connections carrying HTTP requests as streams of their own (ALPN weft-h2), one
+    /// per TunnelKey: the session, its channel once connected, the serial of the
+    /// certificate it presented, and the source address as its streams name it.
+    private var requests: [TunnelKey: (session: HTTP2ClientSession, channel: Channel?, serial: String, source: String)] = [:]
+    private var targetTexts: [SocketKey: String] = [:]
     private let settings: UpstreamSettings
     private let tls: TunnelTLS
     private let port: Int
@@ -103,17 +108,54 @@ final class TunnelPool {
 
     private func connect(_ key: TunnelKey, via: IPAddress, on loop: EventLoop,
                          timeout: TimeAmount?) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+        let logger = logger, idleTimeout = idleTimeout, port = port
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let made = secureChannel(key, via: via, alpn: TunnelHTTP2.connectALPN, on: loop, timeout: timeout, serials: &serials) { ch in
+            // Draining our own connection: new streams of its key get a new one.
+            bound.value.forget(key, ch)
+        }.flatMapThrowing { ch in
+            let sync = ch.pipeline.syncOperations
+            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak self] in self?.forget(key, ch) }
+            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: TunnelHTTP2.connection(server: false),
+                                                    streamConfiguration: TunnelHTTP2.stream,
+                                                    streamDelegate: counter.delegate) { pushed in
+                pushed.close()
+            }
+            // After a GOAWAY the connection finishes its streams; new ones get a new one.
+            try sync.addHandler(GoAwayWatcher { [weak self] _ in self?.forget(key, ch) })
+            try sync.addHandler(counter)
+            try sync.addHandler(CloseOnError { error in
+                logger.warning("tunnel to \(via):\(port) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
+            })
+            ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in self?.forget(key, ch) }
+            ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
+            self.channels[key] = ch
+            return m
+        }
+        made.assumeIsolated().whenFailure { [weak self] _ in
+            if self?.channels[key] == nil { self?.connections[key] = nil }
+        }
+        connections[key] = made
+        return made
+    }
+
+    /// A TCP connection to the tunnel port of `key`'s node at `via`, with TLS 1.3 set up on
+    /// it (ALPN `alpn`, `key.source`'s certificate, the peer verified to be a workload
+    /// identity of that node) and registered with the live sessions, whose `drain` stops
+    /// it taking new streams. The certificate's serial goes into `serials[key]`.
+    private func secureChannel(_ key: TunnelKey, via: IPAddress, alpn: String, on loop: EventLoop, timeout: TimeAmount?,
+                               serials: inout [TunnelKey: String], drain: @escaping (Channel) -> Void) -> EventLoopFuture<Channel> {
         let context: NIOSSLContext
         do {
-            let (ctx, serial) = try tls.context(for: key.source, server: false)
+            let (ctx, serial) = try tls.context(for: key.source, server: false, alpn: alpn)
             context = ctx
             serials[key] = serial
-            logger.info("tunnel to node \(key.node) via \(via) as \(key.source.namespace)/\(key.source.name) (certificate \(serial))",
+            logger.info("tunnel \(alpn == TunnelHTTP2.requestsALPN ? "for requests " : "")to node \(key.node) via \(via) as \(key.source.namespace)/\(key.source.name) (certificate \(serial))",
                         metadata: ["component": "tunnel"])
         } catch {
             return loop.makeFailedFuture(error)
         }
-        let logger = logger, idleTimeout = idleTimeout
+        let logger = logger
         let address = SocketKey(via, UInt16(port))
         let peer = PeerIdentity()
         let peers = peers
@@ -130,10 +172,9 @@ final class TunnelPool {
         }, expires: { notAfter in
             if let s = session.withLockedValue({ $0 }) { sessions.expire(s, at: notAfter, drainFirst: true) }
         })
-        let made = settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
-            // Draining our own connection: new streams of its key get a new one.
-            let bound = NIOLoopBound(self, eventLoop: loop)
-            let s = LiveSessions.Tunnel(channel: ch, peer: peer, accept: accept, drain: { bound.value.forget(key, ch) }, describe: what)
+        return settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
+            let bound = NIOLoopBound(drain, eventLoop: loop)
+            let s = LiveSessions.Tunnel(channel: ch, peer: peer, accept: accept, drain: { bound.value(ch) }, describe: what)
             session.withLockedValue { $0 = s }
             sessions.add(s)
             let sync = ch.pipeline.syncOperations
@@ -142,28 +183,104 @@ final class TunnelPool {
             try sync.addHandler(HandshakeTimeoutHandler(timeout: timeout ?? UpstreamSettings.defaultConnectTimeout) {
                 logger.warning("\(what): no TLS handshake within the connect timeout", metadata: ["component": "tunnel"])
             })
-            let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak self] in self?.forget(key, ch) }
-            let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: TunnelHTTP2.connection(server: false),
-                                                    streamConfiguration: TunnelHTTP2.stream,
-                                                    streamDelegate: counter.delegate) { pushed in
-                pushed.close()
+            return ch
+        }
+    }
+
+    // MARK: requests as streams
+
+    /// A stream for one HTTP request to `target` (a workload port of `key`'s node) on the
+    /// requests connection of `key`, if one is up and takes streams.
+    func takeRequestStream(_ key: TunnelKey, target: SocketKey) -> HTTP2UpstreamStream? {
+        if let r = requests[key], r.serial != tls.identities.serial(for: key.source) { forgetRequests(key) }
+        guard let r = requests[key], let s = r.session.makeStream() else { return nil }
+        s.tunnelFields = (targetText(target), r.source)
+        return s
+    }
+
+    /// The same once a requests connection is up: an existing one still coming up, or a new
+    /// one. Its requests go as HTTP/2 streams of their own, each naming its target and
+    /// original client (TunnelHTTP2.targetField, .sourceField), to be served by the
+    /// destination agent as they arrive: no CONNECT stream, no HTTP/1 inside.
+    func requestStream(_ key: TunnelKey, via: IPAddress, target: SocketKey, on loop: EventLoop, timeout: TimeAmount?,
+                       flushes: FlushBatch) -> EventLoopFuture<any ExchangeUpstream> {
+        if let s = takeRequestStream(key, target: target) { return loop.makeSucceededFuture(s) }
+        let session: HTTP2ClientSession
+        if let r = requests[key], !r.session.isReady, !r.session.retired {
+            session = r.session
+        } else {
+            if requests[key] != nil { forgetRequests(key) }
+            session = connectRequests(key, via: via, on: loop, timeout: timeout, flushes: flushes)
+        }
+        return session.ready.futureResult.assumeIsolated().flatMapThrowing { () -> any ExchangeUpstream in
+            // A connection that closed or went away as it came up takes no stream: a
+            // connect failure, retried.
+            guard let s = session.makeStream(), let source = self.requests[key]?.source else {
+                throw ProxyError("the tunnel connection to node \(key.node) closed")
             }
-            // After a GOAWAY the connection finishes its streams; new ones get a new one.
-            try sync.addHandler(GoAwayWatcher { [weak self] _ in self?.forget(key, ch) })
-            try sync.addHandler(counter)
-            try sync.addHandler(CloseOnError { error in
-                logger.warning("tunnel to \(address) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
-            })
-            ch.closeFuture.assumeIsolated().whenComplete { [weak self] _ in self?.forget(key, ch) }
-            ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
-            self.channels[key] = ch
-            return m
+            s.tunnelFields = (self.targetText(target), source)
+            return s
+        }.nonisolated()
+    }
+
+    private func connectRequests(_ key: TunnelKey, via: IPAddress, on loop: EventLoop, timeout: TimeAmount?,
+                                 flushes: FlushBatch) -> HTTP2ClientSession {
+        let session = HTTP2ClientSession(endpoint: SocketKey(via, UInt16(port)), loop: loop, flushes: flushes)
+        var serial: [TunnelKey: String] = [:]
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        let logger = logger, idleTimeout = idleTimeout, port = port
+        let made = secureChannel(key, via: via, alpn: TunnelHTTP2.requestsALPN, on: loop, timeout: timeout, serials: &serial) { [weak session] _ in
+            if let session { bound.value.forgetRequests(key, session) }
         }
-        made.assumeIsolated().whenFailure { [weak self] _ in
-            if self?.channels[key] == nil { self?.connections[key] = nil }
+        let source = key.sourceAddress.description
+        requests[key] = (session, nil, serial[key] ?? "", source)
+        session.onRetire = { [weak session] in
+            if let session { bound.value.forgetRequests(key, session) }
         }
-        connections[key] = made
-        return made
+        made.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let ch):
+                do {
+                    // Idle (no stream) for the idle timeout, it closes.
+                    let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak session] in session?.retire() }
+                    try ch.pipeline.syncOperations.addHandlers(HTTP2ClientSession.handlers(session, counter: counter, tunnel: true) { error in
+                        logger.warning("tunnel (requests) to \(via):\(port) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
+                    })
+                    if bound.value.requests[key]?.session === session { bound.value.requests[key]?.channel = ch }
+                    session.start()
+                    ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
+                } catch {
+                    ch.close(promise: nil)
+                    session.ready.fail(error)
+                }
+            case .failure(let error):
+                session.retire()
+                session.ready.fail(error)
+            }
+        }
+        return session
+    }
+
+    private func forgetRequests(_ key: TunnelKey, _ session: HTTP2ClientSession) {
+        guard requests[key]?.session === session else { return }
+        forgetRequests(key)
+    }
+
+    /// New requests of `key` go to a new connection; the old one finishes its streams and
+    /// closes once it has none.
+    private func forgetRequests(_ key: TunnelKey) {
+        guard let r = requests.removeValue(forKey: key) else { return }
+        r.session.retire()
+        if let ch = r.channel { retire(ch) }
+    }
+
+    /// A target as its stream field carries it, formatted once per endpoint.
+    private func targetText(_ target: SocketKey) -> String {
+        if let t = targetTexts[target] { return t }
+        if targetTexts.count >= 4096 { targetTexts.removeAll() } // endpoints come and go
+        let t = target.description
+        targetTexts[target] = t
+        return t
     }
 
     private func forget(_ key: TunnelKey, _ channel: Channel) {

@@ -62,7 +62,7 @@ final class PeerIdentity: Sendable {
     func markChecked() { box.withLockedValue { $0.checked = true } }
 }
 
-/// TLS 1.3 contexts with ALPN h2, one per (role, workload certificate): built once per
+/// TLS 1.3 contexts with the tunnel's ALPN, one per (role, protocol, workload certificate): built once per
 /// certificate, replaced when it is renewed. Peer verification is weft's own (SPIFFE over
 /// the trust bundle), through NIOSSL's custom verification callback.
 final class TunnelTLS: Sendable {
@@ -73,9 +73,10 @@ final class TunnelTLS: Sendable {
         self.identities = identities
     }
 
-    /// The context to present `workload`'s certificate with, as client or server.
-    func context(for workload: ResourceID, server: Bool) throws -> (NIOSSLContext, serial: String) {
-        let key = "\(server ? "server" : "client")|\(workload.namespace)/\(workload.name)"
+    /// The context to present `workload`'s certificate with, as client (offering `alpn`)
+    /// or server (taking either of the tunnel's protocols).
+    func context(for workload: ResourceID, server: Bool, alpn: String = TunnelHTTP2.connectALPN) throws -> (NIOSSLContext, serial: String) {
+        let key = "\(server ? "server" : "client \(alpn)")|\(workload.namespace)/\(workload.name)"
         // Once per tunnel connection: the cached context while the certificate is the
         // same (a serial lookup), a new one only after renewal.
         if let serial = identities.serial(for: workload), let c = contexts.withLockedValue({ $0[key] }), c.serial == serial {
@@ -93,7 +94,7 @@ final class TunnelTLS: Sendable {
         config.minimumTLSVersion = .tlsv13
         // Both sides must present a certificate; checking it is the callback's job.
         config.certificateVerification = .noHostnameVerification
-        config.applicationProtocols = ["h2"]
+        config.applicationProtocols = server ? [TunnelHTTP2.requestsALPN, TunnelHTTP2.connectALPN] : [alpn]
         let context = try NIOSSLContext(configuration: config)
         contexts.withLockedValue { $0[key] = (creds.serial, context) }
         return (context, creds.serial)
