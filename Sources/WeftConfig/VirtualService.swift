@@ -200,8 +200,13 @@ extension ResourceDecoder {
             h.add = o["add"]?.stringMap() ?? [:]
             h.remove = o["remove"]?.stringList() ?? []
             for n in [o["set"], o["add"]].compactMap({ $0 }) {
-                for (k, v) in n.mapping()?.allPairs() ?? [] where !isHeaderName(k) {
-                    m.ctx.error("VS010", v.node, "\(n.path): \"\(k)\" is not a valid header name")
+                for (k, v) in n.mapping()?.allPairs() ?? [] {
+                    if !isHeaderName(k) { m.ctx.error("VS010", v.node, "\(n.path): \"\(k)\" is not a valid header name") }
+                    // A line break would end the field early on HTTP/1.1 (a header of the
+                    // route's own making injected) and is malformed in HTTP/2.
+                    if let value = v.scalarText, value.utf8.contains(where: { $0 == 0 || $0 == 0x0a || $0 == 0x0d }) {
+                        m.ctx.error("VS010", v.node, "\(n.path).\(k): a header value cannot hold NUL, CR or LF")
+                    }
                 }
             }
             o.finish(kind: "HeaderOperations")

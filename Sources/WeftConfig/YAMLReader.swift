@@ -52,6 +52,13 @@ struct YNode {
         return nil
     }
 
+    /// The scalar's text, whatever its type, with no error recorded (a check on a value
+    /// whose type is judged elsewhere).
+    var scalarText: String? {
+        if case .scalar(let s) = node { return s.string }
+        return nil
+    }
+
     func string() -> String? {
         guard case .scalar(let s) = node else { typeError("a string"); return nil }
         if (s.style == .plain || s.style == .any) && ["", "~", "null", "Null", "NULL"].contains(s.string) {
