@@ -202,6 +202,9 @@ extension ResourceDecoder {
             for n in [o["set"], o["add"]].compactMap({ $0 }) {
                 for (k, v) in n.mapping()?.allPairs() ?? [] {
                     if !isHeaderName(k) { m.ctx.error("VS010", v.node, "\(n.path): \"\(k)\" is not a valid header name") }
+                    if k.lowercased().hasPrefix("weft-") {
+                        m.ctx.error("VS010", v.node, "\(n.path): \"\(k)\": weft-* fields are the mTLS tunnel's own and never pass the proxy")
+                    }
                     // A line break would end the field early on HTTP/1.1 (a header of the
                     // route's own making injected) and is malformed in HTTP/2.
                     if let value = v.scalarText, value.utf8.contains(where: { $0 == 0 || $0 == 0x0a || $0 == 0x0d }) {

@@ -2,6 +2,7 @@
 """Raw HTTP/2 abuse against ADDR PORT (Debian's python3-h2), reported as JSON:
   rapid_reset  open and immediately reset streams in a loop: how the server ended it
   bad_header   a request whose header value holds a NUL: what the server did
+  bad_flood    300 such requests in a row: how the server ended it
   max_streams  the server's advertised SETTINGS_MAX_CONCURRENT_STREAMS
 With a third argument `idle`, instead: one request, then silence; reports how the
 server ended the connection and after how many seconds.
@@ -98,6 +99,35 @@ def bad_header():
     return pump(s, c, goaway_or_reset)
 
 
+def bad_flood():
+    s, c = connect()
+    ended = []
+
+    def until(e):
+        if isinstance(e, h2.events.ConnectionTerminated):
+            ended.append("goaway:" + e.error_code.name)
+            return ended[0]
+        return None
+    sid = 1
+    try:
+        # In batches of 50, reading the resets between them: under the server's limit of
+        # concurrent streams, so each one is refused for its header, not for the count.
+        for _ in range(6):
+            for _ in range(50):
+                c.send_headers(sid, HEADERS + [("x-evil", "a\x00b")], end_stream=True)
+                sid += 2
+            s.sendall(c.data_to_send())
+            s.settimeout(0.5)
+            if pump(s, c, until, limit=50).startswith("goaway"):
+                break
+        s.settimeout(10)
+        return ended[0] if ended else pump(s, c, until, limit=5000)
+    except (BrokenPipeError, ConnectionResetError):
+        return ended[0] if ended else "reset"
+    except h2.exceptions.ProtocolError as e:
+        return ended[0] if ended else "protocol error: %s" % e
+
+
 def max_streams():
     s, c = connect()
 
@@ -129,4 +159,4 @@ def idle():
 if sys.argv[3:] == ["idle"]:
     print(json.dumps(idle()))
 else:
-    print(json.dumps({"rapid_reset": rapid_reset(), "bad_header": bad_header(), "max_streams": max_streams()}))
+    print(json.dumps({"rapid_reset": rapid_reset(), "bad_header": bad_header(), "bad_flood": bad_flood(), "max_streams": max_streams()}))

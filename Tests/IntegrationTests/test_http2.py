@@ -157,7 +157,8 @@ spec:
 
 def test_http2_abuse_is_contained(sandbox):
     """Rapid Reset is answered with GOAWAY and the connection closed; a header with a NUL or CR is refused
-    with a stream reset; too many concurrent streams are refused; the agent serves on."""
+    with a stream reset, and 300 of them end the connection; too many concurrent streams are refused;
+    the agent serves on."""
     routed_h2(sandbox)
     sandbox.start_agent()
     r = sandbox.run(["/usr/bin/python3", os.path.join(HERE, "h2abuse.py"), VIP, "80"], timeout=120)
@@ -166,6 +167,9 @@ def test_http2_abuse_is_contained(sandbox):
     # Closed (a reset, when the server leaves the abuser's flood unread) after GOAWAY.
     assert res["rapid_reset"] in ("goaway:ENHANCE_YOUR_CALM,closed", "goaway:ENHANCE_YOUR_CALM,reset"), res
     assert res["bad_header"] in ("reset", "goaway:PROTOCOL_ERROR"), res
+    # A stream of malformed requests, each reset, ends the connection as a flood of any
+    # other stream errors does.
+    assert res["bad_flood"] == "goaway:ENHANCE_YOUR_CALM", res
     assert res["max_streams"] == 100, res
     ok = sandbox.run(["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", "http://%s/" % VIP])
     assert ok.stdout == "200"

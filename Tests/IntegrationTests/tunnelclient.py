@@ -2,7 +2,7 @@
 """A hand-made tunnel client (Debian's python3-h2 + ssl): TLS 1.3 with a client
 certificate, ALPN h2, one CONNECT stream, as a peer agent (or an attacker holding a mesh
 certificate) would send it. Prints JSON: the response status, and what came back for a
-line sent through the stream once it is open.
+line sent through the stream once it is open (and the error code of a reset).
 
 With --alpn weft-h2 it speaks the tunnel's requests protocol instead: the headers (give
 them with --raw-headers) are one HTTP request, sent with END_STREAM; it prints the
@@ -57,7 +57,10 @@ def main():
                 elif isinstance(ev, h2.events.DataReceived):
                     out["data"] += ev.data.decode(errors="replace")
                     conn.acknowledge_received_data(ev.flow_controlled_length, sid)
-                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                elif isinstance(ev, h2.events.StreamReset):
+                    out["reset"] = int(ev.error_code)
+                    raise StopIteration
+                elif isinstance(ev, h2.events.StreamEnded):
                     raise StopIteration
             s.sendall(conn.data_to_send())
     except (StopIteration, socket.timeout, ssl.SSLError, ConnectionError):

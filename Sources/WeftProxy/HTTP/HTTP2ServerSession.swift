@@ -33,6 +33,8 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
     /// a scheduled task per stream).
     private var idleTimer: DeadlineTimer?
     private var idleDue: NIODeadline?
+    private var refusals = 0
+    private var refusalsSince: NIODeadline?
 
     init(conn: ConnectionContext, counter: StreamCounter) {
         self.conn = conn
@@ -77,6 +79,7 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
                 guard HTTP2Heads.isValidRequest(h.headers) else {
                     refused?(.init(400, .badRequest, "malformed request header block"))
                     reset(id)
+                    countRefusal(id)
                     break
                 }
                 guard let conn = conn ?? streamContext(id, h) else { break }
@@ -110,15 +113,42 @@ final class HTTP2ServerSession: ChannelInboundHandler, BatchFlushed {
             return conn
         case .failure(let refusal):
             refused?(refusal)
-            let status = HPACKHeaders([(":status", String(refusal.status)), ("content-length", "0")])
-            write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: status, endStream: true))), promise: nil)
-            if !h.endStream { write(HTTP2Frame(streamID: id, payload: .rstStream(.noError)), promise: nil) }
+            countRefusal(id)
+            switch refusal.kind {
+            case .notLocalWorkload, .unavailable:
+                // Not processed: the source may try another endpoint (a stale one, say),
+                // as it would after a refused CONNECT (RFC 9113 §8.7).
+                write(HTTP2Frame(streamID: id, payload: .rstStream(.refusedStream)), promise: nil)
+            default:
+                let status = HPACKHeaders([(":status", String(refusal.status)), ("content-length", "0")])
+                write(HTTP2Frame(streamID: id, payload: .headers(.init(headers: status, endStream: true))), promise: nil)
+                if !h.endStream { write(HTTP2Frame(streamID: id, payload: .rstStream(.noError)), promise: nil) }
+            }
             flush()
             return nil
         case nil:
             return nil
         }
     }
+
+    /// The session's own refusals (malformed blocks, tunnel streams it would not serve),
+    /// which NIO's guards do not see: counted as NIO counts its stream errors, and past
+    /// 200 in 30 s the connection ends with GOAWAY ENHANCE_YOUR_CALM, as NIO ends one.
+    private func countRefusal(_ id: HTTP2StreamID) {
+        let now = NIODeadline.now()
+        if let since = refusalsSince, now - since < .seconds(30) {
+            refusals += 1
+        } else {
+            refusalsSince = now
+            refusals = 1
+        }
+        guard refusals > Self.maxRefusals, let context else { return }
+        write(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: id, errorCode: .enhanceYourCalm, opaqueData: nil)), promise: nil)
+        context.flush()
+        context.close(promise: nil)
+    }
+
+    static let maxRefusals = 200
 
     /// Resets a stream the peer got wrong (PROTOCOL_ERROR).
     func reset(_ id: HTTP2StreamID) {

@@ -39,7 +39,10 @@ enum TunnelHTTP2 {
         var c = NIOHTTP2Handler.ConnectionConfiguration()
         c.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: server ? maxStreams : 100),
-            HTTP2Setting(parameter: .maxHeaderListSize, value: 16 * 1024),
+            // A request head the agent took from a client (up to 60 KiB) must fit whole,
+            // with the tunnel's fields: a smaller limit would make the peer's NIO fail the
+            // whole connection, shared by every client of the pair, on one large head.
+            HTTP2Setting(parameter: .maxHeaderListSize, value: ProxyRuntime.maxHeaderBytes + 4 * 1024),
             HTTP2Setting(parameter: .initialWindowSize, value: streamWindow),
         ]
         c.targetWindowSize = connectionWindow

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP2
 import NIOSSL
+import NIOTLS
 import WeftConfig
 
 /// Which tunnel a proxied connection rides: whose certificate is presented, to which node.
@@ -243,11 +244,19 @@ final class TunnelPool {
                 do {
                     // Idle (no stream) for the idle timeout, it closes.
                     let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak session] in session?.retire() }
+                    // Streams wait for the handshake: one that fails (the peer refused, or
+                    // an agent that does not speak weft-h2) fails them as a connect
+                    // failure, which may be retried, not as streams cut after sending.
+                    let gate = ProtocolGate(TunnelHTTP2.requestsALPN, node: key.node) { session.start() }
+                    try ch.pipeline.syncOperations.addHandler(gate)
                     try ch.pipeline.syncOperations.addHandlers(HTTP2ClientSession.handlers(session, counter: counter, tunnel: true) { error in
-                        logger.warning("tunnel (requests) to \(via):\(port) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
+                        logger.warning("tunnel for requests to \(via):\(port) (node \(key.node)) failed: \(error)", metadata: ["component": "tunnel"])
                     })
-                    if bound.value.requests[key]?.session === session { bound.value.requests[key]?.channel = ch }
-                    session.start()
+                    if bound.value.requests[key]?.session === session {
+                        bound.value.requests[key]?.channel = ch
+                    } else {
+                        ch.close(promise: nil) // forgotten (renewed, drained) while it connected
+                    }
                     ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
                 } catch {
                     ch.close(promise: nil)
@@ -307,5 +316,36 @@ final class TunnelPool {
                 channel.close(promise: nil)
             }
         }
+    }
+}
+
+/// Holds a tunnel requests connection's streams until its TLS handshake is done and chose
+/// `alpn`; an agent that answered without it (an older version, which serves CONNECT
+/// streams only) fails the connection with an error that says so.
+final class ProtocolGate: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = Any
+    private let alpn: String
+    private let node: String
+    private let open: () -> Void
+
+    init(_ alpn: String, node: String, open: @escaping () -> Void) {
+        self.alpn = alpn
+        self.node = node
+        self.open = open
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted(let negotiated) = event {
+            if negotiated == alpn {
+                context.fireUserInboundEventTriggered(event)
+                context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+                open()
+            } else {
+                context.fireErrorCaught(ProxyError("node \(node)'s agent does not speak \(alpn) (it chose \(negotiated ?? "no protocol")): an older weft?"))
+                context.close(promise: nil)
+            }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }
