@@ -325,6 +325,33 @@ FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
 WEB = "spiffe://cluster.local/ns/default/sa/web"
 
 
+def test_a_peer_without_weft_h2_gets_no_request(mesh):
+    """A genuine peer that does not speak the tunnel's requests protocol (as an older
+    agent answers, whose TLS library ignores an ALPN it does not know: no protocol chosen;
+    a valid identity of node b): agent a's HTTP/2 requests fail as a connect failure with
+    a log line that says why, and no request stream is sent."""
+    frontend = mtls_setup(mesh)
+    a, b = mesh.a, mesh.b
+    root = os.path.join(a.tmp, "root-ca", "ca.pem")
+    web = mkleaf(b, os.path.join(b.tmp, "node-ca"), WEB, "web-old")
+    b.stop_agent()
+    out = os.path.join(b.tmp, "old-agent.out")
+    p = subprocess.Popen(b.in_ns(["openssl", "s_server", "-accept", "10.250.2.10:15008", "-tls1_3", "-cert", web + ".pem",
+                                  "-cert_chain", web + ".pem", "-key", web + ".key", "-Verify", "1", "-CAfile", root, "-quiet"],
+                                 cgroup=b.cgroup), stdout=open(out, "w"), stderr=subprocess.STDOUT)
+    b.procs.append(p)
+    import time
+    time.sleep(0.5)
+    r = a.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10", "--http2-prior-knowledge",
+               "http://10.96.7.7/secret"], cgroup=frontend)
+    assert r.stdout != "200", r.stdout
+    a.wait_log(r"node node-b's agent does not speak weft-h2 \(it chose no protocol\)")
+    p.kill()
+    p.wait()
+    # What reached the peer: at most the connection preface and settings, no request.
+    assert b"/secret" not in open(out, "rb").read()
+
+
 def test_a_node_ca_speaks_only_for_its_own_nodes_workloads(mesh):
     """Class 8: node CAs name their node, and a leaf is accepted only for identities of
     workloads of the node whose CA issued it — at the destination (node a's CA minting
