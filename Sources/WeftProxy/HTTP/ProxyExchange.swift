@@ -433,18 +433,16 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         poolKey = key
         let timeout = c.connectionPool?.connectTimeout?.timeAmount
         let pool = conn.loop.pool
+        let future: EventLoopFuture<any ExchangeUpstream>?
         if tunnelRequests, case .tunnel(let tunnel) = route, let tunnels = conn.loop.dialer.tunnels {
             if let up = tunnels.takeRequestStream(tunnel, target: endpoint) {
                 attach(up)
                 return
             }
+            future = tunnels.requestStream(tunnel, via: endpoint.address, target: endpoint, on: loop, timeout: timeout, flushes: conn.loop.flushes)
         } else if let up: any ExchangeUpstream = upstreamHTTP2 ? pool.takeStream(key) : pool.takeIdle(key, cluster: state) {
             attach(up)
             return
-        }
-        let future: EventLoopFuture<any ExchangeUpstream>?
-        if tunnelRequests, case .tunnel(let tunnel) = route, let tunnels = conn.loop.dialer.tunnels {
-            future = tunnels.requestStream(tunnel, via: endpoint.address, target: endpoint, on: loop, timeout: timeout, flushes: conn.loop.flushes)
         } else if upstreamHTTP2 {
             future = pool.acquireStream(key, cluster: state, on: loop, connectTimeout: timeout, idleTimeout: c.connectionPool?.idleTimeout?.timeAmount)
         } else {

@@ -95,7 +95,7 @@ public final class TunnelListener: Sendable {
     /// header blocks itself (HTTP2Heads.isValidRequest), not NIO, which would check every
     /// block both ways: ~20 % of the pair's throughput for HTTP/2 (`scripts/bench mtls`).
     static func requestHandlers(runtime: ProxyRuntime, peer: PeerIdentity, remote: SocketKey, loop: LoopState,
-                                        eventLoop: EventLoop) -> [ChannelHandler] {
+                                eventLoop: EventLoop) -> [ChannelHandler] {
         let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: runtime.settings.idleTimeout, server: true)
         var config = TunnelHTTP2.connection(server: true)
         config.headerBlockValidation = .disabled

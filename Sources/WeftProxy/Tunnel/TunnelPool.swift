@@ -111,10 +111,12 @@ final class TunnelPool {
                          timeout: TimeAmount?) -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
         let logger = logger, idleTimeout = idleTimeout, port = port
         let bound = NIOLoopBound(self, eventLoop: loop)
-        let made = secureChannel(key, via: via, alpn: TunnelHTTP2.connectALPN, on: loop, timeout: timeout, serials: &serials) { ch in
+        let (secured, serial) = secureChannel(key, via: via, alpn: TunnelHTTP2.connectALPN, on: loop, timeout: timeout) { ch in
             // Draining our own connection: new streams of its key get a new one.
             bound.value.forget(key, ch)
-        }.flatMapThrowing { ch in
+        }
+        serials[key] = serial
+        let made = secured.flatMapThrowing { ch in
             let sync = ch.pipeline.syncOperations
             let counter = StreamCounter(eventLoop: ch.eventLoop, idleTimeout: idleTimeout, server: false) { [weak self] in self?.forget(key, ch) }
             let m = try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: TunnelHTTP2.connection(server: false),
@@ -143,18 +145,16 @@ final class TunnelPool {
     /// A TCP connection to the tunnel port of `key`'s node at `via`, with TLS 1.3 set up on
     /// it (ALPN `alpn`, `key.source`'s certificate, the peer verified to be a workload
     /// identity of that node) and registered with the live sessions, whose `drain` stops
-    /// it taking new streams. The certificate's serial goes into `serials[key]`.
+    /// it taking new streams; with the serial of the certificate presented (nil: none).
     private func secureChannel(_ key: TunnelKey, via: IPAddress, alpn: String, on loop: EventLoop, timeout: TimeAmount?,
-                               serials: inout [TunnelKey: String], drain: @escaping (Channel) -> Void) -> EventLoopFuture<Channel> {
-        let context: NIOSSLContext
+                               drain: @escaping (Channel) -> Void) -> (EventLoopFuture<Channel>, serial: String?) {
+        let context: NIOSSLContext, serial: String
         do {
-            let (ctx, serial) = try tls.context(for: key.source, server: false, alpn: alpn)
-            context = ctx
-            serials[key] = serial
+            (context, serial) = try tls.context(for: key.source, server: false, alpn: alpn)
             logger.info("tunnel \(alpn == TunnelHTTP2.requestsALPN ? "for requests " : "")to node \(key.node) via \(via) as \(key.source.namespace)/\(key.source.name) (certificate \(serial))",
                         metadata: ["component": "tunnel"])
         } catch {
-            return loop.makeFailedFuture(error)
+            return (loop.makeFailedFuture(error), nil)
         }
         let logger = logger
         let address = SocketKey(via, UInt16(port))
@@ -173,7 +173,7 @@ final class TunnelPool {
         }, expires: { notAfter in
             if let s = session.withLockedValue({ $0 }) { sessions.expire(s, at: notAfter, drainFirst: true) }
         })
-        return settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
+        let secured = settings.connect(address, on: loop, timeout: timeout, halfClose: false).flatMapThrowing { ch in
             let bound = NIOLoopBound(drain, eventLoop: loop)
             let s = LiveSessions.Tunnel(channel: ch, peer: peer, accept: accept, drain: { bound.value(ch) }, describe: what)
             session.withLockedValue { $0 = s }
@@ -186,6 +186,7 @@ final class TunnelPool {
             })
             return ch
         }
+        return (secured, serial)
     }
 
     // MARK: requests as streams
@@ -227,14 +228,12 @@ final class TunnelPool {
     private func connectRequests(_ key: TunnelKey, via: IPAddress, on loop: EventLoop, timeout: TimeAmount?,
                                  flushes: FlushBatch) -> HTTP2ClientSession {
         let session = HTTP2ClientSession(endpoint: SocketKey(via, UInt16(port)), loop: loop, flushes: flushes)
-        var serial: [TunnelKey: String] = [:]
         let bound = NIOLoopBound(self, eventLoop: loop)
         let logger = logger, idleTimeout = idleTimeout, port = port
-        let made = secureChannel(key, via: via, alpn: TunnelHTTP2.requestsALPN, on: loop, timeout: timeout, serials: &serial) { [weak session] _ in
+        let (made, serial) = secureChannel(key, via: via, alpn: TunnelHTTP2.requestsALPN, on: loop, timeout: timeout) { [weak session] _ in
             if let session { bound.value.forgetRequests(key, session) }
         }
-        let source = key.sourceAddress.description
-        requests[key] = (session, nil, serial[key] ?? "", source)
+        requests[key] = (session, nil, serial ?? "", key.sourceAddress.description)
         session.onRetire = { [weak session] in
             if let session { bound.value.forgetRequests(key, session) }
         }

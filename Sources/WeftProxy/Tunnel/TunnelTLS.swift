@@ -62,8 +62,8 @@ final class PeerIdentity: Sendable {
     func markChecked() { box.withLockedValue { $0.checked = true } }
 }
 
-/// TLS 1.3 contexts with the tunnel's ALPN, one per (role, protocol, workload certificate): built once per
-/// certificate, replaced when it is renewed. Peer verification is weft's own (SPIFFE over
+/// TLS 1.3 contexts with the tunnel's ALPN, one per (role, protocol, workload
+/// certificate): built once per certificate, replaced when it is renewed. Peer verification is weft's own (SPIFFE over
 /// the trust bundle), through NIOSSL's custom verification callback.
 final class TunnelTLS: Sendable {
     let identities: TunnelIdentities
