@@ -77,9 +77,10 @@ public enum ProxyFuzzing {
             let f = tunnelFixture
             let peer = PeerIdentity()
             peer.set("spiffe://cluster.local/ns/default/sa/frontend", node: "other", chain: [])
+            let closeOnError = CloseOnError { _ in }
             var handlers = TunnelListener.requestHandlers(runtime: f.runtime, peer: peer, remote: SocketKey(IPAddress("10.9.9.9")!, 40000),
-                                                          loop: conn.loop, eventLoop: loop)
-            handlers.append(CloseOnError { _ in })
+                                                          loop: conn.loop, eventLoop: loop, closeOnError: closeOnError)
+            handlers.append(closeOnError)
             _ = try? ch.pipeline.syncOperations.addHandlers(handlers)
         } else {
             _ = try? ch.pipeline.syncOperations.addHandlers(ProxyRuntime.http2Handlers(conn, eventLoop: loop, idleTimeout: .hours(1)) { _ in })

@@ -457,11 +457,14 @@ public final class ProxyRuntime: Sendable {
         // Blocks are checked by the session itself (HTTP2Heads.isValidRequest in,
         // isValidResponse out), at a fraction of what NIO's checks cost.
         connection.headerBlockValidation = .disabled
-        let h2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: connection, streamConfiguration: .init())
+        connection.maximumRecentlyResetStreams = CloseOnError.clientResets
+        // After NIO has given the connection up (one of its flood guards, a frame no peer
+        // may send) and sent its GOAWAY, the connection is closed, rather than left open to
+        // the abuser until the idle timeout.
+        let closeOnError = CloseOnError(closed)
+        let h2 = NIOHTTP2Handler(mode: .server, frameDelegate: closeOnError, connectionConfiguration: connection, streamConfiguration: .init())
         let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: idleTimeout, server: true)
-        // After one of NIO's flood guards has sent its GOAWAY the connection is closed,
-        // rather than left open to the abuser until the idle timeout.
-        return [h2, HTTP2ServerSession(conn: conn, counter: counter), counter, CloseOnError(closed)]
+        return [h2, HTTP2ServerSession(conn: conn, counter: counter), counter, closeOnError]
     }
 
     /// Opaque TCP to the tcp route's (or the service's) endpoint, within the cluster's

@@ -39,6 +39,16 @@ import WeftConfig
         func upstreamWritabilityChanged(_ conn: any ExchangeUpstream, writable: Bool) { self.writable.append(writable) }
     }
 
+    /// The GOAWAY frames that reach the server (NIO's multiplexer passes stream 0's frames on).
+    final class GoAwaysSeen: ChannelInboundHandler {
+        typealias InboundIn = HTTP2Frame
+        let seen: (HTTP2ErrorCode) -> Void
+        init(_ seen: @escaping (HTTP2ErrorCode) -> Void) { self.seen = seen }
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .goAway(_, let code, _) = unwrapInboundIn(data).payload { seen(code) }
+        }
+    }
+
     /// The server's streams, in the order they opened.
     final class ServerStreams: @unchecked Sendable {
         var channels: [Channel] = []
@@ -51,6 +61,8 @@ import WeftConfig
         let session: HTTP2ClientSession
         let streams: ServerStreams
         let closedFor: () -> [String]
+        /// The error codes of the GOAWAY frames the server received.
+        let goAways: () -> [HTTP2ErrorCode]
 
         /// Moves bytes both ways until neither side has more to say.
         func pump() throws {
@@ -101,8 +113,11 @@ import WeftConfig
             streams.channels.append(ch)
             return ch.setOption(.autoRead, value: serverStreamsRead)
         }
+        var goAways: [HTTP2ErrorCode] = []
+        try server.pipeline.syncOperations.addHandler(GoAwaysSeen { goAways.append($0) })
         try server.connect(to: .init(ipAddress: "10.0.0.1", port: 1)).wait()
-        let p = Pair(loop: loop, client: client, server: server, session: session, streams: streams, closedFor: { closedFor })
+        let p = Pair(loop: loop, client: client, server: server, session: session, streams: streams, closedFor: { closedFor },
+                     goAways: { goAways })
         try p.pump()
         return p
     }
@@ -191,6 +206,52 @@ import WeftConfig
         p.streams.channels[0].writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "204"], endStream: true)), promise: nil)
         try p.pump()
         #expect(first.parts == ["head 204", "end"] && !first.closed)
+    }
+
+    /// Clients cancel requests (a Rapid Reset flood does, hundreds at a time), and the proxy
+    /// resets their upstream streams while the upstream's answers are already on the way:
+    /// those answers are ignored (RFC 9113 §5.1), however many — NIO by default remembers
+    /// only the last 32 resets and fails the connection on an answer to an older one.
+    @Test func answersToHundredsOfCancelledStreamsAreIgnoredAndTheConnectionServesOn() throws {
+        let p = try pair()
+        // 180 resets: well past NIO's 32, under the embedded server's own Rapid Reset guard.
+        for _ in 0..<2 {
+            var cancelled: [(HTTP2UpstreamStream, Exchange)] = []
+            for _ in 0..<90 { cancelled.append(try p.request()) }
+            // The server answers each; the answers cross the proxy's resets on the wire.
+            for s in p.streams.channels.suffix(90) {
+                s.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"])), promise: nil)
+                s.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(string: "late")), endStream: true)),
+                                promise: nil)
+            }
+            for (stream, _) in cancelled { stream.close() }
+            // All of it in one read, as TCP delivers it.
+            var answers = ByteBuffer()
+            while let b = try p.server.readOutbound(as: IOData.self) { if case .byteBuffer(var bb) = b { answers.writeBuffer(&bb) } }
+            try p.client.writeInbound(answers)
+            try p.pump()
+            #expect(cancelled.allSatisfy { $0.1.parts.isEmpty })
+        }
+        #expect(p.client.isActive && p.closedFor().isEmpty && p.goAways().isEmpty, "\(p.closedFor()) \(p.goAways())")
+        let (_, good) = try p.request()
+        try #require(p.streams.channels.last).writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"], endStream: true)),
+                                                            promise: nil)
+        try p.pump()
+        #expect(good.parts == ["head 200", "end"])
+    }
+
+    /// A connection error NIO finds in what the upstream sent (here DATA on a stream that
+    /// was never opened) makes NIO send GOAWAY and give the connection up: the pool closes
+    /// it, its streams are told, and the next request gets another connection — rather than
+    /// requests left on a connection whose every later frame NIO refuses.
+    @Test func aConnectionNIOGaveUpIsClosedAndTakesNoStream() throws {
+        let p = try pair()
+        let (_, inFlight) = try p.request()
+        // DATA on stream 101, idle: a connection error (PROTOCOL_ERROR) by RFC 9113 §5.1.
+        try? p.client.writeInbound(ByteBuffer(bytes: [0, 0, 1, 0, 0, 0, 0, 0, 101, 0x61]))
+        try p.pump()
+        #expect(!p.client.isActive && p.closedFor().count == 1, "\(p.closedFor())")
+        #expect(inFlight.closed && p.session.retired && p.session.makeStream() == nil)
     }
 
     @Test func aResponseAndItsTrailersReachTheExchangeAndAHeadWithoutBodyIsOneFrame() throws {

@@ -53,8 +53,11 @@ final class HTTP2ClientSession: ChannelInboundHandler, BatchFlushed {
         session.counter = counter
         var config = tunnel ? TunnelHTTP2.connection(server: false) : NIOHTTP2Handler.ConnectionConfiguration()
         config.headerBlockValidation = .disabled
-        return [NIOHTTP2Handler(mode: .client, connectionConfiguration: config, streamConfiguration: tunnel ? TunnelHTTP2.stream : .init()),
-                session, counter, CloseOnError(closed)]
+        config.maximumRecentlyResetStreams = CloseOnError.rememberedResets
+        let closeOnError = CloseOnError(closed)
+        return [NIOHTTP2Handler(mode: .client, frameDelegate: closeOnError, connectionConfiguration: config,
+                                streamConfiguration: tunnel ? TunnelHTTP2.stream : .init()),
+                session, counter, closeOnError]
     }
 
     func handlerAdded(context: ChannelHandlerContext) {

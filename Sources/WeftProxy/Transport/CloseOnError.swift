@@ -8,18 +8,39 @@ import NIOHTTP2
 ///
 /// A single stream's error (a bad header, a length mismatch) reaches this pipeline too,
 /// after NIO has reset just that stream: that one must not take the connection's other
-/// streams down.
-final class CloseOnError: ChannelInboundHandler {
+/// streams down; nor must an error NIO raises for a frame the proxy wrote (a window
+/// update for a stream that just closed), which NIO drops and goes on. What tells a
+/// connection error NIO found in what the peer sent is NIO's GOAWAY with an error code,
+/// seen here as the connection's frame delegate: after it NIO refuses every frame and
+/// expects the connection closed. (Left open, an upstream connection took requests whose
+/// answers NIO then read one frame per socket read: requests hung.)
+final class CloseOnError: ChannelInboundHandler, NIOHTTP2FrameDelegate {
     typealias InboundIn = Any
     private let failed: (Error) -> Void
     private var reported = false
+    /// NIO sent GOAWAY with an error code: it gave the connection up.
+    private var gaveUp = false
+
+    /// How many of the streams it reset a connection NIO's handler remembers, to ignore
+    /// what the peer still sends on them (RFC 9113 §5.1); a frame on an older one fails
+    /// the connection. NIO's default, 32, is far too few for the connections the proxy
+    /// opens: each client's cancelled request resets a stream on them, and a burst of
+    /// cancellations (a Rapid Reset flood, hundreds at once) meets the answers already on
+    /// the way. 4 KiB per connection. Client-facing connections keep it to their limit of
+    /// concurrent streams (`clientResets`).
+    static let rememberedResets = 1024
+    static let clientResets = 128
 
     init(_ failed: @escaping (Error) -> Void) {
         self.failed = failed
     }
 
+    func wroteFrame(_ frame: HTTP2Frame) {
+        if case .goAway(_, let code, _) = frame.payload, code != .noError { gaveUp = true }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard Self.endsHTTP2Connection(error) else { return }
+        guard gaveUp || Self.endsHTTP2Connection(error) else { return }
         if !reported {
             reported = true
             failed(error)

@@ -76,7 +76,25 @@ final class StreamCounter: ChannelInboundHandler {
     /// A stream closed.
     func closed() {
         open -= 1
-        if open == 0 { armIdle() }
+        guard open == 0 else { return }
+        if peerFinished { context?.close(promise: nil) } else { armIdle() }
+    }
+
+    /// The peer's FIN, on a listener that lets clients half-close (for opaque TCP): an
+    /// HTTP/2 peer that has stopped sending opens no stream and acknowledges nothing
+    /// more, so the connection closes once the streams it has open are answered — at once
+    /// if it has none (curl and h2load end their connections so). Before, nothing here
+    /// heard the FIN: every HTTP/2 client connection stayed open, in CLOSE-WAIT, until the
+    /// idle timeout.
+    private var peerFinished = false
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? ChannelEvent, e == .inputClosed {
+            peerFinished = true
+            if open == 0 { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     private func armIdle() {

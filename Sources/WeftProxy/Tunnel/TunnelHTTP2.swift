@@ -46,6 +46,9 @@ enum TunnelHTTP2 {
             HTTP2Setting(parameter: .initialWindowSize, value: streamWindow),
         ]
         c.targetWindowSize = connectionWindow
+        // Streams reset by one end (a proxied connection cut, a request cancelled) while
+        // the other's frames are on the way: thousands a second on a busy pair.
+        c.maximumRecentlyResetStreams = CloseOnError.rememberedResets
         return c
     }
 

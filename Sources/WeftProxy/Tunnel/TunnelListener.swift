@@ -80,7 +80,8 @@ public final class TunnelListener: Sendable {
                 let handlers: [ChannelHandler]
                 if case .negotiated(TunnelHTTP2.requestsALPN) = result {
                     guard let loop = runtime.loops[ObjectIdentifier(channel.eventLoop)]?.value else { throw ProxyError("unknown event loop") }
-                    handlers = Self.requestHandlers(runtime: runtime, peer: peer, remote: remote, loop: loop, eventLoop: channel.eventLoop)
+                    handlers = Self.requestHandlers(runtime: runtime, peer: peer, remote: remote, loop: loop, eventLoop: channel.eventLoop,
+                                                    closeOnError: closeOnError)
                 } else {
                     handlers = Self.connectHandlers(runtime: runtime, peer: peer, remote: remote, eventLoop: channel.eventLoop)
                 }
@@ -94,12 +95,14 @@ public final class TunnelListener: Sendable {
     /// streams each name their workload port (TunnelRequestTargets). The session checks
     /// header blocks itself (HTTP2Heads.isValidRequest), not NIO, which would check every
     /// block both ways: ~20 % of the pair's throughput for HTTP/2 (`scripts/bench mtls`).
+    /// `closeOnError`: the connection's, told of the frames NIO writes (so that it closes
+    /// the connection once NIO has given it up).
     static func requestHandlers(runtime: ProxyRuntime, peer: PeerIdentity, remote: SocketKey, loop: LoopState,
-                                eventLoop: EventLoop) -> [ChannelHandler] {
+                                eventLoop: EventLoop, closeOnError: CloseOnError) -> [ChannelHandler] {
         let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: runtime.settings.idleTimeout, server: true)
         var config = TunnelHTTP2.connection(server: true)
         config.headerBlockValidation = .disabled
-        let h2 = NIOHTTP2Handler(mode: .server, connectionConfiguration: config, streamConfiguration: TunnelHTTP2.stream)
+        let h2 = NIOHTTP2Handler(mode: .server, frameDelegate: closeOnError, connectionConfiguration: config, streamConfiguration: TunnelHTTP2.stream)
         let targets = TunnelRequestTargets(runtime: runtime, peer: peer, remote: remote, loop: loop)
         let session = HTTP2ServerSession(targets: targets, counter: counter) { refusal in
             runtime.refuse(.tunnel, refusal.kind, refusal.reason, peer: remote)
