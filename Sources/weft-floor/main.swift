@@ -17,14 +17,28 @@
 //                                         as a stream of the loop's one upstream HTTP/2
 //                                         connection, x-route added — the floor for an
 //                                         HTTP/2 path that never leaves HTTP/2
+//   weft-floor tunnel-a LISTEN=PEER ... --tls DIR
+//   weft-floor tunnel-b LISTEN=UPSTREAM ... --tls DIR
+//                                         the mTLS pair's floor, for scripts/bench mtls:
+//                                         tunnel-a carries each client connection as an
+//                                         HTTP/2 CONNECT stream (NIO's stream channels) on
+//                                         its loop's TLS 1.3 connection to PEER, with the
+//                                         client certificate; tunnel-b verifies it and
+//                                         splices each stream to a new connection to
+//                                         UPSTREAM — the bytes-only path weft's tunnel takes
+//                                         for HTTP/1.1 (with weft's HTTP/2 windows), and
+//                                         no HTTP parsing at all. DIR holds ca.pem,
+//                                         client.crt/.key and server.crt/.key (PEM)
 //
 // LISTEN and UPSTREAM are IPv4 ADDRESS:PORT. Runs until killed; `--threads N` event loops
 // (default 2, this machine's cores, as every proxy in the bench gets). This is a
 // benchmark fixture, not a proxy: it trusts its peers and bounds nothing.
 import NIOCore
 import NIOHTTP1
+import NIOHPACK
 import NIOHTTP2
 import NIOPosix
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -42,9 +56,17 @@ if let i = args.firstIndex(of: "--threads") {
     threads = n
     args.removeSubrange(i...(i + 1))
 }
-guard let mode = args.first, mode == "tcp" || mode == "http" || mode == "h2", args.count >= 2 else {
-    fail("usage: weft-floor tcp|http|h2 LISTEN=UPSTREAM ... [--threads N]")
+var tlsDir: String?
+if let i = args.firstIndex(of: "--tls") {
+    guard i + 1 < args.count else { fail("--tls needs a directory") }
+    tlsDir = args[i + 1]
+    args.removeSubrange(i...(i + 1))
 }
+let modes = ["tcp", "http", "h2", "tunnel-a", "tunnel-b"]
+guard let mode = args.first, modes.contains(mode), args.count >= 2 else {
+    fail("usage: weft-floor tcp|http|h2|tunnel-a|tunnel-b LISTEN=UPSTREAM ... [--threads N] [--tls DIR]")
+}
+if mode.hasPrefix("tunnel"), tlsDir == nil { fail("\(mode) needs --tls DIR") }
 
 func address(_ s: Substring) -> SocketAddress {
     guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]),
@@ -537,6 +559,214 @@ func serveH2(group: EventLoopGroup, listen: SocketAddress, pools: [ObjectIdentif
         .bind(to: listen).wait()
 }
 
+
+// MARK: - tunnel: the mTLS pair, bytes in CONNECT streams
+
+/// TLS 1.3 with ALPN h2; each side presents its certificate and requires the other's,
+/// signed by DIR/ca.pem (no name checks: the floor trusts its CA, as the bench's HAProxy
+/// pair does).
+func tunnelTLS(server: Bool) -> NIOSSLContext {
+    let dir = tlsDir!, me = server ? "server" : "client"
+    do {
+        let chain = try NIOSSLCertificate.fromPEMFile("\(dir)/\(me).crt").map { NIOSSLCertificateSource.certificate($0) }
+        let key = NIOSSLPrivateKeySource.privateKey(try NIOSSLPrivateKey(file: "\(dir)/\(me).key", format: .pem))
+        var c = server ? TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: key)
+                       : TLSConfiguration.makeClientConfiguration()
+        if !server {
+            c.certificateChain = chain
+            c.privateKey = key
+        }
+        c.minimumTLSVersion = .tlsv13
+        c.trustRoots = .file("\(dir)/ca.pem")
+        c.certificateVerification = .noHostnameVerification
+        c.applicationProtocols = ["h2"]
+        return try NIOSSLContext(configuration: c)
+    } catch {
+        fail("TLS from \(dir): \(error)")
+    }
+}
+
+/// weft's tunnel windows (TunnelHTTP2): 1 MiB per stream, 16 MiB per connection.
+func tunnelHTTP2() -> (NIOHTTP2Handler.ConnectionConfiguration, NIOHTTP2Handler.StreamConfiguration) {
+    var c = NIOHTTP2Handler.ConnectionConfiguration()
+    c.initialSettings = [HTTP2Setting(parameter: .maxConcurrentStreams, value: 1000),
+                         HTTP2Setting(parameter: .initialWindowSize, value: 1 << 20)]
+    c.targetWindowSize = 16 << 20
+    var s = NIOHTTP2Handler.StreamConfiguration()
+    s.targetWindowSize = 1 << 20
+    s.outboundBufferSizeHighWatermark = 256 * 1024
+    s.outboundBufferSizeLowWatermark = 128 * 1024
+    return (c, s)
+}
+
+/// A byte connection's side of a stream splice: what it reads goes out as DATA on the
+/// stream, flushed once per read burst.
+final class BytesToStream: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    var stream: Channel?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        stream?.write(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(unwrapInboundIn(data)))), promise: nil)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { stream?.flush() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        stream?.close(promise: nil)
+        stream = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+/// A stream's side: DATA goes to the byte connection; the first HEADERS is the CONNECT
+/// (tunnel-b: dial the upstream, answer 200) or its answer (tunnel-a: start reading the
+/// client).
+final class StreamToBytes: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+    var bytes: Channel?
+    let upstream: SocketAddress?
+    private var sawHead = false
+
+    /// `upstream`: tunnel-b's, dialed on the CONNECT; nil on tunnel-a, where `bytes` is
+    /// the client, not reading until the CONNECT is answered.
+    init(bytes: Channel?, upstream: SocketAddress?) {
+        self.bytes = bytes
+        self.upstream = upstream
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if upstream == nil {
+            let connect: HPACKHeaders = [":method": "CONNECT", ":authority": "upstream"]
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: connect))), promise: nil)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .headers where !sawHead:
+            sawHead = true
+            if let upstream {
+                let stream = context.channel
+                let back = BytesToStream()
+                back.stream = stream
+                ClientBootstrap(group: context.eventLoop)
+                    .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .channelInitializer { $0.pipeline.addHandler(back) }
+                    .connect(to: upstream)
+                    .whenComplete { result in
+                        switch result {
+                        case .success(let up):
+                            self.bytes = up
+                            stream.writeAndFlush(HTTP2Frame.FramePayload.headers(.init(headers: [":status": "200"])), promise: nil)
+                        case .failure:
+                            stream.close(promise: nil)
+                        }
+                    }
+            } else {
+                bytes?.setOption(.autoRead, value: true).whenComplete { _ in }
+            }
+        case .data(let d):
+            if case .byteBuffer(let b) = d.data, b.readableBytes > 0 { bytes?.write(b, promise: nil) }
+            if d.endStream { bytes?.close(promise: nil) }
+        default:
+            break
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { bytes?.flush() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        bytes?.close(promise: nil)
+        bytes = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+/// tunnel-b: TLS, HTTP/2 with NIO's stream channels, each stream spliced to the upstream.
+func serveTunnelB(group: EventLoopGroup, listen: SocketAddress, upstream: SocketAddress) throws -> Channel {
+    let tls = tunnelTLS(server: true)
+    let (connection, stream) = tunnelHTTP2()
+    return try ServerBootstrap(group: group)
+        .serverChannelOption(.backlog, value: 1024)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelInitializer { ch in
+            ch.eventLoop.makeCompletedFuture {
+                let sync = ch.pipeline.syncOperations
+                try sync.addHandler(NIOSSLServerHandler(context: tls))
+                _ = try sync.configureHTTP2Pipeline(mode: .server, connectionConfiguration: connection, streamConfiguration: stream) { s in
+                    s.pipeline.addHandler(StreamToBytes(bytes: nil, upstream: upstream))
+                }
+            }
+        }
+        .bind(to: listen).wait()
+}
+
+/// tunnel-a: the loop's TLS connection to the peer (one, made on first use).
+final class TunnelPeer: @unchecked Sendable {
+    let loop: EventLoop
+    let peer: SocketAddress
+    let tls: NIOSSLContext
+    var mux: EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer>?
+
+    init(loop: EventLoop, peer: SocketAddress, tls: NIOSSLContext) {
+        self.loop = loop
+        self.peer = peer
+        self.tls = tls
+    }
+
+    func multiplexer() -> EventLoopFuture<NIOHTTP2Handler.StreamMultiplexer> {
+        if let mux { return mux }
+        let made = loop.makePromise(of: NIOHTTP2Handler.StreamMultiplexer.self)
+        let (connection, stream) = tunnelHTTP2()
+        let tls = tls
+        ClientBootstrap(group: loop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { ch in
+                ch.eventLoop.makeCompletedFuture {
+                    let sync = ch.pipeline.syncOperations
+                    try sync.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil))
+                    made.succeed(try sync.configureHTTP2Pipeline(mode: .client, connectionConfiguration: connection,
+                                                                 streamConfiguration: stream) { $0.close() })
+                }
+            }
+            .connect(to: peer)
+            .whenComplete { result in
+                switch result {
+                case .success(let ch): ch.closeFuture.whenComplete { _ in self.mux = nil }
+                case .failure(let e):
+                    made.fail(e)
+                    self.mux = nil
+                }
+            }
+        mux = made.futureResult
+        return made.futureResult
+    }
+}
+
+func serveTunnelA(group: EventLoopGroup, listen: SocketAddress, peers: [ObjectIdentifier: TunnelPeer]) throws -> Channel {
+    try ServerBootstrap(group: group)
+        .serverChannelOption(.backlog, value: 1024)
+        .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+        .childChannelOption(.autoRead, value: false)
+        .childChannelInitializer { client in
+            let toStream = BytesToStream()
+            return client.pipeline.addHandler(toStream).flatMap {
+                peers[ObjectIdentifier(client.eventLoop)]!.multiplexer().flatMap { mux in
+                    let made = client.eventLoop.makePromise(of: Channel.self)
+                    mux.createStreamChannel(promise: made) { s in s.pipeline.addHandler(StreamToBytes(bytes: client, upstream: nil)) }
+                    return made.futureResult.map { s in toStream.stream = s }
+                }
+            }
+        }
+        .bind(to: listen).wait()
+}
+
 // MARK: - main
 
 let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -554,6 +784,13 @@ for spec in args.dropFirst() {
     do {
         if mode == "tcp" {
             servers.append(try serveTCP(group: group, listen: listen, upstream: upstream))
+        } else if mode == "tunnel-a" {
+            let tls = tunnelTLS(server: false)
+            var peers: [ObjectIdentifier: TunnelPeer] = [:]
+            for loop in group.makeIterator() { peers[ObjectIdentifier(loop)] = TunnelPeer(loop: loop, peer: upstream, tls: tls) }
+            servers.append(try serveTunnelA(group: group, listen: listen, peers: peers))
+        } else if mode == "tunnel-b" {
+            servers.append(try serveTunnelB(group: group, listen: listen, upstream: upstream))
         } else if mode == "h2" {
             var pools: [ObjectIdentifier: H2Pool] = [:]
             for loop in group.makeIterator() { pools[ObjectIdentifier(loop)] = H2Pool(loop: loop, upstream: upstream) }
