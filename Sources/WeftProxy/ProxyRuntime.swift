@@ -427,6 +427,7 @@ public final class ProxyRuntime: Sendable {
         let codec = HTTP1ServerCodec(maxHeadBytes: Self.maxHeaderBytes, maxFields: Self.maxHeaderCount,
                                      drainTimeout: conn.loop.streamIdleTimeout ?? idleTimeout)
         proxy.serverCodec = codec
+        codec.receiver = proxy
         return [guardHandler, codec, proxy]
     }
 

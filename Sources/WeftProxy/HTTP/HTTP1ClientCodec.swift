@@ -49,6 +49,13 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
         let description: String
     }
 
+    /// The pool's handler of the connection, handed the response parts by a call rather
+    /// than through the pipeline, and writing its requests by `send`: a part passed as
+    /// NIOAny costs a dynamic cast to unwrap (swift_dynamicCast, ~250 instructions) and a
+    /// walk of the pipeline, each way. Cleared when the codec leaves the pipeline (the two
+    /// hold each other). Without one (the codec alone, in tests) parts go down the pipeline.
+    var receiver: UpstreamHTTP1Handler?
+    private var context: ChannelHandlerContext?
     private var parser = HTTP1ResponseParser()
     private var pending: ByteBuffer?
     private var failed = false
@@ -57,12 +64,15 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     private var scratch = ByteBuffer()
 
     func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
         scratch = context.channel.allocator.buffer(capacity: 512)
     }
 
     /// After a 101 the bytes already read are the new protocol's: they go on to what
     /// replaces the codec (a WebSocket's first frames may come with the 101).
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        receiver = nil
         if let rest = pending, rest.readableBytes > 0, !failed {
             pending = nil
             context.fireChannelRead(NIOAny(rest))
@@ -95,20 +105,24 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
             }
             switch event {
             case .head(let h):
-                context.fireChannelRead(wrapInboundOut(.received(h)))
+                deliver(.received(h), context)
             case .body(let b):
-                context.fireChannelRead(wrapInboundOut(.body(b)))
+                deliver(.body(b), context)
             case .end(let t):
                 if pending?.readableBytes == 0 { pending = nil }
-                context.fireChannelRead(wrapInboundOut(.end(t?.nioHeaders())))
+                deliver(.end(t?.nioHeaders()), context)
             }
         }
+    }
+
+    private func deliver(_ part: ResponsePart, _ context: ChannelHandlerContext) {
+        if let receiver { receiver.received(part) } else { context.fireChannelRead(wrapInboundOut(part)) }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         // A body that runs to the close is complete now.
         if !failed, case .end(let t)? = parser.finish() {
-            context.fireChannelRead(wrapInboundOut(.end(t?.nioHeaders())))
+            deliver(.end(t?.nioHeaders()), context)
         }
         context.fireChannelInactive()
     }
@@ -116,7 +130,16 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: requests
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
+        send(unwrapOutboundIn(data), promise: promise)
+    }
+
+    /// Writes a request part (the receiver calls this directly).
+    func send(_ part: RequestPart, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        switch part {
         case .head(let head):
             do {
                 try writeHead(head)

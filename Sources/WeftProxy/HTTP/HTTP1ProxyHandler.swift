@@ -68,6 +68,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     func handlerRemoved(context: ChannelHandlerContext) {
         streamIdleTimer?.cancel()
         requestTimer?.cancel()
+        serverCodec?.receiver = nil
         self.context = nil
     }
 
@@ -77,7 +78,12 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
+        received(unwrapInboundIn(data))
+    }
+
+    /// A request part from the codec.
+    func received(_ part: HTTPServerRequestPart) {
+        switch part {
         case .head(let head):
             answered = false
             slowClientGuard?.progress(.headReceived)
@@ -174,9 +180,9 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     func write(_ part: HTTPServerResponsePart, flush: Bool) {
         guard let context else { return }
         if case .head = part { answered = true }
-        if serverCodec != nil {
+        if let serverCodec {
             // An HTTP/1 connection's codec is weft's HTTP1ServerCodec, which takes its own parts.
-            context.write(NIOAny(HTTP1ServerCodec.Part(part)), promise: nil)
+            serverCodec.send(HTTP1ServerCodec.Part(part))
         } else {
             context.write(wrapOutboundOut(part), promise: nil)
         }
@@ -186,10 +192,10 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
     /// Sends the client a response head an upstream HTTP/1 connection received, with the
     /// proxy's edits, as bytes (HTTP/1 clients only: see serverCodec).
     func writeForwarded(_ received: HTTP1ResponseHead, _ rewrite: HeadRewrite, status: HTTPResponseStatus, minorVersion: Int) {
-        guard let context else { return }
-        precondition(serverCodec != nil, "an HTTP/2 stream is written NIO heads")
+        guard context != nil else { return }
+        guard let serverCodec else { preconditionFailure("an HTTP/2 stream is written NIO heads") }
         answered = true
-        context.write(NIOAny(HTTP1ServerCodec.Part.forwarded(received, rewrite, status: status, minorVersion: minorVersion)), promise: nil)
+        serverCodec.send(.forwarded(received, rewrite, status: status, minorVersion: minorVersion))
     }
 
     func flush() { context?.flush() }

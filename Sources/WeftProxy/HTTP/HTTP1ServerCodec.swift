@@ -38,6 +38,13 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
+    /// The connection's proxy handler, handed the request parts by a call rather than
+    /// through the pipeline, and writing its responses by `send`: a part passed as NIOAny
+    /// costs a dynamic cast to unwrap (swift_dynamicCast) and a walk of the pipeline, each
+    /// way. Cleared when either leaves the pipeline (the two hold each other). Without one
+    /// (the codec alone, in tests) parts go through the pipeline.
+    var receiver: HTTP1ProxyHandler?
+    private var context: ChannelHandlerContext?
     private var parser: HTTP1RequestParser
     /// Received bytes not yet parsed (nil when none: the receive buffer is not kept).
     private var pending: ByteBuffer?
@@ -80,6 +87,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
         attached = true
         scratch = context.channel.allocator.buffer(capacity: 256)
     }
@@ -87,6 +95,8 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// What was received and not parsed is dropped: only a WebSocket switch removes the
     /// codec, and a client must wait for the 101 before it sends frames (RFC 6455 §4.1).
     func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        receiver = nil
         attached = false
         pending = nil
     }
@@ -149,10 +159,10 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 method = head.method
                 upgradeRequested = method == .CONNECT || h.upgrade
                 receivedHead = h
-                context.fireChannelRead(wrapInboundOut(.head(head)))
+                hand(.head(head), context)
                 receivedHead = nil
             case .body(let b):
-                context.fireChannelRead(wrapInboundOut(.body(b)))
+                hand(.body(b), context)
             case .end(let t):
                 requestDone = true
                 inRequest = false
@@ -163,9 +173,13 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
                 // Nothing left after a request's end: the receive buffer is let go (the
                 // parser needs no call with no bytes until the next ones come).
                 if pending?.readableBytes == 0 { pending = nil }
-                context.fireChannelRead(wrapInboundOut(.end(t?.nioHeaders())))
+                hand(.end(t?.nioHeaders()), context)
             }
         }
+    }
+
+    private func hand(_ part: HTTPServerRequestPart, _ context: ChannelHandlerContext) {
+        if let receiver { receiver.received(part) } else { context.fireChannelRead(wrapInboundOut(part)) }
     }
 
     /// The request cannot be read: the proxy handler answers it (400 or 431) and closes;
@@ -226,7 +240,16 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: responses
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        switch unwrapOutboundIn(data) {
+        write(unwrapOutboundIn(data), context, promise: promise)
+    }
+
+    /// Writes a response part (the receiver calls this directly).
+    func send(_ part: Part) {
+        if let context { write(part, context, promise: nil) }
+    }
+
+    private func write(_ part: Part, _ context: ChannelHandlerContext, promise: EventLoopPromise<Void>?) {
+        switch part {
         case .head(let head):
             writeHead(context, head, promise: promise)
         case .forwarded(let received, let rewrite, let status, let minor):

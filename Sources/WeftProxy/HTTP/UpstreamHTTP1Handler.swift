@@ -54,15 +54,35 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler,
     var isActive: Bool { context?.channel.isActive ?? false }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+        codec?.receiver = nil
+        codec = nil
+    }
+
+    /// The connection's codec, which hands this handler the response parts by a call
+    /// (`received`) and is handed the request parts by one (`send`).
+    private(set) var codec: HTTP1ClientCodec?
+
+    /// The codec and this handler, for the connection's pipeline.
+    func handlers() -> [ChannelHandler] {
+        let codec = HTTP1ClientCodec()
+        codec.receiver = self
+        self.codec = codec
+        return [codec, self]
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let part = unwrapInboundIn(data)
+        received(unwrapInboundIn(data))
+    }
+
+    /// A response part from the codec.
+    func received(_ part: HTTP1ClientCodec.ResponsePart) {
         if let d = delegate {
             d.upstreamRead(part, from: self)
         } else {
             // Bytes from an idle pooled connection: it is out of step; drop it.
-            context.close(promise: nil)
+            context?.close(promise: nil)
         }
     }
 
@@ -104,14 +124,18 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler,
 
     func send(_ part: HTTPClientRequestPart, flush: Bool) {
         guard let context else { return }
-        context.write(wrapOutboundOut(.init(part)), promise: nil)
+        if let codec { codec.send(.init(part), promise: nil) } else { context.write(wrapOutboundOut(.init(part)), promise: nil) }
         if flush { context.flush() }
     }
 
     /// Sends a request head the client's HTTP/1 connection received, with the proxy's
     /// edits, as bytes.
     func sendForwarded(_ received: HTTP1RequestHead, _ rewrite: HeadRewrite, method: HTTPMethod) {
-        context?.write(wrapOutboundOut(.forwarded(received, rewrite, method: method)), promise: nil)
+        if let codec {
+            codec.send(.forwarded(received, rewrite, method: method), promise: nil)
+        } else {
+            context?.write(wrapOutboundOut(.forwarded(received, rewrite, method: method)), promise: nil)
+        }
     }
 
     func sendForwarded(_ block: HPACKHeaders, _ rewrite: HeadRewrite, method: HTTPMethod) {
@@ -186,7 +210,7 @@ final class UpstreamPool {
             cluster.connectionClosed()
         }
         return dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
-            try ch.pipeline.syncOperations.addHandlers([HTTP1ClientCodec(), handler])
+            try ch.pipeline.syncOperations.addHandlers(handler.handlers())
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             return handler
         }.assumeIsolated().flatMapErrorThrowing { error in
