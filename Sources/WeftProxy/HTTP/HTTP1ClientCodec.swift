@@ -20,7 +20,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// upstream HTTP/2 stream delivers the same parts, its head as the header block it
     /// received (`block`, with its status: whoever needs NIO's head makes it).
     enum ResponsePart {
-        indirect case received(HTTP1ResponseHead)
+        case received(HTTP1ResponseHead)
         case head(HTTPResponseHead)
         indirect case block(HPACKHeaders, status: Int)
         case body(ByteBuffer)
@@ -31,7 +31,7 @@ final class HTTP1ClientCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// bytes a client sent (the received fields copied as they came, with the proxy's edits).
     enum RequestPart {
         case head(HTTPRequestHead)
-        indirect case forwarded(HTTP1RequestHead, HeadRewrite, method: HTTPMethod)
+        case forwarded(HTTP1RequestHead, HeadRewrite, method: HTTPMethod)
         case body(IOData)
         case end(HTTPHeaders?)
 

@@ -25,7 +25,7 @@ final class HTTP1ServerCodec: ChannelDuplexHandler, RemovableChannelHandler {
     /// bytes an upstream sent (its received fields copied as they came, with the edits).
     enum Part {
         case head(HTTPResponseHead)
-        indirect case forwarded(HTTP1ResponseHead, HeadRewrite, status: HTTPResponseStatus, minorVersion: Int)
+        case forwarded(HTTP1ResponseHead, HeadRewrite, status: HTTPResponseStatus, minorVersion: Int)
         case body(IOData)
         case end(HTTPHeaders?)
 
