@@ -22,6 +22,10 @@ public final class WorkloadCertificates: @unchecked Sendable {
         var id: SpiffeID
         var key: P256.Signing.PrivateKey
         var certificate: Certificate
+        /// The certificate's serial as text, formatted once: the tunnel asks for it on every
+        /// request stream it opens (to notice a renewal), and formatting it makes a String
+        /// per byte of the serial.
+        var serial: String
         /// When it was minted (its notBefore is backdated for clock skew, so the half
         /// life is measured from here).
         var issued: Date
@@ -64,7 +68,7 @@ public final class WorkloadCertificates: @unchecked Sendable {
     public func serial(for workload: String) -> String? {
         lock.lock()
         defer { lock.unlock() }
-        return entries[workload]?.certificate.serialNumber.description
+        return entries[workload]?.serial
     }
 
     /// `ttl`: lifetime of each workload certificate.
@@ -88,7 +92,8 @@ public final class WorkloadCertificates: @unchecked Sendable {
             }
             let key = P256.Signing.PrivateKey()
             let cert = try authority.issueWorkload(id, publicKey: key.publicKey, ttl: ttl, now: now)
-            entries[workload] = Entry(id: id, key: key, certificate: cert, issued: now, signer: authority)
+            entries[workload] = Entry(id: id, key: key, certificate: cert, serial: cert.serialNumber.description, issued: now,
+                                      signer: authority)
             minted += 1
         }
         return minted
@@ -101,7 +106,7 @@ public final class WorkloadCertificates: @unchecked Sendable {
         return try entries.keys.sorted().map { w in
             let e = entries[w]!
             let chain = try ([e.certificate, e.signer.certificate] + e.signer.issuers).map { try $0.serializeAsPEM().pemString + "\n" }
-            return CertificateInfo(workload: w, identity: e.id.uri, serial: e.certificate.serialNumber.description,
+            return CertificateInfo(workload: w, identity: e.id.uri, serial: e.serial,
                                    notBefore: e.certificate.notValidBefore, notAfter: e.certificate.notValidAfter,
                                    chainPEM: chain.joined())
         }
