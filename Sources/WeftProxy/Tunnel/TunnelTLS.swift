@@ -63,8 +63,9 @@ final class PeerIdentity: Sendable {
 }
 
 /// TLS 1.3 contexts with the tunnel's ALPN, one per (role, protocol, workload
-/// certificate): built once per certificate, replaced when it is renewed. Peer verification is weft's own (SPIFFE over
-/// the trust bundle), through NIOSSL's custom verification callback.
+/// certificate): built once per certificate, replaced when it is renewed. Peer
+/// verification is weft's own (SPIFFE over the trust bundle), through NIOSSL's custom
+/// verification callback.
 final class TunnelTLS: Sendable {
     let identities: TunnelIdentities
     private let contexts = NIOLockedValueBox<[String: (serial: String, context: NIOSSLContext)]>([:])
