@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Module graph (DESIGN.md): weft → WeftAgent → {WeftProxy, WeftDataplane → WeftBPF → CLibbpf},
@@ -6,7 +6,7 @@ import PackageDescription
 // everything → WeftConfig, which depends on nothing of ours.
 let package = Package(
     name: "weft",
-    platforms: [.macOS(.v13)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "weft", targets: ["weft"]),
         // For the fuzz harness in Fuzz/ (its own package, so libFuzzer's main stays out of
@@ -30,6 +30,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
+        // Cluster mode's etcd client (WeftStore): gRPC over NIO, messages from etcd's protos.
+        .package(url: "https://github.com/grpc/grpc-swift-2", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // Debian's libbpf (libbpf-dev) through pkg-config.
@@ -55,6 +60,15 @@ let package = Package(
         // keep them, so the unit and integration tests and every fuzzer (all debug) still trap
         // on a violation; NIO and the other dependencies keep theirs in every build.
         swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]),
+        // etcd's v3 API (KV, Watch, Lease) over gRPC: the generated messages and stubs
+        // (scripts/gen-etcd-protos) and a small client over them. Knows nothing of weft's
+        // config; cluster mode's key layout lives with its users.
+        .target(name: "WeftStore", dependencies: [
+            .product(name: "GRPCCore", package: "grpc-swift-2"),
+            .product(name: "GRPCNIOTransportHTTP2Posix", package: "grpc-swift-nio-transport"),
+            .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
         .target(name: "WeftIdentity", dependencies: [
             .product(name: "X509", package: "swift-certificates"),
             .product(name: "Crypto", package: "swift-crypto"),
@@ -119,6 +133,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
+        .testTarget(name: "WeftStoreTests", dependencies: ["WeftStore"]),
         .testTarget(name: "WeftIdentityTests", dependencies: [
             "WeftIdentity",
             .product(name: "X509", package: "swift-certificates"),
