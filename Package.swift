@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Module graph (DESIGN.md): weft → WeftAgent → {WeftProxy, WeftDataplane → WeftBPF → CLibbpf},
-// weft → WeftAgent → WeftIdentity (CA, workload certificates), and
+// weft → WeftAgent → WeftIdentity (CA, workload certificates), weft → WeftAgent → WeftStore
+// (etcd client, cluster mode), and
 // everything → WeftConfig, which depends on nothing of ours.
 let package = Package(
     name: "weft",
@@ -83,7 +84,7 @@ let package = Package(
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftDataplane", "WeftConfig", "WeftProxy", "WeftIdentity",
+                "WeftDataplane", "WeftConfig", "WeftProxy", "WeftIdentity", "WeftStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -91,7 +92,7 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftAgent", "WeftDataplane", "WeftConfig", "WeftIdentity", "Yams",
+                "WeftAgent", "WeftDataplane", "WeftConfig", "WeftIdentity", "WeftStore", "Yams",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]

@@ -9,6 +9,8 @@ extension Agent {
             var r = AdminResponse(ok: true)
             r.status = lock.withLock { status }
             return r
+        case .apply, .delete, .rollback where options.etcd != nil:
+            return .failure("this agent follows etcd (--etcd \(options.etcd!.text)): change the config there, with `weft \(request.op.rawValue) --etcd \(options.etcd!.text)`")
         case .apply: return handleApply(request.files ?? [])
         case .delete: return handleDelete(request.ids ?? [])
         case .get: return handleGet(kind: request.kind, name: request.name, namespace: request.namespace)
@@ -125,7 +127,7 @@ extension Agent {
     }
 
     /// kubectl-style kind names: full, lowercase, plural, and Istio's short names.
-    static func kindMatches(_ query: String, _ kind: String) -> Bool {
+    public static func kindMatches(_ query: String, _ kind: String) -> Bool {
         let q = query.lowercased()
         let short: [String: String] = ["se": "ServiceEntry", "we": "WorkloadEntry", "vs": "VirtualService", "dr": "DestinationRule",
                                        "pa": "PeerAuthentication", "ap": "AuthorizationPolicy"]
@@ -136,18 +138,12 @@ extension Agent {
 
     func handleGet(kind: String?, name: String?, namespace: String?) -> AdminResponse {
         let snap = lock.withLock { snapshot }
-        let known = ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy"]
-        if let kind, kind.lowercased() != "all", !known.contains(where: { Self.kindMatches(kind, $0) }) {
-            return .failure("unknown kind \(kind) (one of \(known.joined(separator: ", ")), or all)")
-        }
         var r = AdminResponse(ok: true)
         r.revision = snap.revision
-        r.resources = snap.documents.keys.sorted().compactMap { id in
-            if let kind, kind.lowercased() != "all", !Self.kindMatches(kind, id.kind) { return nil }
-            if let name, name != id.name { return nil }
-            if let namespace, namespace != id.namespace { return nil }
-            let d = snap.documents[id]!
-            return StoredResource(id: id, origin: d.origin, yaml: d.yaml)
+        do {
+            r.resources = try StoredResource.select(snap.documents.keys.sorted().map { snap.documents[$0]! }, kind: kind, name: name, namespace: namespace)
+        } catch {
+            return .failure("\(error)")
         }
         return r
     }
@@ -158,11 +154,7 @@ extension Agent {
         let snap = lock.withLock { snapshot }
         var r = AdminResponse(ok: true)
         r.revision = snap.revision
-        r.diff = pushed.documents.map { d in
-            let cur = snap.documents[d.resource.id]
-            let change: DiffEntry.Change = cur == nil ? .added : (cur!.resource == d.resource ? .unchanged : .changed)
-            return DiffEntry(id: d.resource.id, change: change, current: cur?.yaml, proposed: d.yaml)
-        }
+        r.diff = DiffEntry.between(Array(snap.documents.values), pushed.documents)
         return r
     }
 
@@ -176,5 +168,37 @@ extension Agent {
         return respond(commit(reason: "rollback to \(revision)") { current in
             current.filter { $0.origin != Self.applied } + old.documents
         })
+    }
+}
+
+extension StoredResource {
+    static let kinds = ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy"]
+
+    /// What `weft get KIND [NAME] [-n NAMESPACE]` shows of `documents`, sorted by id.
+    public static func select(_ documents: [Document], kind: String?, name: String?, namespace: String?) throws -> [StoredResource] {
+        if let kind, kind.lowercased() != "all", !kinds.contains(where: { Agent.kindMatches(kind, $0) }) {
+            throw AgentError("unknown kind \(kind) (one of \(kinds.joined(separator: ", ")), or all)")
+        }
+        return documents.sorted { $0.resource.id < $1.resource.id }.compactMap { d in
+            let id = d.resource.id
+            if let kind, kind.lowercased() != "all", !Agent.kindMatches(kind, id.kind) { return nil }
+            if let name, name != id.name { return nil }
+            if let namespace, namespace != id.namespace { return nil }
+            return StoredResource(id: id, origin: d.origin, yaml: d.yaml)
+        }
+    }
+}
+
+extension DiffEntry {
+    /// What applying `proposed` over `current` changes, resource by resource.
+    public static func between(_ current: [Document], _ proposed: [Document]) -> [DiffEntry] {
+        let byID = Dictionary(current.map { ($0.resource.id, $0) }, uniquingKeysWith: { a, _ in a })
+        return proposed.map { d in
+            let cur = byID[d.resource.id]
+            // By the normalized YAML: the parsed resources also hold where each was read
+            // from, which differs between a file and the agent's (or etcd's) copy.
+            let change: Change = cur == nil ? .added : (cur!.yaml == d.yaml ? .unchanged : .changed)
+            return DiffEntry(id: d.resource.id, change: change, current: cur?.yaml, proposed: d.yaml)
+        }
     }
 }

@@ -6,6 +6,7 @@ import WeftConfig
 import WeftDataplane
 import WeftIdentity
 import WeftProxy
+import WeftStore
 
 /// Flags of `weft agent`.
 public struct AgentOptions: Sendable {
@@ -73,6 +74,8 @@ public struct AgentOptions: Sendable {
     /// Most client connections at once from one address, on the tunnel and inbound
     /// listeners.
     public var maxConnectionsPerSource = 1024
+    /// Cluster mode: the etcd cluster the config comes from and status goes to (--etcd).
+    public var etcd: EtcdEndpoints?
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -107,6 +110,9 @@ public struct AgentStatus: Codable, Sendable {
     /// Problems of the config dir that was last rejected (empty when it was accepted).
     public var configErrors: [String]
     public var adopted: Bool
+    /// Cluster mode: the etcd endpoints and the cluster revision in force.
+    public var etcd: String?
+    public var clusterRevision: UInt64?
 }
 
 /// The node agent. Holds the last good snapshot; a config that fails validation changes
@@ -134,7 +140,7 @@ public final class Agent: Service, @unchecked Sendable {
         self.options = options
         self.logger = logger
         reconciler = Reconciler(drainPeriod: options.drainPeriod)
-        status = AgentStatus(node: options.node, revision: 0, contentHash: "", services: 0, lastApplyMs: nil, configErrors: [], adopted: false)
+        status = AgentStatus(node: options.node, revision: 0, contentHash: "", services: 0, lastApplyMs: nil, configErrors: [], adopted: false, etcd: options.etcd?.text)
     }
 
     /// Runs until SIGTERM/SIGINT (ServiceLifecycle), then tears down or keeps the datapath.
@@ -233,7 +239,13 @@ public final class Agent: Service, @unchecked Sendable {
         restore()
         reload()
         let changes = watcher.events()
+        let follower = try makeFollower()
         try await withThrowingDiscardingTaskGroup { group in
+            if let follower {
+                group.addTask { try? await follower.client.run() }
+                group.addTask { await follower.follow() }
+                group.addTask { await follower.register() }
+            }
             group.addTask { [self] in
                 for await _ in changes.cancelOnGracefulShutdown() {
                     // Debounce: a tool writing several files produces a burst of events.
@@ -249,8 +261,24 @@ public final class Agent: Service, @unchecked Sendable {
                 }
             }
             try? await gracefulShutdown()
+            if let follower {
+                await follower.leave()
+                follower.client.shutdown()
+            }
             group.cancelAll()
         }
+    }
+
+    /// Cluster mode's follower, connected to --etcd (nil without it).
+    func makeFollower() throws -> ClusterFollower? {
+        guard let endpoints = options.etcd else { return nil }
+        let client: EtcdClient
+        do { client = try EtcdClient(endpoints) } catch { throw AgentError("--etcd: \(error)") }
+        let roots = (try? certificates.map { [try $0.caRoot.serializeAsPEM().pemString] }) ?? nil
+        let node = ClusterNode(node: options.node, tunnelPort: options.tunnelPort, caCertificates: roots ?? [], agentStarted: Date())
+        let applied = lock.withLock { status.clusterRevision } ?? 0
+        logger.info("cluster mode: config from etcd at \(endpoints.text)", metadata: ["component": "cluster"])
+        return ClusterFollower(agent: self, client: client, node: node, appliedRevision: applied)
     }
 
     private var datapath: Datapath?
@@ -391,6 +419,7 @@ public final class Agent: Service, @unchecked Sendable {
                     snapshot = snap
                     self.desired = desired
                     status.contentHash = record.contentHash
+                    status.clusterRevision = record.clusterRevision
                 }
             }
         } catch let error as ConfigError {
@@ -414,7 +443,7 @@ public final class Agent: Service, @unchecked Sendable {
             result = .rejected(parsed.diagnostics)
         } else {
             result = commit(reason: "files") { current in
-                parsed.documents + current.filter { $0.origin == Self.applied }
+                parsed.documents + current.filter { $0.origin == Self.applied || $0.origin == ClusterKeys.origin }
             }
         }
         switch result {
@@ -453,7 +482,7 @@ public final class Agent: Service, @unchecked Sendable {
     /// The one way config changes: `change` maps the current documents to the next set,
     /// which is validated whole, programmed into the datapath, persisted, and only then
     /// made current. Any failure leaves the previous revision in force everywhere.
-    func commit(reason: String, _ change: ([Document]) throws(ChangeRefused) -> [Document]) -> CommitResult {
+    func commit(reason: String, clusterRevision: UInt64? = nil, _ change: ([Document]) throws(ChangeRefused) -> [Document]) -> CommitResult {
         committing.lock()
         defer { committing.unlock() }
         let current = lock.withLock { snapshot }
@@ -480,8 +509,9 @@ public final class Agent: Service, @unchecked Sendable {
         let ms = Double(took.seconds) * 1000 + Double(took.attoseconds) / 1e15
         // Encoding every resource is costly (~0.5 s at 10,000): once per commit.
         let hash = next.contentHash
+        let cluster = clusterRevision ?? lock.withLock { status.clusterRevision }
         let record = RevisionRecord(revision: next.revision, time: Date(), reason: reason, contentHash: hash,
-                                    documents: docs.map { .init(origin: $0.origin, yaml: $0.yaml) })
+                                    documents: docs.map { .init(origin: $0.origin, yaml: $0.yaml) }, clusterRevision: cluster)
         do {
             try store?.commit(record)
         } catch {
@@ -494,8 +524,30 @@ public final class Agent: Service, @unchecked Sendable {
             snapshot = next
             self.desired = desired
             status.contentHash = hash
+            status.clusterRevision = cluster
         }
         return .committed(next, datapathMs: ms)
+    }
+
+    /// Cluster mode: the resources of cluster revision `revision` with this node's config
+    /// dir. A resource both define is refused on this node (the config dir does not
+    /// override the cluster, nor the cluster a node's own files); resources pushed to the
+    /// admin socket before cluster mode are dropped: etcd is the one source besides the files.
+    func commitCluster(_ parsed: ConfigLoader.Parsed, revision: UInt64) -> CommitResult {
+        if parsed.hasErrors { return .rejected(parsed.diagnostics) }
+        let result = commit(reason: "etcd revision \(revision)", clusterRevision: revision) { current throws(ChangeRefused) in
+            let local = current.filter { $0.origin != Self.applied && $0.origin != ClusterKeys.origin }
+            let byID = Dictionary(local.map { ($0.resource.id, $0) }, uniquingKeysWith: { a, _ in a })
+            let conflicts = parsed.documents.compactMap { d -> Diagnostic? in
+                guard let mine = byID[d.resource.id] else { return nil }
+                return Diagnostic(.error, "CFG002", at: mine.resource.position, resource: d.resource.id.description,
+                                  "is defined by \(mine.origin) in this node's config dir and by the cluster (etcd); remove one")
+            }
+            if !conflicts.isEmpty { throw ChangeRefused(message: "rejected", diagnostics: conflicts) }
+            return local + parsed.documents
+        }
+        if case .unchanged = result { lock.withLock { status.clusterRevision = revision } }
+        return result
     }
 
     /// What stays in force when a config is rejected.
@@ -505,6 +557,12 @@ public final class Agent: Service, @unchecked Sendable {
     }
 
     func resync() {
+        // Never beside a commit: a resync that read the snapshot before a commit programmed
+        // the next one would put the previous revision back into the maps until the next
+        // resync (seen in cluster mode: a node reported a revision whose service then did
+        // not answer). A commit in progress programs the datapath itself.
+        guard committing.try() else { return }
+        defer { committing.unlock() }
         let (snap, desired) = lock.withLock { (snapshot, self.desired) }
         // Until a config has been accepted, the kernel's content (possibly adopted from the
         // previous agent) is the last good state: never "resync" it to nothing.

@@ -15,6 +15,8 @@ struct RevisionRecord: Codable, Sendable {
     var reason: String
     var contentHash: String
     var documents: [StoredDocument]
+    /// The cluster revision (etcd) whose resources it holds, in cluster mode.
+    var clusterRevision: UInt64? = nil
 }
 
 /// A line of `weft history`.

@@ -183,9 +183,8 @@ public struct EtcdConfigError: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-/// A client for one etcd cluster. `run()` keeps its connections (pick-first over the
-/// members: when the member in use fails, the next one takes over); every call made while
-/// it runs uses them.
+/// A client for one etcd cluster. `run()` keeps a connection to each member; every call
+/// made while it runs goes to one that is up.
 public final class EtcdClient: Sendable {
     public let endpoints: EtcdEndpoints
     let grpc: GRPCClient<HTTP2ClientTransport.Posix>
@@ -224,7 +223,11 @@ public final class EtcdClient: Sendable {
         config.connection.keepalive = .init(time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: true)
         config.backoff.max = .seconds(2)
         // etcd answers a whole revision in one message; its own default limit is 2 MiB.
-        let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security, config: config)
+        // Round robin over the members' connections: a call goes to a member that is up
+        // (grpc-swift's pick-first uses only the first address of a list like this one, so
+        // one member down would be the whole cluster down).
+        let transport = try HTTP2ClientTransport.Posix(target: target, transportSecurity: security, config: config,
+                                                       serviceConfig: ServiceConfig(loadBalancingConfig: [.roundRobin]))
         grpc = GRPCClient(transport: transport)
     }
 
@@ -279,11 +282,24 @@ public final class EtcdClient: Sendable {
         return Data([0])
     }
 
-    func call<R>(_ what: String, _ body: () async throws -> R) async throws -> R {
-        do {
-            return try await body()
-        } catch let e as RPCError {
-            throw Self.map(e, endpoints: endpoints, what: what)
+    /// Runs one call. `retry`: the call may be repeated (a read, a lease grant or revoke),
+    /// and is, while etcd answers "unavailable" (a member going away, an election: "leader
+    /// changed"), within the call timeout. A write is never repeated: its first attempt may
+    /// have been applied, and the caller decides.
+    func call<R>(_ what: String, retry: Bool = false, _ body: () async throws -> R) async throws -> R {
+        let deadline = ContinuousClock.now + callTimeout
+        var pause = Duration.milliseconds(50)
+        while true {
+            do {
+                return try await body()
+            } catch let e as RPCError {
+                if retry, e.code == .unavailable, ContinuousClock.now + pause < deadline {
+                    try await Task.sleep(for: pause)
+                    pause = min(pause * 2, .milliseconds(500))
+                    continue
+                }
+                throw Self.map(e, endpoints: endpoints, what: what)
+            }
         }
     }
 
@@ -307,7 +323,7 @@ public final class EtcdClient: Sendable {
         r.revision = revision
         let kv = Etcdserverpb_KV.Client(wrapping: grpc)
         let opts = options()
-        let response = try await call("reading \(key)") {
+        let response = try await call("reading \(key)", retry: true) {
             try await kv.range(r, options: opts)
         }
         return (response.kvs.map(EtcdKeyValue.init), response.header.revision)
@@ -355,7 +371,7 @@ public final class EtcdClient: Sendable {
         c.revision = revision
         let kv = Etcdserverpb_KV.Client(wrapping: grpc)
         let opts = options()
-        _ = try await call("compacting") { try await kv.compact(c, options: opts) }
+        _ = try await call("compacting", retry: true) { try await kv.compact(c, options: opts) }
     }
 
     // MARK: Lease
@@ -366,7 +382,7 @@ public final class EtcdClient: Sendable {
         g.ttl = ttl
         let lease = Etcdserverpb_Lease.Client(wrapping: grpc)
         let opts = options()
-        let r = try await call("granting a lease") { try await lease.leaseGrant(g, options: opts) }
+        let r = try await call("granting a lease", retry: true) { try await lease.leaseGrant(g, options: opts) }
         if !r.error.isEmpty { throw EtcdError.refused(r.error) }
         return r.id
     }
@@ -376,7 +392,7 @@ public final class EtcdClient: Sendable {
         r.id = id
         let lease = Etcdserverpb_Lease.Client(wrapping: grpc)
         let opts = options()
-        _ = try await call("revoking a lease") { try await lease.leaseRevoke(r, options: opts) }
+        _ = try await call("revoking a lease", retry: true) { try await lease.leaseRevoke(r, options: opts) }
     }
 
     /// Keeps lease `id` alive, renewing every `interval`, until cancelled. Throws

@@ -101,6 +101,8 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Most connections at once from one remote address to the tunnel and plaintext inbound listeners.")
     var maxConnectionsPerSource = 1024
 
+    @OptionGroup var etcd: EtcdOptions
+
     func run() async throws {
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -141,6 +143,7 @@ struct AgentCommand: AsyncParsableCommand {
         opts.requestTimeout = requestTimeout
         opts.maxConnections = maxConnections
         opts.maxConnectionsPerSource = maxConnectionsPerSource
+        opts.etcd = etcd.endpoints()
         opts.interfaces = interfaces.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let agent = Agent(options: opts, logger: logger)
         let group = ServiceGroup(configuration: .init(
@@ -153,13 +156,29 @@ struct AgentCommand: AsyncParsableCommand {
     }
 }
 
-struct StatusCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "status", abstract: "Ask a running agent what it serves (admin socket).")
+struct StatusCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "status",
+        abstract: "Ask a running agent what it serves (admin socket), or with --cluster every live node of an etcd cluster.")
 
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
+    @Flag(help: "Every live node of the cluster (--etcd): the revision it serves, how far behind it is, why.") var cluster = false
+    @Flag(name: [.customShort("j"), .long], help: "JSON (with --cluster).") var json = false
 
-    func run() throws {
-        let r = admin.send(AdminRequest(op: .status))
-        printJSON(r.status)
+    func run() async throws {
+        guard cluster else {
+            if etcd.etcd != nil { fail("--etcd goes with --cluster (one agent's status comes from its admin socket)") }
+            let r = admin.send(AdminRequest(op: .status))
+            return printJSON(r.status)
+        }
+        guard let endpoints = etcd.endpoints() else { fail("--cluster needs --etcd") }
+        let (current, rows) = await etcd.with(endpoints) { try await ClusterReader(client: $0).nodes() }
+        if json { return printJSON(rows) }
+        print("cluster revision \(current); \(rows.count) live node(s)")
+        let f = ISO8601DateFormatter()
+        printTable(["NODE", "REVISION", "OBSERVED", "LAG", "APPLIED AT", "ERROR"], rows.map { r in
+            [r.node, r.status.map { "\($0.appliedRevision)" } ?? "-", r.status.map { "\($0.observedRevision)" } ?? "-", "\(r.lag)",
+             r.status?.appliedTime.map { f.string(from: $0) } ?? "-", r.status?.error ?? ""]
+        })
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import WeftAgent
 import WeftConfig
+import WeftStore
 import Yams
 
 /// Options of every command that talks to the agent.
@@ -58,15 +59,26 @@ func readAndCheckPolicyFiles(_ paths: [String]) -> (files: [SourceFile], ids: [R
     return (files, ids)
 }
 
-struct ApplyCommand: ParsableCommand {
+struct ApplyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "apply",
         abstract: "Validate policy files and commit them on the agent, all or nothing.")
     @Option(name: .shortAndLong, parsing: .upToNextOption, help: "Files or directories.") var file: [String]
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
+    @OptionGroup var waiting: WaitOptions
+    @Option(help: "Mesh root namespace the agents validate with (cluster mode).") var rootNamespace = "weft-system"
 
-    func run() throws {
+    func run() async throws {
+        let files = readPolicyFiles(file)
+        if let endpoints = etcd.endpoints() {
+            let (waiting, rootNamespace) = (waiting, rootNamespace)
+            return await etcd.with(endpoints) { client in
+                let r = try await ClusterWriter(client: client, rootNamespace: rootNamespace).apply(files)
+                try await waiting.report(r, verb: "applied", client: client)
+            }
+        }
         var req = AdminRequest(op: .apply)
-        req.files = readPolicyFiles(file)
+        req.files = files
         let r = admin.send(req)
         for d in r.diagnostics ?? [] { printDiagnostic(d) }
         if r.changed == true {
@@ -77,34 +89,54 @@ struct ApplyCommand: ParsableCommand {
     }
 }
 
-struct DeleteCommand: ParsableCommand {
+struct DeleteCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "delete",
         abstract: "Remove the resources named in policy files from the agent, all or nothing.")
     @Option(name: .shortAndLong, parsing: .upToNextOption, help: "Files or directories.") var file: [String]
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
+    @OptionGroup var waiting: WaitOptions
+    @Option(help: "Mesh root namespace the agents validate with (cluster mode).") var rootNamespace = "weft-system"
 
-    func run() throws {
+    func run() async throws {
+        let ids = readAndCheckPolicyFiles(file).ids
+        if let endpoints = etcd.endpoints() {
+            let (waiting, rootNamespace) = (waiting, rootNamespace)
+            return await etcd.with(endpoints) { client in
+                let r = try await ClusterWriter(client: client, rootNamespace: rootNamespace).delete(ids)
+                try await waiting.report(r, verb: "deleted", client: client)
+            }
+        }
         var req = AdminRequest(op: .delete)
-        req.ids = readAndCheckPolicyFiles(file).ids
+        req.ids = ids
         let r = admin.send(req)
         print("deleted: revision \(r.revision ?? 0) (datapath programmed in \(String(format: "%.1f", r.datapathMs ?? 0)) ms)")
     }
 }
 
-struct GetCommand: ParsableCommand {
+struct GetCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "get", abstract: "Show resources the agent serves.")
     @Argument(help: "Kind (ServiceEntry, se, virtualservices, …, or all).") var kind: String
     @Argument(help: "Name.") var name: String?
     @Option(name: .shortAndLong, help: "Namespace.") var namespace: String?
     @Option(name: .shortAndLong, help: "yaml or json (default: a table).") var output: String?
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
 
-    func run() throws {
-        var req = AdminRequest(op: .get)
-        req.kind = kind
-        req.name = name
-        req.namespace = namespace
-        let list = admin.send(req).resources ?? []
+    func run() async throws {
+        let list: [StoredResource]
+        if let endpoints = etcd.endpoints() {
+            let (kind, name, namespace) = (kind, name, namespace)
+            list = await etcd.with(endpoints) { client in
+                try StoredResource.select(try await ClusterConfigState.read(client).parsed().documents, kind: kind, name: name, namespace: namespace)
+            }
+        } else {
+            var req = AdminRequest(op: .get)
+            req.kind = kind
+            req.name = name
+            req.namespace = namespace
+            list = admin.send(req).resources ?? []
+        }
         if list.isEmpty && name != nil { fail("\(kind) \(namespace ?? "*")/\(name!) not found") }
         switch output {
         case nil:
@@ -122,16 +154,28 @@ struct GetCommand: ParsableCommand {
     }
 }
 
-struct DiffCommand: ParsableCommand {
+struct DiffCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "diff",
         abstract: "Show what applying policy files would change; exit 1 when something would.")
     @Option(name: .shortAndLong, parsing: .upToNextOption, help: "Files or directories.") var file: [String]
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
 
-    func run() throws {
-        var req = AdminRequest(op: .diff)
-        req.files = readPolicyFiles(file)
-        let entries = admin.send(req).diff ?? []
+    func run() async throws {
+        let files = readPolicyFiles(file)
+        let entries: [DiffEntry]
+        if let endpoints = etcd.endpoints() {
+            entries = await etcd.with(endpoints) { client in
+                let current = try await ClusterConfigState.read(client).parsed().documents
+                let pushed = ConfigLoader.parse(files.map { ($0.text, $0.path, ClusterKeys.origin) })
+                if pushed.hasErrors { throw ClusterError("rejected", diagnostics: pushed.diagnostics) }
+                return DiffEntry.between(current, pushed.documents)
+            }
+        } else {
+            var req = AdminRequest(op: .diff)
+            req.files = files
+            entries = admin.send(req).diff ?? []
+        }
         var changes = 0
         for e in entries {
             switch e.change {
@@ -169,13 +213,19 @@ func lineDiff(_ a: String, _ b: String) -> [String] {
     return out
 }
 
-struct HistoryCommand: ParsableCommand {
+struct HistoryCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "history", abstract: "Committed revisions kept for rollback.")
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
     @Flag(name: [.customShort("j"), .long], help: "JSON.") var json = false
 
-    func run() throws {
-        let list = admin.send(AdminRequest(op: .history)).history ?? []
+    func run() async throws {
+        let list: [RevisionSummary]
+        if let endpoints = etcd.endpoints() {
+            list = await etcd.with(endpoints) { try await ClusterReader(client: $0).history() }
+        } else {
+            list = admin.send(AdminRequest(op: .history)).history ?? []
+        }
         if json { return printJSON(list) }
         let f = ISO8601DateFormatter()
         printTable(["REVISION", "TIME", "REASON", "RESOURCES", "HASH", ""], list.map {
@@ -184,13 +234,23 @@ struct HistoryCommand: ParsableCommand {
     }
 }
 
-struct RollbackCommand: ParsableCommand {
+struct RollbackCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rollback",
         abstract: "Restore the applied resources of a kept revision (the config dir stays as it is) as a new revision.")
     @Argument(help: "Revision (see `weft history`).") var revision: UInt64
     @OptionGroup var admin: AdminOptions
+    @OptionGroup var etcd: EtcdOptions
+    @OptionGroup var waiting: WaitOptions
+    @Option(help: "Mesh root namespace the agents validate with (cluster mode).") var rootNamespace = "weft-system"
 
-    func run() throws {
+    func run() async throws {
+        if let endpoints = etcd.endpoints() {
+            let (waiting, rootNamespace, revision) = (waiting, rootNamespace, revision)
+            return await etcd.with(endpoints) { client in
+                let r = try await ClusterWriter(client: client, rootNamespace: rootNamespace).rollback(to: revision)
+                try await waiting.report(r, verb: "rolled back to revision \(revision)", client: client)
+            }
+        }
         var req = AdminRequest(op: .rollback)
         req.revision = revision
         let r = admin.send(req)

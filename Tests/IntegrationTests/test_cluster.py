@@ -1,0 +1,306 @@
+"""Cluster mode: three agents on three node namespaces follow one config in a real
+3-member etcd (Debian's etcd-server) and report back; `weft apply --etcd --wait` answers
+"has my change reached every node?" and names the nodes that did not, and why."""
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+from conftest import CG2, WEFT, Sandbox, kill_cgroup, service_yaml, sh
+
+VIP = "10.96.0.10"
+BACKEND = "10.250.1.1"
+
+
+class EtcdCluster:
+    """Three etcd members in a namespace of their own (bridge 10.98.0.0/24, members on
+    .1-.3), and nodes joined to that bridge by veth pairs (node i at 10.98.0.1i)."""
+
+    def __init__(self, members=3):
+        self.id = "weft-test-" + uuid.uuid4().hex[:8]
+        self.ns = self.id
+        self.cgroup = os.path.join(CG2, self.id)
+        self.tmp = tempfile.mkdtemp(prefix=self.id + "-")
+        os.makedirs(self.cgroup)
+        sh(["ip", "netns", "add", self.ns])
+        sh(["ip", "-n", self.ns, "link", "set", "lo", "up"])
+        sh(["ip", "-n", self.ns, "link", "add", "br0", "type", "bridge"])
+        sh(["ip", "-n", self.ns, "link", "set", "br0", "up"])
+        self.addrs = ["10.98.0.%d" % (i + 1) for i in range(members)]
+        for a in self.addrs:
+            sh(["ip", "-n", self.ns, "addr", "add", a + "/24", "dev", "br0"])
+        self.names = ["m%d" % i for i in range(members)]
+        self.initial = ",".join("%s=http://%s:2380" % (n, a) for n, a in zip(self.names, self.addrs))
+        self.procs = [None] * members
+        self.endpoints = ",".join("http://%s:2379" % a for a in self.addrs)
+        for i in range(members):
+            self.start_member(i, new=True)
+        self.wait_healthy()
+        self.links = 0
+
+    def in_ns(self, argv):
+        return ["sh", "-c", "echo $$ > %s/cgroup.procs; exec nsenter --net=/run/netns/%s \"$@\"" % (self.cgroup, self.ns), "sh"] + argv
+
+    def start_member(self, i, new=False):
+        name, addr = self.names[i], self.addrs[i]
+        argv = ["etcd", "--name", name, "--data-dir", os.path.join(self.tmp, name),
+                "--listen-client-urls", "http://%s:2379" % addr, "--advertise-client-urls", "http://%s:2379" % addr,
+                "--listen-peer-urls", "http://%s:2380" % addr, "--initial-advertise-peer-urls", "http://%s:2380" % addr,
+                "--initial-cluster", self.initial, "--initial-cluster-state", "new", "--initial-cluster-token", self.id,
+                "--logger", "zap", "--log-level", "error"]
+        log = open(os.path.join(self.tmp, name + ".log"), "a")
+        self.procs[i] = subprocess.Popen(self.in_ns(argv), stdout=log, stderr=subprocess.STDOUT)
+
+    def stop_member(self, i):
+        p = self.procs[i]
+        if p and p.poll() is None:
+            p.kill()
+            p.wait()
+        self.procs[i] = None
+
+    def etcdctl(self, *args, endpoints=None):
+        env = dict(os.environ, ETCDCTL_API="3")
+        return subprocess.run(self.in_ns(["etcdctl", "--endpoints", endpoints or self.endpoints] + list(args)),
+                              capture_output=True, text=True, timeout=30, env=env)
+
+    def wait_healthy(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            live = ",".join("http://%s:2379" % a for a, p in zip(self.addrs, self.procs) if p)
+            if self.etcdctl("endpoint", "health", endpoints=live).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise AssertionError("etcd did not become healthy: " + self.etcdctl("endpoint", "health").stderr)
+
+    def join(self, node):
+        """A veth from node's namespace to the bridge; returns the node's device."""
+        self.links += 1
+        dev, peer = "e%s%d" % (self.id[-6:], self.links), "n%s%d" % (self.id[-6:], self.links)
+        sh(["ip", "-n", node.ns, "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", self.ns])
+        sh(["ip", "-n", node.ns, "addr", "add", "10.98.0.%d/24" % (10 + self.links), "dev", dev])
+        sh(["ip", "-n", node.ns, "link", "set", dev, "up"])
+        sh(["ip", "-n", self.ns, "link", "set", peer, "master", "br0", "up"])
+        return dev
+
+    def weft(self, *args, check=True, timeout=120):
+        """A weft command against the cluster, from the etcd namespace (an operator's host)."""
+        r = subprocess.run(self.in_ns([WEFT] + list(args) + ["--etcd", self.endpoints]), capture_output=True, text=True,
+                           timeout=timeout)
+        if check:
+            assert r.returncode == 0, "weft %s: %s%s" % (" ".join(args), r.stdout, r.stderr)
+        return r
+
+    def status(self):
+        return json.loads(self.weft("status", "--cluster", "-j").stdout)
+
+    def close(self):
+        for i in range(len(self.procs)):
+            self.stop_member(i)
+        kill_cgroup(self.cgroup)
+        sh(["ip", "netns", "del", self.ns], check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Cluster:
+    def __init__(self, nodes=3):
+        self.etcd = EtcdCluster()
+        self.nodes = [Sandbox() for _ in range(nodes)]
+        self.names = ["node-%s" % c for c in "abc"[:nodes]]
+        self.devs = [self.etcd.join(n) for n in self.nodes]
+        for n, name in zip(self.nodes, self.names):
+            # Each node's own backend behind the same service address: traffic on a node
+            # proves that node's datapath follows the cluster's config.
+            n.backend(name, BACKEND)
+
+    def start(self, i, wait=True):
+        n = self.nodes[i]
+        n.start_agent("--etcd", self.etcd.endpoints, node=self.names[i], wait=False)
+        if wait:
+            n.wait_log(r"cluster mode: config from etcd")
+
+    def start_all(self):
+        for i in range(len(self.nodes)):
+            self.start(i)
+        self.wait_live(len(self.nodes))
+
+    def wait_live(self, count, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            rows = self.etcd.status()
+            if len(rows) == count:
+                return rows
+            time.sleep(0.2)
+        raise AssertionError("live nodes: %s" % self.etcd.status())
+
+    def served(self, i, count=6):
+        """Which backends answer the service on node i."""
+        return self.nodes[i].client("tcp", VIP, 80, count, "--timeout", "2")
+
+    def close(self):
+        for n in self.nodes:
+            n.close()
+        self.etcd.close()
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    try:
+        yield c
+    finally:
+        c.close()
+        assert c.etcd.ns not in sh("ip netns list").stdout, "namespace left behind"
+        assert not os.path.exists(c.etcd.cgroup), "cgroup left behind"
+
+
+def policy(c, name, text):
+    path = os.path.join(c.etcd.tmp, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_one_apply_reaches_every_node_and_traffic_follows(cluster):
+    c = cluster
+    c.start_all()
+    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    out = c.etcd.weft("apply", "-f", web, "--wait", "--timeout", "30").stdout
+    assert "applied: cluster revision 1" in out and "3 live node(s) serve revision 1" in out, out
+    for i, name in enumerate(c.names):
+        got = c.served(i)
+        assert got["backends"] == {name: 6}, (got, c.nodes[i].log(), c.nodes[i].services())
+    rows = {r["node"]: r for r in c.etcd.status()}
+    assert sorted(rows) == c.names
+    assert all(r["status"]["appliedRevision"] == 1 and r["lag"] == 0 for r in rows.values()), rows
+    table = c.etcd.weft("status", "--cluster").stdout
+    assert "cluster revision 1; 3 live node(s)" in table, table
+    # Every agent now follows etcd: a push to one agent's socket is refused.
+    n = c.nodes[0]
+    refused = n.weft("apply", "-f", web, "--admin-socket", n.sock, check=False)
+    assert refused.returncode == 1 and "follows etcd" in refused.stderr, refused.stderr
+    # A delete also reaches every node: the service is gone everywhere.
+    out = c.etcd.weft("delete", "-f", web, "--wait").stdout
+    assert "3 live node(s) serve revision 2" in out, out
+    for i in range(3):
+        assert c.served(i, 2)["backends"] == {}
+
+
+def test_a_node_that_rejects_a_revision_is_named_and_the_others_apply_it(cluster):
+    c = cluster
+    # Node c's own config dir defines the service too: the cluster's copy is refused there.
+    c.nodes[2].write("web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    c.start_all()
+    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    r = c.etcd.weft("apply", "-f", web, "--wait", "--timeout", "20", check=False)
+    assert r.returncode == 1, r.stdout
+    assert "node-c: rejected revision 1:" in r.stdout and "CFG002" in r.stdout, r.stdout
+    assert "2 node(s) serve it, 1 rejected it, 0 did not answer in time" in r.stderr, r.stderr
+    rows = {x["node"]: x for x in c.etcd.status()}
+    assert rows["node-c"]["status"]["observedRevision"] == 1 and rows["node-c"]["status"]["appliedRevision"] == 0
+    assert rows["node-a"]["status"]["appliedRevision"] == 1 and rows["node-b"]["status"]["appliedRevision"] == 1
+    # Node c still serves its own file's service; a and b the cluster's.
+    for i, name in enumerate(c.names):
+        assert c.served(i)["backends"] == {name: 6}
+
+
+def test_a_dead_node_drops_out_instead_of_blocking_wait(cluster):
+    c = cluster
+    c.start_all()
+    c.nodes[1].agent.kill()  # no clean leave: only its lease's expiry removes it
+    c.nodes[1].agent.wait()
+    c.nodes[1].agent = None
+    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    r = c.etcd.weft("apply", "-f", web, "--wait", "--timeout", "45", check=False)
+    # Either the lease (30 s) expired within the wait, or node-b is named as not answering.
+    assert ("2 live node(s) serve revision 1" in r.stdout) or ("node-b: still at revision 0" in r.stdout), r.stdout + r.stderr
+    rows = c.wait_live(2, timeout=40)
+    assert sorted(x["node"] for x in rows) == ["node-a", "node-c"]
+    assert "2 live node(s) serve revision 1" in c.etcd.weft("apply", "-f", web, "--wait").stdout
+
+
+def test_etcd_member_down_then_all_down_then_back(cluster):
+    c = cluster
+    c.start_all()
+    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    c.etcd.weft("apply", "-f", web, "--wait")
+    # One member down (the first, which every client picks first): nothing noticed.
+    c.etcd.stop_member(0)
+    two = policy(c, "two.yaml", service_yaml("web", [VIP, "10.96.0.11"], [(BACKEND, 1)]))
+    out = c.etcd.weft("apply", "-f", two, "--wait", "--timeout", "30").stdout
+    assert "3 live node(s) serve revision 2" in out, out
+    # All down: every node keeps serving revision 2.
+    for i in (1, 2):
+        c.etcd.stop_member(i)
+    for i, name in enumerate(c.names):
+        assert c.served(i)["backends"] == {name: 6}
+    # An agent restarted during the outage starts on its persisted revision.
+    n = c.nodes[0]
+    n.stop_agent()
+    c.start(0)
+    n.wait_log(r"config revision \d+ applied")
+    assert c.nodes[0].client("tcp", "10.96.0.11", 80, 4, "--timeout", "2")["backends"] == {"node-a": 4}
+    status = json.loads(n.weft("status", "--admin-socket", n.sock).stdout)
+    assert status["clusterRevision"] == 2, status
+    # etcd back: the nodes report again (the restarted one included).
+    for i in range(3):
+        c.etcd.start_member(i)
+    c.etcd.wait_healthy()
+    rows = c.wait_live(3, timeout=40)
+    assert all(r["status"]["appliedRevision"] == 2 for r in rows), rows
+
+
+def test_racing_applies_one_wins_each_revision_and_nothing_is_half_written(cluster):
+    c = cluster
+    c.start(0)
+    c.wait_live(1)
+    files = [policy(c, "s%d.yaml" % i, service_yaml("s%d" % i, ["10.96.1.%d" % i], [(BACKEND, 1)])) for i in range(8)]
+    results = [None] * len(files)
+
+    def push(i):
+        results[i] = c.etcd.weft("apply", "-f", files[i], check=False)
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(len(files))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [i for i, r in enumerate(results) if r.returncode == 0]
+    lost = [i for i, r in enumerate(results) if r.returncode != 0]
+    for i in lost:
+        assert "conflict: revision" in results[i].stderr and "nothing was written" in results[i].stderr, results[i].stderr
+    assert won, [r.stderr for r in results]
+    # Each winner made one revision; the config holds exactly the winners' services.
+    history = json.loads(c.etcd.weft("history", "-j").stdout)
+    assert [h["revision"] for h in history] == list(range(1, len(won) + 1))
+    names = sorted(line.split()[2] for line in c.etcd.weft("get", "se").stdout.splitlines()[1:])
+    assert names == sorted("s%d" % i for i in won)
+
+
+def test_a_watch_behind_compaction_relists_and_converges(cluster):
+    c = cluster
+    c.start_all()
+    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    c.etcd.weft("apply", "-f", web, "--wait")
+    # Node b loses etcd; two revisions are written and etcd compacts their history away.
+    sh(["ip", "-n", c.nodes[1].ns, "link", "set", c.devs[1], "down"])
+    two = policy(c, "two.yaml", service_yaml("web", [VIP, "10.96.0.11"], [(BACKEND, 1)]))
+    c.etcd.weft("apply", "-f", two)
+    three = policy(c, "three.yaml", service_yaml("web", [VIP, "10.96.0.12"], [(BACKEND, 1)]))
+    c.etcd.weft("apply", "-f", three)
+    rev = json.loads(c.etcd.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]["header"]["revision"]
+    assert c.etcd.etcdctl("compact", str(rev)).returncode == 0
+    # Long enough for node b's agent to give its connection up (keepalive: 10 s + 5 s), so
+    # that it watches again from the revision it had, which etcd no longer keeps.
+    c.nodes[1].wait_log(r"etcd unavailable", timeout=30)
+    sh(["ip", "-n", c.nodes[1].ns, "link", "set", c.devs[1], "up"])
+    out = c.etcd.weft("apply", "-f", three, "--wait", "--timeout", "40").stdout
+    assert "3 live node(s) serve revision 3" in out, out
+    assert c.served(1)["backends"] == {"node-b": 6}
+    assert c.nodes[1].client("tcp", "10.96.0.12", 80, 2, "--timeout", "2")["backends"] == {"node-b": 2}
+    assert "fell behind compaction" in c.nodes[1].log()
