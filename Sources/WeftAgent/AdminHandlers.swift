@@ -4,13 +4,14 @@ import WeftConfig
 /// The admin API: what each request does to the agent's config.
 extension Agent {
     func handle(_ request: AdminRequest) -> AdminResponse {
+        if let etcd = options.etcd, [.apply, .delete, .rollback].contains(request.op) {
+            return .failure("this agent follows etcd (--etcd \(etcd.text)): change the config there, with `weft \(request.op.rawValue) --etcd \(etcd.text)`")
+        }
         switch request.op {
         case .status:
             var r = AdminResponse(ok: true)
             r.status = lock.withLock { status }
             return r
-        case .apply, .delete, .rollback where options.etcd != nil:
-            return .failure("this agent follows etcd (--etcd \(options.etcd!.text)): change the config there, with `weft \(request.op.rawValue) --etcd \(options.etcd!.text)`")
         case .apply: return handleApply(request.files ?? [])
         case .delete: return handleDelete(request.ids ?? [])
         case .get: return handleGet(kind: request.kind, name: request.name, namespace: request.namespace)
