@@ -287,10 +287,15 @@ public final class Agent: Service, @unchecked Sendable {
     /// The last trust problem logged (each is logged once, not at every resync).
     private var trustProblem: String?
 
-    /// This node's CA's root plus the roots of --trust-bundle.
+    /// Cluster mode: the CA roots of the other nodes' registrations.
+    private var nodeRoots = NodeRoots()
+
+    /// This node's CA's root plus the roots of --trust-bundle (and, in cluster mode, those
+    /// the other nodes registered).
     func trustBundle(_ certificates: WorkloadCertificates) throws -> TrustBundle {
         do {
-            return try certificates.trustBundle(trustDomain: options.trustDomain, extraRootsFile: options.trustBundle)
+            return try certificates.trustBundle(trustDomain: options.trustDomain, extraRootsFile: options.trustBundle,
+                                                nodeRoots: lock.withLock { nodeRoots })
         } catch {
             throw AgentError("--trust-bundle: \(error)")
         }
@@ -301,6 +306,8 @@ public final class Agent: Service, @unchecked Sendable {
     /// that does not load (half-written, wrong node, not PEM) changes nothing.
     func reloadTrust() {
         guard let identities else { return }
+        // What a node that left signed cannot be valid for longer than a certificate lives.
+        lock.withLock { nodeRoots.prune(grace: options.certTTL) }
         let certificates = identities.certificates
         var problem: String?
         if let dir = options.caDir {
@@ -328,6 +335,23 @@ public final class Agent: Service, @unchecked Sendable {
         if let problem, problem != trustProblem { logger.warning("\(problem)", metadata: ["component": "identity"]) }
         trustProblem = problem
     }
+    /// Cluster mode: nodes registered (a registration) or left (nil); `replacingAll`: the
+    /// list is every registration there is (a fresh listing). The trust follows at once.
+    func nodeRegistrations(_ changes: [(node: String, registration: ClusterNode?)], replacingAll: Bool) {
+        var problems: [String] = []
+        lock.withLock {
+            if replacingAll {
+                let listed = Set(changes.map(\.node))
+                for n in nodeRoots.nodes where !listed.contains(n) { nodeRoots.gone(node: n) }
+            }
+            for (n, r) in changes {
+                if let r { problems += nodeRoots.register(node: n, pems: r.caCertificates) } else { nodeRoots.gone(node: n) }
+            }
+        }
+        for p in problems { logger.warning("\(p)", metadata: ["component": "identity"]) }
+        applying.withLock { reloadTrust() }
+    }
+
     /// This node's workloads' certificates (minted for each commit, renewed on resync).
     var certificates: WorkloadCertificates? { identities?.certificates }
 

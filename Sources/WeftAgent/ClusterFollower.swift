@@ -21,8 +21,9 @@ actor ClusterFollower {
     var lease: Int64?
     /// The last outage logged (each one once, not at every retry).
     var outage: String?
-    /// Where the watch resumes: the store revision after the last one it delivered.
+    /// Where the watches resume: the store revision after the last one each delivered.
     var watchFrom: Int64 = 0
+    var nodesFrom: Int64 = 0
 
     init(agent: Agent, client: EtcdClient, node: ClusterNode, appliedRevision: UInt64, ttl: Int64 = 30) {
         self.agent = agent
@@ -43,12 +44,21 @@ actor ClusterFollower {
                     let s = try await ClusterConfigState.read(client)
                     state = s
                     watchFrom = s.storeRevision + 1
+                    let (nodes, at) = try await client.get(ClusterKeys.nodes, prefix: true)
+                    registered(nodes.map { EtcdEvent(kind: .put, kv: $0) }, listed: true)
+                    nodesFrom = at + 1
                     needList = false
                     reachable()
                     await applyState()
                 }
-                try await client.watch(prefix: ClusterKeys.config, from: watchFrom) { events, revision in
-                    await self.watched(events, through: revision)
+                // One stream, two watchers: the config, and the other nodes' registrations
+                // (whose CA roots the tunnel trusts).
+                try await client.watch([(ClusterKeys.config, watchFrom), (ClusterKeys.nodes, nodesFrom)]) { watch, events, revision in
+                    if watch == 0 {
+                        await self.watched(events, through: revision)
+                    } else {
+                        await self.registrationsWatched(events, through: revision)
+                    }
                 }
             } catch EtcdError.compacted(let compact) {
                 logger.warning("the etcd watch fell behind compaction (store revision \(compact)); listing the config again",
@@ -84,6 +94,30 @@ actor ClusterFollower {
         // A writer moves the revision key in the same transaction as the resources, and a
         // transaction's events arrive together: the config is whole exactly now.
         if newRevision { await applyState() }
+    }
+
+    private func registrationsWatched(_ events: [EtcdEvent], through revision: Int64) {
+        nodesFrom = revision + 1
+        registered(events, listed: false)
+    }
+
+    /// Other nodes' registrations came or went: their CA roots join or leave the tunnel's
+    /// trust (NodeRoots: only roots bound to the node that registered them).
+    private func registered(_ events: [EtcdEvent], listed: Bool) {
+        var others: [(String, ClusterNode?)] = []
+        for e in events {
+            let name = String(e.kv.key.dropFirst(ClusterKeys.nodes.count))
+            if name == node.node { continue }
+            if e.kind == .delete {
+                others.append((name, nil))
+            } else if let n = try? ClusterKeys.decode(ClusterNode.self, e.kv), n.node == name {
+                others.append((name, n))
+            } else {
+                logger.warning("etcd key \(e.kv.key) is not a weft node registration; ignored", metadata: ["component": "cluster"])
+            }
+        }
+        if others.isEmpty && !listed { return }
+        agent.nodeRegistrations(others, replacingAll: listed)
     }
 
     /// Commits the cluster's config as it stands and reports the outcome.

@@ -86,11 +86,15 @@ extension WorkloadCertificates {
     /// The root this node's CA chains to (its own certificate, for a root CA).
     public var caRoot: Certificate { ca.root }
 
-    /// What this node trusts: its CA's root, plus the roots in `extraRootsFile`.
-    public func trustBundle(trustDomain: String, extraRootsFile: String?) throws -> TrustBundle {
+    /// What this node trusts: its CA's root, plus the roots in `extraRootsFile`, plus (cluster
+    /// mode) the roots other nodes registered.
+    public func trustBundle(trustDomain: String, extraRootsFile: String?, nodeRoots: NodeRoots = NodeRoots()) throws -> TrustBundle {
         let own = caRoot
-        let extra = try extraRootsFile.map { try TrustBundle.roots(pemFile: $0) } ?? []
-        return TrustBundle(trustDomain: trustDomain, roots: [own] + extra.filter { $0 != own })
+        var roots = [own]
+        for r in (try extraRootsFile.map { try TrustBundle.roots(pemFile: $0) } ?? []) + nodeRoots.roots where !roots.contains(r) {
+            roots.append(r)
+        }
+        return TrustBundle(trustDomain: trustDomain, roots: roots)
     }
 }
 
@@ -106,16 +110,21 @@ extension TrustBundle {
         guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
             throw IdentityError("trust bundle \(path) is missing or unreadable")
         }
+        return try roots(pem: text, source: "trust bundle \(path)")
+    }
+
+    /// CA certificates from PEM text; `source` names it in errors.
+    public static func roots(pem text: String, source: String) throws -> [Certificate] {
         let docs: [PEMDocument]
         do {
             docs = try PEMDocument.parseMultiple(pemString: text)
         } catch {
-            throw IdentityError("trust bundle \(path) is not PEM: \(error)")
+            throw IdentityError("\(source) is not PEM: \(error)")
         }
         return try docs.enumerated().map { i, doc in
-            guard let c = try? Certificate(pemDocument: doc) else { throw IdentityError("trust bundle \(path): entry \(i + 1) is not a certificate") }
+            guard let c = try? Certificate(pemDocument: doc) else { throw IdentityError("\(source): entry \(i + 1) is not a certificate") }
             guard case .isCertificateAuthority? = try? c.extensions.basicConstraints else {
-                throw IdentityError("trust bundle \(path): entry \(i + 1) is not a CA certificate")
+                throw IdentityError("\(source): entry \(i + 1) is not a CA certificate")
             }
             return c
         }
@@ -124,4 +133,60 @@ extension TrustBundle {
 
 extension Certificate {
     var isSelfSigned: Bool { issuer == subject }
+}
+
+/// Cluster mode: the CA roots other nodes registered. A root is taken only if it is bound
+/// to the node that registered it (its URI SAN `urn:weft:node:NAME`), so what it signs can
+/// speak for that node's workloads and no other's; a root bound to no node is refused (it
+/// could sign node CAs for every node). A node whose registration is gone stays trusted
+/// for a while (`prune`): a node cut off from etcd, not from its peers, keeps working.
+public struct NodeRoots: Sendable, Equatable {
+    struct Entry: Sendable, Equatable {
+        var roots: [Certificate]
+        var goneSince: Date?
+    }
+
+    var entries: [String: Entry] = [:]
+
+    public init() {}
+
+    /// Every root currently trusted through registrations.
+    public var roots: [Certificate] { entries.keys.sorted().flatMap { entries[$0]!.roots } }
+
+    /// Takes `node`'s registered roots (PEM); returns why any was refused.
+    public mutating func register(node: String, pems: [String]) -> [String] {
+        var taken: [Certificate] = []
+        var problems: [String] = []
+        for (i, pem) in pems.enumerated() {
+            do {
+                let certificates = try TrustBundle.roots(pem: pem, source: "node \(node)'s registered root \(i + 1)")
+                if certificates.isEmpty { problems.append("node \(node)'s registered root \(i + 1) holds no certificate") }
+                for c in certificates {
+                    let bound = CertificateAuthority.boundNode(of: c)
+                    if bound == node { taken.append(c) } else {
+                        problems.append("node \(node) registered a CA root bound to \(bound.map { "node \($0)" } ?? "no node"); refused")
+                    }
+                }
+            } catch {
+                problems.append("\(error)")
+            }
+        }
+        entries[node] = Entry(roots: taken, goneSince: nil)
+        return problems
+    }
+
+    /// `node`'s registration is gone (its lease expired, or it left).
+    public mutating func gone(node: String, at now: Date = Date()) {
+        if entries[node]?.goneSince == nil { entries[node]?.goneSince = now }
+    }
+
+    /// Drops nodes gone for longer than `grace` seconds.
+    public mutating func prune(grace: TimeInterval, now: Date = Date()) {
+        entries = entries.filter { _, e in e.goneSince.map { now.timeIntervalSince($0) <= grace } ?? true }
+    }
+}
+
+extension NodeRoots {
+    /// The nodes with an entry (registered now, or gone within the grace period).
+    public var nodes: [String] { entries.keys.sorted() }
 }

@@ -86,6 +86,11 @@ public struct EtcdEvent: Sendable, Equatable {
     public var kind: Kind
     /// On a delete: the key, with the deletion's revision as modRevision and no value.
     public var kv: EtcdKeyValue
+
+    public init(kind: Kind, kv: EtcdKeyValue) {
+        self.kind = kind
+        self.kv = kv
+    }
 }
 
 /// What went wrong talking to etcd, in one line.
@@ -426,32 +431,49 @@ public final class EtcdClient: Sendable {
     /// `unavailable` when the stream breaks (watch again from the last revision seen + 1).
     public func watch(prefix: String, from revision: Int64,
                       _ body: @escaping @Sendable (_ events: [EtcdEvent], _ revision: Int64) async throws -> Void) async throws {
-        var create = Etcdserverpb_WatchCreateRequest()
-        create.key = Data(prefix.utf8)
-        create.rangeEnd = Self.prefixEnd(prefix)
-        create.startRevision = revision
-        create.progressNotify = true
-        let request = Etcdserverpb_WatchRequest.with { $0.createRequest = create }
+        try await watch([(prefix, revision)]) { _, events, revision in try await body(events, revision) }
+    }
+
+    /// Several prefixes on one stream (etcd multiplexes watchers on a stream, as its own
+    /// client does): `body` gets the index of the watch each batch belongs to; each watch
+    /// resumes from its own revision.
+    public func watch(_ watches: [(prefix: String, from: Int64)],
+                      _ body: @escaping @Sendable (_ watch: Int, _ events: [EtcdEvent], _ revision: Int64) async throws -> Void) async throws {
+        let requests = watches.enumerated().map { i, w in
+            Etcdserverpb_WatchRequest.with {
+                $0.createRequest = Etcdserverpb_WatchCreateRequest.with { c in
+                    c.key = Data(w.prefix.utf8)
+                    c.rangeEnd = Self.prefixEnd(w.prefix)
+                    c.startRevision = w.from
+                    c.progressNotify = true
+                    // Our own ids (etcd ≥ 3.4 takes them): the index, plus one (0 asks etcd).
+                    c.watchID = Int64(i + 1)
+                }
+            }
+        }
+        let names = watches.map(\.prefix).joined(separator: ", ")
         let watch = Etcdserverpb_Watch.Client(wrapping: grpc)
         let opts = options(stream: true)
         let endpoints = self.endpoints
-        try await call("watching \(prefix)") {
+        try await call("watching \(names)") {
             try await watch.watch(options: opts, requestProducer: { writer in
-                try await writer.write(request)
+                try await writer.write(contentsOf: requests)
                 // Closing the request side would end the watch: wait until the call ends.
                 let (stream, _) = AsyncStream<Never>.makeStream()
                 for await _ in stream {}
             }, onResponse: { response in
                 for try await r in response.messages {
                     if r.compactRevision > 0 { throw EtcdError.compacted(compactRevision: r.compactRevision) }
-                    if r.canceled { throw EtcdError.unavailable("etcd ended the watch on \(prefix): \(r.cancelReason)") }
+                    if r.canceled { throw EtcdError.unavailable("etcd ended the watch on \(names): \(r.cancelReason)") }
                     if r.created && r.events.isEmpty { continue }
+                    let index = Int(r.watchID) - 1
+                    guard watches.indices.contains(index) else { continue }
                     let events = r.events.map { e in
                         EtcdEvent(kind: e.type == .delete ? .delete : .put, kv: EtcdKeyValue(e.kv))
                     }
                     // Resume point: the last event's revision, or on a progress report (no
                     // events) the revision etcd has sent everything up to.
-                    try await body(events, r.events.last?.kv.modRevision ?? r.header.revision)
+                    try await body(index, events, r.events.last?.kv.modRevision ?? r.header.revision)
                 }
                 throw EtcdError.unavailable("the watch stream to \(endpoints.text) ended")
             })

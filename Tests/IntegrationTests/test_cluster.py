@@ -159,8 +159,9 @@ def cluster():
         assert not os.path.exists(c.etcd.cgroup), "cgroup left behind"
 
 
-def policy(c, name, text):
-    path = os.path.join(c.etcd.tmp, name)
+def policy(etcd, name, text):
+    """A policy file an operator would apply to the cluster."""
+    path = os.path.join(etcd.tmp, name)
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -169,7 +170,7 @@ def policy(c, name, text):
 def test_one_apply_reaches_every_node_and_traffic_follows(cluster):
     c = cluster
     c.start_all()
-    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    web = policy(c.etcd, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
     out = c.etcd.weft("apply", "-f", web, "--wait", "--timeout", "30").stdout
     assert "applied: cluster revision 1" in out and "3 live node(s) serve revision 1" in out, out
     for i, name in enumerate(c.names):
@@ -196,7 +197,7 @@ def test_a_node_that_rejects_a_revision_is_named_and_the_others_apply_it(cluster
     # Node c's own config dir defines the service too: the cluster's copy is refused there.
     c.nodes[2].write("web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
     c.start_all()
-    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    web = policy(c.etcd, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
     r = c.etcd.weft("apply", "-f", web, "--wait", "--timeout", "20", check=False)
     assert r.returncode == 1, r.stdout
     assert "node-c: rejected revision 1:" in r.stdout and "CFG002" in r.stdout, r.stdout
@@ -215,7 +216,7 @@ def test_a_dead_node_drops_out_instead_of_blocking_wait(cluster):
     c.nodes[1].agent.kill()  # no clean leave: only its lease's expiry removes it
     c.nodes[1].agent.wait()
     c.nodes[1].agent = None
-    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    web = policy(c.etcd, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
     r = c.etcd.weft("apply", "-f", web, "--wait", "--timeout", "45", check=False)
     # Either the lease (30 s) expired within the wait, or node-b is named as not answering.
     assert ("2 live node(s) serve revision 1" in r.stdout) or ("node-b: still at revision 0" in r.stdout), r.stdout + r.stderr
@@ -227,11 +228,11 @@ def test_a_dead_node_drops_out_instead_of_blocking_wait(cluster):
 def test_etcd_member_down_then_all_down_then_back(cluster):
     c = cluster
     c.start_all()
-    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    web = policy(c.etcd, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
     c.etcd.weft("apply", "-f", web, "--wait")
     # One member down (the first, which every client picks first): nothing noticed.
     c.etcd.stop_member(0)
-    two = policy(c, "two.yaml", service_yaml("web", [VIP, "10.96.0.11"], [(BACKEND, 1)]))
+    two = policy(c.etcd, "two.yaml", service_yaml("web", [VIP, "10.96.0.11"], [(BACKEND, 1)]))
     out = c.etcd.weft("apply", "-f", two, "--wait", "--timeout", "30").stdout
     assert "3 live node(s) serve revision 2" in out, out
     # All down: every node keeps serving revision 2.
@@ -259,7 +260,7 @@ def test_racing_applies_one_wins_each_revision_and_nothing_is_half_written(clust
     c = cluster
     c.start(0)
     c.wait_live(1)
-    files = [policy(c, "s%d.yaml" % i, service_yaml("s%d" % i, ["10.96.1.%d" % i], [(BACKEND, 1)])) for i in range(8)]
+    files = [policy(c.etcd, "s%d.yaml" % i, service_yaml("s%d" % i, ["10.96.1.%d" % i], [(BACKEND, 1)])) for i in range(8)]
     results = [None] * len(files)
 
     def push(i):
@@ -285,13 +286,13 @@ def test_racing_applies_one_wins_each_revision_and_nothing_is_half_written(clust
 def test_a_watch_behind_compaction_relists_and_converges(cluster):
     c = cluster
     c.start_all()
-    web = policy(c, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    web = policy(c.etcd, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
     c.etcd.weft("apply", "-f", web, "--wait")
     # Node b loses etcd; two revisions are written and etcd compacts their history away.
     sh(["ip", "-n", c.nodes[1].ns, "link", "set", c.devs[1], "down"])
-    two = policy(c, "two.yaml", service_yaml("web", [VIP, "10.96.0.11"], [(BACKEND, 1)]))
+    two = policy(c.etcd, "two.yaml", service_yaml("web", [VIP, "10.96.0.11"], [(BACKEND, 1)]))
     c.etcd.weft("apply", "-f", two)
-    three = policy(c, "three.yaml", service_yaml("web", [VIP, "10.96.0.12"], [(BACKEND, 1)]))
+    three = policy(c.etcd, "three.yaml", service_yaml("web", [VIP, "10.96.0.12"], [(BACKEND, 1)]))
     c.etcd.weft("apply", "-f", three)
     rev = json.loads(c.etcd.etcdctl("endpoint", "status", "-w", "json").stdout)[0]["Status"]["header"]["revision"]
     assert c.etcd.etcdctl("compact", str(rev)).returncode == 0
@@ -304,3 +305,48 @@ def test_a_watch_behind_compaction_relists_and_converges(cluster):
     assert c.served(1)["backends"] == {"node-b": 6}
     assert c.nodes[1].client("tcp", "10.96.0.12", 80, 2, "--timeout", "2")["backends"] == {"node-b": 2}
     assert "fell behind compaction" in c.nodes[1].log()
+
+
+def test_nodes_trust_each_other_through_their_registrations(mesh):
+    """Two nodes with CAs of their own (no shared root, no --trust-bundle): the tunnel
+    between them works because each registered its CA root in etcd; a node not in the
+    cluster is not trusted."""
+    from test_mtls import CONFIG, WEB_ID, CLIENT_ID
+    a, b = mesh.a, mesh.b
+    etcd = EtcdCluster()
+    try:
+        for node in (a, b):
+            etcd.join(node)
+        for node, cg in ((a, "frontend"), (b, "web")):
+            os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
+        a.add_address("10.250.1.10")
+        b.http_backend("web", "10.250.2.10", 8080)
+        frontend = os.path.join(a.cgroup, "frontend")
+        cfg = policy(etcd, "mesh.yaml", CONFIG)
+        etcd.weft("apply", "-f", cfg)
+        # Node b outside the cluster, on the same config from its own dir: it does not
+        # know node a's root, so a's client certificate is refused there.
+        b.write("mesh.yaml", CONFIG)
+        b.start_agent(node="node-b")
+        a.start_agent("--etcd", etcd.endpoints, node="node-a", wait=False)
+        a.wait_log(r"cluster revision 1 in force")
+        r = a.http("http://10.96.7.7/", 2, cgroup=frontend)
+        assert "200" not in r["statuses"], r
+        assert b.requests_seen("web") == []
+        # Node b joins the cluster (its file config goes; the cluster's is the same).
+        b.stop_agent()
+        os.remove(os.path.join(b.config, "mesh.yaml"))
+        b.start_agent("--etcd", etcd.endpoints, node="node-b", wait=False)
+        b.wait_log(r"cluster revision 1 in force")
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            r = a.http("http://10.96.7.7/", 5, cgroup=frontend)
+            if r["statuses"] == {"200": 5}:
+                break
+            time.sleep(0.5)
+        assert r["statuses"] == {"200": 5}, r
+        seen = b.requests_seen("web")
+        assert seen and all(q["headers"]["x-forwarded-client-cert"] == "By=%s;URI=%s" % (WEB_ID, CLIENT_ID) for q in seen)
+    finally:
+        etcd.close()
+

@@ -125,3 +125,42 @@ import X509
         #expect(try await TrustBundle(trustDomain: "cluster.local", roots: [other.certificate]).verify(chainDER: renewed.chainDER).id == id)
     }
 }
+
+@Suite struct NodeRootsTests {
+    func pem(_ ca: CertificateAuthority) throws -> String { try ca.root.serializeAsPEM().pemString }
+
+    @Test func takesOnlyARootBoundToTheNodeThatRegisteredIt() throws {
+        let b = try CertificateAuthority.createRoot(trustDomain: "cluster.local", node: "node-b")
+        let c = try CertificateAuthority.createRoot(trustDomain: "cluster.local", node: "node-c")
+        let shared = try CertificateAuthority.createRoot(trustDomain: "cluster.local")
+        var roots = NodeRoots()
+        #expect(roots.register(node: "node-b", pems: [try pem(b)]).isEmpty)
+        #expect(roots.roots == [b.root])
+        // Node c claiming node b's root, or a root bound to no node (which could sign node
+        // CAs for any node), is refused; so is what is not a certificate.
+        let refused = roots.register(node: "node-c", pems: [try pem(b), try pem(shared), "junk"])
+        #expect(refused.count == 3)
+        #expect(refused[0].contains("bound to node node-b"), "\(refused)")
+        #expect(refused[1].contains("bound to no node"), "\(refused)")
+        #expect(roots.roots == [b.root])
+        #expect(roots.register(node: "node-c", pems: [try pem(c)]).isEmpty)
+        #expect(roots.roots == [b.root, c.root])
+    }
+
+    @Test func aNodeThatLeftStaysTrustedForTheGracePeriodOnly() throws {
+        let b = try CertificateAuthority.createRoot(trustDomain: "cluster.local", node: "node-b")
+        var roots = NodeRoots()
+        _ = roots.register(node: "node-b", pems: [try pem(b)])
+        let t0 = Date()
+        roots.gone(node: "node-b", at: t0)
+        roots.prune(grace: 3600, now: t0.addingTimeInterval(60))
+        #expect(roots.roots == [b.root])
+        // Back before the grace ran out: trusted again with no clock running.
+        _ = roots.register(node: "node-b", pems: [try pem(b)])
+        roots.prune(grace: 3600, now: t0.addingTimeInterval(7200))
+        #expect(roots.roots == [b.root])
+        roots.gone(node: "node-b", at: t0.addingTimeInterval(7200))
+        roots.prune(grace: 3600, now: t0.addingTimeInterval(7200 + 3601))
+        #expect(roots.roots.isEmpty)
+    }
+}
