@@ -274,11 +274,50 @@ public final class Agent: Service, @unchecked Sendable {
         guard let endpoints = options.etcd else { return nil }
         let client: EtcdClient
         do { client = try EtcdClient(endpoints) } catch { throw AgentError("--etcd: \(error)") }
-        let roots = (try? certificates.map { [try $0.caRoot.serializeAsPEM().pemString] }) ?? nil
-        let node = ClusterNode(node: options.node, tunnelPort: options.tunnelPort, caCertificates: roots ?? [], agentStarted: Date())
         let applied = lock.withLock { status.clusterRevision } ?? 0
         logger.info("cluster mode: config from etcd at \(endpoints.text)", metadata: ["component": "cluster"])
-        return ClusterFollower(agent: self, client: client, node: node, appliedRevision: applied)
+        return ClusterFollower(agent: self, client: client, node: registration(), appliedRevision: applied)
+    }
+
+    /// When this agent started (its registration says so, to tell restarts apart).
+    let started = Date()
+
+    /// What this node registers in cluster mode: where it is, its tunnel port, and the CA
+    /// roots bound to it that it trusts (its CA's root; during a rotation also the next
+    /// one, once it is in --trust-bundle, so peers trust the new signer before the switch).
+    func registration() -> ClusterNode {
+        let roots = identities?.trustBundle.pemRoots(boundTo: options.node) ?? []
+        return ClusterNode(node: options.node, addresses: Self.nodeAddresses(), tunnelPort: options.tunnelPort,
+                           caCertificates: roots, agentStarted: started)
+    }
+
+    /// The node's addresses, but loopback and link-local ones.
+    static func nodeAddresses() -> [String] {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { return [] }
+        defer { freeifaddrs(list) }
+        var out: Set<String> = []
+        var p = list
+        while let ifa = p {
+            defer { p = ifa.pointee.ifa_next }
+            guard let sa = ifa.pointee.ifa_addr else { continue }
+            let a: IPAddress
+            if sa.pointee.sa_family == sa_family_t(AF_INET) {
+                a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { s in
+                    withUnsafeBytes(of: s.pointee.sin_addr) { IPAddress(family: 4, bytes: Array($0)) }
+                }
+                if a.bytes[0] == 127 || (a.bytes[0] == 169 && a.bytes[1] == 254) { continue }
+            } else if sa.pointee.sa_family == sa_family_t(AF_INET6) {
+                a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { s in
+                    withUnsafeBytes(of: s.pointee.sin6_addr) { IPAddress(family: 6, bytes: Array($0)) }
+                }
+                if a == IPAddress("::1") || (a.bytes[0] == 0xfe && a.bytes[1] & 0xc0 == 0x80) { continue }
+            } else {
+                continue
+            }
+            out.insert(a.description)
+        }
+        return out.sorted()
     }
 
     private var datapath: Datapath?

@@ -12,7 +12,8 @@ actor ClusterFollower {
     let agent: Agent
     let client: EtcdClient
     let logger: Logger
-    let node: ClusterNode
+    /// This node's registration as last written.
+    var node: ClusterNode
     /// The lease's TTL (seconds) and how often it is renewed.
     let ttl: Int64
     var status: ClusterNodeStatus
@@ -162,16 +163,38 @@ actor ClusterFollower {
             do {
                 let id = try await client.grantLease(ttl: ttl)
                 lease = id
+                node = agent.registration()
                 try await client.put(ClusterKeys.nodes + node.node, ClusterKeys.encode(node), lease: id)
                 await writeStatus()
                 reachable()
-                try await client.keepAlive(id, every: .seconds(max(1, ttl / 3)))
+                let (client, every) = (client, Duration.seconds(max(1, ttl / 3)))
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask { try await client.keepAlive(id, every: every) }
+                    group.addTask { try await self.refreshRegistration(on: id) }
+                    try await group.next()
+                    group.cancelAll()
+                }
             } catch is CancellationError {
                 return
             } catch {
                 lease = nil
                 unreachable(error)
                 try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    /// Writes the registration again when it changed: a CA rotation (a new root bound to
+    /// this node in --trust-bundle, then the switch of --ca) reaches the peers this way.
+    private func refreshRegistration(on id: Int64) async throws {
+        while true {
+            try await Task.sleep(for: .seconds(2))
+            let now = agent.registration()
+            if now != node {
+                try await client.put(ClusterKeys.nodes + now.node, ClusterKeys.encode(now), lease: id)
+                node = now
+                logger.info("registration updated: \(now.caCertificates.count) CA root(s), addresses \(now.addresses.joined(separator: ", "))",
+                            metadata: ["component": "cluster"])
             }
         }
     }

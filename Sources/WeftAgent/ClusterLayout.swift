@@ -65,6 +65,8 @@ public struct ClusterRevision: Codable, Sendable, Equatable {
 /// What a node registers about itself while it lives.
 public struct ClusterNode: Codable, Sendable, Equatable {
     public var node: String
+    /// The node's addresses (loopback and link-local left out).
+    public var addresses: [String]
     /// The tunnel port other nodes' agents dial (--tunnel-port).
     public var tunnelPort: UInt16
     /// The PEM roots this node's workload certificates chain to: public certificates only.

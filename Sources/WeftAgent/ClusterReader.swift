@@ -56,27 +56,76 @@ public struct ClusterReader: Sendable {
 
     /// Waits until every live node serves `revision` or has refused it, or `timeout` is
     /// over. Only nodes whose lease is alive count: a node that died drops out within its
-    /// lease's TTL instead of holding everybody up.
+    /// lease's TTL instead of holding everybody up. One list, then a watch on the nodes'
+    /// registrations and reports: no polling, and the answer comes as the last report lands.
     public func wait(for revision: UInt64, timeout: Duration) async throws -> WaitOutcome {
         let clock = ContinuousClock()
         let start = clock.now
-        while true {
-            let (_, rows) = try await nodes()
-            var outcome = WaitOutcome(converged: [], rejected: [], pending: [], seconds: 0)
-            for row in rows {
-                let s = row.status
-                if let s, s.appliedRevision >= revision {
-                    outcome.converged.append(row.node)
-                } else if let s, s.observedRevision >= revision, let error = s.error {
-                    outcome.rejected.append((row.node, error, s.diagnostics))
-                } else {
-                    outcome.pending.append((row.node, s?.appliedRevision ?? 0))
+        let tracker = WaitTracker(revision: revision)
+        let (nodes, atNodes) = try await client.get(ClusterKeys.nodes, prefix: true)
+        let (reports, atReports) = try await client.get(ClusterKeys.status, prefix: true)
+        await tracker.apply(nodes: nodes.map { EtcdEvent(kind: .put, kv: $0) })
+        await tracker.apply(reports: reports.map { EtcdEvent(kind: .put, kv: $0) })
+        if await !tracker.done {
+            let client = self.client
+            do {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        try await client.watch([(ClusterKeys.nodes, atNodes + 1), (ClusterKeys.status, atReports + 1)]) { watch, events, _ in
+                            if watch == 0 { await tracker.apply(nodes: events) } else { await tracker.apply(reports: events) }
+                            if await tracker.done { throw WaitTracker.Done() }
+                        }
+                    }
+                    group.addTask { try await Task.sleep(for: timeout) }
+                    try await group.next()
+                    group.cancelAll()
                 }
-            }
-            let elapsed = clock.now - start
-            outcome.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            if outcome.pending.isEmpty || elapsed >= timeout { return outcome }
-            try await Task.sleep(for: .milliseconds(100))
+            } catch is WaitTracker.Done {}
         }
+        var outcome = await tracker.outcome()
+        let elapsed = clock.now - start
+        outcome.seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return outcome
+    }
+}
+
+/// What `wait` has seen of the live nodes and their reports.
+actor WaitTracker {
+    struct Done: Error {}
+    let revision: UInt64
+    var live: Set<String> = []
+    var reports: [String: ClusterNodeStatus] = [:]
+
+    init(revision: UInt64) { self.revision = revision }
+
+    func apply(nodes events: [EtcdEvent]) {
+        for e in events {
+            let name = String(e.kv.key.dropFirst(ClusterKeys.nodes.count))
+            if e.kind == .delete { live.remove(name) } else { live.insert(name) }
+        }
+    }
+
+    func apply(reports events: [EtcdEvent]) {
+        for e in events {
+            let name = String(e.kv.key.dropFirst(ClusterKeys.status.count))
+            if e.kind == .delete { reports[name] = nil } else if let s = try? ClusterKeys.decode(ClusterNodeStatus.self, e.kv) { reports[name] = s }
+        }
+    }
+
+    var done: Bool { outcome().pending.isEmpty }
+
+    func outcome() -> ClusterReader.WaitOutcome {
+        var o = ClusterReader.WaitOutcome(converged: [], rejected: [], pending: [], seconds: 0)
+        for node in live.sorted() {
+            let s = reports[node]
+            if let s, s.appliedRevision >= revision {
+                o.converged.append(node)
+            } else if let s, s.observedRevision >= revision, let error = s.error {
+                o.rejected.append((node, error, s.diagnostics))
+            } else {
+                o.pending.append((node, s?.appliedRevision ?? 0))
+            }
+        }
+        return o
     }
 }

@@ -190,3 +190,11 @@ extension NodeRoots {
     /// The nodes with an entry (registered now, or gone within the grace period).
     public var nodes: [String] { entries.keys.sorted() }
 }
+
+extension TrustBundle {
+    /// The roots bound to `node`, as PEM: what a node registers in cluster mode (its own
+    /// CA's root, and during a rotation the next one, put in its --trust-bundle first).
+    public func pemRoots(boundTo node: String) -> [String] {
+        roots.filter { CertificateAuthority.boundNode(of: $0) == node }.compactMap { try? $0.serializeAsPEM().pemString }
+    }
+}

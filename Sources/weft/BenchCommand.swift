@@ -1,12 +1,44 @@
 import ArgumentParser
 import Foundation
+import WeftAgent
 import WeftConfig
 import WeftDataplane
+import WeftStore
 
 /// Measurements scripts/bench calls; hidden from help (not an operator command).
-struct BenchCommand: ParsableCommand {
+struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "bench", abstract: "Internal measurements for scripts/bench.",
-                                                    shouldDisplay: false, subcommands: [Maglev.self])
+                                                    shouldDisplay: false, subcommands: [Maglev.self, ClusterWatchers.self, EtcdPut.self])
+
+    struct ClusterWatchers: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "cluster-watchers",
+            abstract: "Simulated nodes that follow the cluster's config and report (etcd fan-out), until killed.")
+        @OptionGroup var etcd: EtcdOptions
+        @Option var count = 200
+        @Option var prefix = "sim"
+
+        func run() async throws {
+            guard let endpoints = etcd.endpoints() else { fail("--etcd is needed") }
+            let (count, prefix) = (count, prefix)
+            await etcd.with(endpoints) { try await ClusterBenchmarks.watchers($0, count: count, prefix: prefix) }
+        }
+    }
+
+    struct EtcdPut: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "etcd-put", abstract: "etcd's write round trip, one put at a time (JSON).")
+        @OptionGroup var etcd: EtcdOptions
+        @Option var bytes = 512
+        @Option var count = 200
+
+        func run() async throws {
+            guard let endpoints = etcd.endpoints() else { fail("--etcd is needed") }
+            let (bytes, count) = (bytes, count)
+            let ms = await etcd.with(endpoints) { try await ClusterBenchmarks.putLatency($0, bytes: bytes, count: count) }.sorted()
+            func pct(_ p: Double) -> Double { ms[min(ms.count - 1, Int(Double(ms.count) * p))] }
+            print("{\"bytes\": \(bytes), \"count\": \(count), \"p50_ms\": \(String(format: "%.2f", pct(0.5))), \"p99_ms\": \(String(format: "%.2f", pct(0.99)))}")
+        }
+    }
+
 
     struct Maglev: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Time building Maglev tables for S services × B backends.")

@@ -22,7 +22,8 @@ class EtcdCluster:
     """Three etcd members in a namespace of their own (bridge 10.98.0.0/24, members on
     .1-.3), and nodes joined to that bridge by veth pairs (node i at 10.98.0.1i)."""
 
-    def __init__(self, members=3):
+    def __init__(self, members=3, member_flags=()):
+        self.member_flags = list(member_flags)
         self.id = "weft-test-" + uuid.uuid4().hex[:8]
         self.ns = self.id
         self.cgroup = os.path.join(CG2, self.id)
@@ -53,7 +54,7 @@ class EtcdCluster:
                 "--listen-client-urls", "http://%s:2379" % addr, "--advertise-client-urls", "http://%s:2379" % addr,
                 "--listen-peer-urls", "http://%s:2380" % addr, "--initial-advertise-peer-urls", "http://%s:2380" % addr,
                 "--initial-cluster", self.initial, "--initial-cluster-state", "new", "--initial-cluster-token", self.id,
-                "--logger", "zap", "--log-level", "error"]
+                "--logger", "zap", "--log-level", "error"] + self.member_flags
         log = open(os.path.join(self.tmp, name + ".log"), "a")
         self.procs[i] = subprocess.Popen(self.in_ns(argv), stdout=log, stderr=subprocess.STDOUT)
 
