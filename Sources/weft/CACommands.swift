@@ -18,14 +18,17 @@ struct CACommand: ParsableCommand {
         @Option(help: "Trust domain of the identities this root vouches for.")
         var trustDomain = "cluster.local"
 
+        @Option(help: "Bind the root to one node (a node's own CA, as the agent makes by default; in cluster mode its registration makes peers trust it). Without it: a mesh root for `issue-node`.")
+        var node: String?
+
         func run() throws {
             if FileManager.default.fileExists(atPath: out + "/ca.key") {
                 fail("\(out) already holds a CA (ca.key); refusing to overwrite it")
             }
             do {
-                let root = try CertificateAuthority.createRoot(trustDomain: trustDomain)
+                let root = try CertificateAuthority.createRoot(trustDomain: trustDomain, node: node)
                 try root.save(to: out)
-                print("root CA for trust domain \(trustDomain) written to \(out) (valid until \(root.certificate.notValidAfter))")
+                print("root CA for trust domain \(trustDomain)\(node.map { ", bound to node \($0)," } ?? "") written to \(out) (valid until \(root.certificate.notValidAfter))")
             } catch {
                 fail("\(error)")
             }

@@ -351,3 +351,62 @@ def test_nodes_trust_each_other_through_their_registrations(mesh):
     finally:
         etcd.close()
 
+
+
+def test_a_ca_rotation_goes_through_the_store_without_a_failed_request(mesh):
+    """Node b rotates its own CA with only its own files touched: the next root in its
+    --trust-bundle (registered, so node a trusts it), the switch of its signer, the old
+    root dropped (unregistered, so node a stops trusting it). Requests a → b succeed at
+    every step."""
+    from test_mtls import CONFIG
+    a, b = mesh.a, mesh.b
+    etcd = EtcdCluster()
+    try:
+        for node in (a, b):
+            etcd.join(node)
+        for node, cg in ((a, "frontend"), (b, "web")):
+            os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
+        a.add_address("10.250.1.10")
+        b.http_backend("web", "10.250.2.10", 8080)
+        frontend = os.path.join(a.cgroup, "frontend")
+        r1, r2 = os.path.join(b.tmp, "r1"), os.path.join(b.tmp, "r2")
+        signer = os.path.join(b.tmp, "signer")
+        for d in (r1, r2):
+            sh([WEFT, "ca", "init", "--node", "node-b", "--out", d])
+        shutil.copytree(r1, signer)
+        bundle = os.path.join(b.tmp, "bundle.pem")
+        open(bundle, "w").close()
+        etcd.weft("apply", "-f", policy(etcd, "mesh.yaml", CONFIG))
+        a.start_agent("--etcd", etcd.endpoints, node="node-a", wait=False)
+        b.start_agent("--etcd", etcd.endpoints, "--ca", signer, "--trust-bundle", bundle, node="node-b", wait=False)
+        for n in (a, b):
+            n.wait_log(r"cluster revision 1 in force")
+
+        def ok():
+            deadline = time.time() + 20
+            while True:
+                r = a.http("http://10.96.7.7/", 3, cgroup=frontend)
+                if r["statuses"] == {"200": 3} or time.time() > deadline:
+                    return r["statuses"]
+                time.sleep(0.3)
+
+        assert ok() == {"200": 3}
+        # 1. The next root goes into b's bundle: b registers it, a trusts it.
+        mark = len(a.log())
+        with open(bundle, "w") as f:
+            f.write(open(os.path.join(r2, "ca.pem")).read())
+        a.wait_log(r"trust bundle now holds 3 root\(s\)", after=mark)
+        assert a.http("http://10.96.7.7/", 3, cgroup=frontend)["statuses"] == {"200": 3}
+        # 2. b's signer switches to the next CA: its certificates are minted anew.
+        mark_b = len(b.log())
+        for name in os.listdir(r2):
+            shutil.copy(os.path.join(r2, name), os.path.join(signer, name))
+        b.wait_log(r"signer switched", after=mark_b)
+        assert a.http("http://10.96.7.7/", 3, cgroup=frontend)["statuses"] == {"200": 3}
+        # 3. The old root leaves b's registration (b's bundle now names only the new one,
+        # which is also its own): a drops it and still reaches b.
+        mark = len(a.log())
+        a.wait_log(r"trust bundle now holds 2 root\(s\)", after=mark, timeout=30)
+        assert a.http("http://10.96.7.7/", 3, cgroup=frontend)["statuses"] == {"200": 3}
+    finally:
+        etcd.close()
