@@ -262,9 +262,10 @@ public final class EtcdClient: Sendable {
     func options(stream: Bool = false) -> CallOptions {
         var o = CallOptions.defaults
         if !stream { o.timeout = callTimeout }
-        // Wait for a connection within the timeout instead of failing on the first refused
-        // connect: a member restarting or the next one being tried is not an error yet.
-        o.waitForReady = true
+        // Fail fast when no member is reachable, with grpc-swift's reason (waiting for a
+        // connection would hide it behind a timeout); reads are retried within the call
+        // timeout (`call`), so a member restarting or an election is not an error yet.
+        o.waitForReady = false
         // A listing of a large config is one message (10,000 resources are ~5 MB); etcd
         // itself bounds what it accepts per request (--max-request-bytes).
         o.maxResponseMessageBytes = Self.maxMessageBytes
@@ -311,7 +312,13 @@ public final class EtcdClient: Sendable {
     static func map(_ e: RPCError, endpoints: EtcdEndpoints, what: String) -> EtcdError {
         switch e.code {
         case .unavailable, .deadlineExceeded, .cancelled, .unknown:
-            return .unavailable("\(what) at \(endpoints.text): \(e.message.isEmpty ? "\(e.code)" : e.message)")
+            // grpc-swift's text says why no connection is ready ("Could not establish a
+            // connection…", "closed the connection before completing the HTTP/2 connection
+            // preface"); the cause says what failed underneath (refused, a TLS handshake).
+            var text = e.message.replacingOccurrences(of: "Channel is in a transient failure state and 'wait for ready' isn't enabled. ", with: "")
+            if text.isEmpty { text = "\(e.code)" }
+            if let cause = e.cause { text += " (\(cause))" }
+            return .unavailable("\(what) at \(endpoints.text): \(text)")
         default:
             return .refused("\(what): \(e.message)")
         }

@@ -22,7 +22,7 @@ class EtcdCluster:
     """Three etcd members in a namespace of their own (bridge 10.98.0.0/24, members on
     .1-.3), and nodes joined to that bridge by veth pairs (node i at 10.98.0.1i)."""
 
-    def __init__(self, members=3, member_flags=()):
+    def __init__(self, members=3, member_flags=(), tls=False):
         self.member_flags = list(member_flags)
         self.id = "weft-test-" + uuid.uuid4().hex[:8]
         self.ns = self.id
@@ -39,7 +39,17 @@ class EtcdCluster:
         self.names = ["m%d" % i for i in range(members)]
         self.initial = ",".join("%s=http://%s:2380" % (n, a) for n, a in zip(self.names, self.addrs))
         self.procs = [None] * members
-        self.endpoints = ",".join("http://%s:2379" % a for a in self.addrs)
+        scheme = "https" if tls else "http"
+        self.endpoints = ",".join("%s://%s:2379" % (scheme, a) for a in self.addrs)
+        # https: a CA of the test's (openssl), a server certificate per member (IP SANs),
+        # and a client certificate the members require.
+        self.client_args = []
+        if tls:
+            self.pki = self.make_pki()
+            self.member_flags += ["--cert-file", self.pki["server.pem"], "--key-file", self.pki["server.key"],
+                                  "--trusted-ca-file", self.pki["ca.pem"], "--client-cert-auth"]
+            self.client_args = ["--etcd-ca", self.pki["ca.pem"], "--etcd-cert", self.pki["client.pem"],
+                                "--etcd-key", self.pki["client.key"]]
         for i in range(members):
             self.start_member(i, new=True)
         self.wait_healthy()
@@ -48,10 +58,28 @@ class EtcdCluster:
     def in_ns(self, argv):
         return ["sh", "-c", "echo $$ > %s/cgroup.procs; exec nsenter --net=/run/netns/%s \"$@\"" % (self.cgroup, self.ns), "sh"] + argv
 
+    def make_pki(self):
+        d = os.path.join(self.tmp, "pki")
+        os.makedirs(d)
+        p = {n: os.path.join(d, n) for n in ("ca.pem", "ca.key", "server.pem", "server.key", "client.pem", "client.key")}
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        sh(["openssl", "req", "-x509"] + ec + ["-keyout", p["ca.key"], "-out", p["ca.pem"], "-days", "1", "-subj", "/CN=etcd test CA"])
+        sans = ",".join("IP:" + a for a in self.addrs)
+        for who, extra in (("server", "subjectAltName=%s\nextendedKeyUsage=serverAuth" % sans),
+                           ("client", "extendedKeyUsage=clientAuth")):
+            csr = os.path.join(d, who + ".csr")
+            ext = os.path.join(d, who + ".ext")
+            open(ext, "w").write(extra + "\n")
+            sh(["openssl", "req"] + ec + ["-keyout", p[who + ".key"], "-out", csr, "-subj", "/CN=weft " + who])
+            sh(["openssl", "x509", "-req", "-in", csr, "-CA", p["ca.pem"], "-CAkey", p["ca.key"], "-CAcreateserial",
+                "-out", p[who + ".pem"], "-days", "1", "-extfile", ext])
+        return p
+
     def start_member(self, i, new=False):
         name, addr = self.names[i], self.addrs[i]
+        client_url = self.endpoints.split(",")[i]
         argv = ["etcd", "--name", name, "--data-dir", os.path.join(self.tmp, name),
-                "--listen-client-urls", "http://%s:2379" % addr, "--advertise-client-urls", "http://%s:2379" % addr,
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
                 "--listen-peer-urls", "http://%s:2380" % addr, "--initial-advertise-peer-urls", "http://%s:2380" % addr,
                 "--initial-cluster", self.initial, "--initial-cluster-state", "new", "--initial-cluster-token", self.id,
                 "--logger", "zap", "--log-level", "error"] + self.member_flags
@@ -67,13 +95,14 @@ class EtcdCluster:
 
     def etcdctl(self, *args, endpoints=None):
         env = dict(os.environ, ETCDCTL_API="3")
-        return subprocess.run(self.in_ns(["etcdctl", "--endpoints", endpoints or self.endpoints] + list(args)),
+        tls = ["--cacert", self.pki["ca.pem"], "--cert", self.pki["client.pem"], "--key", self.pki["client.key"]] if self.client_args else []
+        return subprocess.run(self.in_ns(["etcdctl", "--endpoints", endpoints or self.endpoints] + tls + list(args)),
                               capture_output=True, text=True, timeout=30, env=env)
 
     def wait_healthy(self, timeout=30):
         deadline = time.time() + timeout
         while time.time() < deadline:
-            live = ",".join("http://%s:2379" % a for a, p in zip(self.addrs, self.procs) if p)
+            live = ",".join(u for u, p in zip(self.endpoints.split(","), self.procs) if p)
             if self.etcdctl("endpoint", "health", endpoints=live).returncode == 0:
                 return
             time.sleep(0.2)
@@ -91,8 +120,8 @@ class EtcdCluster:
 
     def weft(self, *args, check=True, timeout=120):
         """A weft command against the cluster, from the etcd namespace (an operator's host)."""
-        r = subprocess.run(self.in_ns([WEFT] + list(args) + ["--etcd", self.endpoints]), capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run(self.in_ns([WEFT] + list(args) + ["--etcd", self.endpoints] + self.client_args), capture_output=True,
+                           text=True, timeout=timeout)
         if check:
             assert r.returncode == 0, "weft %s: %s%s" % (" ".join(args), r.stdout, r.stderr)
         return r
@@ -408,5 +437,40 @@ def test_a_ca_rotation_goes_through_the_store_without_a_failed_request(mesh):
         mark = len(a.log())
         a.wait_log(r"trust bundle now holds 2 root\(s\)", after=mark, timeout=30)
         assert a.http("http://10.96.7.7/", 3, cgroup=frontend)["statuses"] == {"200": 3}
+    finally:
+        etcd.close()
+
+
+def test_etcd_over_mutual_tls(sandbox):
+    """Members that serve https and require a client certificate: weft's commands and an
+    agent reach them with --etcd-ca/--etcd-cert/--etcd-key; without the certificate, or
+    trusting another CA, a command fails in one line and writes nothing."""
+    etcd = EtcdCluster(members=1, tls=True)
+    try:
+        etcd.join(sandbox)
+        sandbox.backend("node-a", BACKEND)
+        sandbox.start_agent("--etcd", etcd.endpoints, *etcd.client_args, node="node-a", wait=False)
+        sandbox.wait_log(r"cluster mode: config from etcd")
+        web = policy(etcd, "web.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+        out = etcd.weft("apply", "-f", web, "--wait", "--timeout", "20").stdout
+        assert "1 live node(s) serve revision 1" in out, out
+        assert sandbox.client("tcp", VIP, 80, 3, "--timeout", "2")["backends"] == {"node-a": 3}
+        # No client certificate: refused by the member.
+        bare = subprocess.run(etcd.in_ns([WEFT, "get", "se", "--etcd", etcd.endpoints, "--etcd-ca", etcd.pki["ca.pem"]]),
+                              capture_output=True, text=True, timeout=60)
+        assert bare.returncode == 1 and bare.stderr.startswith("weft: etcd ") and bare.stderr.count("\n") == 1, bare.stderr
+        # Trusting another CA: the member's certificate is refused by weft.
+        other = os.path.join(etcd.tmp, "other")
+        sh(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            os.path.join(etcd.tmp, "other.key"), "-out", other, "-days", "1", "-subj", "/CN=other"])
+        wrong = subprocess.run(etcd.in_ns([WEFT, "apply", "-f", web, "--etcd", etcd.endpoints, "--etcd-ca", other,
+                                           "--etcd-cert", etcd.pki["client.pem"], "--etcd-key", etcd.pki["client.key"]]),
+                               capture_output=True, text=True, timeout=60)
+        assert wrong.returncode == 1 and wrong.stderr.startswith("weft: etcd "), wrong.stderr
+        # Plaintext to an https member: refused the same way.
+        plain = subprocess.run(etcd.in_ns([WEFT, "get", "se", "--etcd", etcd.endpoints.replace("https", "http")]),
+                               capture_output=True, text=True, timeout=60)
+        assert plain.returncode == 1 and plain.stderr.startswith("weft: etcd "), plain.stderr
+        assert json.loads(etcd.weft("history", "-j").stdout)[-1]["revision"] == 1
     finally:
         etcd.close()
