@@ -474,3 +474,28 @@ def test_etcd_over_mutual_tls(sandbox):
         assert json.loads(etcd.weft("history", "-j").stdout)[-1]["revision"] == 1
     finally:
         etcd.close()
+
+
+def test_history_diff_and_rollback_through_etcd(cluster):
+    c = cluster
+    c.start(0)
+    c.wait_live(1)
+    one = policy(c.etcd, "one.yaml", service_yaml("web", [VIP], [(BACKEND, 1)]))
+    two = policy(c.etcd, "two.yaml", service_yaml("web", ["10.96.0.11"], [(BACKEND, 1)]))
+    c.etcd.weft("apply", "-f", one)
+    assert c.etcd.weft("diff", "-f", one).stdout.strip() == "= ServiceEntry default/web"
+    changed = c.etcd.weft("diff", "-f", two, check=False)
+    assert changed.returncode == 1 and changed.stdout.startswith("~ ServiceEntry default/web"), changed.stdout
+    c.etcd.weft("apply", "-f", two, "--wait")
+    assert c.nodes[0].client("tcp", "10.96.0.11", 80, 2, "--timeout", "2")["backends"] == {"node-a": 2}
+    out = c.etcd.weft("rollback", "1", "--wait").stdout
+    assert "rolled back to revision 1: cluster revision 3" in out and "1 live node(s) serve revision 3" in out, out
+    assert c.served(0, 2)["backends"] == {"node-a": 2}
+    assert c.nodes[0].client("tcp", "10.96.0.11", 80, 2, "--timeout", "1")["backends"] == {}
+    history = json.loads(c.etcd.weft("history", "-j").stdout)
+    assert [(h["revision"], h["reason"].split(" by ")[0], h["current"]) for h in history] == \
+        [(1, "apply", False), (2, "apply", False), (3, "rollback to 1", True)]
+    assert history[0]["contentHash"] != history[1]["contentHash"]
+    missing = c.etcd.weft("rollback", "9", check=False)
+    assert missing.returncode == 1 and "revision 9 is not in the cluster's history" in missing.stderr, missing.stderr
+    assert "web" in c.etcd.weft("get", "se", "web", "-o", "yaml").stdout
