@@ -337,6 +337,19 @@ def test_a_watch_behind_compaction_relists_and_converges(cluster):
     assert "fell behind compaction" in c.nodes[1].log()
 
 
+def join_mesh(mesh, etcd):
+    """The two nodes of `mesh` on `etcd`'s bridge, with test_mtls's workloads (frontend on
+    a, web on b); returns the frontend's cgroup."""
+    a, b = mesh.a, mesh.b
+    for node in (a, b):
+        etcd.join(node)
+    for node, cg in ((a, "frontend"), (b, "web")):
+        os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
+    a.add_address("10.250.1.10")
+    b.http_backend("web", "10.250.2.10", 8080)
+    return os.path.join(a.cgroup, "frontend")
+
+
 def test_nodes_trust_each_other_through_their_registrations(mesh):
     """Two nodes with CAs of their own (no shared root, no --trust-bundle): the tunnel
     between them works because each registered its CA root in etcd; a node not in the
@@ -345,13 +358,7 @@ def test_nodes_trust_each_other_through_their_registrations(mesh):
     a, b = mesh.a, mesh.b
     etcd = EtcdCluster()
     try:
-        for node in (a, b):
-            etcd.join(node)
-        for node, cg in ((a, "frontend"), (b, "web")):
-            os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
-        a.add_address("10.250.1.10")
-        b.http_backend("web", "10.250.2.10", 8080)
-        frontend = os.path.join(a.cgroup, "frontend")
+        frontend = join_mesh(mesh, etcd)
         cfg = policy(etcd, "mesh.yaml", CONFIG)
         etcd.weft("apply", "-f", cfg)
         # Node b outside the cluster, on the same config from its own dir: it does not
@@ -391,13 +398,7 @@ def test_a_ca_rotation_goes_through_the_store_without_a_failed_request(mesh):
     a, b = mesh.a, mesh.b
     etcd = EtcdCluster()
     try:
-        for node in (a, b):
-            etcd.join(node)
-        for node, cg in ((a, "frontend"), (b, "web")):
-            os.makedirs(os.path.join(node.cgroup, cg), exist_ok=True)
-        a.add_address("10.250.1.10")
-        b.http_backend("web", "10.250.2.10", 8080)
-        frontend = os.path.join(a.cgroup, "frontend")
+        frontend = join_mesh(mesh, etcd)
         r1, r2 = os.path.join(b.tmp, "r1"), os.path.join(b.tmp, "r2")
         signer = os.path.join(b.tmp, "signer")
         for d in (r1, r2):
