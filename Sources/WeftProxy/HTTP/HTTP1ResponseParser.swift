@@ -188,11 +188,13 @@ struct HTTP1ResponseHead {
         let chunked = decided.chunked, contentLength = decided.contentLength
         switching = status == 101 || (method == .CONNECT && status >= 200 && status < 300)
         var keepAlive = decided.keepAlive(minorVersion: minor)
+        // Framed two ways is refused whether or not a body follows (a 2xx to CONNECT too):
+        // llhttp refuses it on every response, and weft is never the more lenient of the two.
+        if chunked && contentLength != nil { throw HTTP1RequestParser.Failure.contentLengthWithTransferEncoding }
         if switching || method == .HEAD || status < 200 || status == 204 || status == 304 {
             // No body, whatever the head says (a HEAD response's length is the GET's).
             framing = nil
         } else if chunked {
-            guard contentLength == nil else { throw HTTP1RequestParser.Failure.contentLengthWithTransferEncoding }
             guard minor == 1 else { throw HTTP1RequestParser.Failure.badTransferEncoding }
             framing = .chunked
         } else if let n = contentLength {
