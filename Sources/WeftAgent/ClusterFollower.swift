@@ -83,7 +83,15 @@ actor ClusterFollower {
             if e.kv.key == ClusterKeys.revision {
                 newRevision = true
                 s.revisionModRevision = e.kind == .delete ? 0 : e.kv.modRevision
-                s.revision = e.kind == .delete ? nil : try? ClusterKeys.decode(ClusterRevision.self, e.kv)
+                if e.kind == .delete {
+                    s.revision = nil
+                } else {
+                    do { s.revision = try ClusterKeys.decode(ClusterRevision.self, e.kv) } catch {
+                        // Not weft's record (another tool wrote the key): nothing to apply.
+                        logger.error("\(error); still serving cluster revision \(status.appliedRevision)", metadata: ["component": "cluster"])
+                        s.revision = nil
+                    }
+                }
             } else if e.kind == .delete {
                 s.resources[e.kv.key] = nil
             } else {
