@@ -570,7 +570,6 @@ public final class Agent: Service, @unchecked Sendable {
         }
         let took = (ContinuousClock.now - start).components
         let ms = Double(took.seconds) * 1000 + Double(took.attoseconds) / 1e15
-        // Encoding every resource is costly (~0.5 s at 10,000): once per commit.
         let hash = next.contentHash
         let cluster = clusterRevision ?? lock.withLock { status.clusterRevision }
         let record = RevisionRecord(revision: next.revision, time: Date(), reason: reason, contentHash: hash,

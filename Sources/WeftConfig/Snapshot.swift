@@ -24,9 +24,10 @@ public struct Snapshot: Sendable {
     public let revision: UInt64
     /// All resources by id.
     public let resources: [ResourceID: Resource]
-    /// Hex digest of the content (stable across loads and processes). Computed on demand:
-    /// encoding every resource costs more than parsing them.
-    public var contentHash: String { Snapshot.hash(of: resources) }
+    /// Hex digest of the content: each resource's id and normalized YAML, not where it was
+    /// read from, so the same resources hash the same from a file, the admin socket or etcd,
+    /// on every node (cluster mode compares them). Computed on demand.
+    public var contentHash: String { Snapshot.hash(of: documents) }
     /// Warnings found while validating (errors never make it into a snapshot).
     public let warnings: [Diagnostic]
     /// Every resource's YAML document and origin.
@@ -113,15 +114,17 @@ public struct Snapshot: Sendable {
         return tp?.loadBalancer ?? .random
     }
 
-    static func hash(of resources: [ResourceID: Resource]) -> String {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
+    /// FNV-1a over each id and its document's YAML, in id order.
+    static func hash(of documents: [ResourceID: Document]) -> String {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for id in resources.keys.sorted() {
-            let data = (try? enc.encode(resources[id]!)) ?? Data()
-            for b in Array(id.description.utf8) + Array(data) {
-                h = (h ^ UInt64(b)) &* 0x100_0000_01b3
-            }
+        func mix<S: Sequence>(_ bytes: S) where S.Element == UInt8 {
+            for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        }
+        for id in documents.keys.sorted() {
+            mix(id.description.utf8)
+            mix(CollectionOfOne(0))
+            mix(documents[id]!.yaml.utf8)
+            mix(CollectionOfOne(0))
         }
         return String(h, radix: 16)
     }

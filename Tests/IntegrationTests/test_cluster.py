@@ -211,6 +211,10 @@ def test_one_apply_reaches_every_node_and_traffic_follows(cluster):
     assert all(r["status"]["appliedRevision"] == 1 and r["lag"] == 0 for r in rows.values()), rows
     table = c.etcd.weft("status", "--cluster").stdout
     assert "cluster revision 1; 3 live node(s)" in table, table
+    # Every node serves what was written, to the byte: its content hash is the writer's.
+    written = json.loads(c.etcd.weft("history", "-j").stdout)[-1]["contentHash"]
+    for n in c.nodes:
+        assert json.loads(n.weft("status", "--admin-socket", n.sock).stdout)["contentHash"] == written
     # Every agent now follows etcd: a push to one agent's socket is refused.
     n = c.nodes[0]
     refused = n.weft("apply", "-f", web, "--admin-socket", n.sock, check=False)

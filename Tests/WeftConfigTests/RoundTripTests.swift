@@ -115,3 +115,31 @@ import Testing
         }
     }
 }
+
+@Suite struct ContentHashTests {
+    static let web = """
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {name: web, namespace: default}
+        spec:
+          hosts: [web.default.svc.cluster.local]
+          addresses: [10.96.0.10]
+          ports: [{number: 80, name: http, protocol: HTTP}]
+          resolution: STATIC
+          endpoints: [{address: 10.250.1.1}]
+        """
+
+    func hash(_ text: String, file: String) throws -> String {
+        try ConfigLoader.snapshot(ConfigLoader.parse(text: text, file: file), revision: 1).contentHash
+    }
+
+    /// The same resources from another file, at other lines, with comments: the same hash
+    /// (nodes of a cluster and the writer compare it); another value: another hash.
+    @Test func followsTheContentNotWhereItWasRead() throws {
+        let a = try hash(Self.web, file: "a.yaml")
+        #expect(try hash("# moved\n\n" + Self.web, file: "elsewhere/b.yaml") == a)
+        #expect(try hash(Self.web.replacingOccurrences(of: "10.250.1.1", with: "10.250.1.2"), file: "a.yaml") != a)
+        let stored = try ConfigLoader.snapshot(ConfigLoader.parse(text: Self.web, file: "a.yaml"), revision: 1).documents.values.first!.yaml
+        #expect(try hash(stored, file: "etcd weft/config/v1/ServiceEntry/default/web") == a)
+    }
+}
