@@ -106,7 +106,7 @@ public enum EtcdError: Error, CustomStringConvertible, Equatable {
 
     public var description: String {
         switch self {
-        case .unavailable(let m): return "etcd unavailable: \(m)"
+        case .unavailable(let m): return "etcd unavailable: \(m); check --etcd (and --etcd-ca/cert/key) and that the members are up"
         case .compacted(let r): return "etcd compacted its history past the watch (compact revision \(r))"
         case .leaseLost(let id): return "etcd lease \(String(id, radix: 16)) expired"
         case .refused(let m): return "etcd refused the request: \(m)"
