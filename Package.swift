@@ -36,6 +36,10 @@ let package = Package(
         .package(url: "https://github.com/grpc/grpc-swift-nio-transport", from: "2.9.2"),
         .package(url: "https://github.com/grpc/grpc-swift-protobuf", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        // Telemetry: every metric through swift-metrics' API into one swift-prometheus
+        // registry, exposed once.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // Debian's libbpf (libbpf-dev) through pkg-config.
@@ -55,6 +59,8 @@ let package = Package(
             .product(name: "NIOTLS", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
         ],
         // Release builds of the proxy skip the run-time exclusivity checks: 139.8k -> 131.5k
         // instructions per proxied request (callgrind, weft-proxy-bench, README). Debug builds
@@ -87,6 +93,7 @@ let package = Package(
                 "WeftDataplane", "WeftConfig", "WeftProxy", "WeftIdentity", "WeftStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .executableTarget(
@@ -95,6 +102,8 @@ let package = Package(
                 "WeftAgent", "WeftDataplane", "WeftConfig", "WeftIdentity", "WeftStore", "Yams",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // The in-process proxy benchmark (scripts/bench l7 runs it): allocations and CPU per
@@ -132,6 +141,7 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
         .testTarget(name: "WeftStoreTests", dependencies: ["WeftStore"]),

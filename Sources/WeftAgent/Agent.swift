@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Prometheus
 import ServiceLifecycle
 import WeftBPF
 import WeftConfig
@@ -40,8 +41,11 @@ public struct AgentOptions: Sendable {
     public var agentMark: UInt32
     /// Where to write one JSON line per proxied request ("-" = stdout); nil = off.
     public var accessLog: String?
-    /// Prometheus metrics port on 127.0.0.1; 0 = off.
+    /// Prometheus metrics port; 0 = off.
     public var metricsPort: UInt16
+    /// The address the metrics are served on (loopback unless a Prometheus elsewhere
+    /// scrapes the node).
+    public var metricsAddress = "127.0.0.1"
     /// Seconds an HTTP/1 client may take to send a request's headers (slowloris bound).
     public var requestHeaderTimeout: Double = 10
     /// Seconds a connection with nothing in flight stays open (proxy clients, tunnels,
@@ -136,9 +140,17 @@ public final class Agent: Service, @unchecked Sendable {
     var status: AgentStatus
 
     /// Creates an agent (nothing happens until `run`).
-    public init(options: AgentOptions, logger: Logger) {
+    /// The agent's one metrics registry (the proxy's series, the kernel's counters, and
+    /// whatever reports through swift-metrics when the process bootstrapped it with this
+    /// registry).
+    public let registry: PrometheusCollectorRegistry
+    let kernelMetrics: KernelMetrics
+
+    public init(options: AgentOptions, logger: Logger, registry: PrometheusCollectorRegistry = .init()) {
         self.options = options
         self.logger = logger
+        self.registry = registry
+        kernelMetrics = KernelMetrics(registry: registry)
         reconciler = Reconciler(drainPeriod: options.drainPeriod)
         status = AgentStatus(node: options.node, revision: 0, contentHash: "", services: 0, lastApplyMs: nil, configErrors: [], adopted: false, etcd: options.etcd?.text)
     }
@@ -175,7 +187,7 @@ public final class Agent: Service, @unchecked Sendable {
             let log = try options.accessLog.map { try AccessLog(path: $0) }
             // Nobody can read metrics that are not served: then they are not counted either
             // (the per-request label work is not free).
-            let metrics = options.metricsPort != 0 ? IstioMetrics() : nil
+            let metrics = options.metricsPort != 0 ? IstioMetrics(registry: registry) : nil
             var settings = ProxyRuntime.Settings(port: options.proxyPort, agentMark: options.agentMark,
                                                   requestHeaderTimeout: .milliseconds(Int64(options.requestHeaderTimeout * 1000)),
                                                   idleTimeout: .milliseconds(Int64(options.idleTimeout * 1000)),
@@ -194,6 +206,7 @@ public final class Agent: Service, @unchecked Sendable {
             let p = ProxyRuntime(settings: settings,
                                   logger: logger,
                                   identities: identities,
+                                  registry: registry,
                                   observer: { [logger] event in
                                       metrics?.record(event)
                                       if case .request(let r) = event { log?.write(r) }
@@ -205,7 +218,9 @@ public final class Agent: Service, @unchecked Sendable {
             try OutboundListener(runtime: p, origin: { [self] client in origin(of: client) }).start()
             try TunnelListener(runtime: p).start()
             inboundListeners = try PlaintextListener(runtime: p).start()
-            if let metrics { try p.serveMetrics(port: options.metricsPort, metrics: metrics) { [self] in renderInboundCounters() } }
+            if metrics != nil {
+                try p.serveMetrics(host: options.metricsAddress, port: options.metricsPort) { [self] in collectKernelCounters() }
+            }
             proxy = p
         }
         defer { proxy?.stop() }
@@ -451,19 +466,13 @@ public final class Agent: Service, @unchecked Sendable {
         DesiredState(snapshot: snap, node: options.node, steering: steering)
     }
 
-    /// The kernel's counts of plaintext connection attempts dropped or steered, by
-    /// workload and reason, in Prometheus text format (read at scrape time).
-    func renderInboundCounters() -> String {
-        guard let (maps, snap) = lock.withLock({ datapath.map { ($0.maps, snapshot) } }),
-              let counts = try? maps.inboundCounts() else { return "" }
+    /// The kernel's counters into the registry (at scrape time): its hooks' events, and
+    /// plaintext connection attempts dropped or steered by workload and reason.
+    func collectKernelCounters() {
+        guard let (maps, snap) = lock.withLock({ datapath.map { ($0.maps, snapshot) } }) else { return }
         var names: [IPAddress: String] = [:]
         for we in snap.workloadEntries where we.node == options.node { names[we.spec.address] = "\(we.metadata.namespace)/\(we.metadata.name)" }
-        var out = "# HELP weft_inbound_plaintext_total Plaintext TCP connection attempts to this node's workloads that the kernel dropped or steered to the agent, by reason.\n"
-        out += "# TYPE weft_inbound_plaintext_total counter\n"
-        for c in counts {
-            out += "weft_inbound_plaintext_total{workload=\"\(names[c.address] ?? "unknown")\",address=\"\(c.address)\",reason=\"\(c.reason)\"} \(c.count)\n"
-        }
-        return out
+        kernelMetrics.collect(maps, workloads: names)
     }
 
     var validation: ValidationOptions { ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node]) }

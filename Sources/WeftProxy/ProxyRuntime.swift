@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOHTTP2
 import NIOPosix
+import Prometheus
 import WeftConfig
 
 /// What the kernel recorded for a captured connection (read from BPF state by the agent).
@@ -126,15 +127,38 @@ final class ConnectionContext {
     }
 
     /// Telemetry labels of this connection, with the endpoint that served it.
-    func peers(destinationWorkload: ResourceID?) -> Peers {
+    func peers(destination ep: Endpoint?) -> Peers {
+        var p = makePeers(destination: ep)
+        // A memo of the series per endpoint: the labels are the same while it is.
+        if memo == nil || memoEndpoint != ep?.socket {
+            memo = SeriesMemo()
+            memoEndpoint = ep?.socket
+        }
+        p.memo = memo
+        return p
+    }
+
+    private var memo: SeriesMemo?
+    private var memoEndpoint: SocketKey?
+
+    private func makePeers(destination ep: Endpoint?) -> Peers {
         if let inbound {
+            // The workload delivered to, and its identity where the peer's was verified.
             return Peers(client: clientText, source: inbound.sourceWorkload, destinationHost: listener.host,
-                         destinationService: listener.service, destinationWorkload: destinationWorkload, reporter: "destination",
-                         sourcePrincipal: inbound.identity, mutualTLS: inbound.identity != nil)
+                         destinationService: listener.service, destinationWorkload: inbound.target.workload, reporter: "destination",
+                         sourcePrincipal: inbound.identity, destinationPrincipal: inbound.identity == nil ? nil : inbound.target.identity,
+                         mutualTLS: inbound.identity != nil)
+        }
+        let workload = ep.flatMap { ep in ep.workload == nil ? nil : tables.workloadsByAddress[ep.socket.address] }
+        // Through the tunnel, the destination agent presented the dialed workload's
+        // certificate and it was verified (route(to:)'s condition for the tunnel).
+        var principal: String?
+        if let workload, case .tunnel = ep?.transport, source != nil, loop.dialer.tunnels != nil {
+            principal = workload.identity(trustDomain: tables.trustDomain)
         }
         // The caller's own identity: a workload of this node has a certificate.
-        return Peers(client: clientText, source: sourceID, destinationHost: listener.host, destinationService: listener.service,
-                     destinationWorkload: destinationWorkload, sourcePrincipal: sourcePrincipal)
+        return Peers(client: clientText, source: source, destinationHost: listener.host, destinationService: listener.service,
+                     destinationWorkload: workload, sourcePrincipal: sourcePrincipal, destinationPrincipal: principal)
     }
 
     /// The client's address as telemetry writes it (formatted once per connection, not
@@ -285,8 +309,10 @@ public final class ProxyRuntime: Sendable {
     let logger: Logger
     /// TLS for the tunnel (nil: no identities, no tunnel).
     let tls: TunnelTLS?
-    /// Tunnel connections refused, by reason (the destination side).
-    let refusals = NIOLockedValueBox<[InboundPath: [String: Int]]>([:])
+    /// The agent's one metrics registry: the proxy's counters and Istio's series.
+    public let registry: PrometheusCollectorRegistry
+    /// Inbound connections and tunnel streams refused, by path and reason.
+    let refusals: [InboundPath: [String: Counter]]
     /// Refusal log lines, at most one per kind every 10 s.
     let refusalLog: LogThrottle
     /// The bounds on client connections.
@@ -294,14 +320,18 @@ public final class ProxyRuntime: Sendable {
 
     /// `observer` receives every finished request (telemetry, access log). `identities`
     /// give the tunnel its certificates and peer verification.
-    public init(settings: Settings, logger: Logger, identities: TunnelIdentities? = nil,
+    /// Its counters go into `registry`.
+    public init(settings: Settings, logger: Logger, identities: TunnelIdentities? = nil, registry: PrometheusCollectorRegistry = .init(),
                 observer: @escaping @Sendable (ProxyEvent) -> Void = { _ in }) {
         self.settings = settings
         self.logger = logger
+        self.registry = registry
         let sessions = LiveSessions(logger: logger, grace: settings.drainPeriod)
         self.sessions = sessions
         refusalLog = LogThrottle(logger: logger)
-        limits = ConnectionLimits(total: settings.maxConnections, perSource: settings.maxConnectionsPerSource, logger: logger)
+        refusals = Self.refusalCounters(registry, tunnel: identities != nil && settings.tunnelPort != 0, plaintext: settings.inboundPort != 0)
+        limits = ConnectionLimits(total: settings.maxConnections, perSource: settings.maxConnectionsPerSource, logger: logger,
+                                  registry: registry)
         let upstream = UpstreamSettings(mark: settings.agentMark)
         self.upstream = upstream
         let tls = identities.map { TunnelTLS(identities: $0) }
@@ -387,15 +417,20 @@ public final class ProxyRuntime: Sendable {
     }
 
     /// Serves `metrics` on 127.0.0.1:`port` (same threads as the proxy).
-    public func serveMetrics(port: UInt16, metrics: IstioMetrics, extra: @escaping @Sendable () -> String = { "" }) throws {
+    /// Serves the registry's exposition on `host`:`port`; `collect` runs before each
+    /// scrape (values read from elsewhere, such as the kernel's counters).
+    public func serveMetrics(host: String, port: UInt16, collect: @escaping @Sendable () -> Void = {}) throws {
+        let display = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         do {
-            let ch = try MetricsServer.start(group: group, port: port) { [self] in
-                metrics.render() + renderRefusals() + limits.render() + extra()
+            let ch = try MetricsServer.start(group: group, host: host, port: port) { [self] in
+                collect()
+                limits.collect()
+                return registry.emitToBuffer()
             }
             channels.withLockedValue { $0.append(ch) }
-            logger.info("metrics on http://127.0.0.1:\(port)/metrics", metadata: ["component": "proxy"])
+            logger.info("metrics on http://\(display)/metrics", metadata: ["component": "proxy"])
         } catch {
-            throw ProxyError("cannot serve metrics on 127.0.0.1:\(port) (--metrics-port): \(error)")
+            throw ProxyError("cannot serve metrics on \(display) (--metrics-address, --metrics-port): \(error)")
         }
     }
 
@@ -418,7 +453,7 @@ public final class ProxyRuntime: Sendable {
     /// fuzzer drives).
     static func http1Handlers(_ conn: ConnectionContext, headerTimeout: TimeAmount, idleTimeout: TimeAmount) -> [ChannelHandler] {
         let guardHandler = SlowClientGuard(headerTimeout: headerTimeout, idleTimeout: idleTimeout) {
-            conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: 408)))
+            conn.loop.observe(.request(.refused(conn.peers(destination: nil), protocolName: "HTTP/1.1", status: 408)))
         }
         let proxy = HTTP1ProxyHandler(conn: conn)
         proxy.slowClientGuard = guardHandler
@@ -522,7 +557,7 @@ public final class ProxyRuntime: Sendable {
             },
             connected: { ch in
                 answer?(ch != nil)
-                let record = TCPRecord(peers: conn.peers(destinationWorkload: endpoint?.workload), upstream: endpoint?.socket.description,
+                let record = TCPRecord(peers: conn.peers(destination: endpoint), upstream: endpoint?.socket.description,
                                        sentBytes: 0, receivedBytes: 0, flags: ch == nil ? ["UF"] : [])
                 conn.loop.observe(.tcpOpened(record))
                 if ch == nil {
@@ -537,7 +572,7 @@ public final class ProxyRuntime: Sendable {
                 // Reported once, when the client's side closes (the other follows it).
                 client.onClose = { c in
                     conn.loop.observe(.tcpClosed(TCPRecord(
-                        peers: conn.peers(destinationWorkload: endpoint?.workload), upstream: endpoint?.socket.description,
+                        peers: conn.peers(destination: endpoint), upstream: endpoint?.socket.description,
                         sentBytes: server.bytesRead, receivedBytes: c.bytesRead, flags: [])))
                 }
             })

@@ -421,7 +421,7 @@ logger.logLevel = .warning
 // Every connection to the bench's listener is taken as captured to the VIP. Istio's
 // metrics are recorded, as by the agent with its default --metrics-port.
 let metrics = IstioMetrics()
-let proxy = ProxyRuntime(settings: settings, logger: logger, observer: { metrics.record($0) })
+let proxy = ProxyRuntime(settings: settings, logger: logger, registry: metrics.registry, observer: { metrics.record($0) })
 let outbound = OutboundListener(runtime: proxy, origin: { client in
     ConnectionOrigin(destination: h2ClientPorts.withLockedValue { $0.contains(client.port) } ? vipH2 : vip, cgroupID: 0)
 })
@@ -469,7 +469,7 @@ let proxied = measure(port: proxyPort)
 let directH2 = measureH2(port: upstreamH2Port)
 let proxiedH2 = measureProxiedH2()
 proxy.stop()
-precondition(metrics.render().contains("istio_requests_total{"), "no request was recorded in the metrics")
+precondition(metrics.registry.emitToString().contains("istio_requests_total{"), "no request was recorded in the metrics")
 
 func fmt(_ x: Double) -> String { String(format: "%.1f", x) }
 print("""

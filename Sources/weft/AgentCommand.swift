@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import NIOCore
+import Prometheus
 import ServiceLifecycle
 import WeftAgent
 import WeftBPF
@@ -53,8 +56,11 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "SO_MARK the agent puts on its own upstream sockets so the kernel never captures them (decimal or 0x hex; must not collide with marks your routing uses).")
     var agentMark = "0x77650000"
 
-    @Option(help: "Prometheus metrics (Istio's names and labels) on 127.0.0.1:PORT/metrics; 0 turns them off.")
+    @Option(help: "Prometheus metrics (Istio's names and labels) on --metrics-address:PORT/metrics; 0 turns them off.")
     var metricsPort: UInt16 = 15090
+
+    @Option(help: "Address the metrics are served on: loopback by default; a node address (or 0.0.0.0) lets a Prometheus on another host scrape them.")
+    var metricsAddress = "127.0.0.1"
 
     @Option(help: "Seconds an HTTP/1 client may take to send a request's line and headers before it gets 408 and is closed.")
     var requestHeaderTimeout: Double = 10
@@ -145,7 +151,15 @@ struct AgentCommand: AsyncParsableCommand {
         opts.maxConnectionsPerSource = maxConnectionsPerSource
         opts.etcd = etcd.endpoints()
         opts.interfaces = interfaces.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        let agent = Agent(options: opts, logger: logger)
+        guard (try? SocketAddress(ipAddress: metricsAddress, port: 0)) != nil else {
+            throw ValidationError("--metrics-address \(metricsAddress) is not an IPv4 or IPv6 address")
+        }
+        opts.metricsAddress = metricsAddress
+        // One registry for the whole process: the agent's series, and whatever any library
+        // reports through swift-metrics.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let agent = Agent(options: opts, logger: logger, registry: registry)
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {

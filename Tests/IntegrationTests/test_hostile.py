@@ -240,7 +240,7 @@ def test_the_agents_mark_is_no_credential(mesh):
     assert after.get("agent_bypass", 0) - before.get("agent_bypass", 0) <= 1, (before, after)  # the agent's own dial
     opened = [l for l in b.run(["curl", "-s", "http://127.0.0.1:15090/metrics"], cgroup=b.cgroup, check=True).stdout.splitlines()
               if l.startswith("istio_tcp_connections_opened_total{") and 'reporter="destination"' in l and "vault" in l]
-    assert any('source_principal="cluster.local/ns/default/sa/client-b"' in l for l in opened), opened
+    assert any('source_principal="spiffe://cluster.local/ns/default/sa/client-b"' in l for l in opened), opened
 
 
 SQUATTER = """

@@ -102,7 +102,7 @@ def test_http_across_nodes_carries_the_verified_identity(mesh):
     # Node b's agent delivered them (over its local stack), and reports mTLS with the
     # verified principal; node a reports the source side.
     dest = [l for l in metrics(b) if 'reporter="destination"' in l]
-    assert any('source_principal="cluster.local/ns/default/sa/frontend"' in l and 'connection_security_policy="mutual_tls"' in l
+    assert any('source_principal="spiffe://cluster.local/ns/default/sa/frontend"' in l and 'connection_security_policy="mutual_tls"' in l
                and 'source_workload="frontend"' in l and 'response_code="200"' in l and l.endswith(" 20") for l in dest), dest
     src = [l for l in metrics(a) if 'reporter="source"' in l]
     assert any('destination_workload="web-b"' in l and l.endswith(" 20") for l in src), src
@@ -116,7 +116,7 @@ def test_tcp_across_nodes(mesh):
     assert list(r["peers"]) == ["10.96.7.8:9000"], r
     # Node b's agent received them over mTLS from the frontend identity.
     opened = [l for l in scrape(mesh.b, "istio_tcp_connections_opened_total") if 'reporter="destination"' in l]
-    assert any('connection_security_policy="mutual_tls"' in l and 'source_principal="cluster.local/ns/default/sa/frontend"' in l
+    assert any('connection_security_policy="mutual_tls"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/frontend"' in l
                and l.endswith(" 30") for l in opened), opened
 
 
@@ -193,7 +193,7 @@ def test_http2_and_grpc_across_nodes(mesh):
     status = a.grpc("10.96.7.10:80", "Status", 5, "--meta", "want-status=NOT_FOUND", cgroup=frontend)
     assert status["codes"] == {"NOT_FOUND": 5}, status
     # Node b received all of it over mTLS from the frontend's identity.
-    dest = [l for l in metrics(b) if 'reporter="destination"' in l and 'source_principal="cluster.local/ns/default/sa/frontend"' in l
+    dest = [l for l in metrics(b) if 'reporter="destination"' in l and 'source_principal="spiffe://cluster.local/ns/default/sa/frontend"' in l
             and 'connection_security_policy="mutual_tls"' in l]
     count = lambda workload, code: sum(int(l.rsplit(" ", 1)[1]) for l in dest
                                        if 'destination_workload="%s"' % workload in l and 'response_code="%s' % code in l)

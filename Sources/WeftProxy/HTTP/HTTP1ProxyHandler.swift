@@ -134,7 +134,7 @@ final class HTTP1ProxyHandler: ChannelDuplexHandler, RemovableChannelHandler, Ex
             let headers = HTTPHeaders([("connection", "close"), ("content-length", "0")])
             write(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers)))
             write(.end(nil), flush: true)
-            conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/1.1", status: Int(status.code))))
+            conn.loop.observe(.request(.refused(conn.peers(destination: nil), protocolName: "HTTP/1.1", status: Int(status.code))))
         }
         // Close our side only, so the answer is read before the connection goes: closing
         // outright with the client's bytes unread makes the kernel send RST, which can

@@ -373,7 +373,7 @@ final class HTTP2ServerStream: ExchangeClient {
         answered = true
         write(.head(HTTPResponseHead(version: .http2, status: .badRequest, headers: ["content-length": "0"])))
         write(.end(nil), flush: true)
-        conn.loop.observe(.request(.refused(conn.peers(destinationWorkload: nil), protocolName: "HTTP/2", status: 400)))
+        conn.loop.observe(.request(.refused(conn.peers(destination: nil), protocolName: "HTTP/2", status: 400)))
         closeClient()
     }
 

@@ -90,7 +90,8 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
     private var lastEndpointText: String?
     /// The pool the current attempt's connection belongs to.
     private var poolKey: PoolKey?
-    private var lastWorkload: ResourceID?
+    /// The endpoint of the last attempt (telemetry's destination).
+    private var lastTarget: Endpoint?
     /// The endpoint counted as having this request in flight (LEAST_REQUEST).
     private var activeEndpoint: SocketKey?
     /// Set-Cookie for a consistent-hash cookie the proxy generated.
@@ -400,7 +401,7 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         activeEndpoint = ep.socket
         lastEndpoint = ep.socket
         lastEndpointText = nil
-        lastWorkload = ep.workload
+        lastTarget = ep
         attempts += 1
         sentParts = 0
         sentEnd = false
@@ -868,7 +869,7 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         held.removeAll()
         let ms = Double((NIODeadline.now() - started).nanoseconds) / 1e6
         conn.loop.observe(.request(RequestRecord(
-            start: startTime, peers: conn.peers(destinationWorkload: lastWorkload), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
+            start: startTime, peers: conn.peers(destination: lastTarget), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
             protocolName: isGRPC ? "gRPC" : client.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
             responseBytes: responseBytes, upstream: lastEndpointText ?? lastEndpoint?.description, attempts: attempts,
             requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)))

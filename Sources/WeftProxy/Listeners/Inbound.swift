@@ -1,6 +1,7 @@
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Prometheus
 import WeftConfig
 
 /// The destination end of a connection delivered to a local workload (a tunnel stream,
@@ -10,7 +11,7 @@ struct InboundPeer {
     let identity: String?
     /// The client's WorkloadEntry: the one at the Forwarded address, if its identity is
     /// the verified one (an agent cannot claim a workload of another identity).
-    let sourceWorkload: ResourceID?
+    let sourceWorkload: WorkloadEntry?
     /// The local workload port the stream is delivered to.
     let target: InboundTarget
     /// How it arrived (what a refusal is counted as).
@@ -24,29 +25,27 @@ extension ProxyRuntime {
     /// Counts (by path and kind) and logs (with the detail) a refused inbound connection
     /// or tunnel stream.
     func refuse(_ path: InboundPath, _ kind: TunnelRefusal, _ detail: String, peer: SocketKey) {
-        refusals.withLockedValue { $0[path, default: [:]][kind.rawValue, default: 0] += 1 }
+        refusals[path]?[kind.rawValue]?.increment()
         refusalLog.info("\(path.rawValue)/\(kind.rawValue)", "\(path.rawValue) from \(peer) refused (\(kind.rawValue)): \(detail)",
                         metadata: ["component": path == .tunnel ? "tunnel" : "inbound"])
     }
 
-    /// The refusal counters in Prometheus text format.
-    func renderRefusals() -> String {
-        let counts = refusals.withLockedValue { $0 }
-        var out = ""
-        if tunnelEnabled {
-            out += Self.renderCounts("weft_tunnel_refused_total", "Tunnel connections and CONNECT streams the destination agent refused, by reason.",
-                                     counts[.tunnel] ?? [:], kinds: TunnelRefusal.allCases)
+    /// The refusal counters, registered at start so every reason reads 0 until it happens:
+    /// the tunnel's when there is a tunnel, the inbound listener's when there is one.
+    static func refusalCounters(_ registry: PrometheusCollectorRegistry, tunnel: Bool, plaintext: Bool) -> [InboundPath: [String: Counter]] {
+        func counters(_ name: String, _ help: String, _ kinds: [TunnelRefusal]) -> [String: Counter] {
+            Dictionary(uniqueKeysWithValues: kinds.map { ($0.rawValue, registry.makeCounter(name: name, labels: [("reason", $0.rawValue)], help: help)) })
         }
-        if settings.inboundPort != 0 {
-            out += Self.renderCounts("weft_plaintext_refused_total", "Plaintext connections steered to the inbound listener that the agent refused, by reason.",
-                                     counts[.plaintext] ?? [:], kinds: [.notLocalWorkload, .denied])
+        var out: [InboundPath: [String: Counter]] = [:]
+        if tunnel {
+            out[.tunnel] = counters("weft_tunnel_refused_total", "Tunnel connections and CONNECT streams the destination agent refused, by reason.",
+                                    TunnelRefusal.allCases)
         }
-        return out
-    }
-
-    static func renderCounts(_ name: String, _ help: String, _ counts: [String: Int], kinds: [TunnelRefusal]) -> String {
-        var out = "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
-        for kind in kinds { out += "\(name){reason=\"\(kind.rawValue)\"} \(counts[kind.rawValue] ?? 0)\n" }
+        if plaintext {
+            out[.plaintext] = counters("weft_plaintext_refused_total",
+                                       "Plaintext connections steered to the inbound listener that the agent refused, by reason.",
+                                       [.notLocalWorkload, .denied])
+        }
         return out
     }
 

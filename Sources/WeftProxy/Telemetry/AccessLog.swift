@@ -58,7 +58,7 @@ public final class AccessLog: Sendable {
                         bytes_sent: r.responseBytes, duration: Int(r.durationMillis.rounded()), upstream_host: r.upstream,
                         upstream_cluster: r.cluster, route_name: r.route, authority: r.authority, x_request_id: r.requestID,
                         attempts: r.attempts, downstream_remote_address: r.peers.client,
-                        source_workload: r.peers.source.map { "\($0.namespace)/\($0.name)" },
+                        source_workload: r.peers.source.map { "\($0.metadata.namespace)/\($0.metadata.name)" },
                         destination_service: r.peers.destinationHost)
         guard var data = try? Self.encoder.encode(line) else { return }
         data.append(0x0A)

@@ -1,50 +1,34 @@
-import Foundation
 import NIOConcurrencyHelpers
+import Prometheus
 import WeftConfig
 
 /// Istio's standard metrics, same names, labels and buckets, so the dashboards and
-/// queries operators already have work on weft unchanged. weft reports from the client
-/// side of each hop (reporter="source"), as a sidecar on the caller would.
+/// queries operators already have work on weft unchanged. Each hop is reported by the
+/// calling side's agent (reporter="source") and, through the tunnel or the inbound
+/// listener, by the destination's (reporter="destination"), as Istio's two sidecars do.
+///
+/// The series live in the agent's one swift-prometheus registry. A series' handles are
+/// looked up once per label set and kept: the registry's own lookup takes its lock and
+/// builds its key from label pairs, which is more than a request should pay.
 public final class IstioMetrics: Sendable {
     /// Istio's duration buckets (milliseconds).
     static let durationBuckets: [Double] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                                             1_800_000, 3_600_000]
     /// Istio's size buckets (bytes): 1, 10, … 10^9.
-    static let sizeBuckets: [Double] = (0...9).map { pow(10, Double($0)) }
-
-    struct Histogram {
-        var counts: [UInt64]
-        var sum = 0.0
-        var count: UInt64 = 0
-
-        init(buckets: Int) { counts = Array(repeating: 0, count: buckets) }
-
-        mutating func observe(_ v: Double, _ bounds: [Double]) {
-            for (i, b) in bounds.enumerated() where v <= b { counts[i] += 1 }
-            sum += v
-            count += 1
-        }
-    }
+    static let sizeBuckets: [Double] = [1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9]
 
     struct HTTPSeries {
-        var requests: UInt64 = 0
-        var duration = Histogram(buckets: IstioMetrics.durationBuckets.count)
-        var requestBytes = Histogram(buckets: IstioMetrics.sizeBuckets.count)
-        var responseBytes = Histogram(buckets: IstioMetrics.sizeBuckets.count)
-
-        mutating func record(_ r: RequestRecord) {
-            requests += 1
-            duration.observe(r.durationMillis, IstioMetrics.durationBuckets)
-            requestBytes.observe(Double(r.requestBytes), IstioMetrics.sizeBuckets)
-            responseBytes.observe(Double(r.responseBytes), IstioMetrics.sizeBuckets)
-        }
+        let requests: Counter
+        let duration: ValueHistogram
+        let requestBytes: ValueHistogram
+        let responseBytes: ValueHistogram
     }
 
     struct TCPSeries {
-        var opened: UInt64 = 0
-        var closed: UInt64 = 0
-        var sent: UInt64 = 0
-        var received: UInt64 = 0
+        let opened: Counter
+        let closed: Counter
+        let sent: Counter
+        let received: Counter
     }
 
     private struct State {
@@ -53,35 +37,71 @@ public final class IstioMetrics: Sendable {
     }
 
     private let state = NIOLockedValueBox(State())
+    /// Where the series are registered (the agent's one registry).
+    public let registry: PrometheusCollectorRegistry
 
-    /// Creates an empty registry.
-    public init() {}
+    /// Series go into `registry`.
+    public init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+    }
 
-    static let peerLabels = ["reporter", "source_workload", "source_workload_namespace", "source_principal", "source_app",
-                             "destination_workload", "destination_workload_namespace", "destination_service",
-                             "destination_service_name", "destination_service_namespace", "connection_security_policy"]
-    static let httpLabels = peerLabels + ["request_protocol", "response_code", "grpc_response_status", "response_flags"]
-    static let tcpLabels = peerLabels + ["response_flags"]
+    /// Istio's peer labels (istio_requests_total and istio_tcp_*), in Istio's order.
+    static let peerLabels = ["reporter", "source_workload", "source_canonical_service", "source_canonical_revision",
+                             "source_workload_namespace", "source_principal", "source_app", "source_version", "source_cluster",
+                             "destination_workload", "destination_workload_namespace", "destination_principal", "destination_app",
+                             "destination_version", "destination_service", "destination_canonical_service",
+                             "destination_canonical_revision", "destination_service_name", "destination_service_namespace",
+                             "destination_cluster", "request_protocol"]
+    static let httpLabels = peerLabels + ["response_code", "grpc_response_status", "response_flags", "connection_security_policy"]
+    static let tcpLabels = peerLabels + ["response_flags", "connection_security_policy"]
 
-    /// Istio's values for the peer labels; "unknown" where nothing is known.
-    static func peerValues(_ p: Peers, room: Int = 1) -> [String] {
-        // The principal is known where it was verified: at the tunnel's destination end.
-        // Like Istio, only the destination reports the connection's security policy.
-        // One array, sized for the caller's labels too (a literal would be a second one).
+    /// A workload's canonical service and revision as Istio derives them: its own labels,
+    /// then Kubernetes' recommended ones, then app / version, then the name / "latest".
+    static func canonicalService(_ w: WorkloadEntry?) -> String {
+        guard let w else { return "unknown" }
+        let l = w.spec.labels
+        return l["service.istio.io/canonical-name"] ?? l["app.kubernetes.io/name"] ?? l["app"] ?? w.metadata.name
+    }
+
+    static func canonicalRevision(_ w: WorkloadEntry?) -> String {
+        guard let w else { return "unknown" }
+        let l = w.spec.labels
+        return l["service.istio.io/canonical-revision"] ?? l["app.kubernetes.io/version"] ?? l["version"] ?? "latest"
+    }
+
+    /// The peer label values of `p` (peerLabels' order), sized for `room` more.
+    static func peerValues(_ p: Peers, protocolName: String, room: Int) -> [String] {
         var values = [String]()
         values.reserveCapacity(peerLabels.count + room)
         values.append(p.reporter)
-        values.append(p.source?.name ?? "unknown")
-        values.append(p.source?.namespace ?? "unknown")
-        values.append(p.sourcePrincipal.map { String($0.dropFirst("spiffe://".count)) } ?? "unknown")
-        values.append(p.source?.name ?? "unknown")
-        values.append(p.destinationWorkload?.name ?? "unknown")
-        values.append(p.destinationWorkload?.namespace ?? "unknown")
+        values.append(p.source?.metadata.name ?? "unknown")
+        values.append(canonicalService(p.source))
+        values.append(canonicalRevision(p.source))
+        values.append(p.source?.metadata.namespace ?? "unknown")
+        values.append(p.sourcePrincipal ?? "unknown")
+        values.append(p.source?.spec.labels["app"] ?? "unknown")
+        values.append(p.source?.spec.labels["version"] ?? "unknown")
+        // Cluster: weft has no cluster names (Istio's multi-cluster label).
+        values.append("unknown")
+        let d = p.destinationWorkload
+        values.append(d?.metadata.name ?? "unknown")
+        values.append(d?.metadata.namespace ?? "unknown")
+        values.append(p.destinationPrincipal ?? "unknown")
+        values.append(d?.spec.labels["app"] ?? "unknown")
+        values.append(d?.spec.labels["version"] ?? "unknown")
         values.append(p.destinationHost)
+        values.append(canonicalService(d))
+        values.append(canonicalRevision(d))
         values.append(p.destinationService.name)
         values.append(p.destinationService.namespace)
-        values.append(p.reporter == "destination" ? (p.mutualTLS ? "mutual_tls" : "none") : "unknown")
+        values.append("unknown")
+        values.append(protocolName)
         return values
+    }
+
+    /// Like Istio, only the destination knows (and reports) whether the connection was mTLS.
+    static func securityPolicy(_ p: Peers) -> String {
+        p.reporter == "destination" ? (p.mutualTLS ? "mutual_tls" : "none") : "unknown"
     }
 
     /// A response code as a label value: what an upstream sends is not ours to turn into
@@ -91,84 +111,76 @@ public final class IstioMetrics: Sendable {
     /// A gRPC status as a label value: 0–16 (the codes gRPC defines), else "other".
     static func label(grpcStatus: Int) -> String { (0...16).contains(grpcStatus) ? String(grpcStatus) : "other" }
 
+    static func flagsValue(_ flags: [String]) -> String {
+        flags.isEmpty ? "-" : flags.count == 1 ? flags[0] : flags.joined(separator: ",")
+    }
+
     /// Counts one proxy event.
     public func record(_ e: ProxyEvent) {
         switch e {
         case .request(let r):
-            var key = Self.peerValues(r.peers, room: 4)
-            key.append(r.protocolName == "gRPC" ? "grpc" : "http")
-            key.append(Self.label(status: r.status))
-            key.append(r.grpcStatus.map(Self.label(grpcStatus:)) ?? "")
-            key.append(r.flags.isEmpty ? "-" : r.flags.count == 1 ? r.flags[0] : r.flags.joined(separator: ","))
-            state.withLockedValue { s in
-                // In place: a series copied out and back would copy its three histograms.
-                s.http[key, default: HTTPSeries()].record(r)
-            }
+            let memoKey = r.peers.memo.map { _ in SeriesMemo.Key(protocolName: r.protocolName, status: r.status, grpcStatus: r.grpcStatus, flags: r.flags) }
+            let s = memoKey.flatMap { r.peers.memo?.find($0) } ?? httpSeries(r, memoKey: memoKey)
+            s.requests.increment()
+            s.duration.record(r.durationMillis)
+            s.requestBytes.record(Double(r.requestBytes))
+            s.responseBytes.record(Double(r.responseBytes))
         case .tcpOpened(let t):
-            var key = Self.peerValues(t.peers)
-            key.append(t.flags.isEmpty ? "-" : t.flags.joined(separator: ","))
-            state.withLockedValue { $0.tcp[key, default: TCPSeries()].opened += 1 }
+            tcpSeries(t).opened.increment()
         case .tcpClosed(let t):
-            var key = Self.peerValues(t.peers)
-            key.append(t.flags.isEmpty ? "-" : t.flags.joined(separator: ","))
-            state.withLockedValue { s in
-                var series = s.tcp[key] ?? TCPSeries()
-                series.closed += 1
-                series.sent += UInt64(t.sentBytes)
-                series.received += UInt64(t.receivedBytes)
-                s.tcp[key] = series
-            }
+            let s = tcpSeries(t)
+            s.closed.increment()
+            s.sent.increment(by: Int64(t.sentBytes))
+            s.received.increment(by: Int64(t.receivedBytes))
         case .audit:
             break
         }
     }
 
-    /// The Prometheus text exposition (version 0.0.4).
-    public func render() -> String {
-        let s = state.withLockedValue { $0 }
-        var out = ""
-        func labels(_ names: [String], _ values: [String], extra: String? = nil) -> String {
-            var parts = zip(names, values).map { "\($0)=\"\(Self.escape($1))\"" }
-            if let extra { parts.append(extra) }
-            return "{" + parts.joined(separator: ",") + "}"
+    private func httpSeries(_ r: RequestRecord, memoKey: SeriesMemo.Key?) -> HTTPSeries {
+        var key = Self.peerValues(r.peers, protocolName: r.protocolName == "gRPC" ? "grpc" : "http", room: 4)
+        key.append(Self.label(status: r.status))
+        key.append(r.grpcStatus.map(Self.label(grpcStatus:)) ?? "")
+        key.append(Self.flagsValue(r.flags))
+        key.append(Self.securityPolicy(r.peers))
+        let series = state.withLockedValue { s in
+            if let found = s.http[key] { return found }
+            let made = makeHTTPSeries(key)
+            s.http[key] = made
+            return made
         }
-        func bound(_ b: Double) -> String { b == b.rounded() ? String(Int64(b)) : String(b) }
-        func histogram(_ name: String, _ help: String, _ bounds: [Double], _ pick: (HTTPSeries) -> Histogram) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) histogram\n"
-            for key in s.http.keys.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
-                let h = pick(s.http[key]!)
-                for (i, b) in bounds.enumerated() {
-                    out += "\(name)_bucket\(labels(Self.httpLabels, key, extra: "le=\"\(bound(b))\"")) \(h.counts[i])\n"
-                }
-                out += "\(name)_bucket\(labels(Self.httpLabels, key, extra: "le=\"+Inf\"")) \(h.count)\n"
-                out += "\(name)_sum\(labels(Self.httpLabels, key)) \(h.sum)\n"
-                out += "\(name)_count\(labels(Self.httpLabels, key)) \(h.count)\n"
-            }
-        }
-        out += "# HELP istio_requests_total Requests proxied.\n# TYPE istio_requests_total counter\n"
-        for key in s.http.keys.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
-            out += "istio_requests_total\(labels(Self.httpLabels, key)) \(s.http[key]!.requests)\n"
-        }
-        histogram("istio_request_duration_milliseconds", "Request duration.", Self.durationBuckets, \.duration)
-        histogram("istio_request_bytes", "Request body sizes.", Self.sizeBuckets, \.requestBytes)
-        histogram("istio_response_bytes", "Response body sizes.", Self.sizeBuckets, \.responseBytes)
-        let tcp: [(String, String, (TCPSeries) -> UInt64)] = [
-            ("istio_tcp_connections_opened_total", "TCP connections opened.", \.opened),
-            ("istio_tcp_connections_closed_total", "TCP connections closed.", \.closed),
-            ("istio_tcp_sent_bytes_total", "Bytes sent to the client on TCP connections.", \.sent),
-            ("istio_tcp_received_bytes_total", "Bytes received from the client on TCP connections.", \.received),
-        ]
-        for (name, help, pick) in tcp {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) counter\n"
-            for key in s.tcp.keys.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
-                out += "\(name)\(labels(Self.tcpLabels, key)) \(pick(s.tcp[key]!))\n"
-            }
-        }
-        return out
+        if let memoKey { r.peers.memo?.keep(memoKey, series) }
+        return series
     }
 
-    /// Label value escaping of the text format: backslash, quote, newline.
-    static func escape(_ v: String) -> String {
-        v.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    private func tcpSeries(_ t: TCPRecord) -> TCPSeries {
+        var key = Self.peerValues(t.peers, protocolName: "tcp", room: 2)
+        key.append(Self.flagsValue(t.flags))
+        key.append(Self.securityPolicy(t.peers))
+        return state.withLockedValue { s in
+            if let found = s.tcp[key] { return found }
+            let labels = Array(zip(Self.tcpLabels, key))
+            let made = TCPSeries(
+                opened: registry.makeCounter(name: "istio_tcp_connections_opened_total", labels: labels, help: "TCP connections opened."),
+                closed: registry.makeCounter(name: "istio_tcp_connections_closed_total", labels: labels, help: "TCP connections closed."),
+                sent: registry.makeCounter(name: "istio_tcp_sent_bytes_total", labels: labels,
+                                           help: "Bytes sent to the client on TCP connections."),
+                received: registry.makeCounter(name: "istio_tcp_received_bytes_total", labels: labels,
+                                               help: "Bytes received from the client on TCP connections."))
+            s.tcp[key] = made
+            return made
+        }
+    }
+
+    private func makeHTTPSeries(_ key: [String]) -> HTTPSeries {
+        let labels = Array(zip(Self.httpLabels, key))
+        return HTTPSeries(
+            requests: registry.makeCounter(name: "istio_requests_total", labels: labels, help: "Requests proxied."),
+            duration: registry.makeValueHistogram(name: "istio_request_duration_milliseconds", labels: labels,
+                                                  buckets: Self.durationBuckets, help: "Request duration."),
+            requestBytes: registry.makeValueHistogram(name: "istio_request_bytes", labels: labels, buckets: Self.sizeBuckets,
+                                                      help: "Request body sizes."),
+            responseBytes: registry.makeValueHistogram(name: "istio_response_bytes", labels: labels, buckets: Self.sizeBuckets,
+                                                       help: "Response body sizes."))
     }
 }

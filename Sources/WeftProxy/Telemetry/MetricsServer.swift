@@ -2,11 +2,11 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// Serves the Prometheus text on 127.0.0.1 (DESIGN.md :15090): GET /metrics, and
+/// Serves the Prometheus text (DESIGN.md: 127.0.0.1:15090 by default): GET /metrics, and
 /// /stats/prometheus as Envoy names it, so scrape configs written for Istio work.
 enum MetricsServer {
-    static func start(group: EventLoopGroup, port: UInt16, render: @escaping @Sendable () -> String) throws -> Channel {
-        let address = try SocketAddress(ipAddress: "127.0.0.1", port: Int(port))
+    static func start(group: EventLoopGroup, host: String, port: UInt16, render: @escaping @Sendable () -> [UInt8]) throws -> Channel {
+        let address = try SocketAddress(ipAddress: host, port: Int(port))
         return try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
@@ -23,10 +23,10 @@ final class MetricsHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
-    private let render: @Sendable () -> String
+    private let render: @Sendable () -> [UInt8]
     private var head: HTTPRequestHead?
 
-    init(render: @escaping @Sendable () -> String) {
+    init(render: @escaping @Sendable () -> [UInt8]) {
         self.render = render
     }
 
@@ -38,7 +38,7 @@ final class MetricsHandler: ChannelInboundHandler {
             guard let h = head else { return }
             let path = h.uri.split(separator: "?").first.map(String.init) ?? h.uri
             let found = h.method == .GET && (path == "/metrics" || path == "/stats/prometheus")
-            let body = ByteBuffer(string: found ? render() : "not found: try /metrics\n")
+            let body = found ? ByteBuffer(bytes: render()) : ByteBuffer(string: "not found: try /metrics\n")
             var headers = HTTPHeaders([("content-length", String(body.readableBytes))])
             headers.add(name: "content-type", value: found ? "text/plain; version=0.0.4" : "text/plain")
             if !h.isKeepAlive { headers.add(name: "connection", value: "close") }

@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import WeftConfig
 
 /// Who talked to whom: what every telemetry record is labelled with. The source is the
@@ -6,20 +7,54 @@ import WeftConfig
 public struct Peers: Sendable {
     /// Client address:port as the proxy saw it.
     public var client: String
-    /// The client's WorkloadEntry, if its cgroup belongs to one.
-    public var source: ResourceID?
+    /// The client's WorkloadEntry, if its cgroup belongs to one (or, at a tunnel's
+    /// destination, the one the source agent vouched for).
+    public var source: WorkloadEntry?
     /// The service host the client addressed.
     public var destinationHost: String
     /// The ServiceEntry behind that host.
     public var destinationService: ResourceID
     /// The WorkloadEntry behind the endpoint that served it, if any.
-    public var destinationWorkload: ResourceID?
+    public var destinationWorkload: WorkloadEntry?
     /// "source" (the calling side's agent) or "destination" (the tunnel's far end).
     public var reporter = "source"
-    /// The client's verified SPIFFE identity (destination side of the tunnel).
+    /// The client's SPIFFE identity: its own at the source, the verified one at the
+    /// tunnel's destination.
     public var sourcePrincipal: String?
+    /// The serving workload's SPIFFE identity where mTLS carried the request: the one the
+    /// tunnel verified at the source, its own at the destination.
+    public var destinationPrincipal: String?
     /// The connection arrived over mTLS (destination side).
     public var mutualTLS = false
+    /// The series this connection's requests to this endpoint were counted in.
+    public var memo: SeriesMemo?
+}
+
+/// The metric series one connection's requests to one endpoint were counted in, by what
+/// still varies between them (protocol, status, flags): a keep-alive connection's
+/// requests then find their series without hashing Istio's ~25 label values each time.
+/// Touched from the connection's event loop; the lock is for Sendable, uncontended.
+public final class SeriesMemo: @unchecked Sendable {
+    struct Key: Hashable {
+        var protocolName: String
+        var status: Int
+        var grpcStatus: Int?
+        var flags: [String]
+    }
+
+    /// A connection with more kinds of outcome than this is a strange one: the rest go
+    /// through the registry-wide lookup, not into an ever larger memo.
+    static let limit = 32
+    private let lock = NIOLock()
+    private var http: [Key: IstioMetrics.HTTPSeries] = [:]
+
+    public init() {}
+
+    func find(_ key: Key) -> IstioMetrics.HTTPSeries? { lock.withLock { http[key] } }
+
+    func keep(_ key: Key, _ series: IstioMetrics.HTTPSeries) {
+        lock.withLock { if http.count < Self.limit { http[key] = series } }
+    }
 }
 
 /// What happened to one HTTP request.

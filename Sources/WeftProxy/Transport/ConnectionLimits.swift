@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Prometheus
 import WeftConfig
 
 /// Bounds how many client connections the agent holds: in all (every listener), and
@@ -18,16 +19,23 @@ final class ConnectionLimits: Sendable {
     private struct State {
         var open = 0
         var bySource: [IPAddress: Int] = [:]
-        var refused: [String: Int] = [:]
     }
 
     private let state = NIOLockedValueBox(State())
     private let log: LogThrottle
+    /// `weft_connections`, set from the count at each scrape.
+    private let open: Gauge
+    private let refused: [String: Counter]
 
-    init(total: Int, perSource: Int, logger: Logger) {
+    init(total: Int, perSource: Int, logger: Logger, registry: PrometheusCollectorRegistry) {
         self.total = total
         self.perSource = perSource
         log = LogThrottle(logger: logger)
+        open = registry.makeGauge(name: "weft_connections", help: "Client connections the agent holds now (all listeners).")
+        refused = Dictionary(uniqueKeysWithValues: ["global", "per_source"].map {
+            ($0, registry.makeCounter(name: "weft_connections_refused_total", labels: [("reason", $0)],
+                                      help: "Client connections closed on accept: over --max-connections (global) or --max-connections-per-source (per_source)."))
+        })
     }
 
     /// Admits a connection just accepted from `source` (counted per source when
@@ -41,7 +49,7 @@ final class ConnectionLimits: Sendable {
             return nil
         }
         if let refusal {
-            state.withLockedValue { $0.refused[refusal, default: 0] += 1 }
+            refused[refusal]?.increment()
             let limit = refusal == "global" ? "\(total) connections in all (--max-connections)"
                 : "\(perSource) connections from one address (--max-connections-per-source)"
             log.warning("\(refusal)", "connection from \(source) to the \(listener) listener refused: the agent holds \(limit)")
@@ -59,15 +67,9 @@ final class ConnectionLimits: Sendable {
         return true
     }
 
-    /// `weft_connections` (open now) and `weft_connections_refused_total{reason}`.
-    func render() -> String {
-        let s = state.withLockedValue { $0 }
-        var out = "# HELP weft_connections Client connections the agent holds now (all listeners).\n# TYPE weft_connections gauge\n"
-        out += "weft_connections \(s.open)\n"
-        out += "# HELP weft_connections_refused_total Client connections closed on accept: over --max-connections (global) or --max-connections-per-source (per_source).\n"
-        out += "# TYPE weft_connections_refused_total counter\n"
-        for reason in ["global", "per_source"] { out += "weft_connections_refused_total{reason=\"\(reason)\"} \(s.refused[reason] ?? 0)\n" }
-        return out
+    /// Brings `weft_connections` up to date (before a scrape).
+    func collect() {
+        open.set(Int64(state.withLockedValue { $0.open }))
     }
 }
 

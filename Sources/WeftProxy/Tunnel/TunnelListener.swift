@@ -240,7 +240,7 @@ extension ProxyRuntime {
             we.node == peer.node && we.identity(trustDomain: tables.trustDomain) == identity ? we : nil
         }
         let client = vouched?.spec.address ?? remote.address
-        let peerInfo = InboundPeer(identity: identity, sourceWorkload: vouched?.id, target: target, path: .tunnel)
+        let peerInfo = InboundPeer(identity: identity, sourceWorkload: vouched, target: target, path: .tunnel)
         if let denied = authorizeTCP(peerInfo, client: client, destination: targetKey, loop: loop, asTCP: http && !target.listener.port.isHTTP) {
             return .failure(.init(403, .denied, "\(identity) to \(authority): \(denied)"))
         }
