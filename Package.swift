@@ -40,6 +40,11 @@ let package = Package(
         // registry, exposed once.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // Tracing: the proxy speaks swift-distributed-tracing's API; the agent gives it
+        // swift-otel's tracer (OTLP/gRPC only: the HTTP exporter would bring
+        // async-http-client for nothing).
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        .package(url: "https://github.com/swift-otel/swift-otel", from: "1.6.0", traits: ["OTLPGRPC"]),
     ],
     targets: [
         // Debian's libbpf (libbpf-dev) through pkg-config.
@@ -61,6 +66,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ],
         // Release builds of the proxy skip the run-time exclusivity checks: 139.8k -> 131.5k
         // instructions per proxied request (callgrind, weft-proxy-bench, README). Debug builds
@@ -99,11 +105,13 @@ let package = Package(
         .executableTarget(
             name: "weft",
             dependencies: [
-                "WeftAgent", "WeftDataplane", "WeftConfig", "WeftIdentity", "WeftStore", "Yams",
+                "WeftAgent", "WeftDataplane", "WeftConfig", "WeftIdentity", "WeftStore", "WeftProxy", "Yams",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ]
         ),
         // The in-process proxy benchmark (scripts/bench l7 runs it): allocations and CPU per

@@ -6,6 +6,7 @@ import PackageDescription
 //   fuzz-config  bytes → YAML → resources → validation (WeftConfig)
 //   fuzz-path    a request target → the path normalizer authorization reads
 //   fuzz-sniff   a connection's first bytes → the protocol sniffer
+//   fuzz-trace   a request's trace fields (W3C, B3) → the trace context parser and what is sent on
 //   fuzz-http1   a client's HTTP/1 bytes → the proxy's head handling at the destination
 //   fuzz-http1-parser  a client's bytes → weft's own HTTP/1 parser, split reads and llhttp as oracles
 //   fuzz-http1-response  an upstream's bytes → weft's own HTTP/1 response parser, the same oracles
@@ -21,6 +22,8 @@ let package = Package(
         .executableTarget(name: "fuzz-config", dependencies: ["FuzzDriver", .product(name: "WeftConfig", package: "weft")],
                           swiftSettings: harness),
         .executableTarget(name: "fuzz-path", dependencies: ["FuzzDriver", .product(name: "WeftConfig", package: "weft")],
+                          swiftSettings: harness),
+        .executableTarget(name: "fuzz-trace", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
                           swiftSettings: harness),
         .executableTarget(name: "fuzz-sniff", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
                           swiftSettings: harness),

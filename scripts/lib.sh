@@ -20,6 +20,22 @@ ensure_packages() {
     fi
 }
 
+# Python libraries Debian does not package, pure Python, into .build/pylib (the tests
+# put it on their path): opentelemetry-proto for the OTLP receiver the tracing tests
+# run. 1.27.0 is the last release whose generated code takes Debian 12's protobuf 3.21.
+ensure_python_libs() {
+    local dir="$WEFT_ROOT/.build/pylib"
+    [ -d "$dir/opentelemetry/proto/collector/trace" ] && return 0
+    local pip
+    for pip in pip3 pip "python3 -m pip"; do
+        if $pip --version >/dev/null 2>&1; then
+            $pip install -q --disable-pip-version-check --no-deps --target "$dir" opentelemetry-proto==1.27.0 && return 0
+        fi
+    done
+    echo "no pip could install opentelemetry-proto into $dir (the tracing tests need it)" >&2
+    return 1
+}
+
 # weft needs root (BPF, cgroups, namespaces) and a swift toolchain.
 require_root_and_swift() {
     if [ "$(id -u)" != 0 ]; then echo "$0: run as root (weft loads BPF programs and creates namespaces)" >&2; exit 1; fi

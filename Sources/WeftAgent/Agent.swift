@@ -80,6 +80,8 @@ public struct AgentOptions: Sendable {
     public var maxConnectionsPerSource = 1024
     /// Cluster mode: the etcd cluster the config comes from and status goes to (--etcd).
     public var etcd: EtcdEndpoints?
+    /// Distributed tracing of proxied requests (--tracing-endpoint); nil: off.
+    public var tracing: TracingSettings?
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -197,6 +199,7 @@ public final class Agent: Service, @unchecked Sendable {
             settings.streamIdleTimeout = S.seconds(options.streamIdleTimeout)
             settings.requestTimeout = S.seconds(options.requestTimeout)
             if let t = S.seconds(options.drainPeriod) { settings.drainPeriod = t }
+            settings.tracing = options.tracing
             // Each proxied connection takes two descriptors (client and upstream), and the
             // agent needs some of its own.
             settings.maxConnections = options.maxConnections > 0 ? options.maxConnections : max(256, (openFiles - 256) / 2)

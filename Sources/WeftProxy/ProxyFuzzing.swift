@@ -4,6 +4,7 @@ import NIOCore
 import NIOEmbedded
 import NIOHPACK
 import NIOHTTP1
+import Tracing
 import WeftConfig
 
 /// Entry points for the libFuzzer harnesses in Fuzz/ — never used by the agent. Each
@@ -11,6 +12,34 @@ import WeftConfig
 /// embedded event loop: any crash, trap or sanitizer report is a bug; refusals are the
 /// expected outcome.
 public enum ProxyFuzzing {
+    /// A request's trace fields (W3C and B3, as a client may send them) → the parser and
+    /// the fields the proxy sends on, with a sampling tracer: every id it reads is
+    /// lowercase hex of the right length, and nothing it sends on could break a head.
+    /// The bytes are NUL-separated values of traceparent, tracestate, b3, x-b3-traceid,
+    /// x-b3-spanid, x-b3-sampled, x-b3-flags, in that order.
+    public static func traceContext(_ data: [UInt8]) {
+        var headers = HTTPHeaders()
+        let names = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-sampled", "x-b3-flags"]
+        for (name, value) in zip(names, data.split(separator: 0, omittingEmptySubsequences: false)) where !value.isEmpty {
+            // What reaches the proxy has passed the head parsers: no CR, LF or NUL.
+            guard !value.contains(where: { $0 == 13 || $0 == 10 }) else { return }
+            headers.add(name: name, value: String(decoding: value, as: UTF8.self))
+        }
+        func hex(_ s: String, _ n: Int) -> Bool { s.utf8.count == n && s.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) } }
+        if let c = TraceContextIn.parse(headers) {
+            precondition(hex(c.traceID, 32) && hex(c.spanID, 16), "parsed ids not hex: \(c)")
+        }
+        var bits: UInt64 = 0x9E37_79B9_7F4A_7C15
+        for percent in [0.0, 100.0] {
+            let t = RequestTrace.begin(TracingSettings(tracer: NoOpTracer(), samplingPercentage: percent, node: "fuzz"), headers: headers,
+                                       name: "fuzz", kind: .client, random: { bits &+= 0x9E37_79B9_7F4A_7C15; return bits })
+            for (name, value) in t.outgoing {
+                precondition(TraceContextIn.fields.contains(name), "sent a field that is not a trace field: \(name)")
+                precondition(value.utf8.allSatisfy { $0 >= 0x20 && $0 != 0x7f }, "sent a value a head cannot carry: \(value)")
+            }
+        }
+    }
+
     /// The protocol sniffer: `classify` on every prefix of the bytes, then the handler
     /// itself fed the bytes in pieces (the first byte picks their size).
     public static func sniff(_ data: [UInt8]) {

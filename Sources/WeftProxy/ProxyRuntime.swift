@@ -36,13 +36,16 @@ final class LoopState {
     /// Settings.streamIdleTimeout and .requestTimeout, for this loop's exchanges.
     let streamIdleTimeout: TimeAmount?
     let requestTimeout: TimeAmount?
+    /// Settings.tracing: nil when requests are not traced.
+    let tracing: TracingSettings?
 
     /// Client HTTP/2 connections to flush once at the end of an upstream's read burst.
     let flushes = FlushBatch()
 
     init(dialer: Dialer, idleTimeout: TimeAmount, streamIdleTimeout: TimeAmount? = nil, requestTimeout: TimeAmount? = nil,
-         observer: @escaping @Sendable (ProxyEvent) -> Void) {
+         tracing: TracingSettings? = nil, observer: @escaping @Sendable (ProxyEvent) -> Void) {
         pool = UpstreamPool(dialer: dialer, flushes: flushes)
+        self.tracing = tracing
         self.idleTimeout = idleTimeout
         self.streamIdleTimeout = streamIdleTimeout
         self.requestTimeout = requestTimeout
@@ -274,6 +277,8 @@ public final class ProxyRuntime: Sendable {
         /// How long a tunnel connection that must end (its peer no longer verifies, or its
         /// certificate expires) keeps the streams it carries, taking no new ones.
         public var drainPeriod: TimeAmount = .seconds(30)
+        /// Distributed tracing of HTTP and gRPC requests; nil: off.
+        public var tracing: TracingSettings?
 
         /// Seconds as a time amount; 0 or less: none.
         public static func seconds(_ s: Double) -> TimeAmount? { s > 0 ? .milliseconds(Int64(s * 1000)) : nil }
@@ -350,7 +355,7 @@ public final class ProxyRuntime: Sendable {
                 }
                 return NIOLoopBound(LoopState(dialer: Dialer(settings: upstream, tunnels: tunnels), idleTimeout: settings.idleTimeout,
                                               streamIdleTimeout: settings.streamIdleTimeout, requestTimeout: settings.requestTimeout,
-                                              observer: observer), eventLoop: loop)
+                                              tracing: settings.tracing, observer: observer), eventLoop: loop)
             }.wait()
         }
         self.loops = loops

@@ -3,10 +3,13 @@ import Foundation
 import Logging
 import Metrics
 import NIOCore
+import OTel
 import Prometheus
 import ServiceLifecycle
+import Tracing
 import WeftAgent
 import WeftBPF
+import WeftProxy
 
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -107,6 +110,12 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Most connections at once from one remote address to the tunnel and plaintext inbound listeners.")
     var maxConnectionsPerSource = 1024
 
+    @Option(help: "Trace HTTP and gRPC requests: spans go to this OpenTelemetry collector with OTLP/gRPC (HOST:PORT, or http:// or https:// URL). Off by default.")
+    var tracingEndpoint: String?
+
+    @Option(help: "Percent of requests that start a trace when they arrive with no sampling decision (Istio's meshConfig defaultConfig.tracing.sampling); a request whose caller decided (W3C traceparent, B3) follows that decision.")
+    var tracingSampling: Double = 1
+
     @OptionGroup var etcd: EtcdOptions
 
     func run() async throws {
@@ -159,9 +168,16 @@ struct AgentCommand: AsyncParsableCommand {
         // reports through swift-metrics.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        guard (0...100).contains(tracingSampling) else { throw ValidationError("--tracing-sampling must be a percentage, 0 to 100") }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let endpoint = tracingEndpoint {
+            let (tracer, exporter) = try tracingBackend(endpoint: endpoint, node: opts.node, logger: logger)
+            opts.tracing = TracingSettings(tracer: tracer, samplingPercentage: tracingSampling, node: opts.node)
+            services.append(.init(service: exporter))
+        }
         let agent = Agent(options: opts, logger: logger, registry: registry)
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: agent)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        services.append(.init(service: agent))
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()
         } catch {
@@ -170,11 +186,44 @@ struct AgentCommand: AsyncParsableCommand {
     }
 }
 
+extension AgentCommand {
+    /// swift-otel's tracer and its exporter (a Service: spans are batched — 2,048 at most
+    /// held, the rest dropped and counted in its log, while the collector is away — and
+    /// sent from its own task, never from a request's).
+    func tracingBackend(endpoint: String, node: String, logger: Logger) throws -> (any Tracer, any Service) {
+        let url = endpoint.contains("://") ? endpoint : "http://\(endpoint)"
+        guard let parsed = URL(string: url), ["http", "https"].contains(parsed.scheme ?? ""), parsed.host != nil, parsed.port != nil else {
+            throw ValidationError("--tracing-endpoint \(endpoint) is not HOST:PORT or an http(s):// URL with a port")
+        }
+        var config = OTel.Configuration.default
+        config.serviceName = "weft"
+        config.resourceAttributes = ["host.name": node]
+        config.diagnosticLogger = .custom(logger)
+        config.diagnosticLogLevel = .warning
+        config.metrics.enabled = false
+        config.logs.enabled = false
+        config.traces.exporter = .otlp
+        config.traces.otlpExporter.protocol = .grpc
+        config.traces.otlpExporter.endpoint = url
+        // The proxy decides what is sampled (the caller's decision, or the percentage):
+        // the tracer follows the parent it is handed and samples every root it is given.
+        config.traces.sampler = .parentBasedAlwaysOn
+        let backend = try OTel.makeTracingBackend(configuration: config)
+        return (backend.factory, backend.service)
+    }
+}
+
 struct StatusCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "status",
         abstract: "Ask a running agent what it serves (admin socket), or with --cluster every live node of an etcd cluster.")
 
     @OptionGroup var admin: AdminOptions
+    @Option(help: "Trace HTTP and gRPC requests: spans go to this OpenTelemetry collector with OTLP/gRPC (HOST:PORT, or http:// or https:// URL). Off by default.")
+    var tracingEndpoint: String?
+
+    @Option(help: "Percent of requests that start a trace when they arrive with no sampling decision (Istio's meshConfig defaultConfig.tracing.sampling); a request whose caller decided (W3C traceparent, B3) follows that decision.")
+    var tracingSampling: Double = 1
+
     @OptionGroup var etcd: EtcdOptions
     @Flag(help: "Every live node of the cluster (--etcd): the revision it serves, how far behind it is, why.") var cluster = false
     @Flag(name: [.customShort("j"), .long], help: "JSON (with --cluster).") var json = false

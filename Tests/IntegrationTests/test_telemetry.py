@@ -138,3 +138,114 @@ def test_istio_dashboards_read_two_agents(mesh):
             if not shown:
                 empty.append("%s / %s / %s" % (name, panel["row"], panel["title"]))
     assert not empty, empty
+
+
+class Receiver:
+    """otlpreceiver.py (a real OTLP/gRPC endpoint) on all of node a's addresses."""
+
+    def __init__(self, node):
+        self.path = os.path.join(node.tmp, "spans.jsonl")
+        self.log = os.path.join(node.tmp, "otlpreceiver.log")
+        servers = os.path.join(node.cgroup, "servers")
+        os.makedirs(servers, exist_ok=True)
+        node.procs.append(subprocess.Popen(
+            node.in_ns(["/usr/bin/python3", os.path.join(HERE, "otlpreceiver.py"), "0.0.0.0", "4317", self.path], cgroup=servers),
+            stdout=subprocess.DEVNULL, stderr=open(self.log, "w")))
+
+    def spans(self):
+        if not os.path.exists(self.path):
+            return []
+        return [json.loads(l) for l in open(self.path) if l.strip()]
+
+    def trace(self, trace_id, count, timeout=30):
+        """The `count` spans of one trace (the exporters batch: they come in a while)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            got = [s for s in self.spans() if s["trace_id"] == trace_id]
+            if len(got) >= count:
+                return got
+            time.sleep(0.5)
+        log = open(self.log).read()[-2000:] if os.path.exists(self.log) else ""
+        raise AssertionError("trace %s: %d spans, not %d: %s; receiver: %s" % (trace_id, len(got), count, self.spans(), log))
+
+
+def traceparent(headers):
+    """(trace id, parent span id, flags) of a traceparent field."""
+    _, trace, span, flags = headers["traceparent"].split("-")
+    return trace, span, flags
+
+
+def test_traces_across_two_nodes(mesh):
+    """A request from node a's frontend to node b's web through the mTLS tunnel leaves a
+    span at each agent, b's the child of a's, in the caller's trace when it has one (W3C
+    or B3, whose format it keeps); a caller's decision is followed either way, even by a
+    node that samples nothing of its own."""
+    frontend = setup(mesh, start=False)
+    a, b = mesh.a, mesh.b
+    receiver = Receiver(a)
+    a.start_agent("--ca", os.path.join(a.tmp, "node-ca"), "--tracing-endpoint", "127.0.0.1:4317", "--tracing-sampling", "100",
+                  node="node-a")
+    b.start_agent("--ca", os.path.join(b.tmp, "node-ca"), "--tracing-endpoint", "http://10.99.0.1:4317", "--tracing-sampling", "0",
+                  node="node-b")
+
+    def call(*headers):
+        args = []
+        for h in headers:
+            args += ["-H", h]
+        r = a.http("http://10.96.7.7/traced", 1, *args, cgroup=frontend)
+        assert r["statuses"] == {"200": 1}, r
+        return {k.lower(): v for k, v in b.requests_seen("web")[-1]["headers"].items()}
+
+    def hop(trace_id):
+        """a's client span and b's server span of the trace, b's the child of a's."""
+        spans = receiver.trace(trace_id, 2)
+        client = [s for s in spans if s["kind"] == "CLIENT"]
+        server = [s for s in spans if s["kind"] == "SERVER"]
+        assert len(client) == 1 and len(server) == 1, spans
+        assert server[0]["parent_span_id"] == client[0]["span_id"], spans
+        return client[0], server[0]
+
+    # No trace context: node a starts one (100 %); node b follows its decision (0 % of
+    # its own). The workload is handed b's span as its parent.
+    seen = call()
+    trace, parent, flags = traceparent(seen)
+    assert flags == "01"
+    client, server = hop(trace)
+    assert parent == server["span_id"] and client["parent_span_id"] == ""
+    # Istio's span tags, each side naming the workload it acted for.
+    assert client["name"] == server["name"] == "web.default.svc.cluster.local:80/*"
+    for span, workload, node in ((client, "frontend", "node-a"), (server, "web", "node-b")):
+        attrs = span["attributes"]
+        assert attrs["istio.canonical_service"] == workload and attrs["istio.namespace"] == "default", attrs
+        assert attrs["http.status_code"] == 200 and attrs["http.method"] == "GET" and attrs["node_id"] == node, attrs
+        assert attrs["http.url"] == "http://10.96.7.7/traced" and attrs["guid:x-request-id"] == seen["x-request-id"], attrs
+        assert attrs["response_flags"] == "-" and attrs["upstream_cluster"], attrs
+        assert span["resource"]["service.name"] == "weft" and span["resource"]["host.name"] == node, span
+    # The client's W3C context is joined: same trace, the client's span as a's parent.
+    t, p = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    seen = call("traceparent: 00-%s-%s-01" % (t, p), "tracestate: vendor=opaque")
+    client, server = hop(t)
+    assert client["parent_span_id"] == p
+    assert traceparent(seen) == (t, server["span_id"], "01") and seen["tracestate"] == "vendor=opaque", seen
+    # B3 multi with a 64-bit trace id: joined, and the workload gets B3 back, 64-bit.
+    t64, p = "a3ce929d0e0e4736", "e457b5a2e4d86bd1"
+    seen = call("X-B3-TraceId: " + t64, "X-B3-SpanId: " + p, "X-B3-Sampled: 1")
+    client, server = hop("0" * 16 + t64)
+    assert client["parent_span_id"] == p
+    assert (seen["x-b3-traceid"], seen["x-b3-spanid"], seen["x-b3-parentspanid"], seen["x-b3-sampled"]) == \
+        (t64, server["span_id"], client["span_id"], "1"), seen
+    # B3 single.
+    t = "463ac35c9f6413ad48485a3953bb6124"
+    seen = call("b3: %s-%s-1" % (t, p))
+    client, server = hop(t)
+    assert seen["b3"] == "%s-%s-1-%s" % (t, server["span_id"], client["span_id"]), seen
+    # A caller that decided not to sample: no span anywhere, and its context reaches the
+    # workload untouched through both agents.
+    t = "0af7651916cd43dd8448eb211c80319c"
+    seen = call("traceparent: 00-%s-b7ad6b7169203331-00" % t)
+    assert seen["traceparent"] == "00-%s-b7ad6b7169203331-00" % t, seen
+    # (the exporters send within seconds: a later sampled trace arriving first proves
+    # the unsampled one is not merely late)
+    seen = call()
+    hop(traceparent(seen)[0])
+    assert not [s for s in receiver.spans() if s["trace_id"] == t]

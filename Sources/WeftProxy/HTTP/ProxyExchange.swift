@@ -124,6 +124,8 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
     /// gRPC status that came in the response headers, to be sent as trailers.
     private var trailersFromHead: HTTPHeaders?
     private var requestID: String?
+    /// This request's part in a trace (tracing on).
+    private var trace: RequestTrace?
 
     /// The request's header block as the client's HTTP/2 stream received it (nil on
     /// HTTP/1): what an HTTP/2 upstream is sent, edited by `rewrite`.
@@ -149,6 +151,12 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
 
     func start() {
         armTimeouts()
+        if let t = conn.loop.tracing {
+            // The source agent's span is the client's hop (Envoy's outbound span), the
+            // destination agent's the server's.
+            trace = RequestTrace.begin(t, headers: head.headers, name: "\(conn.listener.host):\(conn.listener.port.number)/*",
+                                       kind: conn.inbound == nil ? .client : .server, random: conn.loop.randomBits)
+        }
         if head.method == .TRACE && hasBody {
             localReply(.badRequest)
             return
@@ -335,6 +343,10 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
             r.add(name: "x-forwarded-client-cert", value: "By=\(inbound.target.identity);URI=\(peer)")
         }
         if r.first("x-forwarded-proto") == nil { r.add(name: "x-forwarded-proto", value: "http") }
+        if let t = trace, !t.outgoing.isEmpty {
+            for name in TraceContextIn.fields { r.remove(name: name) }
+            for (name, value) in t.outgoing { r.add(name: name, value: value) }
+        }
         if let id = r.first("x-request-id") {
             requestID = id
         } else {
@@ -868,11 +880,16 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         waitID = nil
         held.removeAll()
         let ms = Double((NIODeadline.now() - started).nanoseconds) / 1e6
-        conn.loop.observe(.request(RequestRecord(
+        let record = RequestRecord(
             start: startTime, peers: conn.peers(destination: lastTarget), method: head.method.rawValue, path: head.uri, authority: head.headers.first(name: "host") ?? "",
             protocolName: isGRPC ? "gRPC" : client.http2 ? "HTTP/2" : "HTTP/1.1", status: status, grpcStatus: grpcStatus, flags: flags, durationMillis: ms, requestBytes: requestBytes,
             responseBytes: responseBytes, upstream: lastEndpointText ?? lastEndpoint?.description, attempts: attempts,
-            requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)))
+            requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)
+        conn.loop.observe(.request(record))
+        if let trace {
+            trace.end(record, workload: conn.inbound?.target.workload ?? conn.source, userAgent: head.headers.first(name: "user-agent"))
+            self.trace = nil
+        }
         client.exchangeFinished(self)
     }
 }
