@@ -173,7 +173,8 @@ extension Agent {
 }
 
 extension StoredResource {
-    static let kinds = ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy"]
+    static let kinds = ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy",
+                        "Telemetry"]
 
     /// What `weft get KIND [NAME] [-n NAMESPACE]` shows of `documents`, sorted by id.
     public static func select(_ documents: [Document], kind: String?, name: String?, namespace: String?) throws -> [StoredResource] {

@@ -8,6 +8,7 @@ public enum Resource: Hashable, Sendable, Codable {
     case virtualService(VirtualService)
     case peerAuthentication(PeerAuthentication)
     case authorizationPolicy(AuthorizationPolicy)
+    case telemetry(Telemetry)
 
     /// The resource's kind name.
     public var kind: String { id.kind }
@@ -20,6 +21,7 @@ public enum Resource: Hashable, Sendable, Codable {
         case .virtualService(let r): return ("VirtualService", r.metadata, r.position)
         case .peerAuthentication(let r): return ("PeerAuthentication", r.metadata, r.position)
         case .authorizationPolicy(let r): return ("AuthorizationPolicy", r.metadata, r.position)
+        case .telemetry(let r): return ("Telemetry", r.metadata, r.position)
         }
     }
 
@@ -64,7 +66,7 @@ enum ResourceDecoder {
     static let networkingVersions = ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
     static let securityVersions = ["security.istio.io/v1", "security.istio.io/v1beta1"]
     /// Istio kinds weft will enforce in later releases; named so the error says so.
-    static let laterKinds: Set<String> = ["Gateway", "Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "RequestAuthentication", "Telemetry", "WasmPlugin"]
+    static let laterKinds: Set<String> = ["Gateway", "Sidecar", "WorkloadGroup", "EnvoyFilter", "ProxyConfig", "RequestAuthentication", "WasmPlugin"]
 
     static func decode(text: String, file: String, sink: DiagnosticSink) -> [Document] {
         var out: [Document] = []
@@ -127,11 +129,12 @@ enum ResourceDecoder {
         switch kind {
         case "ServiceEntry", "WorkloadEntry", "DestinationRule", "VirtualService": allowed = networkingVersions
         case "PeerAuthentication", "AuthorizationPolicy": allowed = securityVersions
+        case "Telemetry": allowed = telemetryVersions
         default:
             if laterKinds.contains(kind) {
                 ctx.error("KIND002", top["kind"]?.node, "kind \(kind) is not supported by weft yet")
             } else {
-                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy)")
+                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, Telemetry)")
             }
             return nil
         }
@@ -153,6 +156,7 @@ enum ResourceDecoder {
         case "VirtualService": r = decodeVirtualService(m, meta: meta, pos: pos).map(Resource.virtualService)
         case "PeerAuthentication": r = decodePeerAuthentication(m, meta: meta, pos: pos).map(Resource.peerAuthentication)
         case "AuthorizationPolicy": r = decodeAuthorizationPolicy(m, meta: meta, pos: pos).map(Resource.authorizationPolicy)
+        case "Telemetry": r = decodeTelemetry(m, meta: meta, pos: pos).map(Resource.telemetry)
         default: r = decodeDestinationRule(m, meta: meta, pos: pos).map(Resource.destinationRule)
         }
         // A resource with any error is not half-used.

@@ -47,6 +47,8 @@ public struct Snapshot: Sendable {
     public let peerAuthentications: [PeerAuthentication]
     /// AuthorizationPolicies, sorted by id.
     public let authorizationPolicies: [AuthorizationPolicy]
+    /// Telemetries, sorted by id.
+    public let telemetries: [Telemetry]
     /// WorkloadEntries by namespace, for selector matching.
     private let workloadsByNamespace: [String: [WorkloadEntry]]
 
@@ -60,7 +62,7 @@ public struct Snapshot: Sendable {
         self.resources = resources
         self.warnings = warnings
         var se: [ServiceEntry] = [], we: [WorkloadEntry] = [], dr: [DestinationRule] = []
-        var vs: [VirtualService] = [], pa: [PeerAuthentication] = [], ap: [AuthorizationPolicy] = []
+        var vs: [VirtualService] = [], pa: [PeerAuthentication] = [], ap: [AuthorizationPolicy] = [], tel: [Telemetry] = []
         for id in resources.keys.sorted() {
             switch resources[id]! {
             case .serviceEntry(let r): se.append(r)
@@ -69,6 +71,7 @@ public struct Snapshot: Sendable {
             case .virtualService(let r): vs.append(r)
             case .peerAuthentication(let r): pa.append(r)
             case .authorizationPolicy(let r): ap.append(r)
+            case .telemetry(let r): tel.append(r)
             }
         }
         serviceEntries = se
@@ -77,6 +80,7 @@ public struct Snapshot: Sendable {
         virtualServices = vs
         peerAuthentications = pa
         authorizationPolicies = ap
+        telemetries = tel
         workloadsByNamespace = Dictionary(grouping: we, by: \.metadata.namespace)
     }
 
@@ -363,6 +367,17 @@ public enum ConfigLoader {
                            "a second \(scope) policy in namespace \(pa.metadata.namespace) (first: \(other.metadata.name), \(other.position)); keep one")
             }
             wide[pa.metadata.namespace] = pa
+        }
+
+        // At most one namespace-wide (or mesh-wide) Telemetry per namespace: Istio's
+        // choice between two is undefined.
+        var wideTelemetry: [String: Telemetry] = [:]
+        for t in snap.telemetries where t.selector == nil {
+            if let other = wideTelemetry[t.metadata.namespace] {
+                sink.error("TEL005", t.position, "Telemetry \(t.metadata.namespace)/\(t.metadata.name)",
+                           "a second Telemetry without selector in namespace \(t.metadata.namespace) (first: \(other.metadata.name), \(other.position)); keep one")
+            }
+            wideTelemetry[t.metadata.namespace] = t
         }
 
         // Two workload-scope PeerAuthentications selecting one workload: Istio takes the

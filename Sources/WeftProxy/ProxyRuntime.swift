@@ -164,6 +164,13 @@ final class ConnectionContext {
                      destinationWorkload: workload, sourcePrincipal: sourcePrincipal, destinationPrincipal: principal)
     }
 
+    /// What Telemetry resources say about tracing this connection's requests: the source
+    /// workload's client side, or at the destination the served workload's server side.
+    lazy var tracingPolicy: TracingPolicy = {
+        if let inbound { return tables.tracing[inbound.target.workload.spec.address]?.server ?? tables.meshTracing }
+        return source.flatMap { tables.tracing[$0.spec.address]?.client } ?? tables.meshTracing
+    }()
+
     /// The client's address as telemetry writes it (formatted once per connection, not
     /// per request).
     lazy var clientText = client.description

@@ -175,6 +175,26 @@ def traceparent(headers):
     return trace, span, flags
 
 
+def traced_call(mesh, frontend, *headers):
+    """One request from node a's frontend to web on node b; the headers web received."""
+    args = []
+    for h in headers:
+        args += ["-H", h]
+    r = mesh.a.http("http://10.96.7.7/traced", 1, *args, cgroup=frontend)
+    assert r["statuses"] == {"200": 1}, r
+    return {k.lower(): v for k, v in mesh.b.requests_seen("web")[-1]["headers"].items()}
+
+
+def hop_spans(receiver, trace_id):
+    """a's client span and b's server span of the trace, b's the child of a's."""
+    spans = receiver.trace(trace_id, 2)
+    client = [s for s in spans if s["kind"] == "CLIENT"]
+    server = [s for s in spans if s["kind"] == "SERVER"]
+    assert len(client) == 1 and len(server) == 1, spans
+    assert server[0]["parent_span_id"] == client[0]["span_id"], spans
+    return client[0], server[0]
+
+
 def test_traces_across_two_nodes(mesh):
     """A request from node a's frontend to node b's web through the mTLS tunnel leaves a
     span at each agent, b's the child of a's, in the caller's trace when it has one (W3C
@@ -188,22 +208,8 @@ def test_traces_across_two_nodes(mesh):
     b.start_agent("--ca", os.path.join(b.tmp, "node-ca"), "--tracing-endpoint", "http://10.99.0.1:4317", "--tracing-sampling", "0",
                   node="node-b")
 
-    def call(*headers):
-        args = []
-        for h in headers:
-            args += ["-H", h]
-        r = a.http("http://10.96.7.7/traced", 1, *args, cgroup=frontend)
-        assert r["statuses"] == {"200": 1}, r
-        return {k.lower(): v for k, v in b.requests_seen("web")[-1]["headers"].items()}
-
-    def hop(trace_id):
-        """a's client span and b's server span of the trace, b's the child of a's."""
-        spans = receiver.trace(trace_id, 2)
-        client = [s for s in spans if s["kind"] == "CLIENT"]
-        server = [s for s in spans if s["kind"] == "SERVER"]
-        assert len(client) == 1 and len(server) == 1, spans
-        assert server[0]["parent_span_id"] == client[0]["span_id"], spans
-        return client[0], server[0]
+    call = lambda *headers: traced_call(mesh, frontend, *headers)
+    hop = lambda trace_id: hop_spans(receiver, trace_id)
 
     # No trace context: node a starts one (100 %); node b follows its decision (0 % of
     # its own). The workload is handed b's span as its parent.
@@ -249,3 +255,51 @@ def test_traces_across_two_nodes(mesh):
     seen = call()
     hop(traceparent(seen)[0])
     assert not [s for s in receiver.spans() if s["trace_id"] == t]
+
+
+TELEMETRY = """---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: weft-system}
+spec:
+  tracing: [{randomSamplingPercentage: %s}]
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: web, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  tracing: [{match: {mode: SERVER}, disableSpanReporting: true}]
+"""
+
+
+def test_telemetry_resources_set_sampling_and_reporting(mesh):
+    """Istio's Telemetry decides over the agents' own rate: a mesh-wide 100 % makes the
+    frontend's requests sampled where the agents sample nothing of their own; web's own
+    Telemetry turns its server-side spans off while the decision still reaches it; a
+    changed Telemetry takes effect with the next revision."""
+    frontend = setup(mesh, TELEMETRY % 100, start=False)
+    a, b = mesh.a, mesh.b
+    receiver = Receiver(a)
+    for node, name, endpoint in ((a, "node-a", "127.0.0.1:4317"), (b, "node-b", "10.99.0.1:4317")):
+        node.start_agent("--ca", os.path.join(node.tmp, "node-ca"), "--tracing-endpoint", endpoint, "--tracing-sampling", "0", node=name)
+    seen = traced_call(mesh, frontend)
+    trace, parent, flags = traceparent(seen)
+    assert flags == "01", seen
+    # Node a's CLIENT span only: node b followed the decision and passed the context on
+    # without a span of its own, so the workload's parent is a's span.
+    client = receiver.trace(trace, 1)[0]
+    assert client["kind"] == "CLIENT" and parent == client["span_id"], client
+    # Past the exporters' batch interval (5 s), b has sent all it would.
+    time.sleep(6)
+    assert [s["kind"] for s in receiver.spans() if s["trace_id"] == trace] == ["CLIENT"], receiver.spans()
+
+    # The mesh now samples nothing: no spans, and the decision still travels.
+    mesh.write("mesh.yaml", open(os.path.join(a.config, "mesh.yaml")).read().replace(TELEMETRY % 100, TELEMETRY % 0))
+    for node in (a, b):
+        node.wait_log(r"config revision 2 applied")
+    before = len(receiver.spans())
+    seen = traced_call(mesh, frontend)
+    assert traceparent(seen)[2] == "00", seen
+    time.sleep(6)
+    assert len(receiver.spans()) == before, receiver.spans()[before:]

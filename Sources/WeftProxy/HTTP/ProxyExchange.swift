@@ -154,7 +154,8 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         if let t = conn.loop.tracing {
             // The source agent's span is the client's hop (Envoy's outbound span), the
             // destination agent's the server's.
-            trace = RequestTrace.begin(t, headers: head.headers, name: "\(conn.listener.host):\(conn.listener.port.number)/*",
+            trace = RequestTrace.begin(t, policy: conn.tracingPolicy, headers: head.headers,
+                                       name: "\(conn.listener.host):\(conn.listener.port.number)/*",
                                        kind: conn.inbound == nil ? .client : .server, random: conn.loop.randomBits)
         }
         if head.method == .TRACE && hasBody {

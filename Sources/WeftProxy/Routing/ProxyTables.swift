@@ -131,6 +131,11 @@ public struct ProxyTables: Sendable {
     public private(set) var trustDomain = "cluster.local"
     /// This node's workload ports the tunnel may deliver to.
     public private(set) var inboundTargets: [SocketKey: InboundTarget] = [:]
+    /// Telemetry's tracing of this node's workloads, by address: their requests out
+    /// (.client) and in (.server).
+    public private(set) var tracing: [IPAddress: (client: TracingPolicy, server: TracingPolicy)] = [:]
+    /// The mesh's tracing, for a client that is no workload.
+    public private(set) var meshTracing = TracingPolicy()
     /// Counts the tables the proxy switched to (ProxyRuntime.update): what was derived
     /// from an older one is stale.
     var generation: UInt64 = 0
@@ -147,8 +152,12 @@ public struct ProxyTables: Sendable {
             guard let n = we.node else { continue }
             workloadsByAddress[we.spec.address] = we
             nodeIdentities[n, default: []].insert(we.identity(trustDomain: trustDomain))
-            if n == node { localWorkloads[we.spec.address] = we }
+            if n == node {
+                localWorkloads[we.spec.address] = we
+                tracing[we.spec.address] = (snapshot.tracing(for: we, side: .client), snapshot.tracing(for: we, side: .server))
+            }
         }
+        meshTracing = snapshot.tracing(for: nil, side: .client)
         for se in snapshot.serviceEntries {
             let dr = snapshot.destinationRule(for: se)
             let vs = snapshot.virtualService(for: se)

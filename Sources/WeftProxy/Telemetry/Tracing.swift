@@ -140,32 +140,36 @@ final class RequestTrace {
     }
 
     /// Joins or starts the trace of a request with `headers`; `kind` is .client at the
-    /// source agent and .server at the destination's.
-    static func begin(_ settings: TracingSettings, headers: HTTPHeaders, name: String, kind: SpanKind, random: () -> UInt64) -> RequestTrace {
-        let t = start(settings, headers: headers, name: name, kind: kind, random: random)
+    /// source agent and .server at the destination's; `policy` is what Telemetry
+    /// resources say for the workload the agent acts for.
+    static func begin(_ settings: TracingSettings, policy: TracingPolicy = TracingPolicy(), headers: HTTPHeaders, name: String,
+                      kind: SpanKind, random: () -> UInt64) -> RequestTrace {
+        let t = start(settings, policy: policy, headers: headers, name: name, kind: kind, random: random)
         t.node = settings.node
         return t
     }
 
-    private static func start(_ settings: TracingSettings, headers: HTTPHeaders, name: String, kind: SpanKind, random: () -> UInt64) -> RequestTrace {
+    private static func start(_ settings: TracingSettings, policy: TracingPolicy, headers: HTTPHeaders, name: String, kind: SpanKind,
+                              random: () -> UInt64) -> RequestTrace {
         let incoming = TraceContextIn.parse(headers)
         // B3's "do not sample" may come with no ids at all: followed, and passed on.
         if incoming == nil, headers.first(name: "b3") == "0" || headers.first(name: "x-b3-sampled") == "0" {
             return RequestTrace(span: nil, outgoing: [])
         }
         // A decision that came with the request is followed; otherwise the percentage.
-        let sampled = incoming?.sampled ?? (Double(random() >> 11) / Double(1 << 53) * 100 < settings.samplingPercentage)
-        guard sampled else {
+        let percentage = policy.samplingPercentage ?? settings.samplingPercentage
+        let sampled = incoming?.sampled ?? (Double(random() >> 11) / Double(1 << 53) * 100 < percentage)
+        guard sampled, policy.reportSpans else {
+            // No span here (not sampled, or Telemetry's disableSpanReporting). A decision
+            // that came with the request goes on as it is; one made here travels with
+            // the caller's ids (B3 that left it to us) or new ones, so every later hop
+            // agrees. A new id has no span behind it; nothing is exported for it here.
             if let incoming {
-                // Already decided upstream: the fields go on as they are. Left to us (B3
-                // without a decision): the next hop is told "not sampled".
-                guard incoming.sampled == nil else { return RequestTrace(span: nil, outgoing: []) }
-                return RequestTrace(span: nil, outgoing: fields(incoming, span: incoming.spanID, parent: nil, sampled: false))
+                return RequestTrace(span: nil, outgoing: incoming.sampled == nil
+                    ? fields(incoming, span: incoming.spanID, parent: nil, sampled: sampled) : [])
             }
-            // A new trace not sampled: its id and the decision still travel, so every hop
-            // of this request agrees (no span exists for the id; nothing is exported).
-            let ctx = TraceContextIn(traceID: hex(random(), random()), spanID: hex(random()), sampled: false, formats: [.w3c])
-            return RequestTrace(span: nil, outgoing: [("traceparent", ctx.traceparent(sampled: false))])
+            let ctx = TraceContextIn(traceID: hex(random(), random()), spanID: hex(random()), sampled: sampled, formats: [.w3c])
+            return RequestTrace(span: nil, outgoing: [("traceparent", ctx.traceparent(sampled: sampled))])
         }
         var context = ServiceContext.topLevel
         if let incoming {
