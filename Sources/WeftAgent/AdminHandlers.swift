@@ -1,5 +1,6 @@
 import Foundation
 import WeftConfig
+import WeftProxy
 
 /// The admin API: what each request does to the agent's config.
 extension Agent {
@@ -34,6 +35,13 @@ extension Agent {
         case .authz:
             guard let q = request.authz else { return .failure("authz needs a query") }
             return handleAuthz(q)
+        case .graph:
+            guard let proxy = lock.withLock({ proxy }), options.metricsPort != 0 else {
+                return .failure("the graph comes from the agent's metrics, and this agent has none (--proxy-port 0 or --metrics-port 0)")
+            }
+            var r = AdminResponse(ok: true)
+            r.graph = proxy.graph.graph(window: min(max(request.window ?? 60, GraphRecorder.interval), GraphRecorder.longest))
+            return r
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import WeftConfig
 import WeftIdentity
+import WeftProxy
 
 /// A policy file as the operator's `weft` read it; the agent parses it again itself.
 public struct SourceFile: Codable, Sendable {
@@ -15,7 +16,7 @@ public struct SourceFile: Codable, Sendable {
 
 /// One request on the admin socket: a JSON object on one line.
 public struct AdminRequest: Codable, Sendable {
-    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates, authz }
+    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates, authz, graph }
     public var op: Op
     public var files: [SourceFile]?
     public var ids: [ResourceID]?
@@ -24,6 +25,8 @@ public struct AdminRequest: Codable, Sendable {
     public var namespace: String?
     public var revision: UInt64?
     public var authz: AuthzQuery?
+    /// `weft graph`: seconds the rates are over.
+    public var window: Double?
 
     public init(op: Op) { self.op = op }
 }
@@ -93,6 +96,7 @@ public struct AdminResponse: Codable, Sendable {
     public var diff: [DiffEntry]?
     public var certificates: [CertificateInfo]?
     public var authz: AuthzAnswer?
+    public var graph: ServiceGraph?
 
     public init(ok: Bool, error: String? = nil) {
         self.ok = ok

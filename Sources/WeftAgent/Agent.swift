@@ -339,7 +339,7 @@ public final class Agent: Service, @unchecked Sendable {
     }
 
     private var datapath: Datapath?
-    private var proxy: ProxyRuntime?
+    var proxy: ProxyRuntime?
     private var identities: AgentIdentities?
     /// The last trust problem logged (each is logged once, not at every resync).
     private var trustProblem: String?

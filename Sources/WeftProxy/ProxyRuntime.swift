@@ -323,6 +323,8 @@ public final class ProxyRuntime: Sendable {
     let tls: TunnelTLS?
     /// The agent's one metrics registry: the proxy's counters and Istio's series.
     public let registry: PrometheusCollectorRegistry
+    /// The service graph, from samples of the registry's Istio series.
+    public let graph: GraphRecorder
     /// Inbound connections and tunnel streams refused, by path and reason.
     let refusals: [InboundPath: [String: Counter]]
     /// Refusal log lines, at most one per kind every 10 s.
@@ -338,6 +340,7 @@ public final class ProxyRuntime: Sendable {
         self.settings = settings
         self.logger = logger
         self.registry = registry
+        graph = GraphRecorder { registry.emitToString() }
         let sessions = LiveSessions(logger: logger, grace: settings.drainPeriod)
         self.sessions = sessions
         refusalLog = LogThrottle(logger: logger)
@@ -434,10 +437,14 @@ public final class ProxyRuntime: Sendable {
     public func serveMetrics(host: String, port: UInt16, collect: @escaping @Sendable () -> Void = {}) throws {
         let display = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         do {
-            let ch = try MetricsServer.start(group: group, host: host, port: port) { [self] in
+            let ch = try MetricsServer.start(group: group, host: host, port: port, render: { [self] in
                 collect()
                 limits.collect()
                 return registry.emitToBuffer()
+            }, graph: graph)
+            // The graph's rates need earlier samples of the series: one every few seconds.
+            ch.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(Int64(GraphRecorder.interval * 1000))) { [graph] _ in
+                graph.sample()
             }
             channels.withLockedValue { $0.append(ch) }
             logger.info("metrics on http://\(display)/metrics", metadata: ["component": "proxy"])

@@ -303,3 +303,41 @@ def test_telemetry_resources_set_sampling_and_reporting(mesh):
     assert traceparent(seen)[2] == "00", seen
     time.sleep(6)
     assert len(receiver.spans()) == before, receiver.spans()[before:]
+
+
+def chromium(node, *args, timeout=120):
+    """Debian's headless Chromium in the node's namespace, run as root (no sandbox), with
+    virtual time so the page's script has run (and fetched) before the DOM is taken."""
+    profile = os.path.join(node.tmp, "chromium")
+    os.makedirs(profile, exist_ok=True)
+    return node.run(["chromium-headless-shell", "--no-sandbox", "--disable-gpu", "--user-data-dir=" + profile,
+                     "--virtual-time-budget=5000"] + list(args), timeout=timeout)
+
+
+def test_service_graph_in_the_cli_and_a_real_browser(mesh):
+    """The agent's service graph, from its own metrics: in `weft graph` and on the page
+    its metrics port serves, loaded and rendered by a real headless Chromium."""
+    frontend = setup(mesh)
+    a = mesh.a
+    assert a.http("http://10.96.7.7/", 40, cgroup=frontend)["statuses"] == {"200": 40}
+    assert not a.client("tcp", "10.96.7.8", 9000, 5, cgroup=frontend)["failures"]
+    g = json.loads(a.weft("graph", "-j", "--admin-socket", a.sock).stdout)
+    edges = {(e["source"], e["destination"]): e for e in g["edges"]}
+    web = edges[("workload:default/frontend", "service:" + WEB)]
+    assert web["protocolName"] == "http" and web["total"] == 40 and web["mutualTLS"] and web["errorRate"] == 0, web
+    assert g["window"] > 0 and web["rate"] > 0 and web["p99Millis"] > 0, g
+    served = edges[("service:" + WEB, "workload:default/web-b")]
+    assert served["total"] == 40 and served["mutualTLS"], served
+    echo = edges[("workload:default/frontend", "service:" + ECHO)]
+    assert echo["protocolName"] == "tcp" and echo["total"] == 5 and echo.get("errorRate") is None, echo
+    text = a.weft("graph", "--admin-socket", a.sock).stdout
+    assert re.search(r"default/frontend\s+%s\s+http\s+[\d.]+\s+0\.0%%\s+[\d.]+\s+yes\s+40" % re.escape(WEB), text), text
+
+    # The page: Chromium runs its script, which fetches graph.json and draws the SVG.
+    dom = chromium(a, "--dump-dom", "http://127.0.0.1:15090/graph").stdout
+    assert '<g class="edge mtls" data-source="workload:default/frontend" data-destination="service:%s">' % WEB in dom, dom
+    assert 'data-destination="workload:default/web-b"' in dom and "req/s" in dom and "conn/s" in dom, dom
+    assert re.search(r"5 nodes, 4 edges · rates over \d+ s", dom), dom
+    shot = os.path.join(os.environ.get("WEFT_SCREENSHOT_DIR") or a.tmp, "service-graph.png")
+    chromium(a, "--screenshot=" + shot, "--window-size=1150,420", "--hide-scrollbars", "http://127.0.0.1:15090/graph")
+    assert open(shot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

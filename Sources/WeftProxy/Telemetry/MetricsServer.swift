@@ -1,18 +1,21 @@
+import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 
 /// Serves the Prometheus text (DESIGN.md: 127.0.0.1:15090 by default): GET /metrics, and
-/// /stats/prometheus as Envoy names it, so scrape configs written for Istio work.
+/// /stats/prometheus as Envoy names it, so scrape configs written for Istio work; and the
+/// service graph: /graph (the page) and /graph.json?window=SECONDS (what it draws).
 enum MetricsServer {
-    static func start(group: EventLoopGroup, host: String, port: UInt16, render: @escaping @Sendable () -> [UInt8]) throws -> Channel {
+    static func start(group: EventLoopGroup, host: String, port: UInt16, render: @escaping @Sendable () -> [UInt8],
+                      graph: GraphRecorder) throws -> Channel {
         let address = try SocketAddress(ipAddress: host, port: Int(port))
         return try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try ch.pipeline.syncOperations.addHandler(MetricsHandler(render: render))
+                    try ch.pipeline.syncOperations.addHandler(MetricsHandler(render: render, graph: graph))
                 }
             }
             .bind(to: address).wait()
@@ -24,10 +27,36 @@ final class MetricsHandler: ChannelInboundHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let render: @Sendable () -> [UInt8]
+    private let graph: GraphRecorder
     private var head: HTTPRequestHead?
 
-    init(render: @escaping @Sendable () -> [UInt8]) {
+    init(render: @escaping @Sendable () -> [UInt8], graph: GraphRecorder) {
         self.render = render
+        self.graph = graph
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }()
+
+    /// The body and content type for a GET of `path`, nil if there is no such page.
+    func page(_ path: String, query: Substring?) -> (ByteBuffer, String)? {
+        switch path {
+        case "/metrics", "/stats/prometheus":
+            return (ByteBuffer(bytes: render()), "text/plain; version=0.0.4")
+        case "/graph":
+            return (ByteBuffer(string: GraphPage.html), "text/html; charset=utf-8")
+        case "/graph.json":
+            let window = query?.split(separator: "&").lazy.compactMap { p -> Double? in
+                p.hasPrefix("window=") ? Double(p.dropFirst("window=".count)) : nil
+            }.first ?? 60
+            let g = graph.graph(window: min(max(window, GraphRecorder.interval), GraphRecorder.longest))
+            return (ByteBuffer(bytes: (try? Self.encoder.encode(g)) ?? Data()), "application/json")
+        default:
+            return nil
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -36,11 +65,13 @@ final class MetricsHandler: ChannelInboundHandler {
         case .body: break
         case .end:
             guard let h = head else { return }
-            let path = h.uri.split(separator: "?").first.map(String.init) ?? h.uri
-            let found = h.method == .GET && (path == "/metrics" || path == "/stats/prometheus")
-            let body = found ? ByteBuffer(bytes: render()) : ByteBuffer(string: "not found: try /metrics\n")
+            let parts = h.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+            let path = parts.first.map(String.init) ?? h.uri
+            let served = h.method == .GET ? page(path, query: parts.count > 1 ? parts[1] : nil) : nil
+            let found = served != nil
+            let body = served?.0 ?? ByteBuffer(string: "not found: try /metrics or /graph\n")
             var headers = HTTPHeaders([("content-length", String(body.readableBytes))])
-            headers.add(name: "content-type", value: found ? "text/plain; version=0.0.4" : "text/plain")
+            headers.add(name: "content-type", value: served?.1 ?? "text/plain")
             if !h.isKeepAlive { headers.add(name: "connection", value: "close") }
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: h.version, status: found ? .ok : .notFound, headers: headers))), promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
