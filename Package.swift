@@ -123,6 +123,7 @@ let package = Package(
                 "WeftProxy", "WeftConfig", "CAllocCounter",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
             ],
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -150,6 +151,7 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
         .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
         .testTarget(name: "WeftStoreTests", dependencies: ["WeftStore"]),

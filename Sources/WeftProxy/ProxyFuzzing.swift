@@ -33,7 +33,7 @@ public enum ProxyFuzzing {
         for percent in [0.0, 100.0] {
             let t = RequestTrace.begin(TracingSettings(tracer: NoOpTracer(), samplingPercentage: percent, node: "fuzz"), headers: headers,
                                        name: "fuzz", kind: .client, random: { bits &+= 0x9E37_79B9_7F4A_7C15; return bits })
-            for (name, value) in t.outgoing {
+            for (name, value) in t?.outgoing ?? [] {
                 precondition(TraceContextIn.fields.contains(name), "sent a field that is not a trace field: \(name)")
                 precondition(value.utf8.allSatisfy { $0 >= 0x20 && $0 != 0x7f }, "sent a value a head cannot carry: \(value)")
             }

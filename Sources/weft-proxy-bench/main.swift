@@ -20,6 +20,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Tracing
 import WeftConfig
 import WeftProxy
 
@@ -416,6 +417,11 @@ let proxyPort = freePort()
 /// bench remembers (the kernel's record, in the agent).
 let h2ClientPorts = NIOLockedValueBox<Set<UInt16>>([])
 var settings = ProxyRuntime.Settings(port: proxyPort, agentMark: 0, threads: 1)
+// WEFT_BENCH_TRACING=PERCENT: tracing on, that share of requests sampled, spans to a
+// tracer that drops them (the proxy's own part of tracing: decisions, ids, fields).
+if let p = ProcessInfo.processInfo.environment["WEFT_BENCH_TRACING"].flatMap(Double.init) {
+    settings.tracing = TracingSettings(tracer: NoOpTracer(), samplingPercentage: p, node: "bench")
+}
 var logger = Logger(label: "weft-proxy-bench")
 logger.logLevel = .warning
 // Every connection to the bench's listener is taken as captured to the VIP. Istio's

@@ -1,5 +1,7 @@
 import NIOHTTP1
 import Testing
+import Tracing
+import WeftConfig
 @testable import WeftProxy
 
 /// The trace context parser reads what clients send: a malformed context is none (the
@@ -51,7 +53,37 @@ import Testing
         #expect(parse([("traceparent", "garbage"), ("b3", "\(trace)-\(span)-0")])?.sampled == false)
     }
 
-    @Test func hexIDs() {
-        #expect(RequestTrace.hex(0x1, 0xffff_ffff_ffff_ffff) == "0000000000000001ffffffffffffffff")
+    /// What goes on to the next hop when no span is made here (a tracer that makes
+    /// none: the decisions alone).
+    @Test func decisionsWithoutSpans() {
+        let never = TracingSettings(tracer: NoOpTracer(), samplingPercentage: 0, node: "n")
+        let always = TracingSettings(tracer: NoOpTracer(), samplingPercentage: 100, node: "n")
+        var bits: UInt64 = 7
+        let random = { bits &+= 0x9E37_79B9_7F4A_7C15; return bits }
+        // Not sampled, no context: nothing to do (the request goes on as it came).
+        #expect(RequestTrace.begin(never, headers: [:], name: "x", kind: .client, random: random) == nil)
+        // From another agent with no context: that agent did not sample it.
+        #expect(RequestTrace.begin(always, headers: [:], name: "x", kind: .server, throughTunnel: true, random: random) == nil)
+        // The caller said no: followed, its fields untouched.
+        #expect(RequestTrace.begin(always, headers: HTTPHeaders([("traceparent", "00-\(trace)-\(span)-00")]), name: "x", kind: .client, random: random) == nil)
+        // B3 that left the decision to us: the decision goes on with the caller's ids.
+        let deferred = RequestTrace.begin(never, headers: HTTPHeaders([("x-b3-traceid", trace), ("x-b3-spanid", span)]), name: "x", kind: .client, random: random)
+        #expect(deferred?.outgoing.map { "\($0.0)=\($0.1)" } == ["x-b3-traceid=\(trace)", "x-b3-spanid=\(span)", "x-b3-sampled=0"])
+        // Sampled with span reporting off: new ids travel, sampled, with no span here.
+        let quiet = RequestTrace.begin(always, policy: TracingPolicy(reportSpans: false), headers: [:], name: "x", kind: .client, random: random)
+        #expect(quiet?.outgoing.count == 1 && quiet?.outgoing[0].1.hasSuffix("-01") == true)
+    }
+
+    @Test func newTraceparents() {
+        #expect(RequestTrace.traceparent(0x1, 0xffff_ffff_ffff_ffff, 0xab, sampled: true)
+            == "00-0000000000000001ffffffffffffffff-00000000000000ab-01")
+        #expect(RequestTrace.traceparent(0, 1, 2, sampled: false).hasSuffix("-00"))
+    }
+
+    /// Field names are matched whatever their case; the first of each counts.
+    @Test func fieldsInOnePass() {
+        let f = TraceContextIn.Fields(HTTPHeaders([("X-B3-TraceId", "a"), ("host", "x"), ("x-b3-traceid", "b"), ("B3", "0"), ("traceparentx", "y")]))
+        #expect(f.any && f[.traceID] == "a" && f[.b3] == "0" && f[.traceparent] == nil)
+        #expect(!TraceContextIn.Fields(HTTPHeaders([("host", "x"), ("user-agent", "curl")])).any)
     }
 }

@@ -156,7 +156,8 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
             // destination agent's the server's.
             trace = RequestTrace.begin(t, policy: conn.tracingPolicy, headers: head.headers,
                                        name: "\(conn.listener.host):\(conn.listener.port.number)/*",
-                                       kind: conn.inbound == nil ? .client : .server, random: conn.loop.randomBits)
+                                       kind: conn.inbound == nil ? .client : .server, throughTunnel: conn.inbound?.path == .tunnel,
+                                       random: conn.loop.randomBits)
         }
         if head.method == .TRACE && hasBody {
             localReply(.badRequest)
@@ -345,7 +346,8 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         }
         if r.first("x-forwarded-proto") == nil { r.add(name: "x-forwarded-proto", value: "http") }
         if let t = trace, !t.outgoing.isEmpty {
-            for name in TraceContextIn.fields { r.remove(name: name) }
+            // (Removing names the request does not carry would cost every field a check.)
+            if t.receivedFields { for name in TraceContextIn.fields { r.remove(name: name) } }
             for (name, value) in t.outgoing { r.add(name: name, value: value) }
         }
         if let id = r.first("x-request-id") {
@@ -888,7 +890,7 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
             requestID: requestID, route: decision?.routeName, cluster: clusterState?.name ?? cluster?.key.description)
         conn.loop.observe(.request(record))
         if let trace {
-            trace.end(record, workload: conn.inbound?.target.workload ?? conn.source, userAgent: head.headers.first(name: "user-agent"))
+            trace.end(record, workload: conn.inbound?.target.workload ?? conn.source, headers: head.headers)
             self.trace = nil
         }
         client.exchangeFinished(self)

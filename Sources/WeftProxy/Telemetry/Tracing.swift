@@ -41,18 +41,46 @@ struct TraceContextIn: Equatable {
     var formats: Set<Format>
 
     static let fields = ["traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"]
+    /// Their places in `fields`.
+    enum Field: Int { case traceparent, tracestate, b3, traceID, spanID, parentSpanID, sampled, flags }
+
+    /// The trace fields of a request head, read in one pass over it.
+    struct Fields {
+        /// Values of `TraceContextIn.fields`, by index (the first of each).
+        var values = [String?](repeating: nil, count: TraceContextIn.fields.count)
+        /// Some trace field is there (then what is sent on replaces them).
+        var any = false
+
+        init(_ headers: HTTPHeaders) {
+            for (name, value) in headers {
+                // Every trace field's name is 2 or 10–17 bytes: most fields are passed by
+                // their length alone.
+                let n = name.utf8.count
+                guard n == 2 || (10...17).contains(n) else { continue }
+                for (i, field) in TraceContextIn.fields.enumerated() where values[i] == nil && field.utf8.count == n {
+                    if name.utf8.elementsEqual(field.utf8, by: { $0 | 0x20 == $1 }) {
+                        values[i] = value
+                        any = true
+                    }
+                }
+            }
+        }
+
+        subscript(_ field: Field) -> String? { values[field.rawValue] }
+    }
 
     /// The context in `headers`, W3C first; nil when there is none or it is malformed
     /// (then the request starts a trace of its own, as the specifications say).
-    static func parse(_ headers: HTTPHeaders) -> TraceContextIn? {
+    static func parse(_ headers: HTTPHeaders) -> TraceContextIn? { parse(Fields(headers)) }
+
+    static func parse(_ f: Fields) -> TraceContextIn? {
+        guard f.any else { return nil }
         // W3C's ids and decision first; B3 that came beside it goes back out too, with
         // the trace id as long as it came.
-        var found = headers.first(name: "traceparent").flatMap { w3c($0, tracestate: headers.first(name: "tracestate")) }
-        let b3s = [headers.first(name: "b3").flatMap(b3Single),
-                   headers.first(name: "x-b3-traceid").flatMap { trace in
-                       headers.first(name: "x-b3-spanid").flatMap { span in
-                           b3Multi(trace: trace, span: span, sampled: headers.first(name: "x-b3-sampled"), flags: headers.first(name: "x-b3-flags"))
-                       }
+        var found = f[.traceparent].flatMap { w3c($0, tracestate: f[.tracestate]) }
+        let b3s = [f[.b3].flatMap(b3Single),
+                   f[.traceID].flatMap { trace in
+                       f[.spanID].flatMap { span in b3Multi(trace: trace, span: span, sampled: f[.sampled], flags: f[.flags]) }
                    }].compactMap { $0 }
         for c in b3s {
             if found == nil {
@@ -132,6 +160,8 @@ final class RequestTrace {
     /// Fields to replace the request's trace fields with upstream; empty: the received
     /// ones go on unchanged.
     let outgoing: [(String, String)]
+    /// The request came with trace fields (which `outgoing` then replaces).
+    private(set) var receivedFields = false
     private var node = ""
 
     private init(span: (any Span)?, outgoing: [(String, String)]) {
@@ -141,35 +171,43 @@ final class RequestTrace {
 
     /// Joins or starts the trace of a request with `headers`; `kind` is .client at the
     /// source agent and .server at the destination's; `policy` is what Telemetry
-    /// resources say for the workload the agent acts for.
-    static func begin(_ settings: TracingSettings, policy: TracingPolicy = TracingPolicy(), headers: HTTPHeaders, name: String,
-                      kind: SpanKind, random: () -> UInt64) -> RequestTrace {
-        let t = start(settings, policy: policy, headers: headers, name: name, kind: kind, random: random)
+    /// resources say for the workload the agent acts for; `throughTunnel`: the request
+    /// came from another agent. Nil when there is nothing to do: no span, and the
+    /// request goes on as it came.
+    static func begin(_ settings: TracingSettings, policy: TracingPolicy = TracingPolicy(), headers: HTTPHeaders,
+                      name: @autoclosure () -> String, kind: SpanKind, throughTunnel: Bool = false, random: () -> UInt64) -> RequestTrace? {
+        let fields = TraceContextIn.Fields(headers)
+        let t = start(settings, policy: policy, fields: fields, name: name, kind: kind, throughTunnel: throughTunnel, random: random)
+        guard t.span != nil || !t.outgoing.isEmpty else { return nil }
         t.node = settings.node
+        t.receivedFields = fields.any
         return t
     }
 
-    private static func start(_ settings: TracingSettings, policy: TracingPolicy, headers: HTTPHeaders, name: String, kind: SpanKind,
-                              random: () -> UInt64) -> RequestTrace {
-        let incoming = TraceContextIn.parse(headers)
+    private static func start(_ settings: TracingSettings, policy: TracingPolicy, fields: TraceContextIn.Fields, name: () -> String,
+                              kind: SpanKind, throughTunnel: Bool, random: () -> UInt64) -> RequestTrace {
+        let incoming = TraceContextIn.parse(fields)
         // B3's "do not sample" may come with no ids at all: followed, and passed on.
-        if incoming == nil, headers.first(name: "b3") == "0" || headers.first(name: "x-b3-sampled") == "0" {
+        if incoming == nil, fields[.b3] == "0" || fields[.sampled] == "0" {
             return RequestTrace(span: nil, outgoing: [])
         }
-        // A decision that came with the request is followed; otherwise the percentage.
+        // A decision that came with the request is followed. A request from another
+        // agent with no context was not sampled there: a source agent that samples sends
+        // its context on, one that does not sends nothing (most requests, at Istio's 1 %:
+        // adding a "not sampled" field to each would cost every one of them, over HTTP/2
+        // mostly in HPACK's Huffman coding). Otherwise the percentage decides.
         let percentage = policy.samplingPercentage ?? settings.samplingPercentage
-        let sampled = incoming?.sampled ?? (Double(random() >> 11) / Double(1 << 53) * 100 < percentage)
+        let sampled = incoming?.sampled ?? (!throughTunnel && Double(random() >> 11) / Double(1 << 53) * 100 < percentage)
         guard sampled, policy.reportSpans else {
             // No span here (not sampled, or Telemetry's disableSpanReporting). A decision
-            // that came with the request goes on as it is; one made here travels with
-            // the caller's ids (B3 that left it to us) or new ones, so every later hop
-            // agrees. A new id has no span behind it; nothing is exported for it here.
+            // that came with the request goes on as it is; one made here on the caller's
+            // ids (B3 that left it to us) goes on with them; a new trace sampled with its
+            // spans off travels with new ids (no span behind them), so later hops follow.
             if let incoming {
                 return RequestTrace(span: nil, outgoing: incoming.sampled == nil
-                    ? fields(incoming, span: incoming.spanID, parent: nil, sampled: sampled) : [])
+                    ? outgoingFields(incoming, span: incoming.spanID, parent: nil, sampled: sampled) : [])
             }
-            let ctx = TraceContextIn(traceID: hex(random(), random()), spanID: hex(random()), sampled: sampled, formats: [.w3c])
-            return RequestTrace(span: nil, outgoing: [("traceparent", ctx.traceparent(sampled: sampled))])
+            return RequestTrace(span: nil, outgoing: sampled ? [("traceparent", traceparent(random(), random(), random(), sampled: true))] : [])
         }
         var context = ServiceContext.topLevel
         if let incoming {
@@ -178,7 +216,7 @@ final class RequestTrace {
             settings.tracer.extract(ParentCarrier(traceparent: incoming.traceparent(sampled: true), tracestate: incoming.tracestate),
                                     into: &context, using: ParentCarrier.Reader())
         }
-        let span = settings.tracer.startSpan(name, context: context, ofKind: kind)
+        let span = settings.tracer.startSpan(name(), context: context, ofKind: kind)
         var injected: [String: String] = [:]
         settings.tracer.inject(span.context, into: &injected, using: DictionaryWriter())
         guard let tp = injected["traceparent"], let mine = TraceContextIn.w3c(tp, tracestate: injected["tracestate"]) else {
@@ -187,12 +225,12 @@ final class RequestTrace {
         // The span's context in every format the request came with, and W3C's (what
         // the tracer itself speaks) in any case.
         let ctx = incoming.map { var c = $0; c.tracestate = mine.tracestate; return c } ?? mine
-        return RequestTrace(span: span, outgoing: fields(ctx, span: mine.spanID, parent: incoming?.spanID, sampled: true, w3c: true))
+        return RequestTrace(span: span, outgoing: outgoingFields(ctx, span: mine.spanID, parent: incoming?.spanID, sampled: true, w3c: true))
     }
 
     /// The trace fields of `ctx`'s trace with `span` as the caller, in each of `ctx`'s
     /// formats (W3C's too when `w3c`).
-    private static func fields(_ ctx: TraceContextIn, span: String, parent: String?, sampled: Bool, w3c: Bool = false) -> [(String, String)] {
+    private static func outgoingFields(_ ctx: TraceContextIn, span: String, parent: String?, sampled: Bool, w3c: Bool = false) -> [(String, String)] {
         let trace = ctx.shortTraceID ? String(ctx.traceID.suffix(16)) : ctx.traceID
         var out: [(String, String)] = []
         if w3c || ctx.formats.contains(.w3c) {
@@ -212,8 +250,9 @@ final class RequestTrace {
     /// Ends the span with what happened to the request (Istio's span tags); `workload` is
     /// the one the proxy acted for (the client at the source, the server at the
     /// destination).
-    func end(_ r: RequestRecord, workload: WorkloadEntry?, userAgent: String?) {
+    func end(_ r: RequestRecord, workload: WorkloadEntry?, headers: HTTPHeaders) {
         guard let span else { return }
+        let userAgent = headers.first(name: "user-agent")
         span.updateAttributes { a in
             a["istio.canonical_service"] = IstioMetrics.canonicalService(workload)
             a["istio.canonical_revision"] = IstioMetrics.canonicalRevision(workload)
@@ -240,12 +279,26 @@ final class RequestTrace {
         span.end()
     }
 
-    /// `n` 64-bit values as lowercase hex, 16 digits each.
-    static func hex(_ values: UInt64...) -> String {
-        values.map { v in
-            let s = String(v, radix: 16)
-            return String(repeating: "0", count: 16 - s.count) + s
-        }.joined()
+    /// A new W3C traceparent: trace id `hi``lo`, span id `span`. Written in place: one
+    /// allocation (formatting the parts took a dozen, and most requests make one).
+    static func traceparent(_ hi: UInt64, _ lo: UInt64, _ span: UInt64, sampled: Bool) -> String {
+        String(unsafeUninitializedCapacity: 55) { out in
+            // "00-" trace(32) "-" span(16) "-0" flag
+            func hex(_ v: UInt64, at start: Int) {
+                var v = v
+                for i in stride(from: start + 15, through: start, by: -1) {
+                    let nibble = UInt8(truncatingIfNeeded: v) & 0xf
+                    out[i] = nibble &+ (nibble < 10 ? 48 : 87)
+                    v >>= 4
+                }
+            }
+            out[0] = 48; out[1] = 48; out[2] = 45
+            hex(hi, at: 3); hex(lo, at: 19)
+            out[35] = 45
+            hex(span, at: 36)
+            out[52] = 45; out[53] = 48; out[54] = sampled ? 49 : 48
+            return 55
+        }
     }
 }
 
