@@ -190,6 +190,50 @@ http {{
 """
 
 
+class Prometheus:
+    """A real Prometheus in `node`'s namespace on 127.0.0.1:9090, scraping `targets` (the
+    agents' /stats/prometheus, as Istio's scrape configs name it) every second."""
+
+    def __init__(self, node, targets):
+        self.node = node
+        conf = os.path.join(node.tmp, "prometheus.yml")
+        open(conf, "w").write("global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: weft\n"
+                              "  metrics_path: /stats/prometheus\n  static_configs:\n  - targets: %s\n" % json.dumps(targets))
+        servers = os.path.join(node.cgroup, "servers")
+        os.makedirs(servers, exist_ok=True)
+        node.procs.append(subprocess.Popen(
+            node.in_ns(["prometheus", "--config.file", conf, "--storage.tsdb.path", os.path.join(node.tmp, "tsdb"),
+                        "--web.listen-address", "127.0.0.1:9090"], cgroup=servers),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def api(self, path, **params):
+        argv = ["curl", "-s", "-G", "http://127.0.0.1:9090/api/v1/" + path]
+        for k, v in params.items():
+            argv += ["--data-urlencode", "%s=%s" % (k, v)]
+        r = self.node.run(argv)
+        return json.loads(r.stdout) if r.stdout.startswith("{") else {"status": "down", "error": r.stdout + r.stderr}
+
+    def query(self, q):
+        """The result of an instant query; raises with Prometheus' error if it fails."""
+        r = self.api("query", query=q)
+        assert r["status"] == "success", (q, r)
+        return r["data"]["result"]
+
+    def wait(self, q, want, timeout=40):
+        """Waits until the sum `q` reads `want` (scraped after the traffic)."""
+        deadline, got = time.time() + timeout, None
+        while time.time() < deadline:
+            try:
+                res = self.query(q)
+                got = float(res[0]["value"][1]) if res else None
+                if got == want:
+                    return
+            except (AssertionError, ValueError, KeyError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError("%s read %s, not %s" % (q, got, want))
+
+
 class Sandbox:
     """One node: a namespace with backend addresses on lo, a cgroup the agent attaches
     to (with a `client` child), a config dir, and at most one running agent."""

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from conftest import HERE, http_service_yaml, routed_service_yaml, service_yaml
+from conftest import HERE, Prometheus, http_service_yaml, routed_service_yaml, service_yaml
 
 VIP = "10.96.7.10"
 
@@ -454,16 +454,6 @@ spec:
     assert len(sandbox.requests_seen("bad")) > before
 
 
-PROMETHEUS = """global:
-  scrape_interval: 1s
-scrape_configs:
-- job_name: weft
-  metrics_path: /stats/prometheus
-  static_configs:
-  - targets: ["127.0.0.1:15090"]
-"""
-
-
 def test_istio_metrics_scraped_by_prometheus(sandbox):
     """Istio's metric names and labels, scraped by a real Prometheus and queried the way
     Istio dashboards query them."""
@@ -507,37 +497,16 @@ spec:
                 if l and l != 'istio_request_duration_milliseconds use base unit "seconds" instead of "milliseconds"']
     assert problems == [], problems
 
-    conf = os.path.join(sandbox.tmp, "prometheus.yml")
-    open(conf, "w").write(PROMETHEUS)
-    servers = os.path.join(sandbox.cgroup, "servers")
-    os.makedirs(servers, exist_ok=True)
-    sandbox.procs.append(subprocess.Popen(
-        sandbox.in_ns(["prometheus", "--config.file", conf, "--storage.tsdb.path", os.path.join(sandbox.tmp, "tsdb"),
-                       "--web.listen-address", "127.0.0.1:9090"], cgroup=servers),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-    def query(q):
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r = sandbox.run(["curl", "-s", "-G", "http://127.0.0.1:9090/api/v1/query", "--data-urlencode", "query=" + q])
-            try:
-                res = json.loads(r.stdout)["data"]["result"]
-                if res:
-                    return float(res[0]["value"][1])
-            except (ValueError, KeyError):
-                pass
-            time.sleep(0.5)
-        raise AssertionError("prometheus never answered " + q)
-
-    assert query('sum(istio_requests_total{reporter="source",source_workload="frontend",source_workload_namespace="shop",'
-                 'destination_service="web.default.svc.cluster.local",destination_service_name="web",response_code="200"})') == 30
-    assert query('sum(istio_requests_total{destination_service_name="web",response_code="404",source_workload="unknown"})') == 7
-    assert query('sum(istio_request_duration_milliseconds_count{destination_service_name="web"})') == 37
-    assert query('sum(istio_response_bytes_bucket{destination_service_name="web",le="+Inf"})') == 37
-    assert query('sum(istio_tcp_connections_opened_total{destination_service_name="tcpsvc"})') == 12
-    assert query('sum(istio_tcp_connections_closed_total{destination_service_name="tcpsvc"})') == 12
-    assert query('sum(istio_tcp_received_bytes_total{destination_service_name="tcpsvc"})') == 12 * len(b"hello\n")
-    assert query('sum(istio_tcp_sent_bytes_total{destination_service_name="tcpsvc"})') == 12 * len(b"t1\n")
+    prom = Prometheus(sandbox, ["127.0.0.1:15090"])
+    prom.wait('sum(istio_requests_total{reporter="source",source_workload="frontend",source_workload_namespace="shop",'
+              'destination_service="web.default.svc.cluster.local",destination_service_name="web",response_code="200"})', 30)
+    prom.wait('sum(istio_requests_total{destination_service_name="web",response_code="404",source_workload="unknown"})', 7)
+    prom.wait('sum(istio_request_duration_milliseconds_count{destination_service_name="web"})', 37)
+    prom.wait('sum(istio_response_bytes_bucket{destination_service_name="web",le="+Inf"})', 37)
+    prom.wait('sum(istio_tcp_connections_opened_total{destination_service_name="tcpsvc"})', 12)
+    prom.wait('sum(istio_tcp_connections_closed_total{destination_service_name="tcpsvc"})', 12)
+    prom.wait('sum(istio_tcp_received_bytes_total{destination_service_name="tcpsvc"})', 12 * len(b"hello\n"))
+    prom.wait('sum(istio_tcp_sent_bytes_total{destination_service_name="tcpsvc"})', 12 * len(b"t1\n"))
 
 
 SLOW = r"""

@@ -6,6 +6,7 @@ import re
 import subprocess
 import time
 
+from conftest import Prometheus
 from test_mtls import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,58 +22,6 @@ ISTIO_REQUEST_LABELS = {
     "destination_service_namespace", "destination_cluster", "request_protocol", "response_code", "grpc_response_status",
     "response_flags", "connection_security_policy",
 }
-
-PROMETHEUS = """global:
-  scrape_interval: 1s
-scrape_configs:
-- job_name: weft
-  metrics_path: /stats/prometheus
-  static_configs:
-  - targets: ["127.0.0.1:15090", "10.99.0.2:15090"]
-"""
-
-
-class Prometheus:
-    """A real Prometheus in node a's namespace, scraping both agents."""
-
-    def __init__(self, node):
-        self.node = node
-        conf = os.path.join(node.tmp, "prometheus.yml")
-        open(conf, "w").write(PROMETHEUS)
-        servers = os.path.join(node.cgroup, "servers")
-        os.makedirs(servers, exist_ok=True)
-        node.procs.append(subprocess.Popen(
-            node.in_ns(["prometheus", "--config.file", conf, "--storage.tsdb.path", os.path.join(node.tmp, "tsdb"),
-                        "--web.listen-address", "127.0.0.1:9090"], cgroup=servers),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-    def api(self, path, **params):
-        argv = ["curl", "-s", "-G", "http://127.0.0.1:9090/api/v1/" + path]
-        for k, v in params.items():
-            argv += ["--data-urlencode", "%s=%s" % (k, v)]
-        r = self.node.run(argv)
-        return json.loads(r.stdout) if r.stdout.startswith("{") else {"status": "down", "error": r.stdout + r.stderr}
-
-    def query(self, q):
-        """The result of an instant query; raises with Prometheus' error if it fails."""
-        r = self.api("query", query=q)
-        assert r["status"] == "success", (q, r)
-        return r["data"]["result"]
-
-    def wait(self, q, want, timeout=40):
-        """Waits until the sum `q` reads `want` (both agents scraped after the traffic)."""
-        deadline, got = time.time() + timeout, None
-        while time.time() < deadline:
-            try:
-                res = self.query(q)
-                got = float(res[0]["value"][1]) if res else None
-                if got == want:
-                    return
-            except (AssertionError, ValueError, KeyError):
-                pass
-            time.sleep(0.5)
-        raise AssertionError("%s read %s, not %s" % (q, got, want))
-
 
 def dashboards():
     return json.load(open(os.path.join(HERE, "data", "istio_dashboards.json")))["dashboards"]
@@ -90,7 +39,7 @@ def test_istio_dashboards_read_two_agents(mesh):
     frontend = setup(mesh, start=False)
     mesh.start("--metrics-address", "0.0.0.0")
     a, b = mesh.a, mesh.b
-    prom = Prometheus(a)
+    prom = Prometheus(a, ["127.0.0.1:15090", "10.99.0.2:15090"])
     assert a.http("http://10.96.7.7/", 20, cgroup=frontend)["statuses"] == {"200": 20}
     r = a.client("tcp", "10.96.7.8", 9000, 6, cgroup=frontend)
     assert r["backends"] == {"echo": 6} and not r["failures"], r

@@ -54,6 +54,36 @@ import WeftConfig
         #expect(served.destination == "workload:shop/web-1" && served.total == 26 && !served.mutualTLS)
     }
 
+    /// Two workloads of one node, through its own tunnel: the agent reports each request
+    /// as source and as destination; the graph counts it once.
+    @Test func oneAgentBothEndsCountsOnce() throws {
+        let snap = try ConfigLoader.snapshot(ConfigLoader.parse(text: """
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: a}
+            spec: {address: 10.0.0.1}
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: WorkloadEntry
+            metadata: {name: b}
+            spec: {address: 10.0.0.2}
+            """, file: "t.yaml"), revision: 1)
+        let (a, b) = (snap.workloadEntries[0], snap.workloadEntries[1])
+        let m = IstioMetrics()
+        let svc = ResourceID(kind: "ServiceEntry", namespace: "default", name: "b")
+        let out = Peers(client: "10.0.0.1:1", source: a, destinationHost: "b", destinationService: svc, destinationWorkload: b,
+                        destinationPrincipal: "spiffe://cluster.local/ns/default/sa/default")
+        var into = out
+        into.reporter = "destination"
+        into.mutualTLS = true
+        for _ in 0..<3 {
+            m.record(request(out, status: 200, ms: 1))
+            m.record(request(into, status: 200, ms: 1))
+        }
+        let g = GraphRecorder { m.registry.emitToString() }.graph(window: 60)
+        #expect(g.edges.map(\.total) == [3, 3] && g.edges.allSatisfy(\.mutualTLS), "\(g.edges)")
+    }
+
     @Test func oneSampleHasNoRates() {
         let m = IstioMetrics()
         let g = GraphRecorder { m.registry.emitToString() }.graph(window: 60)

@@ -61,8 +61,20 @@ struct GraphSample {
     /// Reads the Istio series of a Prometheus text exposition.
     init(exposition: String, time: Double) {
         self.time = time
-        for line in exposition.split(separator: "\n") where !line.hasPrefix("#") {
-            guard let (name, labels, value) = PromText.parse(line) else { continue }
+        var series: [(String, [String: String], Double)] = []
+        for line in exposition.split(separator: "\n") where line.hasPrefix("istio_") {
+            if let parsed = PromText.parse(line) { series.append(parsed) }
+        }
+        // A request between two workloads of this node through its own tunnel is reported
+        // twice by this one agent (reporter source and destination): count it once, as
+        // the source saw it.
+        func hop(_ l: [String: String]) -> [String?] {
+            [l["source_workload"], l["source_workload_namespace"], l["destination_workload"], l["destination_workload_namespace"],
+             l["destination_service"], l["request_protocol"]]
+        }
+        let seenBySource = Set(series.filter { $0.1["reporter"] == "source" }.map { hop($0.1) })
+        for (name, labels, value) in series {
+            if labels["reporter"] == "destination" && seenBySource.contains(hop(labels)) { continue }
             switch name {
             case "istio_requests_total":
                 let code = labels["response_code"] ?? ""
