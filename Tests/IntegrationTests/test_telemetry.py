@@ -291,3 +291,33 @@ def test_service_graph_in_the_cli_and_a_real_browser(mesh):
     shot = os.path.join(os.environ.get("WEFT_SCREENSHOT_DIR") or a.tmp, "service-graph.png")
     chromium(a, "--screenshot=" + shot, "--window-size=1150,420", "--hide-scrollbars", "http://127.0.0.1:15090/graph")
     assert open(shot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tracing_with_the_collector_down_holds_bounded_memory(mesh):
+    """Every request sampled, the collector unreachable: requests are served as ever, the
+    exporter drops what it cannot hold (and says so), and the agent's memory does not grow
+    with the spans it could not send."""
+    frontend = setup(mesh, start=False)
+    a, b = mesh.a, mesh.b
+    # Port 9 (discard) has no listener in the namespace: every export is refused.
+    a.start_agent("--ca", os.path.join(a.tmp, "node-ca"), "--tracing-endpoint", "127.0.0.1:9", "--tracing-sampling", "100", node="node-a")
+    b.start_agent("--ca", os.path.join(b.tmp, "node-ca"), node="node-b")
+    wrk = lambda seconds: a.run(["wrk", "-t1", "-c8", "-d%ds" % seconds, "http://10.96.7.7/"], cgroup=frontend, check=True).stdout
+    wrk(2)  # warm: pools, tunnel, the exporter's first failures
+    before = rss_mb(a)
+    out = wrk(15)
+    served = int(re.search(r"(\d+) requests in", out).group(1))
+    assert "Non-2xx" not in out and "Socket errors" not in out, out
+    after = rss_mb(a)
+    # The exporter's queue filled and it dropped spans (its log says how many)...
+    dropped = sum(int(n) for n in re.findall(r"dropped_count=(\d+)", a.log()))
+    assert dropped > 0, [l for l in a.log().splitlines() if "OTel" in l or "pan" in l][-10:]
+    # ...and memory stayed where 2,048 held spans put it, not where thousands more would.
+    assert served > 5000 and after - before < 24, (served, before, after, dropped)
+
+
+def rss_mb(node):
+    for l in open("/proc/%d/status" % node.agent.pid):
+        if l.startswith("VmRSS:"):
+            return int(l.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
