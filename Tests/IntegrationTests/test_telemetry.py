@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from conftest import Prometheus
+from test_hostile import rss_mb
 from test_mtls import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -315,9 +316,3 @@ def test_tracing_with_the_collector_down_holds_bounded_memory(mesh):
     # ...and memory stayed where 2,048 held spans put it, not where thousands more would.
     assert served > 5000 and after - before < 24, (served, before, after, dropped)
 
-
-def rss_mb(node):
-    for l in open("/proc/%d/status" % node.agent.pid):
-        if l.startswith("VmRSS:"):
-            return int(l.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
