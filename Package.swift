@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Module graph (DESIGN.md): weft → WeftAgent → {WeftProxy, WeftDataplane → WeftBPF → CLibbpf},
-// weft → WeftAgent → WeftIdentity (CA, workload certificates), weft → WeftAgent → WeftStore
+// weft → WeftAgent → WeftIdentity (CA, workload certificates), weft → WeftAgent → WeftDNS
+// (the workloads' DNS), weft → WeftAgent → WeftStore
 // (etcd client, cluster mode), and
 // everything → WeftConfig, which depends on nothing of ours.
 let package = Package(
@@ -15,6 +16,8 @@ let package = Package(
         .library(name: "WeftConfig", targets: ["WeftConfig"]),
         // For the proxy's fuzz harnesses (sniffer, HTTP/1): ProxyFuzzing's entry points.
         .library(name: "WeftProxy", targets: ["WeftProxy"]),
+        // For the DNS message fuzz harness.
+        .library(name: "WeftDNS", targets: ["WeftDNS"]),
     ],
     // Floors are the versions weft is built and tested with. swift-nio ≥ 2.100.0 and
     // swift-nio-http2 ≥ 1.44.0 are needed in any case: earlier ones let request heads with
@@ -73,6 +76,13 @@ let package = Package(
         // keep them, so the unit and integration tests and every fuzzer (all debug) still trap
         // on a violation; NIO and the other dependencies keep theirs in every build.
         swiftSettings: [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]),
+        // The node's DNS for workloads: wire format, mesh names, forwarder and cache.
+        .target(name: "WeftDNS", dependencies: [
+            "WeftConfig",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // etcd's v3 API (KV, Watch, Lease) over gRPC: the generated messages and stubs
         // (scripts/gen-etcd-protos) and a small client over them. Knows nothing of weft's
         // config; cluster mode's key layout lives with its users.
@@ -96,7 +106,7 @@ let package = Package(
         .target(
             name: "WeftAgent",
             dependencies: [
-                "WeftDataplane", "WeftConfig", "WeftProxy", "WeftIdentity", "WeftStore",
+                "WeftDataplane", "WeftConfig", "WeftProxy", "WeftIdentity", "WeftStore", "WeftDNS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
@@ -153,8 +163,9 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Tracing", package: "swift-distributed-tracing"),
         ]),
-        .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent"]),
+        .testTarget(name: "WeftAgentTests", dependencies: ["WeftAgent", "WeftDataplane", "WeftConfig", "CWeftABI"]),
         .testTarget(name: "WeftStoreTests", dependencies: ["WeftStore"]),
+        .testTarget(name: "WeftDNSTests", dependencies: ["WeftDNS", "WeftConfig"]),
         .testTarget(name: "WeftIdentityTests", dependencies: [
             "WeftIdentity",
             .product(name: "X509", package: "swift-certificates"),

@@ -11,6 +11,7 @@ import PackageDescription
 //   fuzz-http1-parser  a client's bytes → weft's own HTTP/1 parser, split reads and llhttp as oracles
 //   fuzz-http1-response  an upstream's bytes → weft's own HTTP/1 response parser, the same oracles
 //   fuzz-http2   a client's HTTP/2 frames → the proxy's frame-level HTTP/2 session at the destination
+//   fuzz-dns     a workload's DNS query or a resolver's answer → the DNS wire format, responder and cache
 // No top-level code in the harnesses: each defines its entry point and hands over to libFuzzer.
 let harness: [SwiftSetting] = [.unsafeFlags(["-parse-as-library"])]
 
@@ -34,6 +35,8 @@ let package = Package(
         .executableTarget(name: "fuzz-http1-response", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
                           swiftSettings: harness),
         .executableTarget(name: "fuzz-http2", dependencies: ["FuzzDriver", .product(name: "WeftProxy", package: "weft")],
+                          swiftSettings: harness),
+        .executableTarget(name: "fuzz-dns", dependencies: ["FuzzDriver", .product(name: "WeftDNS", package: "weft")],
                           swiftSettings: harness),
     ]
 )

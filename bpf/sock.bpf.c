@@ -6,6 +6,7 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include "capture.h"
+#include "dns.h"
 #include "inbound.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -121,11 +122,38 @@ static __always_inline void weft_ctx_set_dst(struct bpf_sock_addr *ctx, const st
 		weft_ctx_set4(ctx, dst->addr, dst->port);
 }
 
+/* The monitor's record of a decision on a frontend: `to` is where the socket was sent
+ * (NULL when it was refused). */
+static __always_inline void weft_fwd_event(int is_sendmsg, __u8 proto, const __u8 src[16], const struct weft_l4addr *vip,
+					   const struct weft_l4addr *to, __u32 svc_id, __u8 verdict, __u8 reason)
+{
+	struct weft_event *e = weft_event_start(is_sendmsg ? WEFT_EV_SENDMSG : WEFT_EV_CONNECT);
+
+	if (!e)
+		return;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	__builtin_memcpy(e->saddr, src, 16);
+	__builtin_memcpy(e->daddr, vip->addr, 16);
+	e->dport = vip->port;
+	e->family = vip->family;
+	if (to) {
+		__builtin_memcpy(e->xaddr, to->addr, 16);
+		e->xport = to->port;
+		e->xfamily = to->family;
+	}
+	e->proto = proto;
+	e->svc_id = svc_id;
+	e->verdict = verdict;
+	e->reason = reason;
+	bpf_ringbuf_submit(e, 0);
+}
+
 /* Only same-family backends can be written into a sock_addr context. */
 static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int is_sendmsg)
 {
-	struct weft_l4addr dst = {};
+	struct weft_l4addr dst = {}, vip;
 	__u8 src[16] = {};
+	__u32 svc_id = 0;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	__u32 sticky_hash = 0;
 	enum weft_xlate r;
@@ -148,31 +176,46 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 		may_capture = 0;
 		weft_count(WEFT_STAT_AGENT_BYPASS);
 	}
-	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky_hash, is_sendmsg, may_capture);
-	if (r == WEFT_XLATE_NONE)
+	vip = dst;
+	r = weft_xlate_fwd(cookie, ctx->protocol, &dst, src, sticky_hash, is_sendmsg, may_capture, &svc_id);
+	if (r == WEFT_XLATE_NONE) {
+		/* Not a frontend: a DNS query goes to the agent. A service of the mesh on port
+		 * 53 (a VIP) is balanced as the service it is, above. */
+		if (weft_dns_wanted(ctx, &vip, v6 && !mapped)) {
+			dst = vip;
+			weft_dns_redirect(&dst, v6, mapped, cookie);
+			weft_ctx_set_dst(ctx, &dst, v6, mapped);
+			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, &dst, 0, WEFT_VERDICT_DNS, 0);
+		}
 		return 1;
+	}
 	if (r == WEFT_XLATE_CAPTURE) {
-		struct weft_l4addr vip = dst;
-
 		/* If the origin cannot be recorded the agent could not route the connection:
 		 * refuse rather than hand it a connection it cannot place. */
 		if (weft_capture(cookie, &vip, &dst, v6 && !mapped)) {
+			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, NULL, svc_id, WEFT_VERDICT_REFUSED, WEFT_REFUSED_CAPTURE_FULL);
 			bpf_set_retval(-WEFT_ECONNREFUSED);
 			return 0;
 		}
 		weft_ctx_set_dst(ctx, &dst, v6, mapped);
 		weft_count(WEFT_STAT_CONNECT_CAPTURE);
+		weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, &dst, svc_id, WEFT_VERDICT_CAPTURED, 0);
 		return 1;
 	}
 	if (r == WEFT_XLATE_NO_BACKEND || dst.family != (v6 && !mapped ? WEFT_FAMILY_V6 : WEFT_FAMILY_V4)) {
 		/* A VIP with no active backend refuses like kube-proxy's REJECT rule, instead
 		 * of letting the packet wander off towards an address nobody owns. */
 		weft_count(is_sendmsg ? WEFT_STAT_SENDMSG_NO_BACKEND : WEFT_STAT_CONNECT_NO_BACKEND);
+		if (r == WEFT_XLATE_NO_BACKEND)
+			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, NULL, svc_id, WEFT_VERDICT_NO_BACKEND, 0);
+		else
+			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, &dst, svc_id, WEFT_VERDICT_REFUSED, WEFT_REFUSED_FAMILY);
 		bpf_set_retval(-WEFT_ECONNREFUSED);
 		return 0;
 	}
 	weft_ctx_set_dst(ctx, &dst, v6, mapped);
 	weft_count(is_sendmsg ? WEFT_STAT_SENDMSG_XLATE : WEFT_STAT_CONNECT_XLATE);
+	weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, &dst, svc_id, WEFT_VERDICT_TRANSLATED, 0);
 	return 1;
 }
 
@@ -304,7 +347,7 @@ int weft_in_guard(struct __sk_buff *skb)
 	if (r == WEFT_PKT_OPAQUE) {
 		if (!weft_inpol_lookup(&p, 0))
 			return 1;
-		weft_in_count(&p, WEFT_IN_STRICT_LOCAL);
+		weft_in_count(&p, WEFT_IN_STRICT_LOCAL, cgroup);
 		return 0;
 	}
 	if (!weft_is_connect(&p))
@@ -312,7 +355,7 @@ int weft_in_guard(struct __sk_buff *skb)
 	if (weft_is_agent_port(p.dport)) {
 		/* Someone else listening on an agent port (the agent not yet started, or
 		 * restarting) must not receive what was meant for the agent. */
-		weft_in_count(&p, WEFT_IN_SQUATTED);
+		weft_in_count(&p, WEFT_IN_SQUATTED, cgroup);
 		return 0;
 	}
 	if (weft_syn_from_agent(skb, &p))
@@ -321,11 +364,11 @@ int weft_in_guard(struct __sk_buff *skb)
 	if (!v || v->action == WEFT_INPOL_PASS)
 		return 1;
 	if (v->action == WEFT_INPOL_DROP) {
-		weft_in_count(&p, WEFT_IN_STRICT_LOCAL);
+		weft_in_count(&p, WEFT_IN_STRICT_LOCAL, cgroup);
 		return 0;
 	}
 	if (v->flags & WEFT_INPOL_F_AUTHZ) {
-		weft_in_count(&p, WEFT_IN_UNSTEERABLE);
+		weft_in_count(&p, WEFT_IN_UNSTEERABLE, cgroup);
 		return 0;
 	}
 	return 1; /* steered for telemetry only: losing that is no reason to refuse */

@@ -58,7 +58,7 @@ static __always_inline int weft_tc_judge(struct __sk_buff *skb, __u32 l3_off)
 	if (r == WEFT_PKT_OPAQUE) {
 		if (!weft_inpol_lookup(&p, 0))
 			return TC_ACT_UNSPEC;
-		weft_in_count(&p, WEFT_IN_STRICT_NETWORK);
+		weft_in_count(&p, WEFT_IN_STRICT_NETWORK, 0);
 		return TC_ACT_SHOT;
 	}
 	if (!weft_is_connect(&p) || weft_is_agent_port(p.dport))
@@ -67,15 +67,15 @@ static __always_inline int weft_tc_judge(struct __sk_buff *skb, __u32 l3_off)
 	if (!v || v->action == WEFT_INPOL_PASS)
 		return TC_ACT_UNSPEC;
 	if (v->action == WEFT_INPOL_DROP) {
-		weft_in_count(&p, WEFT_IN_STRICT_NETWORK);
+		weft_in_count(&p, WEFT_IN_STRICT_NETWORK, 0);
 		return TC_ACT_SHOT;
 	}
 	if (weft_steer(skb, &p)) {
 		/* Policy that the agent is not there to apply is not skipped: refuse. */
-		weft_in_count(&p, WEFT_IN_NO_LISTENER);
+		weft_in_count(&p, WEFT_IN_NO_LISTENER, 0);
 		return TC_ACT_SHOT;
 	}
-	weft_in_count(&p, WEFT_IN_STEERED);
+	weft_in_count(&p, WEFT_IN_STEERED, 0);
 	return TC_ACT_OK;
 }
 

@@ -9,6 +9,8 @@ extension Agent {
             return .failure("this agent follows etcd (--etcd \(etcd.text)): change the config there, with `weft \(request.op.rawValue) --etcd \(etcd.text)`")
         }
         switch request.op {
+        case .monitor, .handover:
+            return .failure("\(request.op.rawValue) is answered on its own connection (AdminServer hands it over)")
         case .status:
             var r = AdminResponse(ok: true)
             r.status = lock.withLock { status }

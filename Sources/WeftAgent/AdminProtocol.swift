@@ -16,7 +16,7 @@ public struct SourceFile: Codable, Sendable {
 
 /// One request on the admin socket: a JSON object on one line.
 public struct AdminRequest: Codable, Sendable {
-    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates, authz, graph }
+    public enum Op: String, Codable, Sendable { case status, apply, delete, get, diff, history, rollback, certificates, authz, graph, monitor, handover }
     public var op: Op
     public var files: [SourceFile]?
     public var ids: [ResourceID]?
@@ -27,6 +27,8 @@ public struct AdminRequest: Codable, Sendable {
     public var authz: AuthzQuery?
     /// `weft graph`: seconds the rates are over.
     public var window: Double?
+    /// `weft monitor`: which flows to send.
+    public var filter: FlowFilter?
 
     public init(op: Op) { self.op = op }
 }
@@ -97,6 +99,10 @@ public struct AdminResponse: Codable, Sendable {
     public var certificates: [CertificateInfo]?
     public var authz: AuthzAnswer?
     public var graph: ServiceGraph?
+    /// `weft monitor`: the stream's first line; flows follow, one per line.
+    public var monitor: MonitorInfo?
+    /// A handover: the listening sockets that follow (SCM_RIGHTS), by "HOST PORT".
+    public var handover: [String]?
 
     public init(ok: Bool, error: String? = nil) {
         self.ok = ok
@@ -121,28 +127,8 @@ enum AdminLimits {
 /// The client side: one request, one response.
 public enum AdminClient {
     public static func send(_ request: AdminRequest, socket path: String) throws -> AdminResponse {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        let fd = try open(request, socket: path)
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw AgentError("admin socket path \(path) is too long") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        if rc != 0 {
-            throw AgentError("cannot reach the agent at \(path): \(String(cString: strerror(errno))) — is `weft agent` running? (--admin-socket)")
-        }
-        var data = try JSONEncoder().encode(request)
-        data.append(0x0a)
-        try data.withUnsafeBytes { raw in
-            var off = 0
-            while off < raw.count {
-                let n = write(fd, raw.baseAddress! + off, raw.count - off)
-                if n <= 0 { throw AgentError("writing to the agent failed: \(String(cString: strerror(errno)))") }
-                off += n
-            }
-        }
-        shutdown(fd, Int32(SHUT_WR))
         let reply = readAll(fd, limit: Int.max)
         let dec = JSONDecoder()
         dec.dateDecodingStrategy = .iso8601
@@ -151,6 +137,63 @@ public enum AdminClient {
             throw AgentError(text.isEmpty ? "the agent closed the connection without an answer" : "the agent answered: \(text)")
         }
         return response
+    }
+
+    /// A connected admin socket, or the errno of the failed connect().
+    public static func connect(_ path: String) throws -> Result<Int32, Errno> {
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw AgentError("admin socket path \(path) is too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: bytes + [0]) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        if rc != 0 {
+            let e = errno
+            close(fd)
+            return .failure(Errno(e))
+        }
+        return .success(fd)
+    }
+
+    /// Connects and sends `request` (its whole line, then half-closes unless the reply is
+    /// a stream: the agent takes a stream's reader hanging up for its end): the reply is
+    /// the caller's to read — one line, or a stream (`weft monitor`).
+    public static func open(_ request: AdminRequest, socket path: String) throws -> Int32 {
+        let fd: Int32
+        switch try connect(path) {
+        case .success(let f): fd = f
+        case .failure(let e):
+            throw AgentError("cannot reach the agent at \(path): \(e) — is `weft agent` running? (--admin-socket)")
+        }
+        do {
+            try write(request, to: fd, halfClose: request.op != .monitor && request.op != .handover)
+        } catch {
+            close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    static func write(_ request: AdminRequest, to fd: Int32, halfClose: Bool) throws {
+        var data = try JSONEncoder().encode(request)
+        data.append(0x0a)
+        try data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
+                if n <= 0 { throw AgentError("writing to the agent failed: \(String(cString: strerror(errno)))") }
+                off += n
+            }
+        }
+        if halfClose { shutdown(fd, Int32(SHUT_WR)) }
+    }
+
+    /// errno as a value with its text.
+    public struct Errno: Error, CustomStringConvertible, Sendable {
+        public let code: Int32
+        init(_ code: Int32) { self.code = code }
+        public var description: String { String(cString: strerror(code)) }
     }
 
     static func readAll(_ fd: Int32, limit: Int) -> Data {

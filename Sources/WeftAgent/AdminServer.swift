@@ -10,7 +10,10 @@ final class AdminServer: @unchecked Sendable {
     private let path: String
     private var stopped = false
 
-    init(path: String, logger: Logger, handle: @escaping @Sendable (AdminRequest) -> AdminResponse) throws {
+    /// `stream` takes the connections of requests that are answered with a stream
+    /// (`weft monitor`): it owns the descriptor and writes every line itself.
+    init(path: String, logger: Logger, stream: @escaping @Sendable (AdminRequest, Int32) -> Void = { _, fd in close(fd) },
+         handle: @escaping @Sendable (AdminRequest) -> AdminResponse) throws {
         self.path = path
         let dir = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
@@ -31,9 +34,6 @@ final class AdminServer: @unchecked Sendable {
             close(fd)
             throw AgentError("cannot listen on admin socket \(path) (--admin-socket): \(String(cString: strerror(e)))")
         }
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys]
-        enc.dateEncodingStrategy = .iso8601
         Thread { [self] in
             while !stopped {
                 var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -59,15 +59,18 @@ final class AdminServer: @unchecked Sendable {
                         response = .failure("empty request (send one JSON object per line)")
                     } else {
                         do {
-                            response = handle(try JSONDecoder().decode(AdminRequest.self, from: data))
+                            let request = try JSONDecoder().decode(AdminRequest.self, from: data)
+                            if request.op == .monitor || request.op == .handover {
+                                stream(request, c)
+                                continue
+                            }
+                            response = handle(request)
                         } catch {
                             response = .failure("malformed request: \(error)")
                         }
                     }
                 }
-                var out = (try? enc.encode(response)) ?? Data("{\"ok\":false}".utf8)
-                out.append(0x0a)
-                _ = out.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
+                Self.sendLine(c, response)
                 close(c)
             }
             close(fd)
@@ -75,9 +78,43 @@ final class AdminServer: @unchecked Sendable {
         logger.info("admin socket listening", metadata: ["component": "admin", "path": "\(path)"])
     }
 
-    func stop() {
+    /// Stops serving; `unlink` false leaves the path (after a handover it is the new
+    /// agent's socket).
+    func stop(unlink remove: Bool = true) {
         stopped = true
-        unlink(path)
+        if remove { unlink(path) }
+    }
+}
+
+extension AdminServer {
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        e.dateEncodingStrategy = .iso8601
+        return e
+    }()
+
+    /// Writes one response line to an admin connection; false if the peer is gone.
+    @discardableResult
+    static func sendLine(_ fd: Int32, _ response: AdminResponse) -> Bool {
+        var out = (try? encoder.encode(response)) ?? Data("{\"ok\":false}".utf8)
+        out.append(0x0a)
+        return sendAll(fd, out)
+    }
+
+    /// Writes all of `data` (a stream's lines), never raising SIGPIPE; false if the peer
+    /// is gone.
+    static func sendAll(_ fd: Int32, _ data: Data) -> Bool {
+        data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                off += n
+            }
+            return true
+        }
     }
 }
 

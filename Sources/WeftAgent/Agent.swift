@@ -2,9 +2,11 @@ import Foundation
 import Logging
 import Prometheus
 import ServiceLifecycle
+import Synchronization
 import WeftBPF
 import WeftConfig
 import WeftDataplane
+import WeftDNS
 import WeftIdentity
 import WeftProxy
 import WeftStore
@@ -82,6 +84,15 @@ public struct AgentOptions: Sendable {
     public var etcd: EtcdEndpoints?
     /// Distributed tracing of proxied requests (--tracing-endpoint); nil: off.
     public var tracing: TracingSettings?
+    /// An agent answering on --admin-socket is always taken over (its listening sockets,
+    /// then it drains and exits); with this set (--takeover) there must be one.
+    public var takeover = false
+    /// Seconds an agent that handed over waits for its connections to finish (--drain-timeout).
+    public var drainTimeout: Double = 30
+    /// The workloads' DNS server on loopback (--dns-port); 0: workloads' DNS is left alone.
+    public var dnsPort: UInt16 = 15053
+    /// The node's resolvers, for what the DNS server forwards (--resolv-conf).
+    public var resolvConf = "/etc/resolv.conf"
 
     public init(configDir: String, cgroup: String, bpffs: String, adminSocket: String, node: String,
                 keepDatapath: Bool, drainPeriod: Double, resyncInterval: Double, lbSlots: UInt32,
@@ -147,13 +158,18 @@ public final class Agent: Service, @unchecked Sendable {
     /// registry).
     public let registry: PrometheusCollectorRegistry
     let kernelMetrics: KernelMetrics
+    /// The monitors attached (`weft monitor`).
+    let monitor: MonitorHub
 
     public init(options: AgentOptions, logger: Logger, registry: PrometheusCollectorRegistry = .init()) {
+        executable = Agent.invokedPath()
         self.options = options
         self.logger = logger
         self.registry = registry
         kernelMetrics = KernelMetrics(registry: registry)
+        monitor = MonitorHub(logger: logger)
         reconciler = Reconciler(drainPeriod: options.drainPeriod)
+        autoAddresses = AutoAddressStore(path: options.stateDir + "/auto-addresses.json", logger: logger)
         status = AgentStatus(node: options.node, revision: 0, contentHash: "", services: 0, lastApplyMs: nil, configErrors: [], adopted: false, etcd: options.etcd?.text)
     }
 
@@ -178,10 +194,22 @@ public final class Agent: Service, @unchecked Sendable {
         let certificates = WorkloadCertificates(ca: ca, ttl: options.certTTL)
         let identities = AgentIdentities(certificates: certificates, bundle: try trustBundle(certificates))
         self.identities = identities
-        let admin = try AdminServer(path: options.adminSocket, logger: logger) { [self] request in
+        let monitor = monitor
+        // An agent running on the admin socket is taken over: asked for its sockets before
+        // this one's admin socket takes the path (binding it blindly would leave the
+        // running agent unreachable, and its ports taken).
+        let handover = try Handover.fetch(adminSocket: options.adminSocket, required: options.takeover, logger: logger)
+        if handover == nil { serveUpgrades() }
+        let admin = try AdminServer(path: options.adminSocket, logger: logger, stream: { [self] request, fd in
+            if request.op == .handover {
+                handOver(fd)
+            } else {
+                monitor.attach(fd: fd, filter: request.filter ?? FlowFilter())
+            }
+        }) { [self] request in
             handle(request)
         }
-        defer { admin.stop() }
+        defer { admin.stop(unlink: !handedOver.load(ordering: .relaxed)) }
         // The listener exists before the kernel can send it anything.
         var proxy: ProxyRuntime?
         var inboundListeners: [(v6: Bool, fd: CInt)] = []
@@ -213,27 +241,40 @@ public final class Agent: Service, @unchecked Sendable {
                                   observer: { [logger] event in
                                       metrics?.record(event)
                                       if case .request(let r) = event { log?.write(r) }
+                                      monitor.publish(event)
                                       if case .audit(let d, let request, let peer) = event {
                                           logger.info("AUDIT \(d.audited.map { "\($0.namespace)/\($0.name)" }.joined(separator: ",")): \(peer ?? "plaintext") \(request) → \(d)",
                                                       metadata: ["component": "authz"])
                                       }
                                   })
+            if let handover { p.inherit(handover.sockets) }
             try OutboundListener(runtime: p, origin: { [self] client in origin(of: client) }).start()
             try TunnelListener(runtime: p).start()
             inboundListeners = try PlaintextListener(runtime: p).start()
             if metrics != nil {
                 try p.serveMetrics(host: options.metricsAddress, port: options.metricsPort) { [self] in collectKernelCounters() }
             }
+            // Sockets the old agent had and this one does not serve (a listener turned off).
+            for key in p.closeUnusedInherited() {
+                logger.info("takeover: not serving \(key) any more", metadata: ["component": "handover"])
+            }
             proxy = p
         }
         defer { proxy?.stop() }
         lock.withLock { self.proxy = proxy }
+        // Listening once the config is in (below): until then the kernel finds no DNS
+        // socket of the agent's and leaves queries to the resolvers they were sent to (or,
+        // in a takeover, to the old agent's DNS server).
+        let dnsServer = makeDNS()
+        defer { dnsServer?.shutdown() }
+        lock.withLock { self.dns = dnsServer }
         let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots,
                                     settings: .init(proxyPort: options.proxyPort, agentMark: options.agentMark,
-                                                    inboundPort: steering ? options.inboundPort : 0, tunnelPort: options.tunnelPort),
+                                                    inboundPort: steering ? options.inboundPort : 0, tunnelPort: options.tunnelPort,
+                                                    dnsPort: options.dnsPort),
                                     interfaces: options.interfaces, logger: logger)
         defer {
-            if options.keepDatapath {
+            if options.keepDatapath || handedOver.load(ordering: .relaxed) {
                 logger.info("leaving the datapath attached and pinned (--keep-datapath)", metadata: ["bpffs": "\(options.bpffs)"])
             } else {
                 datapath.remove()
@@ -254,8 +295,26 @@ public final class Agent: Service, @unchecked Sendable {
 
         try datapath.steer(into: inboundListeners)
         lock.withLock { self.datapath = datapath }
+        monitor.setDatapath(bpffs: options.bpffs)
         restore()
         reload()
+        // Connections that came while the config was read waited in the listening
+        // sockets' queues; they are served now, with routes.
+        proxy?.setAccepting(true)
+        if let dnsServer { listenDNS(dnsServer) }
+        // systemd (Type=notify): serving from here on — listeners bound, datapath attached
+        // or adopted, the last good config (or the config dir's) programmed.
+        let ready = lock.withLock { status }
+        // After a takeover this process is the service's main one (the unit's
+        // NotifyAccess=all lets it say so).
+        if Systemd.notify("READY=1\nSTATUS=serving revision \(ready.revision), \(ready.services) service(s)"
+                          + (handover != nil ? "\nMAINPID=\(getpid())" : "")) {
+            logger.info("told systemd: ready", metadata: ["component": "agent"])
+        }
+        if let handover {
+            handover.confirm(logger: logger)
+            serveUpgrades()
+        }
         let changes = watcher.events()
         let follower = try makeFollower()
         try await withThrowingDiscardingTaskGroup { group in
@@ -279,6 +338,8 @@ public final class Agent: Service, @unchecked Sendable {
                 }
             }
             try? await gracefulShutdown()
+            // An agent that handed over is not the service stopping: the new one is it now.
+            if !handedOver.load(ordering: .relaxed) { Systemd.notify("STOPPING=1") }
             if let follower {
                 await follower.leave()
                 follower.client.shutdown()
@@ -340,6 +401,34 @@ public final class Agent: Service, @unchecked Sendable {
 
     private var datapath: Datapath?
     var proxy: ProxyRuntime?
+    /// The workloads' DNS server (nil: --dns-port 0).
+    var dns: DNSServer?
+    /// This node's workloads' namespaces by cgroup: whose a DNS query is, for short names.
+    let dnsNamespaces = DNSNamespaces()
+    /// Addresses given to ServiceEntries that name none, kept in the state directory.
+    let autoAddresses: AutoAddressStore
+    /// A new agent asked for this one's sockets: it stops writing the maps.
+    let handingOver = Atomic<Bool>(false)
+    /// …and it serves on them: this one drains and leaves the datapath and the admin
+    /// socket's path to it.
+    let handedOver = Atomic<Bool>(false)
+    /// The path this agent's binary was started from: what an upgrade (SIGHUP) starts.
+    let executable: String
+    /// The binary as it was invoked, made absolute: an upgrade that moves a symlink (or
+    /// replaces the file) at that path starts the new binary. /proc/self/exe would name
+    /// the old one's file, resolved (or deleted).
+    static func invokedPath() -> String {
+        let argv0 = CommandLine.arguments[0]
+        if argv0.hasPrefix("/") { return argv0 }
+        if argv0.contains("/") { return FileManager.default.currentDirectoryPath + "/" + argv0 }
+        for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") where access("\(dir)/\(argv0)", X_OK) == 0 {
+            return "\(dir)/\(argv0)"
+        }
+        return (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? argv0
+    }
+
+    /// SIGHUP's handler, kept while the agent runs.
+    var upgradeSignal: DispatchSourceSignal?
     private var identities: AgentIdentities?
     /// The last trust problem logged (each is logged once, not at every resync).
     private var trustProblem: String?
@@ -428,7 +517,10 @@ public final class Agent: Service, @unchecked Sendable {
         }
         do {
             let n = try certificates.refresh(wanted)
-            if n > 0 { logger.info("minted \(n) workload certificate(s)", metadata: ["component": "identity"]) }
+            if n > 0 {
+                logger.info("minted \(n) workload certificate(s)", metadata: ["component": "identity"])
+                lock.withLock { proxy }?.certificatesRenewed()
+            }
         } catch {
             logger.error("minting workload certificates failed: \(error)", metadata: ["component": "identity"])
         }
@@ -450,15 +542,17 @@ public final class Agent: Service, @unchecked Sendable {
 
     /// Gives the proxy the tables of `snap` unless it already has them.
     private func updateProxy(_ snap: Snapshot, cgroupIDs: [String: UInt64]) {
-        guard let proxy = lock.withLock({ self.proxy }) else { return }
         var byID: [UInt64: WorkloadEntry] = [:]
         for we in snap.workloadEntries where we.node == options.node {
             if let cg = we.cgroup, let id = cgroupIDs[cg] { byID[id] = we }
         }
         let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" })
         if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1 { return }
-        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain))
+        monitor.setNames(MonitorNames(snapshot: snap, cgroups: byID))
+        updateDNS(snap, workloads: byID)
         proxyBuilt = key
+        guard let proxy = lock.withLock({ self.proxy }) else { return }
+        proxy.update(ProxyTables(snapshot: snap, workloads: byID, node: options.node, trustDomain: options.trustDomain))
     }
 
     /// Plaintext can be steered to the agent: it has an inbound listener.
@@ -475,10 +569,14 @@ public final class Agent: Service, @unchecked Sendable {
         guard let (maps, snap) = lock.withLock({ datapath.map { ($0.maps, snapshot) } }) else { return }
         var names: [IPAddress: String] = [:]
         for we in snap.workloadEntries where we.node == options.node { names[we.spec.address] = "\(we.metadata.namespace)/\(we.metadata.name)" }
-        kernelMetrics.collect(maps, workloads: names)
+        kernelMetrics.collect(maps, workloads: names, dns: lock.withLock { dns }?.currentStats())
     }
 
-    var validation: ValidationOptions { ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node]) }
+    var validation: ValidationOptions {
+        var v = ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node])
+        v.autoAddresses = autoAddresses.current
+        return v
+    }
 
     /// At start: the last committed revision goes back into force (the kernel may already
     /// hold it, adopted; then this changes nothing).
@@ -650,6 +748,9 @@ public final class Agent: Service, @unchecked Sendable {
     @discardableResult
     func apply(_ snap: Snapshot, _ desired: DesiredState, reason: String?, cause: String? = nil) -> Bool {
         guard let datapath = lock.withLock({ self.datapath }) else { return false }
+        // Handing over: the new agent owns the maps now (two reconcilers would each
+        // allocate selection tables and overwrite the other's).
+        if handingOver.load(ordering: .relaxed) { return false }
         applying.lock()
         defer { applying.unlock() }
         let start = ContinuousClock.now
@@ -657,6 +758,7 @@ public final class Agent: Service, @unchecked Sendable {
         for path in desired.workloads.keys {
             if let id = try? Datapath.cgroupID("\(options.cgroup)/\(path)") { cgroupIDs[path] = id }
         }
+        autoAddresses.keep(snap.autoAddresses)
         // The proxy learns a revision's routes before the kernel sends it connections.
         updateProxy(snap, cgroupIDs: cgroupIDs)
         reloadTrust()

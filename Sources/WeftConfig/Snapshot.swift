@@ -34,6 +34,9 @@ public struct Snapshot: Sendable {
     public internal(set) var documents: [ResourceID: Document] = [:]
     /// The mesh root namespace it was validated with (mesh-wide policies live there).
     public internal(set) var rootNamespace = ValidationOptions().rootNamespace
+    /// The addresses given to ServiceEntries that name none (already in their
+    /// `addresses`); the agent keeps this table for the next snapshot.
+    public internal(set) var autoAddresses = AutoAddresses()
 
     /// ServiceEntries, sorted by id.
     public let serviceEntries: [ServiceEntry]
@@ -140,6 +143,8 @@ public struct ValidationOptions: Sendable {
     public var rootNamespace: String
     /// Nodes known to exist (the agent's own); a WorkloadEntry on another node is warned about.
     public var knownNodes: Set<String>
+    /// Addresses given before to ServiceEntries that name none: kept (AutoAddresses).
+    public var autoAddresses = AutoAddresses()
 
     /// Creates options.
     public init(rootNamespace: String = "weft-system", knownNodes: Set<String> = []) {
@@ -250,9 +255,14 @@ public enum ConfigLoader {
             return (pa.file, pa.line, pa.column, a.offset) < (pb.file, pb.line, pb.column, b.offset)
         }.map(\.element)
         if sink.hasErrors { throw ConfigError(ordered) }
+        // Addresses for ServiceEntries that name none, after validation: they never
+        // collide with a named one, and a conflict blames what the operator wrote.
+        var auto = options.autoAddresses
+        for se in auto.assign(snap.serviceEntries) { byID[Resource.serviceEntry(se).id] = .serviceEntry(se) }
         var result = Snapshot(revision: revision, resources: byID, warnings: ordered.filter { $0.severity == .warning })
         result.documents = documents
         result.rootNamespace = options.rootNamespace
+        result.autoAddresses = auto
         return result
     }
 

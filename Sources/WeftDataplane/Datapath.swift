@@ -64,7 +64,7 @@ public final class Datapath: @unchecked Sendable {
         settings.agentCgroup = agentCgroup.id
 
         object = try Self.embeddedObject("sock.bpf.o")
-        for m in DatapathMaps.names { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
+        for m in DatapathMaps.names + DatapathMaps.eventMaps { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
         // A pinned slot array being adopted keeps its size (libbpf reuses a pinned map only
         // if it matches exactly); resizing needs a stop without --keep-datapath.
         var slotCount = slots
@@ -128,7 +128,7 @@ public final class Datapath: @unchecked Sendable {
         do {
             if !interfaces.isEmpty {
                 let tc = try Self.embeddedObject("tc.bpf.o")
-                for m in ["weft_inpol_v1", "weft_inctr_v1"] { try tc.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
+                for m in ["weft_inpol_v1", "weft_inctr_v1"] + DatapathMaps.eventMaps { try tc.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
                 try tc.setGlobal("weft_settings", bytes: settings.bytes)
                 try tc.load()
                 steeringTargets = try tc.map("weft_inlisten_v1")
@@ -166,21 +166,26 @@ public final class Datapath: @unchecked Sendable {
         public var inboundPort: UInt16
         /// mTLS tunnel port: never subject to inbound policy.
         public var tunnelPort: UInt16
+        /// The agent's DNS server port on 127.0.0.1 and ::1, where workloads' DNS queries
+        /// go; 0 leaves DNS alone.
+        public var dnsPort: UInt16
         /// The agent's cgroup id (set by Datapath from this process's own).
         var agentCgroup: UInt64 = 0
 
         /// Creates settings (defaults: capture off).
-        public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0, inboundPort: UInt16 = 0, tunnelPort: UInt16 = 0) {
+        public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0, inboundPort: UInt16 = 0, tunnelPort: UInt16 = 0, dnsPort: UInt16 = 0) {
             self.proxyPort = proxyPort
             self.agentMark = agentMark
             self.inboundPort = inboundPort
             self.tunnelPort = tunnelPort
+            self.dnsPort = dnsPort
         }
 
         /// weft_settings as the programs read it.
         var bytes: [UInt8] {
             BPFMap.bytes(of: weft_settings(proxy_port: proxyPort.bigEndian, inbound_port: inboundPort.bigEndian, agent_mark: agentMark,
-                                           tunnel_port: tunnelPort.bigEndian, pad: (0, 0, 0, 0, 0, 0), agent_cgroup: agentCgroup))
+                                           tunnel_port: tunnelPort.bigEndian, dns_port: dnsPort.bigEndian, pad: (0, 0, 0, 0),
+                                           agent_cgroup: agentCgroup))
         }
     }
 
@@ -197,7 +202,7 @@ public final class Datapath: @unchecked Sendable {
         filters = []
         for (_, link) in links { try? link.unpin() }
         links.removeAll() // closing the last fd of an unpinned link detaches it
-        for m in DatapathMaps.names { unlink(Self.mapPin(bpffs, m)) }
+        for m in DatapathMaps.names + DatapathMaps.eventMaps { unlink(Self.mapPin(bpffs, m)) }
         rmdir("\(bpffs)/links")
         rmdir("\(bpffs)/maps")
         rmdir(bpffs)

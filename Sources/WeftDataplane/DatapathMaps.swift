@@ -11,6 +11,10 @@ public final class DatapathMaps: @unchecked Sendable {
     /// Map names as in bpf/lib/maps.h, in display order.
     public static let names = ["weft_svc_v1", "weft_backend_v1", "weft_slot_v1", "weft_rr_v1", "weft_revnat_v1", "weft_wl_v1", "weft_stats_v1",
                                "weft_pending_v1", "weft_capture_v1", "weft_inpol_v1", "weft_inctr_v1"]
+    /// The flow event maps (bpf/lib/events.h): the ring buffer `weft monitor` reads, the
+    /// reader's deadline, the lost-event counter. Pinned with the others, shared by the
+    /// TC programs, but not state the reconciler or `weft map` works on.
+    public static let eventMaps = ["weft_events_v1", "weft_evctl_v1", "weft_evlost_v1"]
 
     public let svc: BPFMap
     public let backend: BPFMap
@@ -57,6 +61,11 @@ public final class DatapathMaps: @unchecked Sendable {
     public func takeCapture(client: BackendAddress) throws -> CapturedOrigin? {
         try capture.lookupAndDelete(keyBytes: BPFMap.bytes(of: weft_capture_key(client)))
             .map { BPFMap.value(weft_capture_val.self, from: $0).origin }
+    }
+
+    /// The address of the workload whose cgroup is `cgroup` (weft_wl_v1), if it is one.
+    public func workloadAddress(cgroup: UInt64) -> IPAddress? {
+        (try? wl.lookup(cgroup, as: weft_wl_val.self))?.address
     }
 
     // MARK: reading

@@ -39,6 +39,14 @@ final class LoopState {
     /// Settings.tracing: nil when requests are not traced.
     let tracing: TracingSettings?
 
+    /// The agent is handing over to a new one: HTTP/1 responses say `Connection: close`
+    /// and end their connection, HTTP/2 connections are sent GOAWAY, so clients
+    /// reconnect — to the new agent.
+    var draining = false
+    /// This loop's open HTTP/2 client and tunnel connections, which a handover drains
+    /// with GOAWAY (StreamCounter.drain).
+    var http2Served: [ObjectIdentifier: StreamCounter] = [:]
+
     /// Client HTTP/2 connections to flush once at the end of an upstream's read burst.
     let flushes = FlushBatch()
 
@@ -315,6 +323,11 @@ public final class ProxyRuntime: Sendable {
     let tables = NIOLockedValueBox(ProxyTables())
     let clusters = ClusterRegistry()
     let channels = NIOLockedValueBox<[Channel]>([])
+    /// Listening sockets handed over by the agent this one takes over from, by "HOST
+    /// PORT" (set before the listeners start); each is used once.
+    let inherited = NIOLockedValueBox<[String: CInt]>([:])
+    /// This runtime's listening sockets (descriptor and channel), by "HOST PORT".
+    let listening = NIOLockedValueBox<[(key: String, fd: CInt, channel: Channel)]>([])
     /// Connections let in once, judged again on every policy or trust change.
     let sessions: LiveSessions
     private let nextID = NIOLockedValueBox<UInt64>(0)
@@ -385,8 +398,10 @@ public final class ProxyRuntime: Sendable {
         var bound: [(channel: Channel, v6: Bool, fd: CInt)] = []
         let limits = limits, listener = String(flag.dropFirst(2).dropLast(5))
         for host in [hosts.v4, hosts.v6] {
+            // Accepting starts once the agent has its config (setAccepting): a connection
+            // that comes first waits in the kernel's queue rather than finding no route.
             let bootstrap = ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.autoRead, value: false)
                 .childChannelOption(.allowRemoteHalfClosure, value: halfClose)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { ch in
@@ -399,8 +414,11 @@ public final class ProxyRuntime: Sendable {
                     }
                 }
             do {
-                let fd = try ListeningSocket.bind(host: host, port: port)
-                bound.append((try bootstrap.withBoundSocket(fd).wait(), host == hosts.v6, fd))
+                let fd = try listeningSocket(host: host, port: port)
+                let ch = try bootstrap.withBoundSocket(fd).wait()
+                try ListeningSocket.setBacklog(fd)
+                bound.append((ch, host == hosts.v6, fd))
+                listening.withLockedValue { $0.append((Self.listenerKey(host, port), fd, ch)) }
             } catch let failure as ListeningSocket.Failure where host == hosts.v6 && failure.familyMissing {
                 logger.warning("no listener on [\(host)]:\(port) (\(failure)): \(v6Missing)", metadata: ["component": "proxy"])
             } catch {
@@ -410,6 +428,66 @@ public final class ProxyRuntime: Sendable {
         }
         return bound
     }
+
+    /// "HOST PORT": how a listening socket is named in a handover.
+    public static func listenerKey(_ host: String, _ port: UInt16) -> String { "\(host) \(port)" }
+
+    /// A listening socket for `host:port`: the one the agent this one takes over from
+    /// passed on, else a new one.
+    func listeningSocket(host: String, port: UInt16, v6Only: Bool = true) throws -> CInt {
+        if let fd = inherited.withLockedValue({ $0.removeValue(forKey: Self.listenerKey(host, port)) }) { return fd }
+        return try ListeningSocket.bind(host: host, port: port, v6Only: v6Only)
+    }
+
+    /// Serve on these listening sockets (handed over, by "HOST PORT") where the listeners
+    /// about to start would bind the same address.
+    public func inherit(_ sockets: [String: CInt]) { inherited.withLockedValue { $0 = sockets } }
+
+    /// Closes the handed-over sockets no listener took (one turned off); their names.
+    public func closeUnusedInherited() -> [String] {
+        let left = inherited.withLockedValue { i in defer { i = [:] }; return i }
+        for fd in left.values { close(fd) }
+        return left.keys.sorted()
+    }
+
+    /// The listening sockets this agent serves on, by "HOST PORT": what it passes on to
+    /// the agent that takes over.
+    public func handoverSockets() -> [(key: String, fd: CInt)] {
+        listening.withLockedValue { $0.map { ($0.key, $0.fd) } }
+    }
+
+    /// Starts, stops or resumes accepting on the listening sockets, which stay open. The
+    /// agent starts once its config is programmed; a handover pauses before passing them,
+    /// so that two processes never accept from one socket (the one that loses the race
+    /// reads nothing after epoll said there was a connection: NIO asserts that cannot
+    /// happen, and a debug build stops there). Connections that come meanwhile wait in
+    /// the kernel's accept queue.
+    public func setAccepting(_ on: Bool) {
+        let chans = listening.withLockedValue { $0.map(\.channel) }
+        for c in chans { try? c.setOption(ChannelOptions.autoRead, value: on).wait() }
+    }
+
+    /// Hands the listening sockets over for good: this agent accepts no more connections
+    /// (the sockets live on in the new agent), its HTTP/1 responses from now on close
+    /// their connections, its HTTP/2 clients and tunnel peers are sent GOAWAY
+    /// (StreamCounter.drain), and the tunnels it opened take no new streams. Returns once
+    /// every event loop has been told.
+    public func startDraining() {
+        let chans = listening.withLockedValue { l in defer { l = [] }; return l.map(\.channel) }
+        channels.withLockedValue { c in c.removeAll { ch in chans.contains { $0 === ch } } }
+        for c in chans { try? c.close().wait() }
+        for loop in group.makeIterator() {
+            try? loop.submit { [self] in
+                guard let state = loops[ObjectIdentifier(loop)]?.value else { return }
+                state.draining = true
+                for c in state.http2Served.values { c.drain() }
+                state.dialer.tunnels?.retireAll()
+            }.wait()
+        }
+    }
+
+    /// Client connections open now, all listeners.
+    public var openConnections: Int { limits.openNow }
 
     /// Switches to a new revision's tables. Connections already accepted keep theirs for
     /// routing; authorization follows the new one: requests as they come, open TCP
@@ -425,19 +503,32 @@ public final class ProxyRuntime: Sendable {
         trustChanged()
     }
 
+    /// Workload certificates were minted or renewed: tunnel connections that present an
+    /// older one take no new streams from now on (and the HTTP/1 connections kept alive
+    /// over them are not used again), so they close on their own well before their peer
+    /// cuts them at that certificate's end. Checking only when a new stream is wanted is
+    /// not enough: a pooled HTTP/1 connection never wants one, and its tunnel was cut
+    /// under a request.
+    public func certificatesRenewed() {
+        for loop in group.makeIterator() {
+            loop.execute { [self] in loops[ObjectIdentifier(loop)]?.value.dialer.tunnels?.retireRenewed() }
+        }
+    }
+
     /// The trust bundle changed: every tunnel peer is verified again, and those that no
     /// longer verify lose their connection.
     public func trustChanged() {
         if let tls { sessions.recheckTunnels(tls.identities) }
     }
 
-    /// Serves `metrics` on 127.0.0.1:`port` (same threads as the proxy).
     /// Serves the registry's exposition on `host`:`port`; `collect` runs before each
     /// scrape (values read from elsewhere, such as the kernel's counters).
     public func serveMetrics(host: String, port: UInt16, collect: @escaping @Sendable () -> Void = {}) throws {
         let display = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         do {
-            let ch = try MetricsServer.start(group: group, host: host, port: port, render: { [self] in
+            // One socket for --metrics-address, as NIO's bind made it (`::` takes IPv4 too).
+            let fd = try listeningSocket(host: host, port: port, v6Only: false)
+            let ch = try MetricsServer.start(group: group, socket: fd, render: { [self] in
                 collect()
                 limits.collect()
                 return registry.emitToBuffer()
@@ -447,6 +538,7 @@ public final class ProxyRuntime: Sendable {
                 graph.sample()
             }
             channels.withLockedValue { $0.append(ch) }
+            listening.withLockedValue { $0.append((Self.listenerKey(host, port), fd, ch)) }
             logger.info("metrics on http://\(display)/metrics", metadata: ["component": "proxy"])
         } catch {
             throw ProxyError("cannot serve metrics on \(display) (--metrics-address, --metrics-port): \(error)")
@@ -518,7 +610,7 @@ public final class ProxyRuntime: Sendable {
         // the abuser until the idle timeout.
         let closeOnError = CloseOnError(closed)
         let h2 = NIOHTTP2Handler(mode: .server, frameDelegate: closeOnError, connectionConfiguration: connection, streamConfiguration: .init())
-        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: idleTimeout, server: true)
+        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: idleTimeout, server: true, drains: conn.loop)
         return [h2, HTTP2ServerSession(conn: conn, counter: counter), counter, closeOnError]
     }
 
@@ -616,7 +708,12 @@ extension ProxyRuntime {
                 switch proto {
                 case .http1: try self.addHTTP1(conn, ctx)
                 case .http2: try self.addHTTP2(conn, ctx)
-                case .opaque:
+                case .silent where conn.listener.port.isHTTP:
+                    // Nothing to proxy, and nothing an HTTP server would answer: closed
+                    // here, as Envoy's HTTP connection manager does, rather than opening
+                    // an upstream connection only to half-close it.
+                    ctx.close(promise: nil)
+                case .opaque, .silent:
                     // Not HTTP on an HTTP port: at the destination it passes only as
                     // plain TCP would (never as unparsed bytes past the HTTP rules).
                     if let peer = conn.inbound,

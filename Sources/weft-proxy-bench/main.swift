@@ -433,6 +433,7 @@ let outbound = OutboundListener(runtime: proxy, origin: { client in
 })
 proxy.update(ProxyTables(snapshot: snapshot, node: "bench"))
 try outbound.start()
+proxy.setAccepting(true) // as the agent does once its config is in
 
 /// An HTTP/2 run through the proxy: the client's port is told to `origin` first.
 func measureProxiedH2() -> Run {

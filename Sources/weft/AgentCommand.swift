@@ -116,10 +116,24 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(help: "Percent of requests that start a trace when they arrive with no sampling decision (Istio's meshConfig defaultConfig.tracing.sampling); a request whose caller decided (W3C traceparent, B3) follows that decision.")
     var tracingSampling: Double = 1
 
+    @Flag(help: "Require an agent to take over. An agent already answering on --admin-socket is always taken over without dropping a connection (this one serves on its listening sockets; it stops accepting, drains and exits, leaving the datapath to this one); with --takeover, starting fails if none answers. SIGHUP (systemctl reload weft) makes a running agent start its binary anew with --takeover: the upgrade in place.")
+    var takeover = false
+
+    @Option(help: "Seconds an agent that handed over to a new one lets its connections finish before it exits (HTTP/1 ones close after their current response, HTTP/2 clients and tunnel peers get GOAWAY, opaque TCP runs on).")
+    var drainTimeout: Double = 30
+
+    @Option(help: "The agent's DNS server on 127.0.0.1 and ::1: workloads' DNS queries (UDP and TCP port 53, to any resolver) are sent there by the kernel; it answers the mesh's hosts (ServiceEntry hosts and their short forms) and forwards the rest to the node's resolvers. 0 leaves workloads' DNS alone.")
+    var dnsPort: UInt16 = 15053
+
+    @Option(help: "Where the node's resolvers are (nameserver, search, options timeout/attempts), for what the DNS server forwards.")
+    var resolvConf = "/etc/resolv.conf"
+
     @OptionGroup var etcd: EtcdOptions
 
     func run() async throws {
+        let journal = Systemd.loggingToJournal
         LoggingSystem.bootstrap { label in
+            if journal { return JournalLogHandler(label: label) }
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = .info
             return h
@@ -164,6 +178,11 @@ struct AgentCommand: AsyncParsableCommand {
             throw ValidationError("--metrics-address \(metricsAddress) is not an IPv4 or IPv6 address")
         }
         opts.metricsAddress = metricsAddress
+        guard drainTimeout >= 0 else { throw ValidationError("--drain-timeout must be 0 or more seconds") }
+        opts.takeover = takeover
+        opts.drainTimeout = drainTimeout
+        opts.dnsPort = dnsPort
+        opts.resolvConf = resolvConf
         // One registry for the whole process: the agent's series, and whatever any library
         // reports through swift-metrics.
         let registry = PrometheusCollectorRegistry()
@@ -223,6 +242,12 @@ struct StatusCommand: AsyncParsableCommand {
 
     @Option(help: "Percent of requests that start a trace when they arrive with no sampling decision (Istio's meshConfig defaultConfig.tracing.sampling); a request whose caller decided (W3C traceparent, B3) follows that decision.")
     var tracingSampling: Double = 1
+
+    @Option(help: "The agent's DNS server on 127.0.0.1 and ::1: workloads' DNS queries (UDP and TCP port 53, to any resolver) are sent there by the kernel; it answers the mesh's hosts (ServiceEntry hosts and their short forms) and forwards the rest to the node's resolvers. 0 leaves workloads' DNS alone.")
+    var dnsPort: UInt16 = 15053
+
+    @Option(help: "Where the node's resolvers are (nameserver, search, options timeout/attempts), for what the DNS server forwards.")
+    var resolvConf = "/etc/resolv.conf"
 
     @OptionGroup var etcd: EtcdOptions
     @Flag(help: "Every live node of the cluster (--etcd): the revision it serves, how far behind it is, why.") var cluster = false

@@ -390,17 +390,23 @@ class Sandbox:
         r = self.weft("service", "list", "-j", "--bpffs", self.bpffs, check=False)
         return json.loads(r.stdout) if r.returncode == 0 else None
 
-    def start_agent(self, *extra, node="node-a", wait=True, cgroup=None, wrapper=()):
+    def start_agent(self, *extra, node="node-a", wait=True, cgroup=None, wrapper=(), env=None, journal=False):
         """The agent runs in the node's namespace (the sandbox's), like on a real node:
         its outbound listener must be where the captured clients are. `cgroup`: a
         cgroup to run it in (default: the sandbox's agent cgroup; e.g. one the programs
-        are attached to). `wrapper`: a command the agent is run under (e.g. prlimit)."""
+        are attached to). `wrapper`: a command the agent is run under (e.g. prlimit).
+        `env`: variables added to its environment; `journal`: its log file passed off as
+        the journal's stream (JOURNAL_STREAM), as systemd does."""
         self.agent_log = os.path.join(self.tmp, "agent-%d.log" % len(self.procs))
         log = open(self.agent_log, "w")
+        env = dict(os.environ, **(env or {}))
+        if journal:
+            st = os.fstat(log.fileno())
+            env["JOURNAL_STREAM"] = "%d:%d" % (st.st_dev, st.st_ino)
         argv = list(wrapper) + [WEFT, "agent", "--config-dir", self.config, "--cgroup", self.cgroup,
                 "--bpffs", self.bpffs, "--admin-socket", self.sock, "--state-dir", self.state, "--node", node,
                 "--drain-period", "2", "--resync-interval", "0.5"] + list(extra)
-        self.agent = subprocess.Popen(self.in_ns(argv, cgroup=cgroup or self.agent_cg), stdout=log, stderr=subprocess.STDOUT)
+        self.agent = subprocess.Popen(self.in_ns(argv, cgroup=cgroup or self.agent_cg), stdout=log, stderr=subprocess.STDOUT, env=env)
         self.procs.append(self.agent)
         if wait:
             self.wait_log(r"config revision \d+ applied|config rejected")

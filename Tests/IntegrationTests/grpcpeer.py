@@ -7,8 +7,10 @@
       /weft.Test/Status  fails with the status named in metadata `want-status`; with
                          metadata `fail-first: K`, only the first K calls of key `key`
       /weft.Test/Slow    sleeps `ms` (request body) before replying
-  grpcpeer.py client TARGET METHOD COUNT [--timeout S] [--body B] [--meta k=v]...
-      prints JSON: status code names, replies (backend names), messages received
+  grpcpeer.py client TARGET METHOD COUNT [--timeout S] [--body B] [--meta k=v]... [--duration S]
+      prints JSON: status code names, replies (backend names), messages received, the
+      first errors; with --duration, calls one after another for S seconds (COUNT is
+      ignored)
 """
 import json
 import sys
@@ -78,9 +80,12 @@ def client(target, method, count, args):
     timeout = float(args[args.index("--timeout") + 1]) if "--timeout" in args else 10
     body = args[args.index("--body") + 1].encode() if "--body" in args else b""
     meta = [tuple(args[i + 1].split("=", 1)) for i, a in enumerate(args) if a == "--meta"]
-    out = {"codes": {}, "replies": {}, "messages": 0, "elapsed": []}
+    until = time.time() + float(args[args.index("--duration") + 1]) if "--duration" in args else None
+    out = {"codes": {}, "replies": {}, "messages": 0, "elapsed": [], "errors": []}
+    first = time.time()
     with grpc.insecure_channel(target) as ch:
-        for i in range(count):
+        i = 0
+        while i < count if until is None else time.time() < until:
             md = [(k, v.replace("{i}", str(i))) for k, v in meta]
             start = time.time()
             try:
@@ -95,8 +100,11 @@ def client(target, method, count, args):
                     code = "OK"
             except grpc.RpcError as e:
                 code = e.code().name
+                if len(out["errors"]) < 5:
+                    out["errors"].append("%s: %s (call %d, %.3f s after the first)" % (code, e.details(), i, time.time() - first))
             out["elapsed"].append(time.time() - start)
             out["codes"][code] = out["codes"].get(code, 0) + 1
+            i += 1
     print(json.dumps(out))
 
 

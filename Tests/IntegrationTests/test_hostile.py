@@ -670,6 +670,12 @@ def test_one_host_cannot_exhaust_the_agent(mesh):
     assert [l for l in limits.splitlines() if l.startswith("Max open files")][0].split()[3:5] == [str(hard)] * 2, limits
     assert a.http("http://10.96.7.7/before", 20, cgroup=frontend)["statuses"] == {"200": 20}
     rss_before = rss_mb(b)
+
+    def overflows():  # connections the kernel turned away for a full accept queue (every client's alike)
+        out = subprocess.run(["nsenter", "--net=/run/netns/" + b.ns, "nstat", "-az", "TcpExtListenOverflows"],
+                             capture_output=True, text=True).stdout.split()
+        return int(out[out.index("TcpExtListenOverflows") + 1])
+    overflows_before = overflows()
     # Two processes of 10,000 each (one process's open-files limit may be below 20,000).
     floods = [subprocess.Popen(a.in_ns(["python3", os.path.join(HERE, "flood.py"), ATTACKER, "10000", "14",
                                         "10.250.2.10:15008", "10.250.2.10:8080"], cgroup=a.cgroup),
@@ -689,6 +695,7 @@ def test_one_host_cannot_exhaust_the_agent(mesh):
     refused = metric(b, 'weft_connections_refused_total{reason="per_source"}')
     after = a.http("http://10.96.7.7/after", 20, cgroup=frontend)
     print("flood:", results, "held:", held, "refused per source:", refused,
+          "accept queue overflows:", overflows() - overflows_before,
           "agent RSS MB before/during: %.1f/%.1f" % (rss_before, rss_flood))
     assert during["statuses"] == {"200": 200} and after["statuses"] == {"200": 20}, (during, after)
     assert r["connected"] >= 19000, r

@@ -11,7 +11,7 @@ from conftest import http_service_yaml, routed_service_yaml, HERE
 VIP = "10.96.8.10"
 
 
-def grpc_service(sandbox, http_routes, backends=(("g1", "10.1.8.11", "v1"), ("g2", "10.1.8.12", "v2"))):
+def grpc_service(sandbox, http_routes, backends=(("g1", "10.1.8.11", "v1"), ("g2", "10.1.8.12", "v2")), traffic_policy=""):
     for name, addr, _ in backends:
         sandbox.grpc_backend(name, addr)
     sandbox.write("grpc.yaml", http_service_yaml("greeter", VIP, [(a, {"version": v}) for _, a, v in backends], proto="GRPC") + """
@@ -24,7 +24,7 @@ spec:
   host: greeter
   subsets:
   - {name: v1, labels: {version: v1}}
-  - {name: v2, labels: {version: v2}}
+  - {name: v2, labels: {version: v2}}%s
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -34,7 +34,7 @@ spec:
   hosts: [greeter]
   http:
 %s
-""" % http_routes)
+""" % (traffic_policy, http_routes))
     sandbox.start_agent("--access-log", os.path.join(sandbox.tmp, "access.log"))
 
 
@@ -92,6 +92,24 @@ def test_grpc_deadline_retry_on_unavailable_and_fault(sandbox):
     before = len(sandbox.requests_seen("g1"))
     f = sandbox.grpc(target, "Unary", 5, "--meta", "x-fault=yes")
     assert f["codes"] == {"UNAVAILABLE": 5} and len(sandbox.requests_seen("g1")) == before
+
+
+def test_calls_their_clients_gave_up_on_are_given_back_and_logged(sandbox):
+    """http2MaxRequests 2: four calls end at their deadline (grpcio resets the stream)
+    while the server still works on them. Each is logged with Envoy's DC flag and status
+    0, and its slot is given back: the next calls are served. (They stayed counted as
+    active for the agent's life: from the third on, the cluster refused everyone.)"""
+    grpc_service(sandbox, """  - route:
+    - destination: {host: greeter, subset: v1}""", backends=(("g1", "10.1.8.11", "v1"),), traffic_policy="""
+  trafficPolicy:
+    connectionPool:
+      http: {http2MaxRequests: 2}""")
+    target = "%s:80" % VIP
+    slow = sandbox.grpc(target, "Slow", 4, "--body", "5000", "--timeout", "0.5")
+    assert slow["codes"] == {"DEADLINE_EXCEEDED": 4}, slow
+    gone = sandbox.access_log(4)
+    assert [(l["response_code"], l["response_flags"]) for l in gone] == [(0, "DC")] * 4, gone
+    assert sandbox.grpc(target, "Unary", 3)["codes"] == {"OK": 3}
 
 
 def test_http2_curl_and_h2load_split(sandbox):

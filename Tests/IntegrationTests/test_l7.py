@@ -676,6 +676,10 @@ s = socket.create_connection((addr, port))
 s.sendall(b"GET /partial HTTP/1.1\r\nHo")
 s.shutdown(socket.SHUT_WR)
 out["partial"] = until_closed(s)
+# Nothing at all, then FIN (a TCP health check, wrk's last connection at its exit).
+s = socket.create_connection((addr, port))
+s.shutdown(socket.SHUT_WR)
+out["silent"] = until_closed(s)
 print(json.dumps(out))
 """
 
@@ -693,6 +697,7 @@ def test_half_closing_client_gets_its_answers_and_is_closed(sandbox):
     assert got["pipelined"].index('"/one"') < got["pipelined"].index('"/two"'), got
     assert got["idle"] == "", got
     assert got["partial"] == "", got
+    assert got["silent"] == "", got
     assert [r["path"] for r in sandbox.requests_seen("v1")] == ["/slow?delay=300", "/one", "/two", "/first"]
 
 

@@ -18,10 +18,11 @@ import WeftBPF
         "weft_wl_val": (MemoryLayout<weft_wl_val>.size, ["addr": off(\weft_wl_val.addr), "family": off(\weft_wl_val.family), "pad": off(\weft_wl_val.pad)]),
         "weft_capture_key": (MemoryLayout<weft_capture_key>.size, ["addr": off(\weft_capture_key.addr), "port": off(\weft_capture_key.port), "family": off(\weft_capture_key.family), "pad": off(\weft_capture_key.pad)]),
         "weft_capture_val": (MemoryLayout<weft_capture_val>.size, ["addr": off(\weft_capture_val.addr), "port": off(\weft_capture_val.port), "family": off(\weft_capture_val.family), "pad": off(\weft_capture_val.pad), "cgroup_id": off(\weft_capture_val.cgroup_id)]),
-        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "inbound_port": off(\weft_settings.inbound_port), "agent_mark": off(\weft_settings.agent_mark), "tunnel_port": off(\weft_settings.tunnel_port), "pad": off(\weft_settings.pad), "agent_cgroup": off(\weft_settings.agent_cgroup)]),
+        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "inbound_port": off(\weft_settings.inbound_port), "agent_mark": off(\weft_settings.agent_mark), "tunnel_port": off(\weft_settings.tunnel_port), "dns_port": off(\weft_settings.dns_port), "pad": off(\weft_settings.pad), "agent_cgroup": off(\weft_settings.agent_cgroup)]),
         "weft_inpol_key": (MemoryLayout<weft_inpol_key>.size, ["addr": off(\weft_inpol_key.addr), "port": off(\weft_inpol_key.port), "family": off(\weft_inpol_key.family), "pad": off(\weft_inpol_key.pad)]),
         "weft_inpol_val": (MemoryLayout<weft_inpol_val>.size, ["action": off(\weft_inpol_val.action), "flags": off(\weft_inpol_val.flags), "pad": off(\weft_inpol_val.pad)]),
         "weft_inctr_key": (MemoryLayout<weft_inctr_key>.size, ["addr": off(\weft_inctr_key.addr), "family": off(\weft_inctr_key.family), "reason": off(\weft_inctr_key.reason), "pad": off(\weft_inctr_key.pad)]),
+        "weft_evctl_val": (MemoryLayout<weft_evctl_val>.size, ["until_ns": off(\weft_evctl_val.until_ns)]),
     ]
 
     @Test func swiftAndBPFAgreeOnEveryStruct() throws {
@@ -67,7 +68,7 @@ import WeftBPF
     /// where BPFObject.setGlobal looks.
     @Test func settingsGlobalIsSettable() throws {
         let object = try Datapath.embeddedObject("sock.bpf.o")
-        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, inbound_port: 15006, agent_mark: 7, tunnel_port: 15008, pad: (0, 0, 0, 0, 0, 0), agent_cgroup: 1)))
+        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, inbound_port: 15006, agent_mark: 7, tunnel_port: 15008, dns_port: 15053, pad: (0, 0, 0, 0), agent_cgroup: 1)))
         #expect(throws: BPFError.self) { try object.setGlobal("no_such_global", bytes: [0]) }
         #expect(throws: BPFError.self) { try object.setGlobal("weft_settings", bytes: [0, 1]) }
     }

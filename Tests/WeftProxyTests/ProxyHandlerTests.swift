@@ -247,6 +247,35 @@ spec:
         #expect(throws: Error.self) { try ch.pipeline.syncOperations.handler(type: ProtocolSniffHandler.self) }
         _ = try ch.finish()
     }
+
+    /// What the handler `decided` installs sees: bytes and events, in order.
+    final class Seen: ChannelInboundHandler {
+        typealias InboundIn = ByteBuffer
+        var log: [String] = []
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) { log.append(String(buffer: unwrapInboundIn(data))) }
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+            if let e = event as? ChannelEvent, e == .inputClosed { log.append("half-closed") }
+        }
+    }
+
+    /// A half-close decides the protocol, and whoever takes the connection over is told
+    /// of it: lost, it left the agent holding the client's connection in CLOSE-WAIT (and
+    /// a draining agent waiting for it) until the idle timeout.
+    @Test(arguments: [("", SniffedProtocol.silent, ["half-closed"]), ("GE", .opaque, ["GE", "half-closed"])])
+    func aHalfCloseDecidesAndIsPassedOn(sent: String, proto: SniffedProtocol, seen: [String]) throws {
+        let ch = EmbeddedChannel()
+        let next = Seen()
+        let decided = NIOLockedValueBox<[SniffedProtocol]>([])
+        try ch.pipeline.syncOperations.addHandler(ProtocolSniffHandler { p, ctx in
+            decided.withLockedValue { $0.append(p) }
+            try! ctx.pipeline.syncOperations.addHandler(next, position: .after(ctx.handler))
+        })
+        if !sent.isEmpty { try ch.writeInbound(ByteBuffer(string: sent)) }
+        ch.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(decided.withLockedValue { $0 } == [proto])
+        #expect(next.log == seen)
+        _ = try ch.finish()
+    }
 }
 
 @Suite struct SpliceTests {

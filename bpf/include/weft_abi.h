@@ -40,6 +40,7 @@ enum weft_stat {
 	WEFT_STAT_CAPTURE_REKEYED,      /* captured connection's origin re-keyed by client address */
 	WEFT_STAT_CAPTURE_FULL,         /* could not record a captured connection's origin */
 	WEFT_STAT_AGENT_BYPASS,         /* connect() by the agent itself: never captured */
+	WEFT_STAT_DNS_REDIRECT,         /* a DNS query (port 53, UDP or TCP) sent to the agent's DNS server */
 	WEFT_STAT_MAX,
 };
 /* weft_stats_v1 has room for counters later builds add, so an adopted map still fits. */
@@ -124,7 +125,9 @@ struct weft_settings {
 	__be16 inbound_port; /* plaintext inbound listener (0.0.0.0 / ::) steered to; 0 = none */
 	__u32 agent_mark;    /* SO_MARK of the agent's own sockets; 0 = none */
 	__be16 tunnel_port;  /* mTLS tunnel listener: never subject to inbound policy */
-	__u8 pad[6];
+	__be16 dns_port;     /* the agent's DNS server on 127.0.0.1 / ::1 that workloads'
+			      * queries to port 53 go to; 0 = DNS left alone */
+	__u8 pad[4];
 	__u64 agent_cgroup;  /* cgroup v2 id of the agent's own cgroup: a socket created there is
 			      * the agent's (the mark alone is forgeable with CAP_NET_ADMIN) */
 };
@@ -176,6 +179,69 @@ struct weft_inctr_key {
 	__u8 pad[2];
 };
 
+/* What a flow event records (weft_event.kind). */
+enum weft_event_kind {
+	WEFT_EV_CONNECT = 1, /* connect() to a service frontend (TCP, or connected UDP) */
+	WEFT_EV_SENDMSG = 2, /* an unconnected UDP datagram to a service frontend */
+	WEFT_EV_INBOUND = 3, /* a plaintext connection attempt to a workload, judged by inbound
+			      * policy (weft_event.reason is an enum weft_in_reason) */
+};
+
+/* What the datapath did (weft_event.verdict). */
+enum weft_event_verdict {
+	WEFT_VERDICT_TRANSLATED = 1, /* sent to the backend in xaddr */
+	WEFT_VERDICT_CAPTURED = 2,   /* sent to the agent's outbound listener (xaddr) */
+	WEFT_VERDICT_NO_BACKEND = 3, /* refused: the service has no active backend */
+	WEFT_VERDICT_REFUSED = 4,    /* refused: reason WEFT_REFUSED_* */
+	WEFT_VERDICT_DROPPED = 5,    /* inbound: the SYN was dropped */
+	WEFT_VERDICT_STEERED = 6,    /* inbound: steered into the agent's inbound listener */
+	WEFT_VERDICT_DNS = 7,        /* a DNS query sent to the agent's DNS server (xaddr) */
+};
+
+/* weft_event.reason of a connect refused (WEFT_VERDICT_REFUSED). */
+enum weft_refused_reason {
+	WEFT_REFUSED_CAPTURE_FULL = 1, /* the origin of a captured connection could not be recorded */
+	WEFT_REFUSED_FAMILY = 2,       /* the backend's address family cannot be written into the socket's */
+};
+
+/* One flow event in weft_events_v1 (a ring buffer), for `weft monitor`. Written only while
+ * a reader keeps weft_evctl_v1's deadline in the future; a full ring buffer loses the event
+ * (counted in weft_evlost_v1), it never holds up the hook. */
+struct weft_event {
+	__u64 ts_ns;     /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cgroup_id; /* connect: the caller's cgroup; inbound at the socket: the listener's */
+	__u8 saddr[16];  /* connect: the socket's bound address (zero if not yet bound);
+			  * inbound: the packet's source */
+	__u8 daddr[16];  /* connect: the frontend dialed; inbound: the workload judged */
+	__u8 xaddr[16];  /* connect: where the socket was sent (backend, agent listener) */
+	__be16 sport;
+	__be16 dport;
+	__be16 xport;
+	__u8 family;     /* of saddr and daddr (WEFT_FAMILY_*) */
+	__u8 xfamily;    /* of xaddr; 0 when nothing was translated */
+	__u8 kind;       /* enum weft_event_kind */
+	__u8 verdict;    /* enum weft_event_verdict */
+	__u8 reason;     /* enum weft_in_reason (inbound) or weft_refused_reason */
+	__u8 proto;      /* IPPROTO_TCP / IPPROTO_UDP */
+	__u32 svc_id;    /* weft_svc_val.svc_id of the frontend (connect) */
+};
+
+/* weft_evctl_v1's one value: events are written while bpf_ktime_get_ns() < until_ns. A
+ * reader pushes the deadline a few seconds ahead every second, so a reader that dies
+ * (even by SIGKILL) stops the writing within seconds and costs nothing afterwards. */
+struct weft_evctl_val {
+	__u64 until_ns;
+};
+
+/* weft_event is only ever a ring buffer record, so the compiler puts no BTF of it in the
+ * object for the Swift test to compare with: its offsets are pinned here instead, checked
+ * by both compilers (the BPF build and Swift's import of this header). */
+_Static_assert(sizeof(struct weft_event) == 80, "weft_event layout");
+_Static_assert(__builtin_offsetof(struct weft_event, saddr) == 16 && __builtin_offsetof(struct weft_event, xaddr) == 48 &&
+	       __builtin_offsetof(struct weft_event, sport) == 64 && __builtin_offsetof(struct weft_event, family) == 70 &&
+	       __builtin_offsetof(struct weft_event, proto) == 75 && __builtin_offsetof(struct weft_event, svc_id) == 76,
+	       "weft_event layout");
+_Static_assert(sizeof(struct weft_evctl_val) == 8, "weft_evctl_val layout");
 _Static_assert(sizeof(struct weft_capture_key) == 20, "weft_capture_key layout");
 _Static_assert(sizeof(struct weft_capture_val) == 32, "weft_capture_val layout");
 _Static_assert(sizeof(struct weft_settings) == 24, "weft_settings layout");
@@ -201,5 +267,7 @@ _Static_assert(sizeof(struct weft_wl_val) == 20, "weft_wl_val layout");
 /* Default size of weft_slot_v1 (all selection tables together; 16 MiB of kernel memory).
  * The agent's --lb-slots sets it before load. */
 #define WEFT_DEFAULT_SLOTS 4194304
+/* Bytes of weft_events_v1: ~11,900 events of 80 bytes (+8 of header) in flight. */
+#define WEFT_EVENTS_BYTES (1 << 20)
 
 #endif

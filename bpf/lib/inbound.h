@@ -14,6 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "settings.h"
+#include "events.h"
 
 /* weft_inpol_key → weft_inpol_val: written by the agent from PeerAuthentication and
  * AuthorizationPolicy. Port 0 is the workload's default; it exists whenever any of the
@@ -168,10 +169,32 @@ static __always_inline struct weft_inpol_val *weft_inpol_lookup(const struct wef
 	return bpf_map_lookup_elem(&weft_inpol_v1, &k);
 }
 
-static __always_inline void weft_in_count(const struct weft_pkt *p, __u8 reason)
+/* The monitor's record of an inbound decision; `cgroup` is the listener's (0 at TC). */
+static __always_inline void weft_in_event(const struct weft_pkt *p, __u8 reason, __u64 cgroup)
+{
+	struct weft_event *e = weft_event_start(WEFT_EV_INBOUND);
+
+	if (!e)
+		return;
+	e->cgroup_id = cgroup;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	e->sport = p->sport;
+	e->dport = p->dport;
+	e->family = p->family;
+	e->proto = IPPROTO_TCP;
+	e->reason = reason;
+	e->verdict = reason == WEFT_IN_STEERED ? WEFT_VERDICT_STEERED : WEFT_VERDICT_DROPPED;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Counts (and, for a monitor, reports) what was done with a connection attempt. */
+static __always_inline void weft_in_count(const struct weft_pkt *p, __u8 reason, __u64 cgroup)
 {
 	struct weft_inctr_key k = {};
 	__u64 one = 1, *v;
+
+	weft_in_event(p, reason, cgroup);
 
 	__builtin_memcpy(k.addr, p->daddr, 16);
 	k.family = p->family;

@@ -134,7 +134,7 @@ enum weft_xlate { WEFT_XLATE_NONE, WEFT_XLATE_DONE, WEFT_XLATE_NO_BACKEND, WEFT_
 
 static __always_inline enum weft_xlate
 weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src[16], __u32 sticky_hash, int sticky,
-	       int may_capture)
+	       int may_capture, __u32 *svc_id)
 {
 	struct weft_svc_key key = {};
 	struct weft_svc_val *svc;
@@ -148,6 +148,7 @@ weft_xlate_fwd(__u64 cookie, __u8 proto, struct weft_l4addr *dst, const __u8 src
 	svc = bpf_map_lookup_elem(&weft_svc_v1, &key);
 	if (!svc)
 		return WEFT_XLATE_NONE;
+	*svc_id = svc->svc_id;
 	if (may_capture && proto == IPPROTO_TCP && (svc->flags & WEFT_SVC_F_CAPTURE))
 		return WEFT_XLATE_CAPTURE;
 

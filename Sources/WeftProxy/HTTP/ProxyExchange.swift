@@ -40,7 +40,9 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
     /// asking to switch protocols (`Upgrade`, e.g. curl's h2c, or CONNECT): what follows
     /// such a request may be another protocol's bytes, which weft does not switch to, so
     /// they are never read as a request. It closes instead, as RFC 9110 allows.
-    private let keepAlive: Bool
+    /// Whether the client connection stays open after this exchange (HTTP/1); a draining
+    /// agent ends it (closingIfDraining).
+    private var keepAlive: Bool
     /// gRPC: HTTP/2 with content-type application/grpc*.
     private var isGRPC: Bool { client.http2 && (head.headers.first(name: "content-type")?.lowercased().hasPrefix("application/grpc") ?? false) }
 
@@ -314,14 +316,17 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         sentParts = 0
     }
 
+    /// The client went before its response was done (its connection closed, its stream
+    /// reset: a caller's deadline, a cancelled call). The attempt is dropped and the
+    /// request is accounted for as any other — its cluster's counts given back (before,
+    /// every such request stayed counted as active for the life of the agent, until a
+    /// circuit breaker's maxRequests refused them all) and its record written with
+    /// Envoy's DC flag and status 0 if nothing was answered yet.
     func clientGone() {
-        routeTimer?.cancel()
-        tryTimer?.cancel()
-        client.setStreamIdleDeadline(nil)
-        client.setRequestDeadline(nil)
-        if let up = upstream, !finished { up.close() }
-        upstream = nil
-        finished = true
+        guard !finished else { return }
+        abandonAttempt()
+        flags.append("DC")
+        account()
     }
 
     func clientWritable(_ w: Bool) {
@@ -770,9 +775,16 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         return true
     }
 
+    /// A draining agent (handing over) ends each HTTP/1 connection after the response it
+    /// is writing: the client's next request goes to a new connection, to the new agent.
+    private func closingIfDraining() {
+        if conn.loop.draining && !client.http2 { keepAlive = false }
+    }
+
     /// What the client is sent of an upstream's response head: its end-to-end fields with
     /// the route's edits.
     private func clientRewrite(_ base: HeadRewrite) -> HeadRewrite {
+        closingIfDraining()
         var r = base
         for ops in decision?.responseHeaders ?? [] { apply(ops, to: &r) }
         if let c = setCookie { r.add(name: "set-cookie", value: c) }
@@ -859,6 +871,7 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
         let body = ByteBuffer(string: r.body)
         h.add(name: "content-length", value: String(body.readableBytes))
         if !r.body.isEmpty { h.add(name: "content-type", value: "text/plain") }
+        closingIfDraining()
         if !keepAlive { h.add(name: "connection", value: "close") }
         responseBytes = body.readableBytes
         client.write(.head(HTTPResponseHead(version: head.version, status: r.status, headers: h)))
@@ -869,6 +882,13 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
     }
 
     private func complete() {
+        account()
+        client.exchangeFinished(self)
+    }
+
+    /// The request is over: timers stopped, the cluster's counts given back, its record
+    /// (metrics, access log, monitor) and span written.
+    private func account() {
         finished = true
         endActive()
         client.setStreamIdleDeadline(nil)
@@ -893,6 +913,5 @@ final class ProxyExchange: ExchangeUpstreamDelegate {
             trace.end(record, workload: conn.inbound?.target.workload ?? conn.source, headers: head.headers)
             self.trace = nil
         }
-        client.exchangeFinished(self)
     }
 }

@@ -53,6 +53,14 @@ final class UpstreamHTTP1Handler: ChannelDuplexHandler, RemovableChannelHandler,
 
     var isActive: Bool { context?.channel.isActive ?? false }
 
+    /// Set when this connection is a CONNECT stream of a tunnel connection: that
+    /// connection's stream counter (held strongly: a weak load costs on every request,
+    /// and the stream, so this handler, ends with the connection).
+    var tunnel: StreamCounter?
+    /// Over a tunnel connection that takes no new streams: not to be used again (it
+    /// would keep the connection open until it is cut, at its peer's certificate's end).
+    var overRetiredTunnel: Bool { tunnel?.retired ?? false }
+
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
@@ -192,6 +200,10 @@ final class UpstreamPool {
             conn.idleTimer?.set(nil)
             if let t = conn.idleToken { cluster.removeIdle(t) }
             conn.idleToken = nil
+            if conn.overRetiredTunnel {
+                conn.close()
+                continue
+            }
             if conn.isActive { return conn }
         }
         return nil
@@ -211,6 +223,7 @@ final class UpstreamPool {
         }
         return dialer.dial(key.endpoint, route: key.route, on: loop, timeout: connectTimeout, halfClose: false).flatMapThrowing { ch in
             try ch.pipeline.syncOperations.addHandlers(handler.handlers())
+            handler.tunnel = try? ch.parent?.pipeline.syncOperations.handler(type: StreamCounter.self)
             ch.setOption(ChannelOptions.autoRead, value: true).whenFailure { _ in ch.close(promise: nil) }
             return handler
         }.assumeIsolated().flatMapErrorThrowing { error in
@@ -275,8 +288,9 @@ final class UpstreamPool {
     }
 
     /// Returns a connection whose exchange completed cleanly; it closes after the policy's
-    /// idleTimeout, or now if it served maxRequestsPerConnection. (An HTTP/2 stream ends with
-    /// its exchange; its connection stays in the pool.)
+    /// idleTimeout, or now if it served maxRequestsPerConnection or rides a retired tunnel
+    /// connection. (An HTTP/2 stream ends with its exchange; its connection stays in the
+    /// pool.)
     func release(_ upstream: any ExchangeUpstream, _ key: PoolKey, cluster: ClusterState, policy: ConnectionPool?) {
         guard let conn = upstream.connection else {
             upstream.released()
@@ -287,6 +301,10 @@ final class UpstreamPool {
         conn.setPaused(false)
         guard conn.isActive, let loop = conn.context?.eventLoop else { return }
         if let max = maxRequests, max > 0, conn.requests >= max {
+            conn.close()
+            return
+        }
+        if conn.overRetiredTunnel {
             conn.close()
             return
         }

@@ -7,18 +7,17 @@ import NIOPosix
 /// /stats/prometheus as Envoy names it, so scrape configs written for Istio work; and the
 /// service graph: /graph (the page) and /graph.json?window=SECONDS (what it draws).
 enum MetricsServer {
-    static func start(group: EventLoopGroup, host: String, port: UInt16, render: @escaping @Sendable () -> [UInt8],
+    /// Serves on `socket`, a bound listening socket (ListeningSocket, or handed over).
+    static func start(group: EventLoopGroup, socket: CInt, render: @escaping @Sendable () -> [UInt8],
                       graph: GraphRecorder) throws -> Channel {
-        let address = try SocketAddress(ipAddress: host, port: Int(port))
-        return try ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+        try ServerBootstrap(group: group)
             .childChannelInitializer { ch in
                 ch.eventLoop.makeCompletedFuture {
                     try ch.pipeline.syncOperations.configureHTTPServerPipeline()
                     try ch.pipeline.syncOperations.addHandler(MetricsHandler(render: render, graph: graph))
                 }
             }
-            .bind(to: address).wait()
+            .withBoundSocket(socket).wait()
     }
 }
 

@@ -67,9 +67,12 @@ final class ConnectionLimits: Sendable {
         return true
     }
 
+    /// Client connections open now.
+    var openNow: Int { state.withLockedValue { $0.open } }
+
     /// Brings `weft_connections` up to date (before a scrape).
     func collect() {
-        open.set(Int64(state.withLockedValue { $0.open }))
+        open.set(Int64(openNow))
     }
 }
 

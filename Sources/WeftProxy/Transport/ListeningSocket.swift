@@ -24,8 +24,9 @@ enum ListeningSocket {
     }
 
     /// A socket bound to `host:port` with SO_REUSEADDR (a restarted agent binds again at
-    /// once over TIME_WAIT), IPv6-only for an IPv6 host; NIO listens on it.
-    static func bind(host: String, port: UInt16) throws -> CInt {
+    /// once over TIME_WAIT), IPv6-only for an IPv6 host unless `v6Only` is false (then
+    /// "::" takes IPv4 too, as the kernel's default has it); NIO listens on it.
+    static func bind(host: String, port: UInt16, v6Only: Bool = true) throws -> CInt {
         let address = try SocketAddress(ipAddress: host, port: Int(port))
         let v6 = address.protocol == .inet6
         let fd = socket(v6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
@@ -33,7 +34,7 @@ enum ListeningSocket {
         var one: Int32 = 1
         let size = socklen_t(MemoryLayout<Int32>.size)
         if setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, size) != 0
-            || (v6 && setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) != 0) {
+            || (v6 && v6Only && setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, size) != 0) {
             let code = errno
             close(fd)
             throw Failure(call: "setsockopt", code: code)
@@ -45,5 +46,18 @@ enum ListeningSocket {
             throw Failure(call: "bind", code: code)
         }
         return fd
+    }
+
+    /// How many accepted-but-not-yet-taken connections a proxy listener queues. NIO
+    /// listens on a socket it is handed (withBoundSocket) with its default of 128 and
+    /// applies `.backlog` only to sockets it binds itself; at 128 a connect flood from one
+    /// host overflowed the queue, and the kernel then drops every client's SYN alike (a
+    /// meshed client's too, each costing it a 1 s retransmit).
+    static let backlog: Int32 = 1024
+
+    /// Sets the accept queue of `fd`, listening already (NIO's): a second listen() on a
+    /// listening socket only resizes its queue.
+    static func setBacklog(_ fd: CInt) throws {
+        if Glibc.listen(fd, backlog) != 0 { throw Failure(call: "listen", code: errno) }
     }
 }

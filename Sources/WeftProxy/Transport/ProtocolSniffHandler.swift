@@ -5,6 +5,9 @@ enum SniffedProtocol: Equatable {
     case http1
     case http2
     case opaque
+    /// The client closed its side without sending a byte (a TCP health check's connect
+    /// and close, wrk's last connection at its exit).
+    case silent
 }
 
 /// Reads just enough of a connection to tell HTTP/1.1 (a request line), HTTP/2 (the
@@ -106,14 +109,19 @@ final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // A client that half-closes before saying anything recognisable is opaque TCP.
+        // A client that half-closes before saying anything recognisable is opaque TCP
+        // (or silent: nothing at all); the handlers chosen see its half-close.
         if !done, let e = event as? ChannelEvent, e == .inputClosed {
-            finish(context, .opaque)
+            finish(context, (buffered?.readableBytes ?? 0) > 0 ? .opaque : .silent, then: event)
+            return
         }
         context.fireUserInboundEventTriggered(event)
     }
 
-    private func finish(_ context: ChannelHandlerContext, _ proto: SniffedProtocol) {
+    /// Hands over to what `decided` installs: the buffered bytes, then `event` (the
+    /// half-close that decided it) — both before this handler leaves, since a removed
+    /// handler's context passes nothing on.
+    private func finish(_ context: ChannelHandlerContext, _ proto: SniffedProtocol, then event: Any? = nil) {
         done = true
         timer?.cancel()
         decided(proto, context)
@@ -122,6 +130,7 @@ final class ProtocolSniffHandler: ChannelInboundHandler, RemovableChannelHandler
             context.fireChannelRead(wrapInboundOut(b))
             context.fireChannelReadComplete()
         }
+        if let event { context.fireUserInboundEventTriggered(event) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 }

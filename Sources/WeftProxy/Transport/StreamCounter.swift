@@ -12,6 +12,9 @@ import NIOHTTP2
 /// delegate only, not down the pipeline. Behind a handler in frame mode the proxy's
 /// HTTP/2 session tells it (`opened`, `closed`), as it learns of its streams anyway —
 /// picking NIO's user events out of the pipeline took two dynamic casts per event.
+///
+/// A serving connection given a loop (`drains`) is also how an agent handing over ends
+/// its HTTP/2 clients and tunnel peers gracefully (`drain`).
 final class StreamCounter: ChannelInboundHandler {
     typealias InboundIn = HTTP2Frame
     private(set) var open = 0
@@ -27,11 +30,21 @@ final class StreamCounter: ChannelInboundHandler {
     /// Told when the idle close begins (a pool stops handing the connection out: a TLS
     /// close waits for the peer's close_notify, and the channel is active until then).
     private let onIdleClose: (() -> Void)?
+    /// The loop whose draining (a handover) ends this connection; it knows the
+    /// connection while it is open.
+    private let drains: LoopState?
+    private var draining = false
+    /// A tunnel connection the pool put no new stream on any more (a GOAWAY came, its
+    /// peer's certificate nears its end, a renewal, a handover): HTTP/1 connections kept
+    /// alive over its CONNECT streams are not used again either, so that it can close
+    /// once their last response is done instead of being cut under one.
+    var retired = false
 
-    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, onIdleClose: (() -> Void)? = nil) {
+    init(eventLoop: EventLoop, idleTimeout: TimeAmount?, server: Bool, drains: LoopState? = nil, onIdleClose: (() -> Void)? = nil) {
         self.eventLoop = eventLoop
         self.idleTimeout = idleTimeout
         self.server = server
+        self.drains = drains
         self.onIdleClose = onIdleClose
     }
 
@@ -46,24 +59,33 @@ final class StreamCounter: ChannelInboundHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        if context.channel.isActive { armIdle() }
+        if context.channel.isActive { becameActive() }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        drains?.http2Served[ObjectIdentifier(self)] = nil
         self.context = nil
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        armIdle()
+        becameActive()
         context.fireChannelActive()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
         timer = nil
+        drains?.http2Served[ObjectIdentifier(self)] = nil
         context.fireChannelInactive()
+    }
+
+    private func becameActive() {
+        armIdle()
+        guard let drains else { return }
+        // A connection whose protocol was decided after the handover began drains too.
+        if drains.draining { drain() } else { drains.http2Served[ObjectIdentifier(self)] = self }
     }
 
     /// A stream opened (by the peer, when serving).
@@ -104,6 +126,40 @@ final class StreamCounter: ChannelInboundHandler {
         }
         timer?.set(in: idleTimeout)
     }
+
+    /// How long a drained connection still takes new streams after the first GOAWAY: a
+    /// round trip and more, for streams the peer opened before it heard.
+    static let quiesce = TimeAmount.seconds(1)
+
+    /// Ends the connection gracefully, as RFC 9113 §6.8 has it: a GOAWAY with the highest
+    /// stream id (open no more streams here; what is on its way is still taken), after
+    /// `quiesce` a GOAWAY naming the last stream the peer opened (anything later was not
+    /// processed and may be retried), then the close once the streams still open are
+    /// done. The peer moves to a new connection — to the agent that took over.
+    func drain() {
+        guard server, !draining, let context, context.channel.isActive else { return }
+        draining = true
+        drains?.http2Served[ObjectIdentifier(self)] = nil
+        // The first GOAWAY goes out beneath NIO's handler, as bytes: once NIO has sent a
+        // GOAWAY it refuses every new stream, whatever the GOAWAY's last stream id, and a
+        // call the client sent before it heard was reset with REFUSED_STREAM (grpcio 1.51
+        // fails such a call; the takeover test saw one in two runs). Written from NIO's
+        // handler's context, outside its own writes, the frame lands between whole frames.
+        if let h2 = try? context.pipeline.syncOperations.context(handlerType: NIOHTTP2Handler.self) {
+            h2.writeAndFlush(NIOAny(context.channel.allocator.buffer(bytes: Self.shutdownNotice)), promise: nil)
+        }
+        context.eventLoop.assumeIsolated().scheduleTask(in: Self.quiesce) { [weak self] in
+            guard let self, let context = self.context, context.channel.isActive else { return }
+            let last = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: self.lastPeerStream, errorCode: .noError, opaqueData: nil))
+            context.writeAndFlush(NIOAny(last), promise: nil)
+            self.peerFinished = true
+            if self.open == 0 { context.close(promise: nil) }
+        }
+    }
+
+    /// GOAWAY (type 7) on stream 0, last stream id 2^31-1, NO_ERROR: a 9-byte frame
+    /// header and 8 bytes of payload.
+    static let shutdownNotice: [UInt8] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]
 
     private func idleExpired() {
         guard open == 0, let context, context.channel.isActive else { return }

@@ -99,7 +99,7 @@ public final class TunnelListener: Sendable {
     /// the connection once NIO has given it up).
     static func requestHandlers(runtime: ProxyRuntime, peer: PeerIdentity, remote: SocketKey, loop: LoopState,
                                 eventLoop: EventLoop, closeOnError: CloseOnError) -> [ChannelHandler] {
-        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: runtime.settings.idleTimeout, server: true)
+        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: runtime.settings.idleTimeout, server: true, drains: loop)
         var config = TunnelHTTP2.connection(server: true)
         config.headerBlockValidation = .disabled
         let h2 = NIOHTTP2Handler(mode: .server, frameDelegate: closeOnError, connectionConfiguration: config, streamConfiguration: TunnelHTTP2.stream)
@@ -113,7 +113,8 @@ public final class TunnelListener: Sendable {
     /// A CONNECT connection: each stream is one proxied connection, many at once, with
     /// windows for bulk TCP.
     private static func connectHandlers(runtime: ProxyRuntime, peer: PeerIdentity, remote: SocketKey, eventLoop: EventLoop) -> [ChannelHandler] {
-        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: runtime.settings.idleTimeout, server: true)
+        let counter = StreamCounter(eventLoop: eventLoop, idleTimeout: runtime.settings.idleTimeout, server: true,
+                                    drains: runtime.loops[ObjectIdentifier(eventLoop)]?.value)
         let h2 = NIOHTTP2Handler(mode: .server, eventLoop: eventLoop, connectionConfiguration: TunnelHTTP2.connection(server: true),
                                  streamConfiguration: TunnelHTTP2.stream, streamDelegate: counter.delegate) { stream in
             stream.eventLoop.makeCompletedFuture {

@@ -205,7 +205,7 @@ final class TunnelPool {
     /// original client (TunnelHTTP2.targetField, .sourceField), to be served by the
     /// destination agent as they arrive: no CONNECT stream, no HTTP/1 inside.
     func requestStream(_ key: TunnelKey, via: IPAddress, target: SocketKey, on loop: EventLoop, timeout: TimeAmount?,
-                       flushes: FlushBatch) -> EventLoopFuture<any ExchangeUpstream> {
+                       flushes: FlushBatch, retry: Bool = true) -> EventLoopFuture<any ExchangeUpstream> {
         if let s = takeRequestStream(key, target: target) { return loop.makeSucceededFuture(s) }
         let session: HTTP2ClientSession
         if let r = requests[key], !r.session.isReady, !r.session.retired {
@@ -214,15 +214,28 @@ final class TunnelPool {
             if requests[key] != nil { forgetRequests(key) }
             session = connectRequests(key, via: via, on: loop, timeout: timeout, flushes: flushes)
         }
-        return session.ready.futureResult.assumeIsolated().flatMapThrowing { () -> any ExchangeUpstream in
-            // A connection that closed or went away as it came up takes no stream: a
-            // connect failure, retried.
-            guard let s = session.makeStream(), let source = self.requests[key]?.source else {
-                throw ProxyError("the tunnel connection to node \(key.node) closed")
+        let made = loop.makePromise(of: (any ExchangeUpstream).self)
+        session.ready.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success:
+                // A connection that closed or went away as it came up takes no stream: a
+                // connect failure, retried.
+                guard let s = session.makeStream(), let source = self.requests[key]?.source else {
+                    made.fail(ProxyError("the tunnel connection to node \(key.node) closed"))
+                    return
+                }
+                s.tunnelFields = (self.targetText(target), source)
+                made.assumeIsolated().succeed(s)
+            case .failure(let error) where retry && error is TunnelStreamLost:
+                // Forgotten before it was up (a handover's drain, a renewal): its requests
+                // wait for the connection that replaces it, not counted as a failed attempt.
+                self.requestStream(key, via: via, target: target, on: loop, timeout: timeout, flushes: flushes, retry: false)
+                    .assumeIsolated().whenComplete { made.assumeIsolated().completeWith($0) }
+            case .failure(let error):
+                made.fail(error)
             }
-            s.tunnelFields = (self.targetText(target), source)
-            return s
-        }.nonisolated()
+        }
+        return made.futureResult
     }
 
     private func connectRequests(_ key: TunnelKey, via: IPAddress, on loop: EventLoop, timeout: TimeAmount?,
@@ -280,6 +293,27 @@ final class TunnelPool {
         guard let r = requests.removeValue(forKey: key) else { return }
         r.session.retire()
         if let ch = r.channel { retire(ch) }
+        // Requests waiting for it to come up are told now, and wait for its replacement
+        // (requestStream): it will take no stream. Closing it did not tell them — a
+        // connection closed as it came up (connectRequests) never failed `ready` — and a
+        // handover's drain left a gRPC call waiting until its deadline (the soak saw it).
+        if !r.session.isReady {
+            r.session.ready.fail(TunnelStreamLost(description: "the tunnel connection to node \(key.node) was retired before it was up"))
+        }
+    }
+
+    /// Connections that present a certificate of their source workload renewed since take
+    /// no new streams (the check `open` and `takeRequestStream` make as they go).
+    func retireRenewed() {
+        for key in Array(connections.keys) where serials[key] != tls.identities.serial(for: key.source) { forget(key) }
+        for key in Array(requests.keys) where requests[key]?.serial != tls.identities.serial(for: key.source) { forgetRequests(key) }
+    }
+
+    /// Every tunnel connection finishes its streams and closes (the agent is handing
+    /// over: its peers, its own tunnel listener among them, must not wait on it).
+    func retireAll() {
+        for key in Array(channels.keys) { forget(key) }
+        for key in Array(requests.keys) { forgetRequests(key) }
     }
 
     /// A target as its stream field carries it, formatted once per endpoint.
@@ -307,7 +341,9 @@ final class TunnelPool {
 
     private func retire(_ channel: Channel) {
         // GOAWAY tells the peer no more streams come; the connection goes when the
-        // streams it carries are done, checked here at a slow pace.
+        // streams it carries are done, checked here at a slow pace. Pooled HTTP/1
+        // connections over its streams close once idle (UpstreamHTTP1Handler.overRetiredTunnel).
+        (try? channel.pipeline.syncOperations.handler(type: StreamCounter.self))?.retired = true
         channel.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { task in
             if !channel.isActive { task.cancel(); return }
             if (try? channel.pipeline.syncOperations.handler(type: StreamCounter.self))?.open == 0 {
