@@ -10,9 +10,10 @@
   grpcpeer.py client TARGET METHOD COUNT [--timeout S] [--body B] [--meta k=v]... [--duration S]
       prints JSON: status code names, replies (backend names), messages received, the
       first errors; with --duration, calls one after another for S seconds (COUNT is
-      ignored)
+      ignored) or until SIGINT, which ends the loop after the call in progress
 """
 import json
+import signal
 import sys
 import threading
 import time
@@ -82,10 +83,12 @@ def client(target, method, count, args):
     meta = [tuple(args[i + 1].split("=", 1)) for i, a in enumerate(args) if a == "--meta"]
     until = time.time() + float(args[args.index("--duration") + 1]) if "--duration" in args else None
     out = {"codes": {}, "replies": {}, "messages": 0, "elapsed": [], "errors": []}
+    stop = []
+    signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     first = time.time()
     with grpc.insecure_channel(target) as ch:
         i = 0
-        while i < count if until is None else time.time() < until:
+        while not stop and (i < count if until is None else time.time() < until):
             md = [(k, v.replace("{i}", str(i))) for k, v in meta]
             start = time.time()
             try:

@@ -143,6 +143,23 @@ def wrk_summary(out):
     return n, int(bad.group(1)) if bad else 0, sum(map(int, errors.groups())) if errors else 0
 
 
+def stop_once_logged(procs, logs, paths, timeout=40):
+    """Load that must cross a handover runs until each of `logs` (the new agents' access
+    logs) holds a request for each of `paths`, then is stopped with SIGINT (wrk and
+    grpcpeer.py print their report on it): how long a takeover takes on a slow machine
+    must not decide whether the new agent sees traffic (CI's run ended a fixed 9 s load
+    before its second takeover was done)."""
+    def seen(log, path):
+        return os.path.exists(log) and any(json.loads(l)["path"] == path for l in open(log) if l.strip())
+    deadline = time.time() + timeout
+    while not all(seen(log, path) for log in logs for path in paths):
+        assert time.time() < deadline, [(log, path) for log in logs for path in paths if not seen(log, path)]
+        time.sleep(0.2)
+    time.sleep(1)
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+
+
 def test_takeover_under_load_fails_no_request(sandbox):
     """A second `weft agent` while wrk drives keep-alive HTTP/1.1 through the first: the
     new agent serves on the old one's listening sockets, the old one closes each
@@ -153,7 +170,7 @@ def test_takeover_under_load_fails_no_request(sandbox):
     log_a, log_b = os.path.join(sandbox.tmp, "access-a.log"), os.path.join(sandbox.tmp, "access-b.log")
     old = sandbox.start_agent("--access-log", log_a)
     old_log = sandbox.agent_log
-    wrk = subprocess.Popen(sandbox.in_ns(["wrk", "-t2", "-c8", "-d8s", "http://%s/" % L7_VIP], cgroup=sandbox.client_cg),
+    wrk = subprocess.Popen(sandbox.in_ns(["wrk", "-t2", "-c8", "-d60s", "http://%s/" % L7_VIP], cgroup=sandbox.client_cg),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     sandbox.procs.append(wrk)
     time.sleep(2.5)
@@ -163,6 +180,7 @@ def test_takeover_under_load_fails_no_request(sandbox):
     assert old.wait(timeout=40) == 0, open(old_log).read()
     old_text = open(old_log).read()
     assert "handover: the new agent serves" in old_text and "handover: drained (0 connection(s) left)" in old_text, old_text
+    stop_once_logged([wrk], [log_b], ["/"])
     out = wrk.communicate(timeout=30)[0]
     n, bad, errors = wrk_summary(out)
     assert n > 100 and bad == 0 and errors == 0, out
@@ -288,7 +306,7 @@ def test_takeover_under_http2_grpc_and_tcp_load_fails_nothing(sandbox):
         sandbox.procs.append(p)
         return p
     h2 = client(["h2load", "-D", "8", "-c", "4", "-m", "10", "http://%s/load" % H2_VIP])
-    g = client(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "client", "%s:80" % GRPC_VIP, "Unary", "0", "--duration", "8"])
+    g = client(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "client", "%s:80" % GRPC_VIP, "Unary", "0", "--duration", "60"])
     tcp = client(["iperf3", "-c", TCP_VIP, "-p", "80", "-t", "6", "-J"])
     time.sleep(2.5)
     sandbox.start_agent("--access-log", log_b, "--takeover")
@@ -297,6 +315,7 @@ def test_takeover_under_http2_grpc_and_tcp_load_fails_nothing(sandbox):
     # Drained to nothing: the iperf3 connections finished on the old agent (~3.5 s after
     # the takeover), well inside the drain timeout.
     assert "handover: drained (0 connection(s) left)" in old_text, old_text
+    stop_once_logged([g], [log_b], ["/weft.Test/Unary"])
 
     g_out = json.loads(g.communicate(timeout=60)[0])
     calls = sum(g_out["codes"].values())
@@ -349,8 +368,8 @@ def test_takeover_of_both_nodes_under_mtls_load_fails_nothing(mesh):
         p = subprocess.Popen(a.in_ns(argv, cgroup=frontend), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         a.procs.append(p)
         return p
-    wrk = client(["wrk", "-t2", "-c4", "-d9s", "http://10.96.7.7/"])
-    g = client(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "client", "10.96.7.10:80", "Unary", "0", "--duration", "9"])
+    wrk = client(["wrk", "-t2", "-c4", "-d60s", "http://10.96.7.7/"])
+    g = client(["/usr/bin/python3", os.path.join(HERE, "grpcpeer.py"), "client", "10.96.7.10:80", "Unary", "0", "--duration", "60"])
     tcp = client(["iperf3", "-c", "10.96.7.11", "-p", "80", "-t", "7", "-J"])
     time.sleep(2)
     start(b, "node-b", 1, "--takeover")
@@ -361,6 +380,7 @@ def test_takeover_of_both_nodes_under_mtls_load_fails_nothing(mesh):
     for node in (a, b):
         text = open(old_logs[node]).read()
         assert "handover: drained (0 connection(s) left)" in text, text
+    stop_once_logged([wrk, g], [logs[a][1], logs[b][1]], ["/", "/weft.Test/Unary"])
 
     n, bad, errors = wrk_summary(wrk.communicate(timeout=60)[0])
     assert n > 100 and bad == 0 and errors == 0, (n, bad, errors)
