@@ -211,6 +211,14 @@ public struct DNSMessage: Sendable {
             throw DNSWireError("OPT record outside the additional section")
         }
         guard r.offset == bytes.count else { throw DNSWireError("\(bytes.count - r.offset) byte(s) after the last record") }
+        // A name read through a pointer must not be made of TTL bytes: the cache rewrites
+        // TTLs as answers age, which would change such a name (no compressor writes one;
+        // found by fuzz-dns).
+        var ttlBytes = [Bool](repeating: false, count: bytes.count)
+        for rec in records { for i in rec.ttlOffset..<(rec.ttlOffset + 4) { ttlBytes[i] = true } }
+        for range in r.pointedLabels where range.contains(where: { ttlBytes[$0] }) {
+            throw DNSWireError("a compressed name points into a record's TTL")
+        }
     }
 
     /// The header's ID and flags, if `bytes` has a header at all (an unreadable query is
@@ -225,6 +233,8 @@ public struct DNSMessage: Sendable {
 struct Reader {
     let bytes: [UInt8]
     private(set) var offset = 0
+    /// The bytes of every label read by following a compression pointer.
+    private(set) var pointedLabels: [Range<Int>] = []
 
     init(_ bytes: [UInt8]) {
         self.bytes = bytes
@@ -268,11 +278,13 @@ struct Reader {
                 length += 1 + len
                 guard length <= 255 else { throw DNSWireError.nameTooLong }
                 labels.append(Array(bytes[(pos + 1)..<(pos + 1 + len)]))
+                if resume != nil { pointedLabels.append(pos..<(pos + 1 + len)) }
                 pos += 1 + len
             case 0xC0:
                 guard pos + 1 < bytes.count else { throw DNSWireError.truncated }
                 let target = (len & 0x3F) << 8 | Int(bytes[pos + 1])
-                guard target < limit else { throw DNSWireError.badPointer }
+                // Never into the header (the cache rewrites its ID), always backwards.
+                guard target >= 12, target < limit else { throw DNSWireError.badPointer }
                 if resume == nil { resume = pos + 2 }
                 limit = target
                 pos = target
@@ -304,10 +316,12 @@ struct Reader {
                 guard inner.offset + 20 == start + length else { throw DNSWireError("SOA record of the wrong length") }
                 inner.offset += 16
                 soaMinimum = try inner.u32()
+                pointedLabels = inner.pointedLabels
             case DNSType.cname, DNSType.ns, DNSType.ptr:
                 var inner = self
                 _ = try inner.name()
                 guard inner.offset == start + length else { throw DNSWireError("name record of the wrong length") }
+                pointedLabels = inner.pointedLabels
             default:
                 break
             }

@@ -75,6 +75,13 @@ enum Wire {
         ("bytes after the last record", Wire.query("a.b") + [0], "1 byte(s) after the last record"),
         ("two OPT records", Array(Wire.query("a.b", edns: Wire.opt() + Wire.opt()).enumerated().map { $0.offset == 11 ? 2 : $0.element }), "two OPT records"),
         ("A of 5 bytes", Wire.response("a.b", answers: [(1, [1, 2, 3, 4])]).dropLast(6) + [0, 5, 1, 2, 3, 4, 5], "A record of 5 bytes"),
+        // fuzz-dns: a third answer's name made of the second's type, class and TTL bytes;
+        // the cache aging that TTL changed the name.
+        ("name in a TTL", [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 0, 3, 0x77, 0x77, 0x77, 7] + Array("example".utf8) + [3] + Array("org".utf8)
+            + [0, 0, 1, 0, 1] + [0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]
+            + [0xC0, 12, 0, 1, 0, 1, 0x5C, 0, 0, 0, 0, 4, 192, 0, 2, 2]
+            + [0xC0, 0x34, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 192, 0, 2, 3], "a compressed name points into a record's TTL"),
+        ("pointer into the header", Wire.u16(1) + Wire.u16(0x0100) + Wire.u16(1) + [0, 0, 0, 0, 0, 0] + [0xC0, 4] + Wire.u16(1) + Wire.u16(1), "compression pointer does not point back"),
     ] as [(String, [UInt8], String)])
     func refusesHostileMessages(_ what: String, _ bytes: [UInt8], _ reason: String) {
         #expect(throws: DNSWireError(reason), "\(what)") { try DNSMessage(parsing: bytes) }
