@@ -21,10 +21,11 @@ public struct AutoAddresses: Sendable, Equatable, Codable {
 
     static func key(_ se: ServiceEntry) -> String { "\(se.metadata.namespace)/\(se.metadata.name)" }
 
-    /// Whether `se` gets an address: it names none, and has a host a client can ask for
-    /// by name (a wildcard host cannot be answered).
+    /// Whether `se` gets an address: it names none, has a host a client can ask for by
+    /// name (a wildcard host cannot be answered), and is balanced (resolution NONE is
+    /// passthrough: its clients must reach the address the name really has).
     static func wants(_ se: ServiceEntry) -> Bool {
-        se.addresses.isEmpty && se.hosts.contains { !$0.hasPrefix("*") }
+        se.addresses.isEmpty && se.resolution != .none && se.hosts.contains { !$0.hasPrefix("*") }
     }
 
     /// FNV-1a of the key: the same slot on every node and every run (Swift's Hasher is

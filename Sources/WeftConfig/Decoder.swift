@@ -9,6 +9,7 @@ public enum Resource: Hashable, Sendable, Codable {
     case peerAuthentication(PeerAuthentication)
     case authorizationPolicy(AuthorizationPolicy)
     case telemetry(Telemetry)
+    case meshConfig(MeshConfig)
 
     /// The resource's kind name.
     public var kind: String { id.kind }
@@ -22,6 +23,7 @@ public enum Resource: Hashable, Sendable, Codable {
         case .peerAuthentication(let r): return ("PeerAuthentication", r.metadata, r.position)
         case .authorizationPolicy(let r): return ("AuthorizationPolicy", r.metadata, r.position)
         case .telemetry(let r): return ("Telemetry", r.metadata, r.position)
+        case .meshConfig(let r): return ("MeshConfig", r.metadata, r.position)
         }
     }
 
@@ -130,11 +132,12 @@ enum ResourceDecoder {
         case "ServiceEntry", "WorkloadEntry", "DestinationRule", "VirtualService": allowed = networkingVersions
         case "PeerAuthentication", "AuthorizationPolicy": allowed = securityVersions
         case "Telemetry": allowed = telemetryVersions
+        case "MeshConfig": allowed = weftVersions
         default:
             if laterKinds.contains(kind) {
                 ctx.error("KIND002", top["kind"]?.node, "kind \(kind) is not supported by weft yet")
             } else {
-                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, Telemetry)")
+                ctx.error("KIND001", top["kind"]?.node, "unknown kind \(kind) (weft reads ServiceEntry, WorkloadEntry, VirtualService, DestinationRule, PeerAuthentication, AuthorizationPolicy, Telemetry, and weft.io's MeshConfig)")
             }
             return nil
         }
@@ -157,6 +160,7 @@ enum ResourceDecoder {
         case "PeerAuthentication": r = decodePeerAuthentication(m, meta: meta, pos: pos).map(Resource.peerAuthentication)
         case "AuthorizationPolicy": r = decodeAuthorizationPolicy(m, meta: meta, pos: pos).map(Resource.authorizationPolicy)
         case "Telemetry": r = decodeTelemetry(m, meta: meta, pos: pos).map(Resource.telemetry)
+        case "MeshConfig": r = decodeMeshConfig(m, meta: meta, pos: pos).map(Resource.meshConfig)
         default: r = decodeDestinationRule(m, meta: meta, pos: pos).map(Resource.destinationRule)
         }
         // A resource with any error is not half-used.
@@ -225,25 +229,38 @@ enum ResourceDecoder {
             seenNames[name] = p.path
             ports.append(ServicePort(number: UInt16(number), name: name, protocolName: proto, targetPort: target.map { UInt16($0) }))
         }
-        if let r = spec["resolution"], let s = r.string(), s != "STATIC" {
-            let known = ["NONE", "DNS", "DNS_ROUND_ROBIN"]
-            ctx.error("SE005", r.node, known.contains(s)
-                ? "spec.resolution \(s) is not supported by weft yet; use STATIC with endpoint addresses"
-                : "spec.resolution \"\(s)\" is not a resolution (STATIC, NONE, DNS, DNS_ROUND_ROBIN)")
+        var resolution = Resolution.static
+        if let r = spec["resolution"], let s = r.string() {
+            if let v = Resolution(rawValue: s) { resolution = v } else {
+                ctx.error("SE005", r.node, "spec.resolution \"\(s)\" is not a resolution (\(Resolution.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
         } else if spec["resolution"] == nil {
-            ctx.error("SE005", spec.node, "spec.resolution is required: weft supports STATIC")
+            ctx.error("SE005", spec.node, "spec.resolution is required (\(Resolution.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
-        if let l = spec["location"], let s = l.string(), s != "MESH_INTERNAL" {
-            ctx.error("SE006", l.node, s == "MESH_EXTERNAL"
-                ? "spec.location MESH_EXTERNAL is not supported by weft yet"
-                : "spec.location \"\(s)\" is not a location (MESH_INTERNAL, MESH_EXTERNAL)")
+        var location = Location.meshInternal
+        if let l = spec["location"], let s = l.string() {
+            if let v = Location(rawValue: s) { location = v } else {
+                ctx.error("SE006", l.node, "spec.location \"\(s)\" is not a location (MESH_INTERNAL, MESH_EXTERNAL)")
+            }
         }
         if let e = spec["exportTo"], let list = e.stringList(), list != ["*"] {
             ctx.error("FLD002", e.node, "spec.exportTo other than [\"*\"] is not supported by weft yet")
         }
         var endpoints: [WorkloadSpec] = []
+        var named: [NamedEndpoint] = []
         for e in spec["endpoints"]?.sequence() ?? [] {
-            if let m = e.mapping(), let w = decodeWorkloadSpec(m, kind: "WorkloadEntry") { endpoints.append(w) }
+            guard let m = e.mapping() else { continue }
+            // A DNS name where an address goes: the agent resolves it (DNS resolutions only).
+            if resolution.resolves, let a = m["address"], let text = a.string(), IPAddress(text) == nil {
+                if let name = HostName.dnsName(text) {
+                    let f = decodeEndpointFields(m, kind: "WorkloadEntry")
+                    named.append(NamedEndpoint(name: name, ports: f.ports, labels: f.labels, weight: f.weight))
+                } else {
+                    ctx.error("WE001", a.node, "\(a.path) \"\(text)\" is neither an IP address nor a DNS name")
+                }
+                continue
+            }
+            if let w = decodeWorkloadSpec(m, kind: "WorkloadEntry") { endpoints.append(w) }
         }
         var selector: [String: String]?
         if let ws = spec["workloadSelector"]?.mapping() {
@@ -251,21 +268,38 @@ enum ResourceDecoder {
             ws.finish(kind: "WorkloadSelector")
             if spec["endpoints"] != nil {
                 ctx.error("SE007", spec["workloadSelector"]?.node, "spec.workloadSelector and spec.endpoints cannot both be set")
+            } else if resolution != .static || location == .meshExternal {
+                ctx.error("SE011", spec["workloadSelector"]?.node, "spec.workloadSelector selects the mesh's workloads: it needs resolution STATIC and location MESH_INTERNAL")
             }
+        }
+        switch resolution {
+        case .none:
+            // Connections go where they were made to: there is nothing to balance.
+            if let e = spec["endpoints"] {
+                ctx.error("SE012", e.node, "spec.endpoints cannot be used with resolution NONE (connections go to the address they were made to)")
+            }
+        case .dns, .dnsRoundRobin:
+            // No endpoints: the hosts are the names to resolve (Istio's behaviour).
+            if spec["endpoints"] == nil && selector == nil {
+                for h in hosts {
+                    if h.hasPrefix("*") {
+                        ctx.error("SE013", spec["hosts"]?.node, "host \(h): a wildcard cannot be resolved; resolution \(resolution.rawValue) without endpoints resolves the hosts")
+                    } else {
+                        named.append(NamedEndpoint(name: h))
+                    }
+                }
+            }
+        case .static:
+            break
         }
         spec.finish(kind: "ServiceEntry", istioFields: ["subjectAltNames"])
-        return ServiceEntry(metadata: meta, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints, workloadSelector: selector, position: pos)
+        return ServiceEntry(metadata: meta, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints, workloadSelector: selector, position: pos,
+                            resolution: resolution, location: location, namedEndpoints: named)
     }
 
-    static func decodeWorkloadSpec(_ m: YMap, kind: String) -> WorkloadSpec? {
+    /// An endpoint's ports, labels, weight and service account.
+    static func decodeEndpointFields(_ m: YMap, kind: String) -> (ports: [String: UInt16], labels: [String: String], weight: UInt32, serviceAccount: String?) {
         let ctx = m.ctx
-        var address: IPAddress?
-        if let a = m.required("address"), let s = a.string() {
-            address = IPAddress(s)
-            if address == nil {
-                ctx.error("WE001", a.node, "\(a.path) \"\(s)\" is not an IPv4 or IPv6 address (resolution STATIC needs addresses)")
-            }
-        }
         var ports: [String: UInt16] = [:]
         if let pm = m["ports"]?.mapping() {
             for (name, v) in pm.allPairs() { if let n = v.int(in: 1...65535) { ports[name] = UInt16(n) } }
@@ -280,8 +314,21 @@ enum ResourceDecoder {
         }
         let sa = m["serviceAccount"]?.string()
         m.finish(kind: kind, istioFields: ["network", "locality"])
+        return (ports, labels, weight, sa)
+    }
+
+    static func decodeWorkloadSpec(_ m: YMap, kind: String) -> WorkloadSpec? {
+        let ctx = m.ctx
+        var address: IPAddress?
+        if let a = m.required("address"), let s = a.string() {
+            address = IPAddress(s)
+            if address == nil {
+                ctx.error("WE001", a.node, "\(a.path) \"\(s)\" is not an IPv4 or IPv6 address (a DNS name needs resolution DNS or DNS_ROUND_ROBIN)")
+            }
+        }
+        let f = decodeEndpointFields(m, kind: kind)
         guard let address else { return nil }
-        return WorkloadSpec(address: address, ports: ports, labels: labels, weight: weight, serviceAccount: sa)
+        return WorkloadSpec(address: address, ports: f.ports, labels: f.labels, weight: f.weight, serviceAccount: f.serviceAccount)
     }
 
     static func decodeWorkloadEntry(_ spec: YMap, meta: Metadata, pos: SourcePosition) -> WorkloadEntry? {

@@ -63,7 +63,44 @@ public struct WorkloadSpec: Hashable, Sendable, Codable {
     public var serviceAccount: String?
 }
 
-/// networking.istio.io ServiceEntry, STATIC resolution.
+/// An endpoint of a ServiceEntry named by a DNS name (resolution DNS or DNS_ROUND_ROBIN):
+/// its addresses are what the agent resolves the name to, each with these ports, labels
+/// and weight.
+public struct NamedEndpoint: Hashable, Sendable, Codable {
+    /// The DNS name, lowercase, without a trailing dot.
+    public var name: String
+    /// Port name → port number.
+    public var ports: [String: UInt16] = [:]
+    /// Labels (subsets select on them).
+    public var labels: [String: String] = [:]
+    /// Load-balancing weight of each of its addresses.
+    public var weight: UInt32 = 1
+}
+
+/// Istio's ServiceEntry.resolution: how a service's endpoints are found.
+public enum Resolution: String, Hashable, Sendable, Codable, CaseIterable {
+    /// Endpoints (or selected WorkloadEntries) by address.
+    case `static` = "STATIC"
+    /// No endpoints: a connection goes to the address it was made to (passthrough);
+    /// the service only registers its addresses (REGISTRY_ONLY) and names.
+    case none = "NONE"
+    /// Endpoint names (or the hosts) resolved by the agent; every address is a backend.
+    case dns = "DNS"
+    /// As DNS, but only the first address of each answer (Envoy's LOGICAL_DNS).
+    case dnsRoundRobin = "DNS_ROUND_ROBIN"
+
+    /// Whether the agent resolves names for it.
+    public var resolves: Bool { self == .dns || self == .dnsRoundRobin }
+}
+
+/// Istio's ServiceEntry.location.
+public enum Location: String, Hashable, Sendable, Codable, CaseIterable {
+    case meshInternal = "MESH_INTERNAL"
+    /// Outside the mesh: its endpoints are never weft workloads (no mTLS to them).
+    case meshExternal = "MESH_EXTERNAL"
+}
+
+/// networking.istio.io ServiceEntry.
 public struct ServiceEntry: Hashable, Sendable, Codable {
     /// Metadata.
     public var metadata: Metadata
@@ -79,6 +116,13 @@ public struct ServiceEntry: Hashable, Sendable, Codable {
     public var workloadSelector: [String: String]?
     /// Where the resource starts.
     public var position: SourcePosition
+    /// How its endpoints are found.
+    public var resolution: Resolution = .static
+    /// Inside or outside the mesh.
+    public var location: Location = .meshInternal
+    /// Endpoints by DNS name (resolution DNS / DNS_ROUND_ROBIN; with no endpoints at all,
+    /// its hosts).
+    public var namedEndpoints: [NamedEndpoint] = []
 }
 
 /// networking.istio.io WorkloadEntry with weft's node/cgroup annotations.
@@ -214,6 +258,21 @@ public enum HostName {
     /// dot (and wildcards) are already qualified.
     public static func qualify(_ host: String, namespace: String) -> String {
         host.contains(".") || host == "*" ? host : "\(host).\(namespace).svc.cluster.local"
+    }
+
+    /// `text` as a DNS name to resolve — lowercase, without the trailing dot — or nil if
+    /// it is not one (labels of 1–63 letters, digits, '-' or '_', not starting or ending
+    /// with '-'; at most 253 characters).
+    public static func dnsName(_ text: String) -> String? {
+        var t = text.lowercased()
+        if t.hasSuffix(".") { t.removeLast() }
+        guard !t.isEmpty, t.utf8.count <= 253 else { return nil }
+        for label in t.split(separator: ".", omittingEmptySubsequences: false) {
+            guard (1...63).contains(label.utf8.count), label.first != "-", label.last != "-",
+                  label.unicodeScalars.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" || $0 == "_" })
+            else { return nil }
+        }
+        return t
     }
 
     /// Whether a DestinationRule host (possibly `*.suffix`) covers a service host.

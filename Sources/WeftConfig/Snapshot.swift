@@ -37,6 +37,8 @@ public struct Snapshot: Sendable {
     /// The addresses given to ServiceEntries that name none (already in their
     /// `addresses`); the agent keeps this table for the next snapshot.
     public internal(set) var autoAddresses = AutoAddresses()
+    /// The resolver's answers for DNS services' names (see `resolving`).
+    public internal(set) var resolved = ResolvedNames()
 
     /// ServiceEntries, sorted by id.
     public let serviceEntries: [ServiceEntry]
@@ -52,6 +54,8 @@ public struct Snapshot: Sendable {
     public let authorizationPolicies: [AuthorizationPolicy]
     /// Telemetries, sorted by id.
     public let telemetries: [Telemetry]
+    /// The MeshConfig (at most one, in the root namespace: validated).
+    public let meshConfig: MeshConfig?
     /// WorkloadEntries by namespace, for selector matching.
     private let workloadsByNamespace: [String: [WorkloadEntry]]
 
@@ -66,6 +70,7 @@ public struct Snapshot: Sendable {
         self.warnings = warnings
         var se: [ServiceEntry] = [], we: [WorkloadEntry] = [], dr: [DestinationRule] = []
         var vs: [VirtualService] = [], pa: [PeerAuthentication] = [], ap: [AuthorizationPolicy] = [], tel: [Telemetry] = []
+        var mesh: [MeshConfig] = []
         for id in resources.keys.sorted() {
             switch resources[id]! {
             case .serviceEntry(let r): se.append(r)
@@ -75,6 +80,7 @@ public struct Snapshot: Sendable {
             case .peerAuthentication(let r): pa.append(r)
             case .authorizationPolicy(let r): ap.append(r)
             case .telemetry(let r): tel.append(r)
+            case .meshConfig(let r): mesh.append(r)
             }
         }
         serviceEntries = se
@@ -84,6 +90,7 @@ public struct Snapshot: Sendable {
         peerAuthentications = pa
         authorizationPolicies = ap
         telemetries = tel
+        meshConfig = mesh.first
         workloadsByNamespace = Dictionary(grouping: we, by: \.metadata.namespace)
     }
 
@@ -98,6 +105,7 @@ public struct Snapshot: Sendable {
                                       labels: $0.spec.labels, node: $0.node) }
         }
         return service.endpoints.map { ServiceBackend(address: $0.address, port: target($0), weight: $0.weight, workload: nil, labels: $0.labels) }
+            + service.namedEndpoints.flatMap { backends(of: service, named: $0, port: $0.ports[port.name] ?? port.targetPort ?? port.number) }
     }
 
     /// The DestinationRule that applies to a service: exact host match first, then the
@@ -145,6 +153,8 @@ public struct ValidationOptions: Sendable {
     public var knownNodes: Set<String>
     /// Addresses given before to ServiceEntries that name none: kept (AutoAddresses).
     public var autoAddresses = AutoAddresses()
+    /// The resolver's answers in force (DNS services' backends).
+    public var resolved = ResolvedNames()
 
     /// Creates options.
     public init(rootNamespace: String = "weft-system", knownNodes: Set<String> = []) {
@@ -263,6 +273,7 @@ public enum ConfigLoader {
         result.documents = documents
         result.rootNamespace = options.rootNamespace
         result.autoAddresses = auto
+        result.resolved = options.resolved
         return result
     }
 
@@ -377,6 +388,19 @@ public enum ConfigLoader {
                            "a second \(scope) policy in namespace \(pa.metadata.namespace) (first: \(other.metadata.name), \(other.position)); keep one")
             }
             wide[pa.metadata.namespace] = pa
+        }
+
+        // One MeshConfig, in the root namespace: it is the mesh's, not a namespace's.
+        var meshConfig: ResourceID?
+        for case .meshConfig(let mc) in inOrder {
+            let res = "MeshConfig \(mc.metadata.namespace)/\(mc.metadata.name)"
+            if mc.metadata.namespace != options.rootNamespace {
+                sink.error("MC002", mc.position, res, "a MeshConfig is the mesh's: put it in the root namespace \(options.rootNamespace)")
+            } else if let other = meshConfig {
+                sink.error("MC003", mc.position, res, "a second MeshConfig (first: \(other.name)); keep one")
+            } else {
+                meshConfig = Resource.meshConfig(mc).id
+            }
         }
 
         // At most one namespace-wide (or mesh-wide) Telemetry per namespace: Istio's
