@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include "capture.h"
 #include "dns.h"
+#include "egress.h"
 #include "inbound.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -186,6 +187,12 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 			weft_dns_redirect(&dst, v6, mapped, cookie);
 			weft_ctx_set_dst(ctx, &dst, v6, mapped);
 			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, &dst, 0, WEFT_VERDICT_DNS, 0);
+			return 1;
+		}
+		if (weft_egress_refused(ctx, &vip)) {
+			weft_count(WEFT_STAT_EGRESS_REFUSED);
+			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, NULL, 0, WEFT_VERDICT_REFUSED, WEFT_REFUSED_EGRESS);
+			return 0; /* EPERM: the kernel's answer when a cgroup hook refuses */
 		}
 		return 1;
 	}

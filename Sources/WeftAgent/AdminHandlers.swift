@@ -184,7 +184,7 @@ extension Agent {
 
 extension StoredResource {
     static let kinds = ["ServiceEntry", "WorkloadEntry", "VirtualService", "DestinationRule", "PeerAuthentication", "AuthorizationPolicy",
-                        "Telemetry"]
+                        "Telemetry", "MeshConfig"]
 
     /// What `weft get KIND [NAME] [-n NAMESPACE]` shows of `documents`, sorted by id.
     public static func select(_ documents: [Document], kind: String?, name: String?, namespace: String?) throws -> [StoredResource] {

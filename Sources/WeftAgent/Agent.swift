@@ -144,11 +144,11 @@ public final class Agent: Service, @unchecked Sendable {
     private let applying = NSLock()
     /// Held for a whole validate → datapath → persist sequence: config-dir reloads and
     /// admin requests commit one at a time.
-    private let committing = NSLock()
+    let committing = NSLock()
     var store: RevisionStore?
     var snapshot = Snapshot.empty()
     /// The snapshot's map contents, computed once per revision (Maglev tables are costly).
-    private var desired = DesiredState(snapshot: .empty(), node: "")
+    var desired = DesiredState(snapshot: .empty(), node: "")
     private var reconciler: Reconciler
     var status: AgentStatus
 
@@ -266,8 +266,12 @@ public final class Agent: Service, @unchecked Sendable {
         // socket of the agent's and leaves queries to the resolvers they were sent to (or,
         // in a takeover, to the old agent's DNS server).
         let dnsServer = makeDNS()
-        defer { dnsServer?.shutdown() }
-        lock.withLock { self.dns = dnsServer }
+        defer { dnsServer.shutdown() }
+        let resolver = ServiceResolver(server: dnsServer, logger: logger) { [self] in resolvedNamesChanged() }
+        lock.withLock {
+            self.dns = dnsServer
+            self.resolver = resolver
+        }
         let datapath = try Datapath(bpffs: options.bpffs, cgroup: options.cgroup, slots: options.lbSlots,
                                     settings: .init(proxyPort: options.proxyPort, agentMark: options.agentMark,
                                                     inboundPort: steering ? options.inboundPort : 0, tunnelPort: options.tunnelPort,
@@ -301,7 +305,7 @@ public final class Agent: Service, @unchecked Sendable {
         // Connections that came while the config was read waited in the listening
         // sockets' queues; they are served now, with routes.
         proxy?.setAccepting(true)
-        if let dnsServer { listenDNS(dnsServer) }
+        if options.dnsPort != 0 { listenDNS(dnsServer) }
         // systemd (Type=notify): serving from here on — listeners bound, datapath attached
         // or adopted, the last good config (or the config dir's) programmed.
         let ready = lock.withLock { status }
@@ -401,8 +405,10 @@ public final class Agent: Service, @unchecked Sendable {
 
     private var datapath: Datapath?
     var proxy: ProxyRuntime?
-    /// The workloads' DNS server (nil: --dns-port 0).
+    /// The DNS server (listening for workloads unless --dns-port 0).
     var dns: DNSServer?
+    /// Resolves DNS services' names.
+    var resolver: ServiceResolver?
     /// This node's workloads' namespaces by cgroup: whose a DNS query is, for short names.
     let dnsNamespaces = DNSNamespaces()
     /// Addresses given to ServiceEntries that name none, kept in the state directory.
@@ -526,7 +532,7 @@ public final class Agent: Service, @unchecked Sendable {
         }
     }
     /// Revision and source workloads the proxy's tables were built from.
-    private var proxyBuilt: (revision: UInt64, workloads: [UInt64: String])?
+    private var proxyBuilt: (revision: UInt64, workloads: [UInt64: String], resolved: ResolvedNames)?
 
     /// The kernel's record of a captured connection, taken on accept (event loop threads).
     func origin(of client: SocketKey) -> ConnectionOrigin? {
@@ -546,8 +552,8 @@ public final class Agent: Service, @unchecked Sendable {
         for we in snap.workloadEntries where we.node == options.node {
             if let cg = we.cgroup, let id = cgroupIDs[cg] { byID[id] = we }
         }
-        let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" })
-        if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1 { return }
+        let key = (snap.revision, byID.mapValues { "\($0.metadata.namespace)/\($0.metadata.name)" }, snap.resolved)
+        if let built = proxyBuilt, built.revision == key.0, built.workloads == key.1, built.resolved == key.2 { return }
         monitor.setNames(MonitorNames(snapshot: snap, cgroups: byID))
         updateDNS(snap, workloads: byID)
         proxyBuilt = key
@@ -560,7 +566,10 @@ public final class Agent: Service, @unchecked Sendable {
 
     /// What the kernel should hold for `snap` on this node.
     func desiredState(_ snap: Snapshot) -> DesiredState {
-        DesiredState(snapshot: snap, node: options.node, steering: steering)
+        // The node's resolvers stay reachable under REGISTRY_ONLY: workloads ask them
+        // directly whenever the agent's DNS server is not up.
+        let resolvers = snap.outboundTrafficPolicy == .registryOnly ? readResolvConf().nameservers : []
+        return DesiredState(snapshot: snap, node: options.node, steering: steering, resolvers: resolvers)
     }
 
     /// The kernel's counters into the registry (at scrape time): its hooks' events, and
@@ -569,12 +578,13 @@ public final class Agent: Service, @unchecked Sendable {
         guard let (maps, snap) = lock.withLock({ datapath.map { ($0.maps, snapshot) } }) else { return }
         var names: [IPAddress: String] = [:]
         for we in snap.workloadEntries where we.node == options.node { names[we.spec.address] = "\(we.metadata.namespace)/\(we.metadata.name)" }
-        kernelMetrics.collect(maps, workloads: names, dns: lock.withLock { dns }?.currentStats())
+        kernelMetrics.collect(maps, workloads: names, dns: options.dnsPort == 0 ? nil : lock.withLock { dns }?.currentStats())
     }
 
     var validation: ValidationOptions {
         var v = ValidationOptions(rootNamespace: options.rootNamespace, knownNodes: [options.node])
         v.autoAddresses = autoAddresses.current
+        v.resolved = lock.withLock { resolver }?.current ?? ResolvedNames()
         return v
     }
 
@@ -759,6 +769,7 @@ public final class Agent: Service, @unchecked Sendable {
             if let id = try? Datapath.cgroupID("\(options.cgroup)/\(path)") { cgroupIDs[path] = id }
         }
         autoAddresses.keep(snap.autoAddresses)
+        lock.withLock { resolver }?.want(snap.namesToResolve)
         // The proxy learns a revision's routes before the kernel sends it connections.
         updateProxy(snap, cgroupIDs: cgroupIDs)
         reloadTrust()

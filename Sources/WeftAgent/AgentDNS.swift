@@ -20,11 +20,10 @@ final class DNSNamespaces: @unchecked Sendable {
 }
 
 extension Agent {
-    /// The workloads' DNS server (--dns-port), forwarding to the resolvers of
-    /// --resolv-conf; nil if it is off. It listens once the agent's config is in
-    /// (listenDNS).
-    func makeDNS() -> DNSServer? {
-        guard options.dnsPort != 0 else { return nil }
+    /// The DNS server, forwarding to the resolvers of --resolv-conf: the workloads' (it
+    /// listens on --dns-port once the agent's config is in, listenDNS) and the agent's own
+    /// for the names of DNS services (always, --dns-port 0 too).
+    func makeDNS() -> DNSServer {
         let namespaces = dnsNamespaces
         return DNSServer(resolvConf: readResolvConf(), mark: options.agentMark, logger: logger) { namespaces.namespace(of: $0) }
     }
@@ -64,6 +63,31 @@ extension Agent {
         return ResolvConf(parsing: text)
     }
 
+    /// A DNS service's answers changed: the snapshot in force gets them (same revision),
+    /// and the kernel and the proxy its new backends.
+    func resolvedNamesChanged() {
+        committing.lock()
+        defer { committing.unlock() }
+        guard let resolver = lock.withLock({ self.resolver }) else { return }
+        let current = lock.withLock { snapshot }
+        let table = resolver.current
+        guard current.revision > 0, table != current.resolved else { return }
+        let next = current.resolving(table)
+        let desired = desiredState(next)
+        let tooBig = desired.capacityProblems()
+        guard tooBig.isEmpty else {
+            logger.error("DNS services' new addresses do not fit the datapath: \(tooBig.joined(separator: "; ")); keeping the ones in force",
+                         metadata: ["component": "dns"])
+            return
+        }
+        if apply(next, desired, reason: "DNS services' addresses", cause: "resolved") {
+            lock.withLock {
+                snapshot = next
+                self.desired = desired
+            }
+        }
+    }
+
     /// The DNS server's names, and this node's workloads by cgroup id (`workloads`), from
     /// `snap`; resolv.conf is read again too (a changed search list or resolver is taken
     /// with the config).
@@ -71,7 +95,9 @@ extension Agent {
         guard let server = lock.withLock({ dns }) else { return }
         dnsNamespaces.set(workloads.mapValues(\.metadata.namespace))
         let conf = readResolvConf()
-        let hosts = snap.serviceEntries.flatMap { se in se.hosts.map { DNSTable.Host(name: $0, addresses: se.addresses) } }
+        // A service without addresses (resolution NONE names none) is not answered here:
+        // its clients must learn the address the name really has.
+        let hosts = snap.serviceEntries.filter { !$0.addresses.isEmpty }.flatMap { se in se.hosts.map { DNSTable.Host(name: $0, addresses: se.addresses) } }
         server.update(resolvConf: conf)
         server.update(table: DNSTable(hosts: hosts, searchDomains: conf.search))
     }

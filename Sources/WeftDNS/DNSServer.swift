@@ -33,8 +33,8 @@ public final class DNSServer: @unchecked Sendable {
     }
 
     private let group: MultiThreadedEventLoopGroup
-    private let loop: EventLoop
-    private let forwarder: DNSForwarder
+    let loop: EventLoop
+    let forwarder: DNSForwarder
     /// The agent starts listening once it has set the table of its config (a mesh name
     /// asked before would be forwarded, and answered NXDOMAIN).
     private var table = DNSTable()

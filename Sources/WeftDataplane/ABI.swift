@@ -68,7 +68,7 @@ extension weft_revnat_val {
 public let statNames: [String] = [
     "connect_xlate", "connect_no_backend", "sendmsg_xlate", "sendmsg_no_backend",
     "recvmsg_revnat", "peername_revnat", "revnat_full",
-    "connect_capture", "capture_rekeyed", "capture_full", "agent_bypass", "dns_redirect",
+    "connect_capture", "capture_rekeyed", "capture_full", "agent_bypass", "dns_redirect", "egress_refused",
 ]
 
 extension weft_capture_key {

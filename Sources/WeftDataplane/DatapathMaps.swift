@@ -10,7 +10,8 @@ import WeftConfig
 public final class DatapathMaps: @unchecked Sendable {
     /// Map names as in bpf/lib/maps.h, in display order.
     public static let names = ["weft_svc_v1", "weft_backend_v1", "weft_slot_v1", "weft_rr_v1", "weft_revnat_v1", "weft_wl_v1", "weft_stats_v1",
-                               "weft_pending_v1", "weft_capture_v1", "weft_inpol_v1", "weft_inctr_v1"]
+                               "weft_pending_v1", "weft_capture_v1", "weft_inpol_v1", "weft_inctr_v1",
+                               "weft_egress_mode_v1", "weft_egress_v1"]
     /// The flow event maps (bpf/lib/events.h): the ring buffer `weft monitor` reads, the
     /// reader's deadline, the lost-event counter. Pinned with the others, shared by the
     /// TC programs, but not state the reconciler or `weft map` works on.
@@ -27,6 +28,8 @@ public final class DatapathMaps: @unchecked Sendable {
     public let capture: BPFMap
     public let inpol: BPFMap
     public let inctr: BPFMap
+    public let egressMode: BPFMap
+    public let egress: BPFMap
 
     init(lookup: (String) throws -> BPFMap) throws {
         svc = try lookup("weft_svc_v1")
@@ -40,6 +43,8 @@ public final class DatapathMaps: @unchecked Sendable {
         capture = try lookup("weft_capture_v1")
         inpol = try lookup("weft_inpol_v1")
         inctr = try lookup("weft_inctr_v1")
+        egressMode = try lookup("weft_egress_mode_v1")
+        egress = try lookup("weft_egress_v1")
     }
 
     /// Opens the maps pinned under `bpffs` (DIR/maps/NAME).
@@ -54,7 +59,7 @@ public final class DatapathMaps: @unchecked Sendable {
     }
 
     /// All maps by name.
-    public var all: [BPFMap] { [svc, backend, slot, rr, revnat, wl, stats, pending, capture, inpol, inctr] }
+    public var all: [BPFMap] { [svc, backend, slot, rr, revnat, wl, stats, pending, capture, inpol, inctr, egressMode, egress] }
 
     /// Takes the origin the kernel recorded for a captured connection from `client` (the
     /// accepted socket's peer); nil if this connection was not captured by weft.
@@ -81,6 +86,8 @@ public final class DatapathMaps: @unchecked Sendable {
         s.slotCapacity = slot.maxEntries
         for (k, v) in try wl.entries(UInt64.self, weft_wl_val.self) { s.workloads[k] = v.address }
         for (k, v) in try inpol.entries(weft_inpol_key.self, weft_inpol_val.self) { s.inbound[k.key] = v.rule }
+        s.egressMode = try egressMode.lookup(UInt32(0), as: UInt32.self) == WEFT_EGRESS_REGISTRY_ONLY.rawValue ? .registryOnly : .allowAny
+        s.egress = Set(try egress.keys().map { BPFMap.value(weft_egress_key.self, from: $0).rule })
         return s
     }
 
@@ -138,6 +145,12 @@ public final class DatapathMaps: @unchecked Sendable {
             try inpol.update(weft_inpol_key(k), weft_inpol_val(r))
         case .deleteInbound(let k):
             try inpol.delete(weft_inpol_key(k))
+        case .putEgress(let r):
+            try egress.update(weft_egress_key(r), UInt32(0))
+        case .deleteEgress(let r):
+            try egress.delete(weft_egress_key(r))
+        case .setEgressMode(let mode):
+            try egressMode.update(UInt32(0), mode == .registryOnly ? WEFT_EGRESS_REGISTRY_ONLY.rawValue : WEFT_EGRESS_ALLOW_ANY.rawValue)
         }
     }
 }

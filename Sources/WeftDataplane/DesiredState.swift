@@ -101,12 +101,19 @@ public struct DesiredState: Sendable {
     public var workloads: [String: IPAddress]
     /// Plaintext inbound rules of this node's workload ports (weft_inpol_v1).
     public var inbound: [InboundKey: InboundRule]
+    /// The mesh's outbound traffic policy (weft_egress_mode_v1).
+    public var egressMode: OutboundTrafficPolicy = .allowAny
+    /// Under REGISTRY_ONLY, the destinations the registry knows (weft_egress_v1); empty
+    /// under ALLOW_ANY, where nobody reads them.
+    public var egress: Set<EgressRule> = []
 
     /// Computes the desired state (selection tables included) from a snapshot;
-    /// `steering`: the agent has an inbound listener that plaintext can be steered to.
-    public init(snapshot: Snapshot, node: String, steering: Bool = false) {
+    /// `steering`: the agent has an inbound listener that plaintext can be steered to;
+    /// `resolvers`: the node's DNS resolvers (REGISTRY_ONLY lets workloads ask them).
+    public init(snapshot: Snapshot, node: String, steering: Bool = false, resolvers: [IPAddress] = []) {
         var services: [Frontend: DesiredService] = [:]
-        for se in snapshot.serviceEntries {
+        // Resolution NONE is passthrough: its addresses are not frontends.
+        for se in snapshot.serviceEntries where se.resolution != .none {
             for port in se.ports {
                 let lb = snapshot.loadBalancer(for: se, port: port.number)
                 // Duplicate endpoints (same address and port) add up their weights.
@@ -133,6 +140,8 @@ public struct DesiredState: Sendable {
         self.services = services
         self.workloads = workloads
         inbound = Self.inboundRules(snapshot: snapshot, node: node, steering: steering)
+        egressMode = snapshot.outboundTrafficPolicy
+        if egressMode == .registryOnly { egress = Self.egressRules(snapshot: snapshot, resolvers: resolvers) }
     }
 
     /// Builds a selection table for an algorithm.
@@ -177,6 +186,9 @@ extension DesiredState {
         }
         if inbound.count > Int(WEFT_MAX_INBOUND) {
             out.append("\(inbound.count) inbound rules (workload ports under PeerAuthentication or policy) exceed the capacity of \(WEFT_MAX_INBOUND) (weft_inpol_v1)")
+        }
+        if egress.count > Int(WEFT_MAX_EGRESS) {
+            out.append("\(egress.count) registered destinations (REGISTRY_ONLY) exceed the capacity of \(WEFT_MAX_EGRESS) (weft_egress_v1)")
         }
         return out
     }

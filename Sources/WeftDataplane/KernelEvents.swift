@@ -79,8 +79,11 @@ public struct KernelEvent: Sendable, Equatable {
         case WEFT_VERDICT_DNS.rawValue: return ("dns", nil)
         case WEFT_VERDICT_NO_BACKEND.rawValue: return ("no-backend", "the service has no active backend")
         case WEFT_VERDICT_REFUSED.rawValue:
-            return ("refused", reason == WEFT_REFUSED_CAPTURE_FULL.rawValue ? "the captured connection's origin could not be recorded"
-                : "no backend of the socket's address family")
+            switch reason {
+            case WEFT_REFUSED_CAPTURE_FULL.rawValue: return ("refused", "the captured connection's origin could not be recorded")
+            case WEFT_REFUSED_EGRESS.rawValue: return ("refused", "egress: not in the mesh's registry (REGISTRY_ONLY)")
+            default: return ("refused", "no backend of the socket's address family")
+            }
         default: return ("verdict \(verdict)", nil)
         }
     }

@@ -47,6 +47,10 @@ public enum MapDump {
             return try maps.inboundCounts().map { ("\($0.address) \($0.reason)", "\($0.count)") }
         case "weft_stats_v1":
             return try maps.counters().map { ($0.name, "\($0.value)") }
+        case "weft_egress_mode_v1":
+            return [("mode", try maps.readActual().egressMode.rawValue)]
+        case "weft_egress_v1":
+            return try maps.egress.keys().map { BPFMap.value(weft_egress_key.self, from: $0).rule }.sorted().map { ($0.description, "registered") }
         default:
             throw BPFError("no map \(name)")
         }

@@ -35,6 +35,10 @@ public struct ActualState: Sendable, Equatable {
     public var workloads: [UInt64: IPAddress] = [:]
     /// weft_inpol_v1.
     public var inbound: [InboundKey: InboundRule] = [:]
+    /// weft_egress_mode_v1.
+    public var egressMode: OutboundTrafficPolicy = .allowAny
+    /// weft_egress_v1.
+    public var egress: Set<EgressRule> = []
 
     public init() {}
 }
@@ -56,6 +60,9 @@ public enum DatapathOp: Sendable, Equatable {
     case deleteWorkload(cgroupID: UInt64)
     case putInbound(InboundKey, InboundRule)
     case deleteInbound(InboundKey)
+    case putEgress(EgressRule)
+    case deleteEgress(EgressRule)
+    case setEgressMode(OutboundTrafficPolicy)
 }
 
 /// Diffs desired against actual state into an ordered list of map operations.
@@ -200,6 +207,13 @@ public struct Reconciler: Sendable {
         for k in gone.sorted(by: { ($0.port == 0 ? 0 : 1, $0) < ($1.port == 0 ? 0 : 1, $1) }) {
             ops.append(.deleteInbound(k))
         }
+
+        // 6. Egress: what the registry knows goes in before REGISTRY_ONLY is switched on
+        // (a known destination is never refused on the way), and comes out after it is
+        // switched off.
+        for r in desired.egress.subtracting(actual.egress).sorted() { ops.append(.putEgress(r)) }
+        if actual.egressMode != desired.egressMode { ops.append(.setEgressMode(desired.egressMode)) }
+        for r in actual.egress.subtracting(desired.egress).sorted() { ops.append(.deleteEgress(r)) }
         self.drainingSince = drainingSince
         self.retired = retired
         return ops

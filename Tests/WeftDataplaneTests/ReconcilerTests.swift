@@ -19,6 +19,9 @@ func simulate(_ s: inout ActualState, _ ops: [DatapathOp], tables: inout [UInt32
         case .deleteWorkload(let cg): s.workloads[cg] = nil
         case .putInbound(let k, let r): s.inbound[k] = r
         case .deleteInbound(let k): s.inbound[k] = nil
+        case .putEgress(let r): s.egress.insert(r)
+        case .deleteEgress(let r): s.egress.remove(r)
+        case .setEgressMode(let m): s.egressMode = m
         }
     }
 }

@@ -41,6 +41,8 @@ enum weft_stat {
 	WEFT_STAT_CAPTURE_FULL,         /* could not record a captured connection's origin */
 	WEFT_STAT_AGENT_BYPASS,         /* connect() by the agent itself: never captured */
 	WEFT_STAT_DNS_REDIRECT,         /* a DNS query (port 53, UDP or TCP) sent to the agent's DNS server */
+	WEFT_STAT_EGRESS_REFUSED,       /* connect()/sendmsg() to an address the registry does not know,
+					 * under REGISTRY_ONLY: refused */
 	WEFT_STAT_MAX,
 };
 /* weft_stats_v1 has room for counters later builds add, so an adopted map still fits. */
@@ -202,6 +204,24 @@ enum weft_event_verdict {
 enum weft_refused_reason {
 	WEFT_REFUSED_CAPTURE_FULL = 1, /* the origin of a captured connection could not be recorded */
 	WEFT_REFUSED_FAMILY = 2,       /* the backend's address family cannot be written into the socket's */
+	WEFT_REFUSED_EGRESS = 3,       /* REGISTRY_ONLY: the destination is not in the mesh's registry */
+};
+
+/* The mesh's outbound traffic policy (weft_egress_mode_v1, key 0). */
+enum weft_egress_mode {
+	WEFT_EGRESS_ALLOW_ANY = 0,
+	WEFT_EGRESS_REGISTRY_ONLY = 1, /* only destinations in weft_egress_v1 (and loopback) */
+};
+
+/* A destination the registry knows (weft_egress_v1, an LPM trie). The port comes first so
+ * that one entry is one port of an address range; port 0 is every port (a second lookup).
+ * prefixlen counts the bits after it: 32 (port, family, pad) + the address's prefix. */
+struct weft_egress_key {
+	__u32 prefixlen;
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+	__u8 addr[16];
 };
 
 /* One flow event in weft_events_v1 (a ring buffer), for `weft monitor`. Written only while
@@ -247,6 +267,7 @@ _Static_assert(sizeof(struct weft_capture_val) == 32, "weft_capture_val layout")
 _Static_assert(sizeof(struct weft_settings) == 24, "weft_settings layout");
 _Static_assert(sizeof(struct weft_inpol_key) == 20, "weft_inpol_key layout");
 _Static_assert(sizeof(struct weft_inpol_val) == 4, "weft_inpol_val layout");
+_Static_assert(sizeof(struct weft_egress_key) == 24, "weft_egress_key layout");
 _Static_assert(sizeof(struct weft_inctr_key) == 20, "weft_inctr_key layout");
 _Static_assert(sizeof(struct weft_svc_key) == 20, "weft_svc_key layout");
 _Static_assert(sizeof(struct weft_svc_val) == 24, "weft_svc_val layout");
@@ -264,6 +285,7 @@ _Static_assert(sizeof(struct weft_wl_val) == 20, "weft_wl_val layout");
 #define WEFT_MAX_CAPTURED 65536
 /* Workload ports with an inbound rule (a workload's default is one more). */
 #define WEFT_MAX_INBOUND 65536
+#define WEFT_MAX_EGRESS 65536
 /* Default size of weft_slot_v1 (all selection tables together; 16 MiB of kernel memory).
  * The agent's --lb-slots sets it before load. */
 #define WEFT_DEFAULT_SLOTS 4194304

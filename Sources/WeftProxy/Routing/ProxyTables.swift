@@ -158,7 +158,7 @@ public struct ProxyTables: Sendable {
             }
         }
         meshTracing = snapshot.tracing(for: nil, side: .client)
-        for se in snapshot.serviceEntries {
+        for se in snapshot.serviceEntries where se.resolution != .none { // passthrough: never captured
             let dr = snapshot.destinationRule(for: se)
             let vs = snapshot.virtualService(for: se)
             let id = ResourceID(kind: "ServiceEntry", namespace: se.metadata.namespace, name: se.metadata.name)
