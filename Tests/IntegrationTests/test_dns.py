@@ -37,18 +37,13 @@ spec: {address: %(client)s, serviceAccount: client}
 """ % {"vip": VIP, "client": CLIENT}
 
 
-def dnsmasq(sandbox, again=False):
-    """The node's resolver: api.example.test has an address (TTL 60), other names of
-    example.test do not exist, big.example.test has 600 bytes of TXT; it refuses the rest.
-    `again`: started anew, on the address it had."""
-    if not again:
-        sandbox.add_address(UPSTREAM)
+def run_dnsmasq(sandbox, *args):
+    """dnsmasq in the namespace, serving on UPSTREAM with `args`, logging each query;
+    returns once it has started: (process, its log)."""
     log = os.path.join(sandbox.tmp, "dnsmasq.log")
-    txt = ",".join('"%s"' % (c * 200) for c in "xyz")
     p = subprocess.Popen(sandbox.in_ns(["dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--listen-address=" + UPSTREAM,
-                                        "--bind-interfaces", "--pid-file=" + os.path.join(sandbox.tmp, "dnsmasq.pid"), "--local-ttl=60",
-                                        "--host-record=api.example.test,192.0.2.8", "--local=/example.test/",
-                                        "--txt-record=big.example.test," + txt, "--log-queries", "--log-facility=" + log]),
+                                        "--bind-interfaces", "--pid-file=" + os.path.join(sandbox.tmp, "dnsmasq.pid"),
+                                        "--log-queries", "--log-facility=" + log] + list(args)),
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sandbox.procs.append(p)
     deadline = time.time() + 10
@@ -56,6 +51,17 @@ def dnsmasq(sandbox, again=False):
         assert time.time() < deadline and p.poll() is None, "dnsmasq did not start"
         time.sleep(0.05)
     return p, log
+
+
+def dnsmasq(sandbox, again=False):
+    """The node's resolver: api.example.test has an address (TTL 60), other names of
+    example.test do not exist, big.example.test has 600 bytes of TXT; it refuses the rest.
+    `again`: started anew, on the address it had."""
+    if not again:
+        sandbox.add_address(UPSTREAM)
+    txt = ",".join('"%s"' % (c * 200) for c in "xyz")
+    return run_dnsmasq(sandbox, "--local-ttl=60", "--host-record=api.example.test,192.0.2.8", "--local=/example.test/",
+                       "--txt-record=big.example.test," + txt)
 
 
 def node(sandbox, *extra, nameserver=UPSTREAM):

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import time
 
-from test_dns import UPSTREAM, with_resolv
+from test_dns import UPSTREAM, run_dnsmasq, with_resolv
 from test_monitor import Monitor
 
 ONE, TWO = "10.1.54.11", "10.1.54.12"   # backends an external name can point at
@@ -55,16 +55,7 @@ def resolver(sandbox, hosts):
     path = os.path.join(sandbox.tmp, "ext.hosts")
     with open(path, "w") as f:
         f.write(hosts)
-    log = os.path.join(sandbox.tmp, "dnsmasq.log")
-    p = subprocess.Popen(sandbox.in_ns(["dnsmasq", "-k", "--user=root", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--addn-hosts=" + path,
-                                        "--listen-address=" + UPSTREAM, "--bind-interfaces", "--local-ttl=2", "--local=/example.test/",
-                                        "--pid-file=" + os.path.join(sandbox.tmp, "dnsmasq.pid"), "--log-queries", "--log-facility=" + log]),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sandbox.procs.append(p)
-    deadline = time.time() + 10
-    while not (os.path.exists(log) and "started" in open(log).read()):
-        assert time.time() < deadline and p.poll() is None, "dnsmasq did not start"
-        time.sleep(0.05)
+    p, _ = run_dnsmasq(sandbox, "--user=root", "--addn-hosts=" + path, "--local-ttl=2", "--local=/example.test/")
     resolv = os.path.join(sandbox.tmp, "resolv.conf")
     with open(resolv, "w") as f:
         f.write("nameserver %s\noptions timeout:2 attempts:1\n" % UPSTREAM)
