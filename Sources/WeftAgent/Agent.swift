@@ -403,12 +403,14 @@ public final class Agent: Service, @unchecked Sendable {
         return out.sorted()
     }
 
-    private var datapath: Datapath?
+    var datapath: Datapath?
     var proxy: ProxyRuntime?
     /// The DNS server (listening for workloads unless --dns-port 0).
     var dns: DNSServer?
     /// Resolves DNS services' names.
     var resolver: ServiceResolver?
+    /// Destinations opened by DNS answers for NONE services' names (REGISTRY_ONLY).
+    let learnedEgress = LearnedEgress()
     /// This node's workloads' namespaces by cgroup: whose a DNS query is, for short names.
     let dnsNamespaces = DNSNamespaces()
     /// Addresses given to ServiceEntries that name none, kept in the state directory.
@@ -776,6 +778,20 @@ public final class Agent: Service, @unchecked Sendable {
         refreshCertificates(snap)
         do {
             let actual = try datapath.maps.readActual()
+            // What DNS answers opened (read after the kernel: one learned meanwhile is in
+            // both or in neither, never deleted as unknown).
+            var desired = desired
+            if desired.egressMode == .registryOnly {
+                // The kernel's own record counts too: what a previous agent (or, during a
+                // handover, the old one) opened stays open until it expires.
+                let taken = learnedEgress.merge(actual.learnedEgress)
+                if taken > 0 {
+                    logger.info("REGISTRY_ONLY: \(taken) destination(s) DNS answers opened before are kept until they expire", metadata: ["component": "dns"])
+                }
+                desired.egress.formUnion(learnedEgress.active())
+            } else {
+                learnedEgress.clear()
+            }
             let ops = try lock.withLock { try reconciler.plan(actual: actual, desired: desired, cgroupIDs: cgroupIDs, now: Date()) }
             if ops.isEmpty && reason == nil { return true }
             try datapath.maps.apply(ops)

@@ -100,6 +100,20 @@ extension Agent {
         let hosts = snap.serviceEntries.filter { !$0.addresses.isEmpty }.flatMap { se in se.hosts.map { DNSTable.Host(name: $0, addresses: se.addresses) } }
         server.update(resolvConf: conf)
         server.update(table: DNSTable(hosts: hosts, searchDomains: conf.search))
+        // REGISTRY_ONLY: answers for NONE services' hosts open what they name.
+        let names = snap.outboundTrafficPolicy == .registryOnly
+            ? EgressNames(hosts: snap.serviceEntries.filter { $0.resolution == .none }.flatMap { se in se.hosts.map { ($0, se.ports.map(\.number)) } })
+            : EgressNames()
+        server.update(egressNames: names) { [self] learned in
+            let rules = learnedEgress.learn(learned)
+            guard !rules.isEmpty, let maps = lock.withLock({ datapath?.maps }) else { return }
+            do {
+                try maps.openEgress(rules.map { ($0, learnedEgress.expiry(of: $0) ?? Date()) })
+            } catch {
+                logger.error("REGISTRY_ONLY: cannot open \(learned.name)'s addresses in the kernel (\(error)); connections to them are refused until the next resync",
+                             metadata: ["component": "dns"])
+            }
+        }
     }
 }
 

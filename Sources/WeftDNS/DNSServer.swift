@@ -43,6 +43,8 @@ public final class DNSServer: @unchecked Sendable {
     /// A workload's namespace by its cgroup id.
     private let namespaceOf: @Sendable (UInt64) -> String?
     private let owner = SocketOwner()
+    /// REGISTRY_ONLY's names and what learns their answers (EgressNames); nil: off.
+    var egress: (EgressNames, (@Sendable (LearnedAddresses) -> Void)?)?
     private let logger: Logger
 
     /// Most queries one TCP connection may have waiting for an answer; past it, reading
@@ -150,11 +152,13 @@ public final class DNSServer: @unchecked Sendable {
             counters.forwarded.add(1, ordering: .relaxed)
             if let hit = forwarder.cached(query) {
                 counters.cached.add(1, ordering: .relaxed)
+                learn(from: hit, for: query)
                 let out = DNSResponder.fit(hit, to: query, overTCP: overTCP)
                 if out.count != hit.count { counters.truncated.add(1, ordering: .relaxed) }
                 return .now(out)
             }
             return .later(forwarder.resolve(query, bytes).map { [self] answer in
+                learn(from: answer, for: query)
                 let out = DNSResponder.fit(answer, to: query, overTCP: overTCP)
                 if out.count != answer.count { counters.truncated.add(1, ordering: .relaxed) }
                 return out

@@ -87,8 +87,21 @@ public final class DatapathMaps: @unchecked Sendable {
         for (k, v) in try wl.entries(UInt64.self, weft_wl_val.self) { s.workloads[k] = v.address }
         for (k, v) in try inpol.entries(weft_inpol_key.self, weft_inpol_val.self) { s.inbound[k.key] = v.rule }
         s.egressMode = try egressMode.lookup(UInt32(0), as: UInt32.self) == WEFT_EGRESS_REGISTRY_ONLY.rawValue ? .registryOnly : .allowAny
-        s.egress = Set(try egress.keys().map { BPFMap.value(weft_egress_key.self, from: $0).rule })
+        for (k, v) in try egress.entries(weft_egress_key.self, UInt32.self) {
+            s.egress.insert(k.rule)
+            if v != 0 { s.learnedEgress[k.rule] = Date(timeIntervalSince1970: TimeInterval(v)) }
+        }
         return s
+    }
+
+    /// Opens each rule for REGISTRY_ONLY as learned from a DNS answer, until its date
+    /// (the value, in Unix seconds; 0 is a registered destination).
+    public func openEgress(_ rules: [(EgressRule, until: Date)]) throws {
+        for (r, until) in rules { try egress.update(weft_egress_key(r), Self.egressValue(until)) }
+    }
+
+    static func egressValue(_ until: Date) -> UInt32 {
+        UInt32(clamping: max(1, Int(until.timeIntervalSince1970.rounded(.up))))
     }
 
     /// A selection table: the backend id in each of its slots.

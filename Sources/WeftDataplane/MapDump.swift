@@ -1,3 +1,4 @@
+import Foundation
 import CLibbpf
 import CWeftABI
 import WeftBPF
@@ -50,7 +51,8 @@ public enum MapDump {
         case "weft_egress_mode_v1":
             return [("mode", try maps.readActual().egressMode.rawValue)]
         case "weft_egress_v1":
-            return try maps.egress.keys().map { BPFMap.value(weft_egress_key.self, from: $0).rule }.sorted().map { ($0.description, "registered") }
+            return try maps.egress.entries(weft_egress_key.self, UInt32.self).map { ($0.key.rule, $0.value) }.sorted { $0.0 < $1.0 }
+                .map { ($0.0.description, $0.1 == 0 ? "registered" : "learned from a DNS answer, until \(Date(timeIntervalSince1970: TimeInterval($0.1)))") }
         default:
             throw BPFError("no map \(name)")
         }

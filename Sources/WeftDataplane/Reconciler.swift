@@ -39,6 +39,8 @@ public struct ActualState: Sendable, Equatable {
     public var egressMode: OutboundTrafficPolicy = .allowAny
     /// weft_egress_v1.
     public var egress: Set<EgressRule> = []
+    /// Of those, the ones a DNS answer opened, with their expiry (the entry's value).
+    public var learnedEgress: [EgressRule: Date] = [:]
 
     public init() {}
 }

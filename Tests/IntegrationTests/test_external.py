@@ -17,6 +17,7 @@ from test_monitor import Monitor
 ONE, TWO = "10.1.54.11", "10.1.54.12"   # backends an external name can point at
 OUTSIDE = "10.1.54.13"                 # somewhere no config names
 PASSTHROUGH = "10.1.54.14"             # a resolution NONE service's address
+WILD = "10.1.54.15"                    # what a name under a NONE service's wildcard host is
 
 EXTERNAL = """apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -38,6 +39,16 @@ spec:
   resolution: NONE
   location: MESH_EXTERNAL
 """ % PASSTHROUGH
+
+WILDCARD = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partners, namespace: prod}
+spec:
+  hosts: ["*.partners.example.test"]
+  ports: [{number: 8080, name: http, protocol: TCP}]
+  resolution: NONE
+  location: MESH_EXTERNAL
+"""
 
 REGISTRY_ONLY = """apiVersion: weft.io/v1alpha1
 kind: MeshConfig
@@ -69,6 +80,13 @@ def fetch(sandbox, resolv, url):
     if r.returncode != 0:
         return None, r.returncode, r.stderr
     return json.loads(r.stdout)["name"], 0, ""
+
+
+def connect(sandbox, host, port):
+    """A TCP connect from the client workload: "ok" or the error's text."""
+    r = sandbox.run(["python3", "-c", "import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3); print('ok')\n"
+                     "except OSError as e:\n    print(e.strerror)", host, str(port)], check=True)
+    return r.stdout.strip()
 
 
 def wait_for(pred, timeout, what):
@@ -123,11 +141,14 @@ def test_registry_only_refuses_what_the_registry_does_not_know(sandbox):
     backends, resolution NONE services' addresses, its resolver and loopback — and
     nothing else, however it tries. Each refusal happens at connect()/sendmsg() (EPERM,
     no packet leaves), is counted and shown by `weft monitor`; the listener outside never
-    sees a connection or datagram. Back to ALLOW_ANY, the same connections go through."""
-    _, _, resolv = resolver(sandbox, "%s ext.example.test\n" % ONE)
+    sees a connection or datagram. A NONE service's wildcard host opens what the names under
+it resolve to, once a workload asks the agent for one. Back to ALLOW_ANY, the same
+connections go through."""
+    _, _, resolv = resolver(sandbox, "%s ext.example.test\n%s api.partners.example.test\n%s evil.example.test\n" % (ONE, WILD, OUTSIDE))
     sandbox.http_backend("one", ONE)
     sandbox.http_backend("outside", OUTSIDE)
     sandbox.http_backend("partner", PASSTHROUGH)
+    sandbox.http_backend("wild", WILD)
     udp_log = os.path.join(sandbox.tmp, "outside-udp.log")
     sandbox.procs.append(subprocess.Popen(sandbox.in_ns(["python3", "-c", """
 import socket, sys
@@ -138,7 +159,7 @@ while True:
     data, peer = s.recvfrom(2048)
     out.write(data.decode(errors="replace") + "\\n")
 """, OUTSIDE, udp_log])))
-    sandbox.write("ext.yaml", EXTERNAL + "---\n" + PARTNER)
+    sandbox.write("ext.yaml", EXTERNAL + "---\n" + PARTNER + "---\n" + WILDCARD)
     sandbox.start_agent("--resolv-conf", resolv)
     sandbox.wait_log(r"DNS service name ext\.example\.test resolved to")
 
@@ -212,6 +233,24 @@ print(json.dumps(out))
     assert r.stdout.strip() == "ok", r.stderr
     kernel = json.loads(sandbox.weft("map", "dump", "weft_egress_mode_v1", "-j", "--bpffs", sandbox.bpffs).stdout)
     assert kernel == [{"key": "mode", "value": "REGISTRY_ONLY"}], kernel
+
+    # A NONE service's wildcard host: nothing under it is open until a workload looks a
+    # name up through the agent; then what the answer says is open on the service's port
+    # (for every workload of the node), not on others. A name no service has stays shut.
+    assert connect(sandbox, WILD, 8080) == "Operation not permitted"
+    assert fetch(sandbox, resolv, "http://api.partners.example.test:8080/")[0] == "wild"
+    assert connect(sandbox, WILD, 8080) == "ok" and connect(sandbox, WILD, 8081) == "Operation not permitted"
+    assert fetch(sandbox, resolv, "http://evil.example.test:8080/")[1] == 7
+    rows = json.loads(sandbox.weft("map", "dump", "weft_egress_v1", "-j", "--bpffs", sandbox.bpffs).stdout)
+    assert any(r["key"] == WILD + ":8080" and r["value"].startswith("learned from a DNS answer, until ") for r in rows), rows
+    # A new agent (an upgrade) keeps what answers opened: its reconciler does not take
+    # it away, past a resync.
+    old = sandbox.agent
+    sandbox.start_agent("--resolv-conf", resolv)
+    assert old.wait(timeout=40) == 0
+    sandbox.wait_log(r"REGISTRY_ONLY: \d+ destination\(s\) DNS answers opened before are kept")
+    time.sleep(6)
+    assert connect(sandbox, WILD, 8080) == "ok"
 
     # Back to ALLOW_ANY: the same destination is reachable again, and the registry's
     # entries are gone from the kernel.

@@ -264,3 +264,16 @@ enum Wire {
         #expect(latest != nil && first == nil)
     }
 }
+
+/// REGISTRY_ONLY's names: which answers open addresses, on which ports.
+@Suite struct EgressNamesTests {
+    @Test func exactAndWildcardHostsOnLabelBoundaries() {
+        let n = EgressNames(hosts: [("*.partners.example.com", [443]), ("api.example.com", [443, 8443]), ("*.example.com", [80])])
+        #expect(n.ports(for: "api.example.com") == [443, 8443, 80])
+        #expect(n.ports(for: "a.b.partners.example.com") == [443, 80])
+        #expect(n.ports(for: "partners.example.com") == [80])       // a wildcard does not cover its own suffix…
+        #expect(n.ports(for: "evilexample.com") == nil)             // …nor a name that merely ends like it
+        #expect(n.ports(for: "example.org") == nil)
+        #expect(EgressNames().isEmpty && EgressNames().ports(for: "x") == nil)
+    }
+}
