@@ -211,9 +211,9 @@ public struct DNSMessage: Sendable {
             throw DNSWireError("OPT record outside the additional section")
         }
         guard r.offset == bytes.count else { throw DNSWireError("\(bytes.count - r.offset) byte(s) after the last record") }
-        // A name read through a pointer must not be made of TTL bytes: the cache rewrites
-        // TTLs as answers age, which would change such a name (no compressor writes one;
-        // found by fuzz-dns).
+        // A name read through a pointer must not be made of TTL bytes — not a label, not
+        // its end, not a further pointer: the cache rewrites TTLs as answers age, which
+        // would change such a name (no compressor writes one; found by fuzz-dns).
         var ttlBytes = [Bool](repeating: false, count: bytes.count)
         for rec in records { for i in rec.ttlOffset..<(rec.ttlOffset + 4) { ttlBytes[i] = true } }
         for range in r.pointedLabels where range.contains(where: { ttlBytes[$0] }) {
@@ -233,7 +233,8 @@ public struct DNSMessage: Sendable {
 struct Reader {
     let bytes: [UInt8]
     private(set) var offset = 0
-    /// The bytes of every label read by following a compression pointer.
+    /// Every byte of a name read by following a compression pointer (labels, the root,
+    /// further pointers).
     private(set) var pointedLabels: [Range<Int>] = []
 
     init(_ bytes: [UInt8]) {
@@ -271,6 +272,7 @@ struct Reader {
             switch len & 0xC0 {
             case 0x00:
                 if len == 0 {
+                    if resume != nil { pointedLabels.append(pos..<(pos + 1)) }
                     offset = resume ?? pos + 1
                     return DNSName(labels: labels)
                 }
@@ -285,7 +287,7 @@ struct Reader {
                 let target = (len & 0x3F) << 8 | Int(bytes[pos + 1])
                 // Never into the header (the cache rewrites its ID), always backwards.
                 guard target >= 12, target < limit else { throw DNSWireError.badPointer }
-                if resume == nil { resume = pos + 2 }
+                if resume == nil { resume = pos + 2 } else { pointedLabels.append(pos..<(pos + 2)) }
                 limit = target
                 pos = target
             default:

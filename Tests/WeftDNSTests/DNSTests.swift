@@ -81,6 +81,11 @@ enum Wire {
             + [0, 0, 1, 0, 1] + [0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]
             + [0xC0, 12, 0, 1, 0, 1, 0x5C, 0, 0, 0, 0, 4, 192, 0, 2, 2]
             + [0xC0, 0x34, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 192, 0, 2, 3], "a compressed name points into a record's TTL"),
+        // …and its variant with the name ending (the root's zero byte) inside the TTL.
+        ("root in a TTL", [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 0, 3, 0x77, 0x77, 0x77, 7] + Array("example".utf8) + [3] + Array("org".utf8)
+            + [0, 0, 1, 0, 1] + [0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]
+            + [0xC0, 12, 0, 1, 0, 1, 0x5C, 0, 0, 0, 0, 4, 192, 0, 2, 2]
+            + [0xC0, 0x38, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 192, 0, 2, 3], "a compressed name points into a record's TTL"),
         ("pointer into the header", Wire.u16(1) + Wire.u16(0x0100) + Wire.u16(1) + [0, 0, 0, 0, 0, 0] + [0xC0, 4] + Wire.u16(1) + Wire.u16(1), "compression pointer does not point back"),
     ] as [(String, [UInt8], String)])
     func refusesHostileMessages(_ what: String, _ bytes: [UInt8], _ reason: String) {
