@@ -8,8 +8,9 @@ import WeftDNS
 /// the agent's DNS forwarder (the node's resolvers, with the cache), and asks again when
 /// an answer's TTL runs out (Envoy's respect_dns_ttl): no sooner than every 5 s, no later
 /// than every hour. A failed lookup keeps the addresses last learned and is retried in 5 s
-/// (a resolver that is away for a while must not empty a service); "no such name" or no
-/// records empties them. Every change goes to `changed`, off the DNS loop.
+/// (a resolver that is away for a while must not empty a service), warned about once per
+/// outage; "no such name" or no records empties them. Every change goes to `changed`, off
+/// the DNS loop.
 final class ServiceResolver: @unchecked Sendable {
     private let server: DNSServer
     private let logger: Logger
@@ -20,6 +21,8 @@ final class ServiceResolver: @unchecked Sendable {
     private var wanted: [String: (families: Set<UInt8>, generation: UInt64)] = [:]
     private var generation: UInt64 = 0
     private var table = ResolvedNames()
+    /// Names whose last lookup failed: the warning is said once per outage, not every 5 s.
+    private var failing: Set<String> = []
 
     static let minRefresh: UInt32 = 5
     static let maxRefresh: UInt32 = 3600
@@ -44,7 +47,10 @@ final class ServiceResolver: @unchecked Sendable {
                 start.append(name)
             }
             let gone = wanted.keys.filter { names[$0] == nil }
-            for name in gone { wanted[name] = nil }
+            for name in gone {
+                wanted[name] = nil
+                failing.remove(name)
+            }
             let before = table.addresses.count
             table.addresses = table.addresses.filter { wanted[$0.key] != nil }
             return (start, table.addresses.count != before)
@@ -63,7 +69,7 @@ final class ServiceResolver: @unchecked Sendable {
         }
         EventLoopFuture.whenAllComplete(lookups, on: loop).whenSuccess { [self] results in
             let answers = results.compactMap { try? $0.get() }
-            let update = lock.withLock { () -> (changed: Bool, next: Int64, failed: Bool, addresses: [IPAddress])? in
+            let update = lock.withLock { () -> (changed: Bool, next: Int64, newlyFailed: Bool, recovered: Bool, addresses: [IPAddress])? in
                 guard wanted[name]?.generation == gen else { return nil }
                 let before = table.addresses[name]
                 // Per family: a failed lookup keeps what that family had.
@@ -76,12 +82,17 @@ final class ServiceResolver: @unchecked Sendable {
                 let ttl = answers.filter { !$0.failed }.map(\.ttl).min() ?? 0
                 let next = failed ? Self.retry : Int64(min(max(ttl, Self.minRefresh), Self.maxRefresh))
                 if before != addresses { table.addresses[name] = addresses }
-                return (before != addresses, next, failed, addresses)
+                let newlyFailed = failed && failing.insert(name).inserted
+                let recovered = !failed && failing.remove(name) != nil
+                return (before != addresses, next, newlyFailed, recovered, addresses)
             }
             guard let update else { return }
-            if update.failed {
+            if update.newlyFailed {
                 logger.warning("DNS service name \(name): no resolver answered; keeping \(update.addresses.map(\.description).joined(separator: ", ")), asking again in \(update.next) s",
                                metadata: ["component": "dns"])
+            }
+            if update.recovered && !update.changed {
+                logger.info("DNS service name \(name) answered again", metadata: ["component": "dns"])
             }
             if update.changed {
                 logger.info("DNS service name \(name) resolved to \(update.addresses.isEmpty ? "nothing" : update.addresses.map(\.description).joined(separator: ", ")); next lookup in \(update.next) s",
