@@ -4,6 +4,7 @@
 #include <bpf/libbpf.h>
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
+#include "probe.h"
 #include <linux/bpf.h>
 #include <errno.h>
 #include <sys/vfs.h>

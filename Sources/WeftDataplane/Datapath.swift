@@ -52,7 +52,12 @@ public final class Datapath: @unchecked Sendable {
     /// Checks kernel features, loads the programs, and attaches them to `cgroup` — or
     /// adopts what a previous agent left pinned under `bpffs`.
     public init(bpffs: String, cgroup: String, slots: UInt32, settings: Settings = Settings(), interfaces: [String] = [], logger: Logger) throws {
-        try KernelFeatures.requireBTF()
+        // What this kernel lacks is said first, one line per feature, rather than as the
+        // verifier's or libbpf's first failure further on.
+        let support = try KernelSupport.probe()
+        let missing = support.blocking(interfaces: !interfaces.isEmpty)
+        if !missing.isEmpty { throw BPFError(missing.map(\.missingLine).joined(separator: "\n")) }
+        for f in support.degradations { logger.warning("\(f.missingLine)", metadata: ["component": "dataplane"]) }
         try KernelFeatures.requireCgroup2(cgroup)
         try KernelFeatures.ensureBPFFS(bpffs)
         try KernelFeatures.makeDirectories("\(bpffs)/maps")

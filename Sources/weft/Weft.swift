@@ -9,7 +9,7 @@ struct Weft: AsyncParsableCommand {
         abstract: "A transparent, sidecar-less service mesh for Linux nodes.",
         subcommands: [AgentCommand.self, ValidateCommand.self, ServiceCommand.self, MaglevCommand.self,
                       ProgCommand.self, MapCommand.self, StatusCommand.self, ApplyCommand.self, DeleteCommand.self, GetCommand.self,
-                      DiffCommand.self, HistoryCommand.self, RollbackCommand.self, CACommand.self, CertCommand.self, AuthzCommand.self, GraphCommand.self, MonitorCommand.self, BenchCommand.self]
+                      DiffCommand.self, HistoryCommand.self, RollbackCommand.self, CACommand.self, CertCommand.self, AuthzCommand.self, GraphCommand.self, MonitorCommand.self, DoctorCommand.self, BenchCommand.self]
     )
 }
 
