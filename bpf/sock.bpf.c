@@ -14,6 +14,16 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Reading the sock_addr context field by field keeps every access a verifier-approved
  * 4-byte load (user_ip6 and the sk addresses may not be read as one 16-byte copy). */
+/* Refuses the connect() being decided with ECONNREFUSED, as kube-proxy's REJECT does,
+ * where the kernel lets a connect hook set the errno (6.1); before, the hook's return 0
+ * alone gives EPERM. The test is on a load-time constant, so on those kernels the
+ * verifier never walks the call it does not know. */
+static __always_inline void weft_refuse_econnrefused(void)
+{
+	if (!weft_settings.no_set_retval)
+		bpf_set_retval(-WEFT_ECONNREFUSED);
+}
+
 static __always_inline void weft_ctx_dst4(struct bpf_sock_addr *ctx, struct weft_l4addr *a)
 {
 	__u32 ip = ctx->user_ip4;
@@ -201,7 +211,7 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 		 * refuse rather than hand it a connection it cannot place. */
 		if (weft_capture(cookie, &vip, &dst, v6 && !mapped)) {
 			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, NULL, svc_id, WEFT_VERDICT_REFUSED, WEFT_REFUSED_CAPTURE_FULL);
-			bpf_set_retval(-WEFT_ECONNREFUSED);
+			weft_refuse_econnrefused();
 			return 0;
 		}
 		weft_ctx_set_dst(ctx, &dst, v6, mapped);
@@ -217,7 +227,7 @@ static __always_inline int weft_forward(struct bpf_sock_addr *ctx, int v6, int i
 			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, NULL, svc_id, WEFT_VERDICT_NO_BACKEND, 0);
 		else
 			weft_fwd_event(is_sendmsg, ctx->protocol, src, &vip, &dst, svc_id, WEFT_VERDICT_REFUSED, WEFT_REFUSED_FAMILY);
-		bpf_set_retval(-WEFT_ECONNREFUSED);
+		weft_refuse_econnrefused();
 		return 0;
 	}
 	weft_ctx_set_dst(ctx, &dst, v6, mapped);

@@ -23,13 +23,22 @@ struct BPFObjects: BuildToolPlugin {
 
         var commands: [Command] = []
         var objects: [URL] = []
+        // A second build of an object for older kernels: sock.nofetch.bpf.o has no atomic
+        // that returns the old value (Linux 5.12), for kernels whose verifier refuses an
+        // object with one anywhere in it.
+        var builds: [(src: URL, obj: String, defines: [String])] = []
         for src in sources {
-            let obj = out.appending(path: src.lastPathComponent.replacingOccurrences(of: ".c", with: ".o"))
+            let obj = src.lastPathComponent.replacingOccurrences(of: ".c", with: ".o")
+            builds.append((src, obj, []))
+            if obj == "sock.bpf.o" { builds.append((src, "sock.nofetch.bpf.o", ["-DWEFT_NO_ATOMIC_FETCH"])) }
+        }
+        for (src, name, defines) in builds {
+            let obj = out.appending(path: name)
             objects.append(obj)
             commands.append(.buildCommand(
-                displayName: "Compiling BPF \(src.lastPathComponent)",
+                displayName: "Compiling BPF \(name)",
                 executable: clang,
-                arguments: [
+                arguments: defines + [
                     "-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Werror",
                     "-I", bpfDir.appending(path: "include").path(percentEncoded: false),
                     "-I", bpfDir.appending(path: "lib").path(percentEncoded: false),

@@ -76,6 +76,63 @@ static inline int weft_program_helpers(const struct bpf_program *prog, int *ids,
 	return k;
 }
 
+/* Whether a program's instructions include an atomic that returns the old value (fetch
+ * add/and/or/xor, xchg, cmpxchg: Linux 5.12); a plain atomic add is older. */
+static inline int weft_program_uses_atomic_fetch(const struct bpf_program *prog)
+{
+	const struct bpf_insn *in = bpf_program__insns(prog);
+	size_t cnt = bpf_program__insn_cnt(prog);
+
+	for (size_t i = 0; in && i < cnt; i++)
+		if (BPF_CLASS(in[i].code) == BPF_STX && BPF_MODE(in[i].code) == BPF_ATOMIC &&
+		    (in[i].imm & BPF_FETCH))
+			return 1;
+	return 0;
+}
+
+/* Loads a program doing one atomic fetch-and-add on its stack: 0, or -errno. */
+static inline int weft_probe_atomic_fetch(void)
+{
+	struct bpf_insn insns[6];
+	int fd;
+
+	memset(insns, 0, sizeof(insns));
+	insns[0].code = BPF_ST | BPF_MEM | BPF_DW; /* *(u64 *)(r10 - 8) = 0 */
+	insns[0].dst_reg = BPF_REG_10;
+	insns[0].off = -8;
+	insns[1].code = BPF_ALU64 | BPF_MOV | BPF_K; /* r1 = 1 */
+	insns[1].dst_reg = BPF_REG_1;
+	insns[1].imm = 1;
+	insns[2].code = BPF_STX | BPF_ATOMIC | BPF_DW; /* r1 = atomic_fetch_add(r10 - 8, r1) */
+	insns[2].dst_reg = BPF_REG_10;
+	insns[2].src_reg = BPF_REG_1;
+	insns[2].off = -8;
+	insns[2].imm = BPF_ADD | BPF_FETCH;
+	insns[3].code = BPF_ALU64 | BPF_MOV | BPF_K; /* r0 = 1 */
+	insns[3].imm = 1;
+	insns[4].code = BPF_JMP | BPF_EXIT;
+	fd = bpf_prog_load(BPF_PROG_TYPE_SOCKET_FILTER, NULL, "GPL", insns, 5, NULL);
+	if (fd < 0)
+		return -errno;
+	close(fd);
+	return 0;
+}
+
+/* BPF_MAP_LOOKUP_AND_DELETE_ELEM on an (empty) LRU hash map: ENOENT where the kernel
+ * takes from hash maps this way (5.14), ENOTSUPP (524) before. Returns -errno. */
+static inline int weft_probe_hash_lookup_and_delete(void)
+{
+	__u32 key = 0, value;
+	int fd = bpf_map_create(BPF_MAP_TYPE_LRU_HASH, NULL, 4, 4, 8, NULL);
+	int rc;
+
+	if (fd < 0)
+		return -errno;
+	rc = bpf_map_lookup_and_delete_elem(fd, &key, &value) ? -errno : 0;
+	close(fd);
+	return rc;
+}
+
 /* BPF_LINK_CREATE and BPF_LINK_UPDATE asked with no program: a kernel that has the
  * command says EBADF, one that does not EINVAL. Returns -errno. */
 static inline int weft_probe_link_create(void)

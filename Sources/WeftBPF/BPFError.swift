@@ -7,13 +7,17 @@ import Glibc
 public struct BPFError: Error, CustomStringConvertible, Sendable {
     /// The one-line message shown to operators.
     public let description: String
+    /// The errno behind it, if a call failed with one.
+    public let code: Int32?
 
     /// Creates an error with a complete message.
-    public init(_ message: String) { description = message }
+    public init(_ message: String) { description = message; code = nil }
+
+    init(_ message: String, code: Int32) { description = message; self.code = code }
 
     /// An error for a libbpf/syscall call that set errno (or returned -errno).
     public static func errno(_ what: String, _ code: Int32 = Glibc.errno) -> BPFError {
         let e = code < 0 ? -code : code
-        return BPFError("\(what): \(String(cString: strerror(e)))")
+        return BPFError("\(what): \(String(cString: strerror(e)))", code: e)
     }
 }

@@ -103,10 +103,20 @@ public final class BPFMap: @unchecked Sendable {
         if rc != 0 { throw BPFError.errno("updating map \(name)") }
     }
 
-    /// Looks up and removes a key in one syscall; nil if absent.
+    /// Looks up and removes a key in one syscall; nil if absent. Kernels before 5.14 take
+    /// only from queues and stacks this way (ENOTSUPP): there it is a lookup and a delete.
     public func lookupAndDelete(keyBytes key: [UInt8]) throws -> [UInt8]? {
-        try read(key, "taking an entry from map", bpf_map_lookup_and_delete_elem)
+        do {
+            return try read(key, "taking an entry from map", bpf_map_lookup_and_delete_elem)
+        } catch let e as BPFError where e.code == Self.enotsupp {
+            guard let value = try lookup(keyBytes: key) else { return nil }
+            try delete(keyBytes: key)
+            return value
+        }
     }
+
+    /// The kernel's ENOTSUPP (not in libc's errno.h).
+    static let enotsupp: Int32 = 524
 
     /// A value-reading syscall (lookup, lookup-and-delete) on raw key bytes.
     private func read(_ key: [UInt8], _ what: String,

@@ -45,6 +45,24 @@ public enum KernelProbe {
         return .from(rc)
     }
 
+    /// Atomics that return the old value (BPF_FETCH).
+    public static func atomicFetch() -> ProbeResult {
+        let rc = weft_probe_atomic_fetch()
+        if rc == -EPERM { return .from(rc) }
+        return rc == 0 ? .available : .missing("the verifier refuses them")
+    }
+
+    /// BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps.
+    public static func hashLookupAndDelete() -> ProbeResult {
+        let rc = weft_probe_hash_lookup_and_delete()
+        switch -rc {
+        case ENOENT: return .available  // it looked for the key
+        case EPERM: return .from(rc)
+        case BPFMap.enotsupp: return .missing("only queue and stack maps are taken from this way")
+        default: return .missing(String(cString: strerror(-rc)))
+        }
+    }
+
     /// BPF_LINK_CREATE (cgroup links, which survive the agent when pinned).
     public static func linkCreate() -> ProbeResult { command(weft_probe_link_create()) }
 
@@ -126,6 +144,8 @@ extension BPFObject {
         public let attach: bpf_attach_type
         /// The helper ids it calls.
         public let helpers: [Int32]
+        /// Whether it has an atomic that returns the old value (Linux 5.12).
+        public let usesAtomicFetch: Bool
     }
 
     /// Every program with its type, expected attach type and helper calls (before load).
@@ -139,7 +159,8 @@ extension BPFObject {
                                    section: String(cString: bpf_program__section_name(prog)),
                                    type: bpf_program__type(prog),
                                    attach: bpf_program__expected_attach_type(prog),
-                                   helpers: Array(ids[0..<n])))
+                                   helpers: Array(ids[0..<n]),
+                                   usesAtomicFetch: weft_program_uses_atomic_fetch(prog) != 0))
             p = bpf_object__next_program(handle, prog)
         }
         return out

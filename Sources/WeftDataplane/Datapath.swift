@@ -67,8 +67,9 @@ public final class Datapath: @unchecked Sendable {
         agentCgroup = try KernelFeatures.ownCgroup()
         var settings = settings
         settings.agentCgroup = agentCgroup.id
+        settings.noSetRetval = support.has("helper bpf_set_retval") == false
 
-        object = try Self.embeddedObject("sock.bpf.o")
+        object = try Self.embeddedObject(support.has(KernelSupport.atomicFetch) == false ? "sock.nofetch.bpf.o" : "sock.bpf.o")
         for m in DatapathMaps.names + DatapathMaps.eventMaps { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
         // A pinned slot array being adopted keeps its size (libbpf reuses a pinned map only
         // if it matches exactly); resizing needs a stop without --keep-datapath.
@@ -176,6 +177,9 @@ public final class Datapath: @unchecked Sendable {
         public var dnsPort: UInt16
         /// The agent's cgroup id (set by Datapath from this process's own).
         var agentCgroup: UInt64 = 0
+        /// The kernel's connect hooks cannot set an errno (before 6.1): refusals are EPERM
+        /// (set by Datapath from its probe).
+        var noSetRetval = false
 
         /// Creates settings (defaults: capture off).
         public init(proxyPort: UInt16 = 0, agentMark: UInt32 = 0, inboundPort: UInt16 = 0, tunnelPort: UInt16 = 0, dnsPort: UInt16 = 0) {
@@ -189,7 +193,7 @@ public final class Datapath: @unchecked Sendable {
         /// weft_settings as the programs read it.
         var bytes: [UInt8] {
             BPFMap.bytes(of: weft_settings(proxy_port: proxyPort.bigEndian, inbound_port: inboundPort.bigEndian, agent_mark: agentMark,
-                                           tunnel_port: tunnelPort.bigEndian, dns_port: dnsPort.bigEndian, pad: (0, 0, 0, 0),
+                                           tunnel_port: tunnelPort.bigEndian, dns_port: dnsPort.bigEndian, no_set_retval: noSetRetval ? 1 : 0, pad: (0, 0, 0),
                                            agent_cgroup: agentCgroup))
         }
     }

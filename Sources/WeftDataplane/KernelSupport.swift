@@ -63,9 +63,8 @@ public struct KernelFeature: Sendable, Encodable {
         if !since.isEmpty { needs.append("Linux \(since)") }
         if !config.isEmpty { needs.append(config) }
         if !needs.isEmpty { what += " (\(needs.joined(separator: ", ")))" }
-        what += ", which \(neededBy) needs"
         if !result.text.isEmpty { what += " [\(result.text)]" }
-        if need == .degradable { what += "; without it \(degraded)" }
+        what += need == .degradable ? "; weft does without it: \(degraded)" : ": needed for \(neededBy)"
         return what
     }
 }
@@ -75,6 +74,9 @@ public struct KernelFeature: Sendable, Encodable {
 /// plus the kernel facilities around them. `weft doctor` prints it; the agent refuses to
 /// start on a kernel that lacks what it needs, one line per missing feature.
 public struct KernelSupport: Sendable, Encodable {
+    /// The row of the atomics that return the old value.
+    public static let atomicFetch = "atomic fetch instructions (BPF_FETCH)"
+
     public let kernel: String
     public let features: [KernelFeature]
 
@@ -167,6 +169,17 @@ public struct KernelSupport: Sendable, Encodable {
             rows.append(row)
         }
 
+        // Instructions newer than the rest.
+        let fetching = programs.filter { $0.info.usesAtomicFetch }
+        if !fetching.isEmpty {
+            var row = KernelFeature(feature: atomicFetch, since: "5.12", config: "",
+                                    neededBy: "exact round robin (each connect() takes its own turn)", need: .degradable,
+                                    degraded: "the agent loads the build of sock.bpf.c without them, whose round robin reads its turn and writes it back, so connects at the same instant on two CPUs may get the same endpoint",
+                                    result: KernelProbe.atomicFetch())
+            row.usedIn = unique(fetching.map { $0.info.section })
+            rows.append(row)
+        }
+
         // Map types.
         var mapOrder: [bpf_map_type] = []
         var mapUsers: [UInt32: [(name: String, interfaces: Bool)]] = [:]
@@ -195,6 +208,10 @@ public struct KernelSupport: Sendable, Encodable {
         rows.append(KernelFeature(feature: "BPF_LINK_UPDATE", since: "5.7", config: "",
                                   neededBy: "a restarted or upgraded agent swapping its programs in with no gap",
                                   need: .always, degraded: "", result: KernelProbe.linkUpdate()))
+        rows.append(KernelFeature(feature: "lookup-and-delete on hash maps (BPF_MAP_LOOKUP_AND_DELETE_ELEM)", since: "5.14", config: "",
+                                  neededBy: "taking a captured connection's destination (weft_capture_v1) in one system call",
+                                  need: .degradable, degraded: "the agent looks the destination up and deletes it, two system calls",
+                                  result: KernelProbe.hashLookupAndDelete()))
         let tcProbe = KernelProbe.tc()
         rows.append(KernelFeature(feature: "clsact qdisc with a cls_bpf direct-action filter", since: "",
                                   config: "CONFIG_NET_SCH_INGRESS, CONFIG_NET_CLS_BPF, CONFIG_NET_CLS_ACT",
@@ -244,7 +261,8 @@ public struct KernelSupport: Sendable, Encodable {
     static func helperMeta(_ name: String) -> (since: String, capability: String?, degraded: String?) {
         switch name {
         case "bpf_set_retval":
-            return ("6.1", "refusing a connect() to a service with no endpoint with ECONNREFUSED", nil)
+            return ("6.1", "refusing a connect() to a service with no endpoint with ECONNREFUSED",
+                    "a connect() to a service with no endpoint fails with EPERM, not ECONNREFUSED")
         case "bpf_ringbuf_reserve", "bpf_ringbuf_submit":
             return ("5.8", "weft monitor's kernel events (reported from every hook)", nil)
         case "bpf_sk_lookup_tcp", "bpf_sk_lookup_udp", "bpf_sk_release", "bpf_sk_cgroup_id":

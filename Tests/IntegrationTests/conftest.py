@@ -450,6 +450,9 @@ class Sandbox:
 
     def close(self):
         self.stop_agent()
+        # pytest shows what a test printed only when it failed: the agent's last words.
+        if self.agent_log and os.path.exists(self.agent_log):
+            print("agent log (%s), last 20,000 characters:\n%s" % (self.agent_log, self.log()[-20000:]))
         for p in self.procs:
             if p.poll() is None:
                 p.kill()

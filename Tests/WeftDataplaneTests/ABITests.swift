@@ -18,7 +18,7 @@ import WeftBPF
         "weft_wl_val": (MemoryLayout<weft_wl_val>.size, ["addr": off(\weft_wl_val.addr), "family": off(\weft_wl_val.family), "pad": off(\weft_wl_val.pad)]),
         "weft_capture_key": (MemoryLayout<weft_capture_key>.size, ["addr": off(\weft_capture_key.addr), "port": off(\weft_capture_key.port), "family": off(\weft_capture_key.family), "pad": off(\weft_capture_key.pad)]),
         "weft_capture_val": (MemoryLayout<weft_capture_val>.size, ["addr": off(\weft_capture_val.addr), "port": off(\weft_capture_val.port), "family": off(\weft_capture_val.family), "pad": off(\weft_capture_val.pad), "cgroup_id": off(\weft_capture_val.cgroup_id)]),
-        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "inbound_port": off(\weft_settings.inbound_port), "agent_mark": off(\weft_settings.agent_mark), "tunnel_port": off(\weft_settings.tunnel_port), "dns_port": off(\weft_settings.dns_port), "pad": off(\weft_settings.pad), "agent_cgroup": off(\weft_settings.agent_cgroup)]),
+        "weft_settings": (MemoryLayout<weft_settings>.size, ["proxy_port": off(\weft_settings.proxy_port), "inbound_port": off(\weft_settings.inbound_port), "agent_mark": off(\weft_settings.agent_mark), "tunnel_port": off(\weft_settings.tunnel_port), "dns_port": off(\weft_settings.dns_port), "no_set_retval": off(\weft_settings.no_set_retval), "pad": off(\weft_settings.pad), "agent_cgroup": off(\weft_settings.agent_cgroup)]),
         "weft_inpol_key": (MemoryLayout<weft_inpol_key>.size, ["addr": off(\weft_inpol_key.addr), "port": off(\weft_inpol_key.port), "family": off(\weft_inpol_key.family), "pad": off(\weft_inpol_key.pad)]),
         "weft_inpol_val": (MemoryLayout<weft_inpol_val>.size, ["action": off(\weft_inpol_val.action), "flags": off(\weft_inpol_val.flags), "pad": off(\weft_inpol_val.pad)]),
         "weft_inctr_key": (MemoryLayout<weft_inctr_key>.size, ["addr": off(\weft_inctr_key.addr), "family": off(\weft_inctr_key.family), "reason": off(\weft_inctr_key.reason), "pad": off(\weft_inctr_key.pad)]),
@@ -68,8 +68,20 @@ import WeftBPF
     /// where BPFObject.setGlobal looks.
     @Test func settingsGlobalIsSettable() throws {
         let object = try Datapath.embeddedObject("sock.bpf.o")
-        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, inbound_port: 15006, agent_mark: 7, tunnel_port: 15008, dns_port: 15053, pad: (0, 0, 0, 0), agent_cgroup: 1)))
+        try object.setGlobal("weft_settings", bytes: BPFMap.bytes(of: weft_settings(proxy_port: 15001, inbound_port: 15006, agent_mark: 7, tunnel_port: 15008, dns_port: 15053, no_set_retval: 0, pad: (0, 0, 0), agent_cgroup: 1)))
         #expect(throws: BPFError.self) { try object.setGlobal("no_such_global", bytes: [0]) }
         #expect(throws: BPFError.self) { try object.setGlobal("weft_settings", bytes: [0, 1]) }
+    }
+
+    /// The build for kernels before 5.12 differs only in having no atomic that returns the
+    /// old value: the same programs and maps, so an agent on either adopts the same pins.
+    @Test func olderKernelsBuildDiffersOnlyInItsAtomics() throws {
+        let full = try Datapath.embeddedObject("sock.bpf.o")
+        let older = try Datapath.embeddedObject("sock.nofetch.bpf.o")
+        #expect(full.programInfo.contains { $0.usesAtomicFetch })
+        #expect(!older.programInfo.contains { $0.usesAtomicFetch })
+        #expect(full.programNames == older.programNames)
+        #expect(full.mapInfo.map(\.name) == older.mapInfo.map(\.name))
+        #expect(full.programInfo.map(\.helpers) == older.programInfo.map(\.helpers))
     }
 }

@@ -129,7 +129,9 @@ struct weft_settings {
 	__be16 tunnel_port;  /* mTLS tunnel listener: never subject to inbound policy */
 	__be16 dns_port;     /* the agent's DNS server on 127.0.0.1 / ::1 that workloads'
 			      * queries to port 53 go to; 0 = DNS left alone */
-	__u8 pad[4];
+	__u8 no_set_retval;  /* 1: the kernel's connect hooks have no bpf_set_retval (before
+			      * 6.1), so a refused connect() gets the hook's EPERM */
+	__u8 pad[3];
 	__u64 agent_cgroup;  /* cgroup v2 id of the agent's own cgroup: a socket created there is
 			      * the agent's (the mark alone is forgeable with CAP_NET_ADMIN) */
 };

@@ -78,7 +78,20 @@ weft_select(const struct weft_svc_val *svc, __u32 hash, int sticky)
 	} else if (svc->algo == WEFT_LB_ROUND_ROBIN) {
 		__u32 *pos = bpf_map_lookup_elem(&weft_rr_v1, &table_off);
 
-		slot = pos ? __sync_fetch_and_add(pos, 1) : bpf_get_prandom_u32();
+		if (!pos) {
+			slot = bpf_get_prandom_u32();
+		} else {
+#ifdef WEFT_NO_ATOMIC_FETCH
+			/* The build for kernels before 5.12, which refuse an object holding an
+			 * atomic that returns the old value anywhere (even where no path goes;
+			 * and clang's v3 writes any 32-bit atomic add so): the turn is read and
+			 * written back, so two CPUs connecting at once may take the same one. */
+			slot = *pos;
+			*pos = slot + 1;
+#else
+			slot = __sync_fetch_and_add(pos, 1);
+#endif
+		}
 	} else {
 		slot = bpf_get_prandom_u32();
 	}
