@@ -45,13 +45,6 @@ public enum KernelFeatures {
         }
     }
 
-    /// Fails unless the kernel exposes BTF (CONFIG_DEBUG_INFO_BTF), which libbpf needs.
-    public static func requireBTF() throws {
-        if access("/sys/kernel/btf/vmlinux", R_OK) != 0 {
-            throw BPFError("kernel BTF is missing (/sys/kernel/btf/vmlinux): weft needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
-        }
-    }
-
     /// Whether `path` is on a bpf filesystem.
     public static func isOnBPFFS(_ path: String) -> Bool {
         var fs = statfs()
