@@ -67,9 +67,9 @@ public final class Datapath: @unchecked Sendable {
         agentCgroup = try KernelFeatures.ownCgroup()
         var settings = settings
         settings.agentCgroup = agentCgroup.id
-        settings.noSetRetval = support.has("helper bpf_set_retval") == false
+        settings.noSetRetval = support.lacks("helper bpf_set_retval")
 
-        object = try Self.embeddedObject(support.has(KernelSupport.atomicFetch) == false ? "sock.nofetch.bpf.o" : "sock.bpf.o")
+        object = try Self.embeddedObject(support.lacks(KernelSupport.atomicFetch) ? "sock.nofetch.bpf.o" : "sock.bpf.o")
         for m in DatapathMaps.names + DatapathMaps.eventMaps { try object.setPinPath(map: m, path: Self.mapPin(bpffs, m)) }
         // A pinned slot array being adopted keeps its size (libbpf reuses a pinned map only
         // if it matches exactly); resizing needs a stop without --keep-datapath.

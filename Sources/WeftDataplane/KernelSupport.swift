@@ -96,9 +96,11 @@ public struct KernelSupport: Sendable, Encodable {
         }
     }
 
-    /// Whether this kernel has `feature` (a row's name); nil if there is no such row.
-    public func has(_ feature: String) -> Bool? {
-        features.first { $0.feature == feature }.map { $0.result == .available }
+    /// Whether a probe found `feature` (a row's name) missing: false when present, when
+    /// the probe could not tell, and when there is no such row (the objects do not use it).
+    public func lacks(_ feature: String) -> Bool {
+        guard let row = features.first(where: { $0.feature == feature }), case .missing = row.result else { return false }
+        return true
     }
 
     /// Probes the running kernel. Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for the

@@ -27,9 +27,11 @@ import WeftBPF
         #expect(Self.table.blocking(interfaces: false).map(\.feature) == ["ringbuf maps (weft_events_v1)"])
         #expect(Self.table.blocking(interfaces: true).map(\.feature) == ["ringbuf maps (weft_events_v1)", "helper bpf_sk_assign"])
         #expect(Self.table.degradations.map(\.feature) == ["helper bpf_set_retval"])
-        #expect(Self.table.has("helper bpf_set_retval") == false)
-        #expect(Self.table.has("cgroup/connect4 programs (cgroup_sock_addr)") == true)
-        #expect(Self.table.has("no such row") == nil)
+        #expect(Self.table.lacks("helper bpf_set_retval"))
+        #expect(!Self.table.lacks("cgroup/connect4 programs (cgroup_sock_addr)"))
+        // A probe that could not tell degrades nothing; nor does a feature nothing uses.
+        #expect(!Self.table.lacks("cgroup v2"))
+        #expect(!Self.table.lacks("no such row"))
     }
 
     @Test func oneLineNamesTheFeatureTheReleaseAndWhatNeedsIt() {
